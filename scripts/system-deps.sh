@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the project needs, only those missing.
+# libopenjp2-7: the OpenJPEG library glymur loads; libopenjp2-tools: opj_decompress/opj_dump used
+# as oracles by the tests; nginx-light: the reverse proxy the proxy test runs in front of us.
+set -euo pipefail
+packages=(libopenjp2-7)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(libopenjp2-tools libopenjpip-dec-server nginx-light)
+fi
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing Debian packages: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

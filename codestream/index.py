@@ -1,0 +1,396 @@
+"""The precinct index of a codestream: where every packet of every precinct is, as numpy arrays.
+
+Packets are located from PLT marker segments when they are present and add up exactly to the
+tile data; otherwise by decoding packet headers (packets.py), with headers taken from PPM/PPT
+when the file packs them there.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CodestreamError
+from .geometry import resolution_grids, tile_component_bounds
+from .markers import Cod, CodingStyle, Siz
+from .packets import BitReader, PrecinctState
+from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
+from .geometry import precinct_band_grids
+from .progression import packet_sequence, tile_precincts
+
+log = logging.getLogger(__name__)
+
+# Columns of the per (tile, component, resolution) table.
+TCR_FIELDS = ("t", "c", "r", "levels", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
+              "prec_base", "s_base", "reversible")
+PRECINCT_FIELDS = ("id", "t", "c", "r", "p", "x0", "y0", "x1", "y1", "gx0", "gy0", "gx1", "gy1",
+                   "pkt_start", "pkt_count", "bin_length")
+PACKET_FIELDS = ("precinct", "layer", "offset", "length", "header_length", "packed_offset",
+                 "packed_length", "sop", "bin_end")
+
+
+@dataclass
+class CodestreamIndex:
+    """Everything needed to serve one codestream, held in numpy arrays (structure of arrays)."""
+
+    offset: int
+    length: int
+    siz: Siz
+    layers: np.ndarray           # per tile: number of quality layers
+    tile_mct: np.ndarray         # per tile: MCT flag of the tile's COD
+    main_header_ranges: np.ndarray   # (n, 2) offset, length
+    tile_header_ranges: np.ndarray   # (n, 3) tile, offset, length (in order per tile)
+    tiles_present: np.ndarray    # per tile: 1 if it has tile-parts
+    tcr: dict[str, np.ndarray]
+    precincts: dict[str, np.ndarray]
+    packets: dict[str, np.ndarray]
+    packed_headers: bytes        # PPM/PPT packet headers, referenced by packed_offset
+    source: str                  # "plt", "headers" or "mixed": how packets were located
+    markers: tuple[str, ...]
+    progression: int
+    cod_scod: int
+    tile_data_bytes: int         # bytes of packet data in tile-parts (for accounting)
+    padding_bytes: int = 0       # bytes after a tile's last packet (encoder padding)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.siz.num_tiles
+
+    @property
+    def num_components(self) -> int:
+        return self.siz.num_components
+
+    @property
+    def max_layers(self) -> int:
+        return int(self.layers.max()) if len(self.layers) else 0
+
+    @property
+    def max_levels(self) -> int:
+        return int(self.tcr["levels"].max()) if len(self.tcr["levels"]) else 0
+
+    def precinct_rows_by_id(self) -> np.ndarray:
+        """Permutation sorting precinct rows by in-class id (for model= lookups)."""
+        return np.argsort(self.precincts["id"], kind="stable")
+
+
+def _plt_lengths(buf, th: TileHeaders) -> list[list[int]] | None:
+    """Packet lengths per tile-part from PLT, or None when a tile-part has none."""
+    by_part: dict[int, list[tuple[int, object]]] = {}
+    for part_no, z, seg in th.plt:
+        by_part.setdefault(part_no, []).append((z, seg))
+    out: list[list[int]] = []
+    for part_no in range(len(th.parts)):
+        segs = sorted(by_part.get(part_no, []), key=lambda zs: zs[0])
+        if not segs:
+            return None
+        lengths: list[int] = []
+        value = 0
+        for _, seg in segs:
+            data = bytes(buf[seg.body_offset + 1:seg.end])
+            for b in data:
+                value = (value << 7) | (b & 0x7F)
+                if not b & 0x80:
+                    lengths.append(value)
+                    value = 0
+        if value:
+            return None
+        while lengths and lengths[-1] == 0:  # Kakadu reserves PLT space with zero entries
+            lengths.pop()
+        out.append(lengths)
+    return out
+
+
+def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
+    """PPM packet-header bytes per tile-part (keyed by SOT offset)."""
+    if not layout.ppm:
+        return {}
+    stream = b"".join(bytes(buf[seg.body_offset + 1:seg.end]) for _, seg in layout.ppm)
+    chunks: dict[int, bytes] = {}
+    pos = 0
+    for part in layout.tile_parts:
+        if pos + 4 > len(stream):
+            raise CodestreamError(layout.ppm[-1][1].offset, "PPM: fewer Nppm chunks than tile-parts")
+        (n,) = struct.unpack_from(">I", stream, pos)
+        if pos + 4 + n > len(stream):
+            raise CodestreamError(layout.ppm[-1][1].offset, "PPM: Nppm runs past the PPM data")
+        chunks[part.sot_offset] = stream[pos + 4:pos + 4 + n]
+        pos += 4 + n
+    return chunks
+
+
+class _Builder:
+    """Accumulates the arrays of one codestream tile by tile."""
+
+    def __init__(self, buf, layout: CodestreamLayout, *, use_plt: bool, verify_plt: bool) -> None:
+        self.buf = buf
+        self.layout = layout
+        self.use_plt = use_plt
+        self.verify_plt = verify_plt
+        self.siz = layout.siz
+        self.tcr: dict[str, list] = {k: [] for k in TCR_FIELDS}
+        self.prec_cols: dict[str, list[np.ndarray]] = {k: [] for k in PRECINCT_FIELDS}
+        self.pk: dict[str, list] = {k: [] for k in PACKET_FIELDS[:-1]}
+        self.packed = bytearray()
+        self.sources: set[str] = set()
+        self.prec_total = 0
+        self.ppm = _ppm_chunks(buf, layout)
+        self.data_bytes = 0
+        self.padding_bytes = 0
+
+    def add_tile(self, t: int) -> tuple[int, int]:
+        siz = self.siz
+        cod, styles = tile_coding(self.layout, t)
+        tx0, ty0, _, _ = siz.tile_bounds(t)
+        grids_by_comp = [resolution_grids(siz, t, c, styles[c]) for c in range(siz.num_components)]
+        self._add_geometry(t, styles, grids_by_comp)
+        prec = tile_precincts(grids_by_comp, [(cm.dx, cm.dy) for cm in siz.components], (tx0, ty0))
+        base = self.prec_total
+        self.prec_total += len(prec.comp)
+        th = self.layout.tiles.get(t)
+        if th is None or len(prec.comp) == 0:
+            return cod.layers, cod.mct
+        pocs = th.markers.pocs or self.layout.main.pocs
+        seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, pocs)
+        for part in th.parts:
+            self.data_bytes += part.data_end - part.header_end
+        plt = _plt_lengths(self.buf, th) if (self.use_plt and th.plt) else None
+        located = None
+        if plt is not None:
+            located = self._locate_with_plt(th, plt, len(seq_p), cod)
+            if located is None:
+                log.warning("tile %d: PLT does not match the tile data; decoding packet headers", t)
+            elif self.verify_plt:
+                decoded = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p, seq_l)
+                if decoded[1] != located[1] or decoded[0] != located[0]:
+                    raise CodestreamError(th.parts[0].sot_offset,
+                                          f"tile {t}: PLT lengths disagree with packet headers")
+        if located is None:
+            located = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p, seq_l)
+            self.sources.add("headers")
+        else:
+            self.sources.add("plt")
+        offsets, lengths, hlens, poffs, plens, sops = located
+        n = len(offsets)
+        self.pk["precinct"].append(seq_p[:n] + base)
+        self.pk["layer"].append(seq_l[:n])
+        self.pk["offset"].append(np.asarray(offsets, np.int64))
+        self.pk["length"].append(np.asarray(lengths, np.int64))
+        self.pk["header_length"].append(np.asarray(hlens, np.int32))
+        self.pk["packed_offset"].append(np.asarray(poffs, np.int64))
+        self.pk["packed_length"].append(np.asarray(plens, np.int32))
+        self.pk["sop"].append(np.asarray(sops, np.uint8))
+        return cod.layers, cod.mct
+
+    def _add_geometry(self, t: int, styles: list[CodingStyle], grids_by_comp) -> None:
+        siz = self.siz
+        ncomp, ntiles = siz.num_components, siz.num_tiles
+        row = self.prec_total
+        for c, grids in enumerate(grids_by_comp):
+            style = styles[c]
+            nl = style.levels
+            dx, dy = siz.components[c].dx, siz.components[c].dy
+            tcx0, tcy0, tcx1, tcy1 = tile_component_bounds(siz, t, c)
+            s_base = 0
+            for g in grids:
+                for k, v in zip(TCR_FIELDS, (t, c, g.r, nl, g.x0, g.y0, g.x1, g.y1, g.ppx, g.ppy,
+                                             g.npw, g.nph, row, s_base, int(style.reversible)),
+                                strict=True):
+                    self.tcr[k].append(v)
+                n = g.num_precincts
+                if n:
+                    p = np.arange(n, dtype=np.int64)
+                    px, py = p % g.npw, p // g.npw
+                    x0 = np.maximum((g.px_origin + px) << g.ppx, g.x0)
+                    y0 = np.maximum((g.py_origin + py) << g.ppy, g.y0)
+                    x1 = np.minimum((g.px_origin + px + 1) << g.ppx, g.x1)
+                    y1 = np.minimum((g.py_origin + py + 1) << g.ppy, g.y1)
+                    sx, sy = dx << (nl - g.r), dy << (nl - g.r)
+                    cols = self.prec_cols
+                    cols["id"].append(t + (c + (s_base + p) * ncomp) * ntiles)
+                    cols["t"].append(np.full(n, t, np.int32))
+                    cols["c"].append(np.full(n, c, np.int32))
+                    cols["r"].append(np.full(n, g.r, np.int32))
+                    cols["p"].append(p)
+                    cols["x0"].append(x0)
+                    cols["y0"].append(y0)
+                    cols["x1"].append(x1)
+                    cols["y1"].append(y1)
+                    # On the reference grid, clipped to the tile-component's footprint.
+                    cols["gx0"].append(np.maximum(x0 * sx, tcx0 * dx))
+                    cols["gy0"].append(np.maximum(y0 * sy, tcy0 * dy))
+                    cols["gx1"].append(np.minimum(x1 * sx, tcx1 * dx))
+                    cols["gy1"].append(np.minimum(y1 * sy, tcy1 * dy))
+                row += n
+                s_base += n
+
+    def _locate_with_plt(self, th: TileHeaders, plt: list[list[int]], npackets: int, cod: Cod):
+        offsets, lengths, sops = [], [], []
+        total = sum(len(x) for x in plt)
+        if total > npackets:
+            return None
+        buf = self.buf
+        for part, part_lengths in zip(th.parts, plt, strict=True):
+            pos = part.header_end
+            for ln in part_lengths:
+                sop = 0
+                if cod.sop and ln >= 6 and buf[pos] == 0xFF and buf[pos + 1] == 0x91:
+                    sop = 1
+                offsets.append(pos + 6 * sop)
+                lengths.append(ln - 6 * sop)
+                sops.append(sop)
+                pos += ln
+                if pos > part.data_end:
+                    return None
+            if pos != part.data_end:
+                return None
+        n = len(offsets)
+        return offsets, lengths, [-1] * n, [-1] * n, [0] * n, sops
+
+    def _decode_headers(self, t, th, cod: Cod, styles, grids_by_comp, prec, seq_p, seq_l):
+        buf = self.buf
+        siz = self.siz
+        packed_stream = None
+        if th.ppt:
+            order = sorted(th.ppt, key=lambda zs: zs[0])
+            packed_stream = b"".join(bytes(buf[s.body_offset + 1:s.end]) for _, s in order)
+        elif self.ppm:
+            packed_stream = b"".join(self.ppm[p.sot_offset] for p in th.parts)
+        packed_base = len(self.packed)
+        if packed_stream is not None:
+            self.packed += packed_stream
+        hpos = 0
+        states: dict[int, PrecinctState] = {}
+        offsets, lengths, hlens, poffs, plens, sops = [], [], [], [], [], []
+        parts = th.parts
+        part_no = 0
+        pos, end = parts[0].header_end, parts[0].data_end
+        comp_arr, res_arr, idx_arr = prec.comp, prec.res, prec.index
+        for k in range(len(seq_p)):
+            while pos >= end and part_no + 1 < len(parts):
+                part_no += 1
+                pos, end = parts[part_no].header_end, parts[part_no].data_end
+            if pos >= end and packed_stream is None:
+                break  # the tile's data ends here: later packets are absent
+            if packed_stream is not None and hpos >= len(packed_stream):
+                break
+            local = int(seq_p[k])
+            state = states.get(local)
+            if state is None:
+                c, r = int(comp_arr[local]), int(res_arr[local])
+                grid = grids_by_comp[c][r]
+                bands = precinct_band_grids(siz, t, c, styles[c], grid, int(idx_arr[local]))
+                state = PrecinctState(bands, styles[c].cb_style)
+                states[local] = state
+            sop = 0
+            if cod.sop and pos + 6 <= end and buf[pos] == 0xFF and buf[pos + 1] == 0x91:
+                sop = 1
+                pos += 6
+            if packed_stream is None:
+                bits = BitReader(buf, pos, end)
+                body = state.read_header(bits, int(seq_l[k]))
+                hend = bits.align()
+                if cod.eph and hend + 2 <= end and buf[hend] == 0xFF and buf[hend + 1] == 0x92:
+                    hend += 2
+                hlen = hend - pos
+                if hend + body > end:
+                    raise CodestreamError(pos, f"tile {t}: packet body runs past the tile-part")
+                offsets.append(pos)
+                lengths.append(hlen + body)
+                hlens.append(hlen)
+                poffs.append(-1)
+                plens.append(0)
+                pos = hend + body
+            else:
+                bits = BitReader(packed_stream, hpos, len(packed_stream))
+                body = state.read_header(bits, int(seq_l[k]))
+                hend = bits.align()
+                if (cod.eph and hend + 2 <= len(packed_stream) and packed_stream[hend] == 0xFF
+                        and packed_stream[hend + 1] == 0x92):
+                    hend += 2
+                if pos + body > end:
+                    raise CodestreamError(pos, f"tile {t}: packet body runs past the tile-part")
+                offsets.append(pos)
+                lengths.append(body)
+                hlens.append(hend - hpos)
+                poffs.append(packed_base + hpos)
+                plens.append(hend - hpos)
+                hpos = hend
+                pos += body
+            sops.append(sop)
+        if pos < end or part_no + 1 < len(parts):
+            left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
+            if left > 0 and len(offsets) < len(seq_p):
+                raise CodestreamError(pos, f"tile {t}: {left} bytes of tile data after its last "
+                                      "packet")
+            # Some encoders pad the last tile-part (e.g. zero bytes before a missing EOC).
+            self.padding_bytes += max(left, 0)
+        return offsets, lengths, hlens, poffs, plens, sops
+
+    def finish(self, layers: list[int], mct: list[int]) -> CodestreamIndex:
+        layout = self.layout
+        tcr = {k: np.asarray(v, np.int64) for k, v in self.tcr.items()}
+        precincts = {}
+        for k, parts in self.prec_cols.items():
+            precincts[k] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        for k in ("t", "c", "r"):
+            precincts[k] = precincts[k].astype(np.int32)
+        pk = {}
+        for k, parts in self.pk.items():
+            pk[k] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        order = np.lexsort((pk["layer"], pk["precinct"]))
+        pk = {k: v[order] for k, v in pk.items()}
+        pk["precinct"] = pk["precinct"].astype(np.int32)
+        pk["layer"] = pk["layer"].astype(np.int32)
+        nprec = len(precincts["id"])
+        counts = np.bincount(pk["precinct"], minlength=nprec).astype(np.int32)
+        starts = np.zeros(nprec, np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        sizes = pk["length"] + pk["packed_length"]
+        csum = np.cumsum(sizes)
+        group_base = np.repeat(csum[starts[counts > 0]] - sizes[starts[counts > 0]], counts[counts > 0])
+        pk["bin_end"] = (csum - group_base).astype(np.int64)
+        bin_length = np.zeros(nprec, np.int64)
+        nz = counts > 0
+        bin_length[nz] = pk["bin_end"][starts[nz] + counts[nz] - 1]
+        precincts["pkt_start"] = starts
+        precincts["pkt_count"] = counts
+        precincts["bin_length"] = bin_length
+        th_rows = []
+        for t in sorted(layout.tiles):
+            for part in layout.tiles[t].parts:
+                for seg in part.header_segments:
+                    if seg.code not in (0xFF58, 0xFF61):  # PLT, PPT
+                        th_rows.append((t, seg.offset, seg.length))
+        present = np.zeros(self.siz.num_tiles, np.uint8)
+        present[list(layout.tiles)] = 1
+        src = "mixed" if len(self.sources) > 1 else (next(iter(self.sources)) if self.sources
+                                                       else "none")
+        return CodestreamIndex(
+            offset=layout.offset, length=layout.end - layout.offset, siz=self.siz,
+            layers=np.asarray(layers, np.int32), tile_mct=np.asarray(mct, np.int8),
+            main_header_ranges=np.asarray(layout.main_bin_ranges, np.int64).reshape(-1, 2),
+            tile_header_ranges=np.asarray(th_rows, np.int64).reshape(-1, 3),
+            tiles_present=present, tcr=tcr, precincts=precincts, packets=pk,
+            packed_headers=bytes(self.packed), source=src,
+            markers=tuple(sorted(layout.markers_seen)), progression=layout.main.cod.progression,
+            cod_scod=layout.main.cod.scod, tile_data_bytes=self.data_bytes,
+            padding_bytes=self.padding_bytes)
+
+
+def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
+                     verify_plt: bool = False) -> CodestreamIndex:
+    """Indexes the codestream at buf[offset:offset+length]."""
+    layout = parse_codestream(buf, offset, length)
+    siz = layout.siz
+    if siz.num_tiles * siz.num_components > 4_000_000:
+        raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
+                              "more than we serve", unsupported=True)
+    builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt)
+    layers, mct = [], []
+    for t in range(siz.num_tiles):
+        nl, m = builder.add_tile(t)
+        layers.append(nl)
+        mct.append(m)
+    return builder.finish(layers, mct)

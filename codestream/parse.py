@@ -1,0 +1,206 @@
+"""Walks one codestream: main header, tile-parts and their headers (no packet data yet)."""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .errors import CodestreamError
+from .markers import (
+    CAP,
+    COC,
+    COD,
+    COM,
+    CPF,
+    CRG,
+    EOC,
+    PLM,
+    PLT,
+    POC,
+    PPM,
+    PPT,
+    QCC,
+    QCD,
+    RGN,
+    SIZ,
+    SOC,
+    SOD,
+    SOT,
+    TLM,
+    Cod,
+    CodingStyle,
+    HeaderMarkers,
+    Reader,
+    Segment,
+    Siz,
+    marker_name,
+    parse_coc,
+    parse_cod,
+    parse_poc,
+    parse_siz,
+    read_segment,
+)
+
+MAIN_HEADER_ONLY = {SIZ, TLM, PLM, PPM, CRG, CAP, CPF}
+TILE_HEADER_ALLOWED = {COD, COC, QCD, QCC, RGN, POC, PPT, PLT, COM}
+# Dropped from header data-bins: they describe the original layout, not what a client rebuilds.
+LAYOUT_MARKERS = {TLM, PLM, PPM, PLT, PPT}
+
+
+@dataclass(slots=True)
+class TilePart:
+    tile: int
+    index: int  # TPsot
+    sot_offset: int
+    header_end: int  # offset just after SOD
+    data_end: int
+    header_segments: list[Segment] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class TileHeaders:
+    """What a tile's tile-part headers say, gathered over its tile-parts in order."""
+
+    parts: list[TilePart] = field(default_factory=list)
+    markers: HeaderMarkers = field(default_factory=HeaderMarkers)
+    plt: list[tuple[int, int, Segment]] = field(default_factory=list)  # (tile-part, Zplt, seg)
+    ppt: list[tuple[int, Segment]] = field(default_factory=list)       # (Zppt, seg) in order
+
+
+@dataclass(slots=True)
+class CodestreamLayout:
+    offset: int
+    end: int
+    siz: Siz
+    main: HeaderMarkers
+    main_bin_ranges: list[tuple[int, int]]
+    ppm: list[tuple[int, Segment]]
+    tiles: dict[int, TileHeaders]
+    tile_parts: list[TilePart]  # in file order
+    markers_seen: set[str]
+    has_eoc: bool
+
+
+def _parse_header_segment(buf, seg: Segment, siz: Siz | None, hm: HeaderMarkers) -> None:
+    r = Reader(buf, seg.body_offset, seg.end)
+    if seg.code == COD:
+        hm.cod = parse_cod(r, seg)
+    elif seg.code == COC:
+        coc = parse_coc(r, seg, siz.num_components)
+        hm.cocs[coc.component] = coc
+    elif seg.code == POC:
+        hm.pocs.extend(parse_poc(r, seg, siz.num_components))
+    elif seg.code in (QCD, QCC):
+        hm.qcd_seen = hm.qcd_seen or seg.code == QCD
+
+
+def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
+    end = offset + length
+    if length < 4 or (buf[offset] << 8 | buf[offset + 1]) != SOC:
+        raise CodestreamError(offset, "codestream does not start with SOC")
+    pos = offset + 2
+    seg = read_segment(buf, pos, end)
+    if seg.code != SIZ:
+        raise CodestreamError(pos, f"expected SIZ after SOC, found {marker_name(seg.code)}")
+    siz = parse_siz(Reader(buf, seg.body_offset, seg.end), seg)
+    main = HeaderMarkers()
+    seen = {"SOC", "SIZ"}
+    ranges: list[tuple[int, int]] = [(offset, seg.end - offset)]
+    ppm: list[tuple[int, Segment]] = []
+    pos = seg.end
+    while True:
+        seg = read_segment(buf, pos, end)
+        if seg.code == SOT:
+            break
+        if seg.code in (SOD, EOC, SOC, SIZ):
+            raise CodestreamError(pos, f"{marker_name(seg.code)} in the main header")
+        seen.add(marker_name(seg.code))
+        _parse_header_segment(buf, seg, siz, main)
+        if seg.code == PPM:
+            if seg.length < 5:
+                raise CodestreamError(pos, "PPM segment without Zppm")
+            ppm.append((buf[seg.body_offset], seg))
+        if seg.code not in LAYOUT_MARKERS:
+            if ranges and ranges[-1][0] + ranges[-1][1] == seg.offset:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + seg.length)
+            else:
+                ranges.append((seg.offset, seg.length))
+        main.segments.append(seg)
+        pos = seg.end
+    if main.cod is None:
+        raise CodestreamError(offset, "main header has no COD")
+    if not main.qcd_seen:
+        raise CodestreamError(offset, "main header has no QCD")
+    ppm.sort(key=lambda z: z[0])
+
+    tiles: dict[int, TileHeaders] = {}
+    parts: list[TilePart] = []
+    has_eoc = length >= 2 and (buf[end - 2] << 8 | buf[end - 1]) == EOC
+    stream_end = end - 2 if has_eoc else end
+    while pos < stream_end:
+        seg = read_segment(buf, pos, end)
+        if seg.code == EOC:
+            break
+        if seg.code != SOT:
+            raise CodestreamError(pos, f"expected SOT, found {marker_name(seg.code)}")
+        if seg.length != 12:
+            raise CodestreamError(pos, f"SOT length {seg.length - 2} != 10")
+        isot, psot, tpsot, _tnsot = struct.unpack_from(">HIBB", buf, pos + 4)
+        if isot >= siz.num_tiles:
+            raise CodestreamError(pos, f"SOT: tile {isot} >= {siz.num_tiles} tiles")
+        part_end = stream_end if psot == 0 else pos + psot
+        if psot and psot < 14:
+            raise CodestreamError(pos, f"SOT: Psot {psot} too small")
+        if part_end > end:
+            raise CodestreamError(pos, f"SOT: tile-part length {psot} runs past the codestream end")
+        th = tiles.setdefault(isot, TileHeaders())
+        part = TilePart(isot, tpsot, pos, 0, part_end)
+        first_part = not th.parts
+        hpos = seg.end
+        while True:
+            hseg = read_segment(buf, hpos, part_end)
+            if hseg.code == SOD:
+                part.header_end = hseg.end
+                break
+            if hseg.code not in TILE_HEADER_ALLOWED:
+                if 0xFF30 <= hseg.code <= 0xFF3F:
+                    hpos = hseg.end
+                    continue
+                raise CodestreamError(hpos, f"{marker_name(hseg.code)} in a tile-part header")
+            if hseg.code in (COD, COC) and not first_part:
+                raise CodestreamError(hpos, f"{marker_name(hseg.code)} in a tile-part other than "
+                                      "the tile's first")
+            seen.add(marker_name(hseg.code))
+            _parse_header_segment(buf, hseg, siz, th.markers)
+            if hseg.code == PLT:
+                if hseg.length < 5:
+                    raise CodestreamError(hpos, "PLT segment without Zplt")
+                th.plt.append((len(th.parts), buf[hseg.body_offset], hseg))
+            elif hseg.code == PPT:
+                if hseg.length < 5:
+                    raise CodestreamError(hpos, "PPT segment without Zppt")
+                th.ppt.append((buf[hseg.body_offset], hseg))
+            part.header_segments.append(hseg)
+            hpos = hseg.end
+        th.parts.append(part)
+        parts.append(part)
+        pos = part_end
+    return CodestreamLayout(offset, end, siz, main, ranges, ppm, tiles, parts, seen, has_eoc)
+
+
+def tile_coding(layout: CodestreamLayout, t: int) -> tuple[Cod, list[CodingStyle]]:
+    """Effective COD and per-component style of tile t (tile COC > tile COD > main COC > main COD)."""
+    main = layout.main
+    th = layout.tiles.get(t)
+    tile_cod = th.markers.cod if th else None
+    cod = tile_cod or main.cod
+    styles = []
+    for c in range(layout.siz.num_components):
+        if th and c in th.markers.cocs:
+            styles.append(th.markers.cocs[c].style)
+        elif tile_cod is not None:
+            styles.append(tile_cod.style)
+        elif c in main.cocs:
+            styles.append(main.cocs[c].style)
+        else:
+            styles.append(main.cod.style)
+    return cod, styles

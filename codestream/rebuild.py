@@ -1,0 +1,127 @@
+"""Rebuilds a decodable codestream from data-bins (what a JPIP client holds).
+
+Used by the client (client/) and by the index round-trip tests. Every precinct's packets are
+emitted together, in RPCL order (layer innermost), so a precinct bin that holds only its first
+k layers is followed by empty packets for the rest. Markers that describe the original layout
+(TLM, PLM, PLT, PPM, PPT, POC) are dropped, SOP markers are dropped (the bins carry none) and
+the progression order written into COD becomes RPCL.
+"""
+from __future__ import annotations
+
+import struct
+
+from .errors import CodestreamError
+from .geometry import precinct_band_grids, resolution_grids
+from .markers import COD, EOC, POC, SOC, SOD, SOT, read_segment
+from .packets import BitReader, PrecinctState
+from .parse import LAYOUT_MARKERS, parse_codestream, tile_coding
+from .progression import packet_sequence, tile_precincts
+
+RPCL = 2
+_DROP = LAYOUT_MARKERS | {POC}
+
+
+def _rewrite_header(data: bytes, start: int) -> bytes:
+    """Header marker segments with layout markers dropped and COD set to RPCL without SOP."""
+    out = bytearray()
+    pos = start
+    while pos < len(data):
+        seg = read_segment(data, pos, len(data))
+        chunk = bytearray(data[seg.offset:seg.end])
+        if seg.code == COD:
+            chunk[4] &= ~0x02 & 0xFF  # Scod: no SOP markers in the rebuilt stream
+            chunk[5] = RPCL
+        if seg.code not in _DROP:
+            out += chunk
+        pos = seg.end
+    return bytes(out)
+
+
+def complete_packets(state: PrecinctState, data: bytes, eph: bool, max_layers: int) -> int:
+    """How many whole packets (layers) the start of a precinct bin holds."""
+    pos = 0
+    for layer in range(max_layers):
+        if pos >= len(data):
+            return layer
+        try:
+            bits = BitReader(data, pos, len(data))
+            body = state.read_header(bits, layer)
+            end = bits.align()
+        except CodestreamError:
+            return layer
+        if eph and end + 2 <= len(data) and data[end] == 0xFF and data[end + 1] == 0x92:
+            end += 2
+        if end + body > len(data):
+            return layer
+        pos = end + body
+    return max_layers
+
+
+def rebuild_codestream(main_header: bytes, tile_headers: dict[int, bytes],
+                       precinct_bins: dict[int, bytes], *, max_layers: int | None = None
+                       ) -> bytes:
+    """A codestream from a main header bin, tile header bins and precinct bins (by in-class id).
+
+    Tiles without a tile header bin are still written (every packet empty), so the decoder sees
+    every tile. `max_layers` caps the layers taken from each bin (the rest become empty).
+    """
+    if main_header[:2] != b"\xff\x4f":
+        raise CodestreamError(0, "main header bin does not start with SOC")
+    # Parse the headers through a skeleton codestream: one empty tile-part per known tile.
+    skeleton = bytearray(main_header)
+    for t, th in sorted(tile_headers.items()):
+        skeleton += struct.pack(">HHHIBB", SOT, 10, t, 12 + len(th) + 2, 0, 1) + th
+        skeleton += struct.pack(">H", SOD)
+    skeleton += struct.pack(">H", EOC)
+    layout = parse_codestream(bytes(skeleton), 0, len(skeleton))
+    siz = layout.siz
+    out = bytearray(struct.pack(">H", SOC))
+    out += _rewrite_header(main_header, 2)
+    ncomp, ntiles = siz.num_components, siz.num_tiles
+    for t in range(ntiles):
+        cod, styles = tile_coding(layout, t)
+        layers = cod.layers
+        take = layers if max_layers is None else min(layers, max_layers)
+        tx0, ty0, _, _ = siz.tile_bounds(t)
+        grids = [resolution_grids(siz, t, c, styles[c]) for c in range(ncomp)]
+        prec = tile_precincts(grids, [(cm.dx, cm.dy) for cm in siz.components], (tx0, ty0))
+        seq_p, _ = packet_sequence(prec, 1, RPCL, [])
+        empty = b"\x00\xff\x92" if cod.eph else b"\x00"
+        body = bytearray()
+        s_base: dict[tuple[int, int], int] = {}
+        for c in range(ncomp):
+            s = 0
+            for g in grids[c]:
+                s_base[(c, g.r)] = s
+                s += g.num_precincts
+        for local in seq_p.tolist():
+            c, r, p = int(prec.comp[local]), int(prec.res[local]), int(prec.index[local])
+            ident = t + (c + (s_base[(c, r)] + p) * ncomp) * ntiles
+            data = precinct_bins.get(ident, b"")
+            have = 0
+            if data:
+                bands = precinct_band_grids(siz, t, c, styles[c], grids[c][r], p)
+                state = PrecinctState(bands, styles[c].cb_style)
+                have = complete_packets(state, data, cod.eph, take)
+                if have:
+                    state2 = PrecinctState(bands, styles[c].cb_style)
+                    body += data[:_packets_end(state2, data, cod.eph, have)]
+            body += empty * (layers - have)
+        th = _rewrite_header(tile_headers.get(t, b""), 0)
+        psot = 12 + len(th) + 2 + len(body)
+        out += struct.pack(">HHHIBB", SOT, 10, t, psot, 0, 1) + th + struct.pack(">H", SOD)
+        out += body
+    out += struct.pack(">H", EOC)
+    return bytes(out)
+
+
+def _packets_end(state: PrecinctState, data: bytes, eph: bool, count: int) -> int:
+    pos = 0
+    for layer in range(count):
+        bits = BitReader(data, pos, len(data))
+        body = state.read_header(bits, layer)
+        end = bits.align()
+        if eph and end + 2 <= len(data) and data[end] == 0xFF and data[end + 1] == 0x92:
+            end += 2
+        pos = end + body
+    return pos

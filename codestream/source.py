@@ -1,0 +1,208 @@
+"""A served file: its identity, a memory map of it, its codestream indexes and its data-bins.
+
+Data-bin bytes are handed out as memoryviews of the map (plus small built pieces), so serving
+never copies a large file into memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .boxes import FileLayout, read_layout
+from .errors import CodestreamError
+from .index import CodestreamIndex, index_codestream
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    """What must not change for a cached index (and a JPIP target id) to stay valid."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    header_hash: str  # sha256 of the first 64 KiB: catches rewrites that keep size and mtime
+
+    @property
+    def target_id(self) -> str:
+        key = f"{self.path}|{self.size}|{self.mtime_ns}|{self.inode}|{self.header_hash}"
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def file_identity(path: Path) -> FileIdentity:
+    st = path.stat()
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    return FileIdentity(str(path), st.st_size, st.st_mtime_ns, st.st_ino,
+                        hashlib.sha256(head).hexdigest())
+
+
+def placeholder_box(orig_header: bytes, codestream: int) -> bytes:
+    """A 'phld' box standing for a jp2c box whose codestream lives in header/precinct bins."""
+    body = (struct.pack(">IQ", 4, 0) + orig_header + struct.pack(">QQQ", 0, 0, codestream))
+    return struct.pack(">I4s", 8 + len(body), b"phld") + body
+
+
+def metadata_bin0(buf, layout: FileLayout) -> bytes:
+    """Metadata-bin 0: the top-level boxes, each jp2c replaced by a codestream placeholder.
+
+    Superboxes holding jp2c boxes (JPX) are rebuilt the same way one level down.
+    """
+    if not layout.is_jp2:
+        return b""
+    starts = {off: n for n, (off, _) in enumerate(layout.codestreams)}
+    from .boxes import SUPERBOXES, walk_boxes
+
+    def emit(boxes, depth: int) -> bytes:
+        out = bytearray()
+        for box in boxes:
+            if box.box_type == b"jp2c" and box.content_offset in starts:
+                out += placeholder_box(bytes(buf[box.offset:box.content_offset]),
+                                       starts[box.content_offset])
+            elif box.box_type in SUPERBOXES and depth < 8 and _holds_codestream(box):
+                kids = emit(walk_boxes(buf, box.content_offset, box.end), depth + 1)
+                out += struct.pack(">I4s", 8 + len(kids), box.box_type) + kids
+            else:
+                out += buf[box.offset:box.end]
+        return bytes(out)
+
+    def _holds_codestream(box) -> bool:
+        return any(box.offset < off < box.end for off in starts)
+
+    return emit(layout.top_boxes, 0)
+
+
+class Source:
+    """An open, indexed file. Close it (or use it as a context manager) to release the map."""
+
+    def __init__(self, path: Path, identity: FileIdentity, layout: FileLayout,
+                 codestreams: list[CodestreamIndex], meta0: bytes) -> None:
+        self.path = path
+        self.identity = identity
+        self.layout = layout
+        self.codestreams = codestreams
+        self.metadata0 = meta0
+        self._file = open(path, "rb")
+        try:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError as e:  # empty file
+            self._file.close()
+            raise CodestreamError(0, f"cannot map file: {e}") from e
+        if len(self._map) != identity.size:
+            self.close()
+            raise CodestreamError(-1, "file changed while it was being opened")
+        self.view = memoryview(self._map)
+        self._main_bins: dict[int, bytes] = {}
+        self._tile_bins: dict[tuple[int, int], bytes] = {}
+
+    def close(self) -> None:
+        view = getattr(self, "view", None)
+        if view is not None:
+            view.release()
+            self.view = None
+        if getattr(self, "_map", None) is not None:
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # a response still holds a view; the map closes when it is dropped
+        self._file.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- data-bins -------------------------------------------------------------------------
+    def main_header_bin(self, cs: int) -> bytes:
+        b = self._main_bins.get(cs)
+        if b is None:
+            ix = self.codestreams[cs]
+            b = b"".join(self.view[o:o + n] for o, n in ix.main_header_ranges.tolist())
+            self._main_bins[cs] = b
+        return b
+
+    def tile_header_bin(self, cs: int, t: int) -> bytes:
+        key = (cs, t)
+        b = self._tile_bins.get(key)
+        if b is None:
+            rows = self.codestreams[cs].tile_header_ranges
+            sel = rows[rows[:, 0] == t] if len(rows) else rows
+            b = b"".join(self.view[o:o + n] for _, o, n in sel.tolist())
+            self._tile_bins[key] = b
+        return b
+
+    def precinct_pieces(self, cs: int, row: int, layers: int | None = None) -> list:
+        """The precinct bin of precinct `row` (first `layers` packets) as a list of buffers."""
+        ix = self.codestreams[cs]
+        pk = ix.packets
+        start = int(ix.precincts["pkt_start"][row])
+        count = int(ix.precincts["pkt_count"][row])
+        if layers is not None:
+            count = min(count, layers)
+        pieces = []
+        for k in range(start, start + count):
+            po = int(pk["packed_offset"][k])
+            if po >= 0:
+                pieces.append(ix.packed_headers[po:po + int(pk["packed_length"][k])])
+            off = int(pk["offset"][k])
+            pieces.append(self.view[off:off + int(pk["length"][k])])
+        return pieces
+
+    def precinct_bin(self, cs: int, row: int, layers: int | None = None) -> bytes:
+        return b"".join(self.precinct_pieces(cs, row, layers))
+
+    def bin_range(self, cs: int, row: int, start: int, end: int) -> list:
+        """Bytes [start, end) of precinct `row`'s bin, as buffers (no copy of the file)."""
+        ix = self.codestreams[cs]
+        pk = ix.packets
+        p0 = int(ix.precincts["pkt_start"][row])
+        n = int(ix.precincts["pkt_count"][row])
+        ends = pk["bin_end"][p0:p0 + n]
+        k = int(np.searchsorted(ends, start, side="right"))
+        out = []
+        pos = start
+        while pos < end and k < n:
+            kk = p0 + k
+            pkt_end = int(ends[k])
+            hlen = int(pk["packed_length"][kk])
+            pkt_start = pkt_end - hlen - int(pk["length"][kk])
+            a, b = pos - pkt_start, min(end, pkt_end) - pkt_start
+            if hlen:
+                po = int(pk["packed_offset"][kk])
+                if a < hlen:
+                    out.append(ix.packed_headers[po + a:po + min(b, hlen)])
+                a, b = max(a, hlen) - hlen, b - hlen
+            if b > a:
+                off = int(pk["offset"][kk])
+                out.append(self.view[off + a:off + b])
+            pos = min(end, pkt_end)
+            k += 1
+        return out
+
+
+def build_source(path: Path, *, use_plt: bool = True) -> Source:
+    """Opens and indexes a file from scratch (no cache)."""
+    identity = file_identity(path)
+    with open(path, "rb") as f:
+        if identity.size < 4:
+            raise CodestreamError(0, "file too short to be JPEG 2000")
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            layout = read_layout(mm)
+            streams = [index_codestream(mm, off, ln, use_plt=use_plt)
+                       for off, ln in layout.codestreams]
+            meta0 = metadata_bin0(mm, layout)
+        finally:
+            mm.close()
+    return Source(path, identity, layout, streams, meta0)
+
+
+def size_of(path: str | os.PathLike) -> int:
+    return os.stat(path).st_size

@@ -1,0 +1,35 @@
+"""OpenJPEG (through glymur) as the oracle: decode a codestream's bytes to per-component arrays."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import glymur
+import numpy as np
+
+
+def decode_codestream(data: bytes, *, rlevel: int = 0, area: tuple[int, int, int, int] | None = None,
+                      layers: int = 0) -> list[np.ndarray]:
+    """Decodes raw codestream bytes; `area` is (y0, x0, y1, x1) on the reference grid,
+    `layers` the number of quality layers to decode (0 = all). One array per component."""
+    fd, path = tempfile.mkstemp(suffix=".j2k")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        jp = glymur.Jp2k(path)
+        if layers:
+            jp.layer = layers
+        bands = jp.read_bands(rlevel=rlevel, area=area, layer=layers)
+        return [np.asarray(b) for b in bands]
+    finally:
+        os.unlink(path)
+
+
+def assert_same_pixels(a: list[np.ndarray], b: list[np.ndarray], what: str = "") -> None:
+    assert len(a) == len(b), f"{what}: {len(a)} vs {len(b)} components"
+    for c, (x, y) in enumerate(zip(a, b, strict=True)):
+        assert x.shape == y.shape, f"{what}: component {c} shape {x.shape} vs {y.shape}"
+        if not np.array_equal(x, y):
+            diff = np.argwhere(x != y)
+            raise AssertionError(f"{what}: component {c}: {len(diff)} pixels differ, first at "
+                                 f"{diff[0].tolist()}")

@@ -187,8 +187,9 @@ class Source:
         return out
 
 
-def build_source(path: Path, *, use_plt: bool = True) -> Source:
+def build_source(path: Path | str, *, use_plt: bool = True) -> Source:
     """Opens and indexes a file from scratch (no cache)."""
+    path = Path(path)
     identity = file_identity(path)
     with open(path, "rb") as f:
         if identity.size < 4:

@@ -7,6 +7,8 @@ import tempfile
 import glymur
 import numpy as np
 
+glymur.set_option("lib.num_threads", 1)  # one thread: decodes are reproducible
+
 
 def decode_codestream(data: bytes, *, rlevel: int = 0, area: tuple[int, int, int, int] | None = None,
                       layers: int = 0) -> list[np.ndarray]:
@@ -20,6 +22,8 @@ def decode_codestream(data: bytes, *, rlevel: int = 0, area: tuple[int, int, int
         if layers:
             jp.layer = layers
         bands = jp.read_bands(rlevel=rlevel, area=area, layer=layers)
+        if isinstance(bands, np.ndarray):
+            return [bands] if bands.ndim == 2 else [bands[..., i] for i in range(bands.shape[2])]
         return [np.asarray(b) for b in bands]
     finally:
         os.unlink(path)
@@ -33,3 +37,21 @@ def assert_same_pixels(a: list[np.ndarray], b: list[np.ndarray], what: str = "")
             diff = np.argwhere(x != y)
             raise AssertionError(f"{what}: component {c}: {len(diff)} pixels differ, first at "
                                  f"{diff[0].tolist()}")
+
+
+def window_crops(arrays: list[np.ndarray], siz, discard: int, region: tuple[int, int, int, int],
+                 comps: tuple[int, ...] | None = None) -> list[np.ndarray]:
+    """The samples of a reference-grid region [x0, x1) x [y0, y1) in each component of a
+    full-frame decode at `discard` levels (component arrays as decode_codestream returns)."""
+    x0, y0, x1, y1 = region
+    out = []
+    for c, arr in enumerate(arrays):
+        if comps is not None and c not in comps:
+            continue
+        comp = siz.components[c]
+        sx, sy = comp.dx << discard, comp.dy << discard
+        bx, by = -(-siz.xosiz // sx), -(-siz.yosiz // sy)
+        u0, u1 = -(-x0 // sx) - bx, -(-x1 // sx) - bx
+        v0, v1 = -(-y0 // sy) - by, -(-y1 // sy) - by
+        out.append(arr[v0:v1, u0:u1])
+    return out

@@ -1,0 +1,145 @@
+"""Which precincts a view-window needs, and in what order their bytes go out.
+
+A precinct is relevant when one of its code-blocks holds a coefficient that the inverse wavelet
+transform uses for a sample inside the window. Going down from the window's resolution, the
+needed sample range [a, b) at resolution n widens by the synthesis filter reach S (2 for 5/3,
+4 for 9/7) and splits into the low-pass range (the next resolution's samples) and the
+high-pass range (the HL/LH/HH coefficients at this level), by the parity of the absolute
+coordinate. The loop is over tile-component-resolutions; precincts are taken as rectangles of
+the precinct grid, never one by one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from codestream.index import CodestreamIndex
+
+from .window import ViewWindow
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The bins of one codestream a window needs."""
+
+    codestream: int
+    tiles: np.ndarray      # tile indexes whose header bins are needed (sorted)
+    rows: np.ndarray       # precinct rows (into the index arrays), in delivery-independent order
+    layers: int
+
+
+class _TcrTable:
+    """Per (tile, component) the rows of the tcr table, looked up once per index."""
+
+    def __init__(self, ix: CodestreamIndex) -> None:
+        tcr = ix.tcr
+        self.first: dict[tuple[int, int], int] = {}
+        t, c, r = tcr["t"], tcr["c"], tcr["r"]
+        for i in np.nonzero(r == 0)[0].tolist():
+            self.first[(int(t[i]), int(c[i]))] = i
+
+
+_TABLES: dict[int, _TcrTable] = {}
+
+
+def _table(ix: CodestreamIndex) -> _TcrTable:
+    tab = getattr(ix, "_tcr_table", None)
+    if tab is None:
+        tab = _TcrTable(ix)
+        ix._tcr_table = tab  # cached on the index: computed once per file
+    return tab
+
+
+def _rect_rows(tcr: dict[str, np.ndarray], i: int, rects: list[tuple[int, int, int, int]],
+               band_shift: int) -> np.ndarray:
+    """Rows of the precincts at tcr row i whose cells meet any rectangle (x0, y0, x1, y1) given
+    in that resolution's band coordinates (band_shift = 1 above resolution 0)."""
+    npw, nph = int(tcr["npw"][i]), int(tcr["nph"][i])
+    if npw == 0 or nph == 0:
+        return np.zeros(0, np.int64)
+    ppx, ppy = int(tcr["ppx"][i]) - band_shift, int(tcr["ppy"][i]) - band_shift
+    ox, oy = int(tcr["x0"][i]) >> int(tcr["ppx"][i]), int(tcr["y0"][i]) >> int(tcr["ppy"][i])
+    mask = None
+    for x0, y0, x1, y1 in rects:
+        if x1 <= x0 or y1 <= y0:
+            continue
+        px0, px1 = max((x0 >> ppx) - ox, 0), min(_cdiv(x1, 1 << ppx) - ox, npw)
+        py0, py1 = max((y0 >> ppy) - oy, 0), min(_cdiv(y1, 1 << ppy) - oy, nph)
+        if px1 <= px0 or py1 <= py0:
+            continue
+        if mask is None:
+            mask = np.zeros((nph, npw), bool)
+        mask[py0:py1, px0:px1] = True
+    if mask is None:
+        return np.zeros(0, np.int64)
+    return int(tcr["prec_base"][i]) + np.flatnonzero(mask)
+
+
+def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
+    if window.empty:
+        return Plan(window.codestream, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+    siz = ix.siz
+    X0, Y0, X1, Y1 = window.region
+    d = window.discard
+    tcr = ix.tcr
+    table = _table(ix)
+    # Tiles the region touches.
+    p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
+    p1 = min(_cdiv(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
+    q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
+    q1 = min(_cdiv(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
+    tiles, parts = [], []
+    for q in range(q0, q1):
+        for p in range(p0, p1):
+            t = q * siz.tiles_x + p
+            tiles.append(t)
+            tx0, ty0, tx1, ty1 = siz.tile_bounds(t)
+            rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
+            if rx1 <= rx0 or ry1 <= ry0:
+                continue
+            for c in window.comps:
+                base = table.first.get((t, c))
+                if base is None:
+                    continue
+                parts.extend(_tile_component_rows(tcr, base, siz.components[c].dx,
+                                                  siz.components[c].dy, d,
+                                                  (rx0, ry0, rx1, ry1)))
+    rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
+
+
+def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
+                         region: tuple[int, int, int, int]) -> list[np.ndarray]:
+    nl = int(tcr["levels"][base])
+    top = max(nl - d, 0)
+    reach = 2 if tcr["reversible"][base] else 4
+    sx, sy = dx << min(d, nl), dy << min(d, nl)
+    rx0, ry0, rx1, ry1 = region
+    i = base + top
+    a, b = max(_cdiv(rx0, sx), int(tcr["x0"][i])), min(_cdiv(rx1, sx), int(tcr["x1"][i]))
+    c0, c1 = max(_cdiv(ry0, sy), int(tcr["y0"][i])), min(_cdiv(ry1, sy), int(tcr["y1"][i]))
+    out = []
+    if b <= a or c1 <= c0:
+        return out
+    for n in range(top, 0, -1):
+        i = base + n
+        lo_x, hi_x = max(a - reach, int(tcr["x0"][i])), min(b + reach, int(tcr["x1"][i]))
+        lo_y, hi_y = max(c0 - reach, int(tcr["y0"][i])), min(c1 + reach, int(tcr["y1"][i]))
+        low_x = (_cdiv(lo_x, 2), _cdiv(hi_x, 2))
+        high_x = (lo_x >> 1, hi_x >> 1)
+        low_y = (_cdiv(lo_y, 2), _cdiv(hi_y, 2))
+        high_y = (lo_y >> 1, hi_y >> 1)
+        rects = [(high_x[0], low_y[0], high_x[1], low_y[1]),    # HL
+                 (low_x[0], high_y[0], low_x[1], high_y[1]),    # LH
+                 (high_x[0], high_y[0], high_x[1], high_y[1])]  # HH
+        out.append(_rect_rows(tcr, i, rects, 1))
+        a, b, c0, c1 = low_x[0], low_x[1], low_y[0], low_y[1]
+        if b <= a or c1 <= c0:
+            return out
+    out.append(_rect_rows(tcr, base, [(a, c0, b, c1)], 0))
+    return out

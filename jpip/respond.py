@@ -75,11 +75,13 @@ class ResponseBuilder:
             self.outcome.reason = EOR.BYTE_LIMIT
             cut = room - len(header)
             if cut <= 0:
+                self.writer.discard()
                 return 0
             # The shorter message cannot hold the bin's last byte; re-encode its header.
             header = self.writer.header(cls, cs, bin_id, offset, cut, False)
             cut = min(cut, room - len(header))
             if cut <= 0:
+                self.writer.discard()
                 return 0
             header = self.writer.header(cls, cs, bin_id, offset, cut, False)
             pieces = _take(pieces, cut)

@@ -1,9 +1,291 @@
-"""The JPIP request path (owned by the lead; placeholder until the protocol lands)."""
+"""The JPIP request path: query -> typed request -> channel/session -> windows -> JPP-stream.
+
+This is the only place where the protocol meets aiohttp. Responses are streamed chunk by chunk;
+a chunk's bytes are recorded in the session's cache model only after its write returned, so a
+client that goes away keeps a model of what it really received.
+"""
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 from aiohttp import web
+
+from cache.index_cache import IndexCache
+from cache.model import CacheModel
+from cache.sessions import Channel, OverCapacity, SessionStore, UnknownChannel
+from jpip.errors import RequestError
+from jpip.jpp import EOR, MessageWriter
+from jpip.modelspec import apply_model, restrict_to_need
+from jpip.plan import Plan, plan_window
+from jpip.request import JPIPRequest, parse_form_body, parse_query
+from jpip.respond import ResponseBuilder
+from jpip.window import resolve_window
+
+log = logging.getLogger("jpip.request")
+
+JPP_TYPE = "image/jpp-stream"
+STATE_KEY = web.AppKey("jpip_state", object)
+QID_WAIT = 2.0  # seconds a request waits for lower qids on its channel
+
+
+@dataclass
+class JPIPState:
+    root: Path
+    jpip_path: str
+    lenient: bool
+    index_cache: IndexCache
+    sessions: SessionStore
+    max_response_bytes: int
+    metrics: object | None = None
+
+
+def setup_jpip(app: web.Application, config) -> JPIPState:
+    """Creates the JPIP state (index cache, sessions) for an app built from `config`."""
+    metrics = None
+    try:
+        from server.app import METRICS_KEY
+        metrics = app.get(METRICS_KEY)
+    except ImportError:  # pragma: no cover - during bootstrap
+        pass
+
+    def index_event(kind: str, seconds: float) -> None:
+        if metrics is not None:
+            metrics.index_event(kind, seconds)
+
+    def session_event(kind: str) -> None:
+        if metrics is not None:
+            metrics.session_event(kind)
+
+    state = JPIPState(
+        root=Path(config.root).resolve(),
+        jpip_path=config.jpip_path,
+        lenient=config.lenient,
+        index_cache=IndexCache(config.index_cache_dir, config.index_cache_entries,
+                               on_event=index_event),
+        sessions=SessionStore(max_sessions=config.max_sessions,
+                              idle_timeout=config.session_idle_timeout,
+                              max_model_bytes=config.max_session_bytes,
+                              on_event=session_event),
+        max_response_bytes=config.max_response_bytes,
+        metrics=metrics,
+    )
+    app[STATE_KEY] = state
+    return state
+
+
+def _state(request: web.Request) -> JPIPState:
+    state = request.app.get(STATE_KEY)
+    if state is None:
+        raise web.HTTPInternalServerError(text="JPIP state not set up\n")
+    return state
+
+
+async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
+    if request.method == "POST":
+        body = await request.read()
+        query = request.rel_url.raw_query_string
+        if query and body:
+            raise RequestError(None, "fields in both the URL and the POST body")
+        return parse_form_body(body, lenient=lenient) if body else parse_query(query,
+                                                                                lenient=lenient)
+    return parse_query(request.rel_url.raw_query_string, lenient=lenient)
+
+
+def _resolve(state: JPIPState, name: str) -> Path:
+    from server.targets import resolve_target
+    return resolve_target(state.root, name)
+
+
+def _codestreams(req: JPIPRequest, count: int) -> tuple[list[int], str | None]:
+    """The codestreams a request names (stream=, context=jpxl<...>), default 0."""
+    wanted: list[int] = []
+    for lo, hi, step in (req.stream or ()):
+        top = count - 1 if hi is None else min(hi, count - 1)
+        wanted.extend(range(lo, top + 1, max(step or 1, 1)))
+    # JPX compositing layers map one to one onto codestreams in the files we serve.
+    layers = req.context.jpxl_layers if req.context is not None else ()
+    for lo, hi, step in layers:
+        top = count - 1 if hi is None else min(hi, count - 1)
+        wanted.extend(range(lo, top + 1, max(step or 1, 1)))
+    if not req.stream and not layers:
+        return [0], None
+    served = sorted(set(c for c in wanted if 0 <= c < count))
+    asked = set(wanted)
+    changed = None
+    if set(served) != asked:
+        changed = ",".join(str(c) for c in served) if served else ""
+    return served, changed
 
 
 async def handle_jpip(request: web.Request, target: str | None = None) -> web.StreamResponse:
     """Serve one JPIP request; `target` is the path form's target, if any."""
-    return web.Response(status=501, text="JPIP requests are not served yet\n")
+    state = _state(request)
+    req = await _read_request(request, state.lenient)
+    headers: dict[str, str] = {"Content-Type": JPP_TYPE, "Cache-Control": "no-cache"}
+    if req.qid is not None:
+        headers["JPIP-qid"] = str(req.qid)
+    if req.upload:
+        raise RequestError("upload", "uploads are not supported", status=501)
+    _check_type(req)
+
+    channel: Channel | None = None
+    sessions = state.sessions
+    if req.cclose and not req.cid and req.cclose != ("*",):
+        # cclose alone names the channels to close.
+        sessions.close(list(req.cclose))
+        return _eor_only(headers, EOR.WINDOW_DONE)
+    if req.cid:
+        try:
+            channel = sessions.get(req.cid)
+        except UnknownChannel as e:
+            raise RequestError("cid", str(e), status=503) from e
+    name = target if target is not None else req.target
+    if channel is not None:
+        path = Path(channel.session.target)
+        if name is not None and _resolve(state, name) != path:
+            raise RequestError("cid", "the channel belongs to another target")
+    else:
+        if name is None:
+            raise RequestError("target", "no target: give target=, a path, or cid=")
+        path = _resolve(state, name)
+
+    source = await state.index_cache.aget(path)
+    current_tid = source.identity.target_id
+    tid_mismatch = req.tid is not None and req.tid not in ("0", current_tid)
+    if req.tid is not None or req.cnew:
+        headers["JPIP-tid"] = current_tid
+
+    if req.cnew:
+        transports = [t.strip() for t in req.cnew]
+        if "http" not in transports:
+            raise RequestError("cnew", "only the http transport is offered", status=501)
+        if channel is not None:
+            channel = sessions.add_channel(channel.session)
+        else:
+            try:
+                channel = sessions.open(str(path), current_tid)
+            except OverCapacity as e:
+                from server.errors import ServiceUnavailable
+                raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
+        headers["JPIP-cnew"] = (f"cid={channel.cid},path={state.jpip_path.lstrip('/')},"
+                                "transport=http")
+
+    if channel is not None and channel.session.target_id != current_tid:
+        # The file changed on disk: the session's model describes another file.
+        channel.session.model = CacheModel()
+        channel.session.target_id = current_tid
+        headers["JPIP-tid"] = current_tid
+
+    if channel is None:
+        return await _serve(request, state, req, source, None, headers, tid_mismatch)
+
+    # One request at a time per channel, in qid order; a newer request pre-empts older ones
+    # unless it says wait=yes.
+    if channel.lock is None:
+        channel.lock = asyncio.Lock()
+    if not req.wait:
+        channel.generation += 1
+    my_generation = channel.generation
+    channel.busy += 1
+    try:
+        if req.qid is not None:
+            deadline = time.monotonic() + QID_WAIT
+            while channel.last_qid >= 0 and req.qid > channel.last_qid + 1 \
+                    and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        async with channel.lock:
+            if req.qid is not None:
+                channel.last_qid = max(channel.last_qid, req.qid)
+            if channel.generation != my_generation and not req.wait:
+                return _eor_only(headers, EOR.WINDOW_CHANGE, status=202)
+            resp = await _serve(request, state, req, source, channel, headers, tid_mismatch,
+                                my_generation)
+        if req.cclose:
+            ids = list(channel.session.channels) if req.cclose == ("*",) else list(req.cclose)
+            sessions.close(ids)
+        return resp
+    finally:
+        channel.busy -= 1
+
+
+def _check_type(req: JPIPRequest) -> None:
+    if not req.type:
+        return
+    for t in req.type:
+        if t == "jpp-stream":
+            return
+    raise RequestError("type", f"cannot serve {','.join(req.type)}; this server sends "
+                       "jpp-stream", status=415)
+
+
+def _eor_only(headers: dict[str, str], reason: int, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=MessageWriter().eor(reason), headers=headers)
+
+
+async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, source,
+                 channel: Channel | None, headers: dict[str, str], tid_mismatch: bool,
+                 generation: int = 0) -> web.StreamResponse:
+    streams, stream_changed = _codestreams(req, len(source.codestreams))
+    if stream_changed is not None:
+        headers["JPIP-stream"] = stream_changed
+    plans: list[Plan] = []
+    for n, cs in enumerate(streams):
+        ix = source.codestreams[cs]
+        fsiz = (req.fsiz.fx, req.fsiz.fy, req.fsiz.round) if req.fsiz is not None else None
+        window = resolve_window(ix, cs, fsiz=fsiz, roff=req.roff, rsiz=req.rsiz,
+                                comps=req.comps, layers=req.layers)
+        if n == 0:
+            headers.update(window.changed)
+        plans.append(plan_window(ix, window))
+
+    if channel is not None:
+        model = channel.session.model
+        if req.model and not tid_mismatch:
+            apply_model(req.model, source, model, streams[0] if streams else 0)
+    else:
+        model = CacheModel()
+        if req.model and not tid_mismatch:
+            apply_model(req.model, source, model, streams[0] if streams else 0)
+    if req.need and not tid_mismatch:
+        plans = restrict_to_need(req.need, source, plans, streams[0] if streams else 0)
+
+    limit = req.len
+    if limit is None or limit > state.max_response_bytes:
+        limit = state.max_response_bytes if limit is None else min(limit, state.max_response_bytes)
+    metadata_only = req.metareq is not None and req.metareq.metadata_only
+    builder = ResponseBuilder(source, plans, model, byte_limit=limit,
+                              send_metadata=True,
+                              metadata_only=metadata_only or (req.len == 0))
+    resp = web.StreamResponse(status=200, headers=headers)
+    resp.enable_chunked_encoding()
+    if request.method == "HEAD":
+        await resp.prepare(request)
+        return resp
+    await resp.prepare(request)
+    delivered = 0
+    try:
+        for chunk in builder.chunks():
+            if channel is not None and channel.generation != generation and chunk.updates:
+                # A newer request arrived: end this one at a message boundary (EOR 3).
+                await resp.write(MessageWriter().eor(EOR.WINDOW_CHANGE))
+                break
+            await resp.write(chunk.data)
+            delivered += len(chunk.data)
+            if chunk.updates:
+                model.commit(chunk.updates)
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.info("client went away after %d bytes", delivered)
+        raise
+    finally:
+        if channel is not None:
+            channel.session.bytes_sent += delivered
+            channel.session.bytes_saved += builder.outcome.bytes_skipped
+            state.sessions.check_model_size(channel.session)
+        if state.metrics is not None:
+            state.metrics.bytes_saved(builder.outcome.bytes_skipped)
+    return resp

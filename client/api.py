@@ -56,6 +56,7 @@ class JPIPClient:
         self._http: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._qid = 0
+        self.raw_sink: bytearray | None = None  # set to a bytearray to keep the raw JPP-stream
 
     async def __aenter__(self) -> JPIPClient:
         self._http = aiohttp.ClientSession(timeout=self._timeout)
@@ -104,6 +105,8 @@ class JPIPClient:
                     stats.ttfb = time.perf_counter() - t0
                     first = False
                 stats.bytes += len(chunk)
+                if self.raw_sink is not None:
+                    self.raw_sink += chunk
                 for item in parser.feed(chunk):
                     self.cache.add(item)
                     stats.messages += 1

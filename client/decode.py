@@ -99,6 +99,8 @@ def decode_region(cache: BinCache, region: Region, cs: int = 0, layers: int = 0,
     s = cache.streams[cs]
     info = header_info(bytes(s.main_header.data))
     data = rebuild(cache, cs)
+    if layers >= info.layers:
+        layers = 0  # OpenJPEG's "all layers"
     x0, y0, x1, y1 = region.region
     try:
         arrays = _decode(data, region.discard, (y0, x0, y1, x1), layers)

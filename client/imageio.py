@@ -102,8 +102,9 @@ def _read_pnm(path: Path) -> np.ndarray:
     comps = 3 if h.magic in (b"P3", b"P6") else 1
     dtype = np.uint8 if h.maxval < 256 else np.uint16
     if h.magic in (b"P5", b"P6"):
-        return RawSource(path, h.offset, h.height, h.width, comps,
-                         np.dtype(">u2") if dtype == np.uint16 else np.dtype("u1")).read_all()
+        with RawSource(path, h.offset, h.height, h.width, comps,
+                       np.dtype(">u2") if dtype == np.uint16 else np.dtype("u1")) as src:
+            return src.read_all()
     if h.magic in (b"P2", b"P3"):
         with open(path, "rb") as fh:
             fh.seek(h.offset - 1)

@@ -13,7 +13,7 @@ What "browses well" means here, and why:
     bounded by a row of tiles (a single tile for raw inputs: .npy, uncompressed TIFF, PGM/PPM).
 
 TLM markers are not written: glymur 0.14.8 sends PLT=NO along with TLM=YES, so asking for both
-loses the PLT markers (see /work/shared/corpus/make_large.py for a workaround), and the server
+loses the PLT markers (shared/corpus/make_large.py shows a workaround), and the server
 locates tile-parts by walking SOT markers anyway.
 """
 from __future__ import annotations

@@ -1,0 +1,200 @@
+"""The aiohttp application: routes, middlewares, CORS, health and metrics.
+
+Middlewares, outermost first: observe (metrics, request info, finishing every response) ->
+proxy (real client address) -> limits (request body size) -> errors (one place mapping
+exceptions to answers) -> timeout (per-request deadline). CORS headers are added in the
+on_response_prepare signal, so they reach streamed responses and error answers alike.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from server import jpip_handler
+from server.config import ServerConfig, load_config
+from server.errors import ServiceUnavailable, error_middleware
+from server.jpip_handler import handle_jpip
+from server.logs import ACCESS_LOGGER, AccessLogger
+from server.metrics import Metrics
+from server.proxy import TrustedProxies, proxy_middleware
+
+__all__ = ["CONFIG_KEY", "METRICS_KEY", "EXPOSED_HEADERS", "create_app", "app_factory"]
+
+CONFIG_KEY = web.AppKey("jpip_config", ServerConfig)
+METRICS_KEY = web.AppKey("jpip_metrics", Metrics)
+
+EXPOSED_HEADERS = (
+    "JPIP-cnew", "JPIP-tid", "JPIP-qid", "JPIP-fsiz", "JPIP-rsiz", "JPIP-roff", "JPIP-comps",
+    "JPIP-layers", "JPIP-len", "JPIP-stream", "JPIP-context", "JPIP-metareq", "JPIP-quality",
+    "JPIP-type", "JPIP-mset", "JPIP-cap", "JPIP-pref", "JPIP-handled", "JPIP-roi", "JPIP-srate",
+)
+JPIP_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+PREFLIGHT_MAX_AGE = "86400"
+TIMEOUT_RETRY_AFTER = 2
+
+
+# ----- handlers -----
+
+async def jpip_endpoint(request: web.Request) -> web.StreamResponse:
+    """config.jpip_path (and '/'): the target is named by the `target=` field."""
+    return await handle_jpip(request)
+
+
+async def jpip_path_form(request: web.Request) -> web.StreamResponse:
+    """/<target path>: the path is the target (already percent-decoded once by aiohttp)."""
+    return await handle_jpip(request, target=request.match_info["target"])
+
+
+def _root_readable(root: str) -> bool:
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)  # opening and reading the directory proves it is readable
+        return True
+    except OSError:
+        return False
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Readiness: 200 while the image root can be read, 503 when it cannot (e.g. unmounted)."""
+    root = request.app[CONFIG_KEY].root
+    # In a thread: a hung network mount must not stall the event loop.
+    readable = await asyncio.to_thread(_root_readable, os.fspath(root))
+    body = {"status": "ok" if readable else "unavailable", "root_readable": readable}
+    resp = web.json_response(body, status=200 if readable else 503)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS_KEY]
+    resp = web.Response(body=metrics.render())
+    resp.headers["Content-Type"] = metrics.content_type
+    return resp
+
+
+def _preflight(allowed: Sequence[str]) -> web.Handler:
+    allow = ", ".join(allowed)
+
+    async def options(request: web.Request) -> web.Response:
+        resp = web.Response(status=204, headers={"Allow": allow})
+        if request.app[CONFIG_KEY].cors_origins:
+            resp.headers["Access-Control-Allow-Methods"] = allow
+            resp.headers["Access-Control-Allow-Headers"] = request.headers.get(
+                "Access-Control-Request-Headers", "Content-Type")
+            resp.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
+        return resp
+
+    return options
+
+
+def _not_allowed(allowed: Sequence[str]) -> web.Handler:
+    async def not_allowed(request: web.Request) -> web.Response:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+    return not_allowed
+
+
+# ----- middlewares and signals -----
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    # Refuse an oversized body up front, whether or not the handler would have read it.
+    limit = request.app[CONFIG_KEY].max_request_body
+    length = request.content_length
+    if length is not None and length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+    return await handler(request)
+
+
+@web.middleware
+async def timeout_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    seconds = request.app[CONFIG_KEY].request_timeout
+    try:
+        async with asyncio.timeout(seconds) as deadline:
+            return await handler(request)
+    except TimeoutError:
+        if not deadline.expired():
+            raise  # a TimeoutError of the handler's own: an ordinary error
+        # Not started: 503 + Retry-After. Started: the error middleware cuts the connection.
+        raise ServiceUnavailable(f"request took longer than {seconds:g} s",
+                                 retry_after=TIMEOUT_RETRY_AFTER) from None
+
+
+async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origins = request.app[CONFIG_KEY].cors_origins
+    if not origins:
+        return
+    origin = request.headers.get("Origin")
+    if origin is not None and origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.add("Vary", "Origin")
+    elif "*" in origins:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    else:
+        return  # an origin we do not serve: the browser will refuse, as it should
+    response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+
+
+# ----- the application -----
+
+def create_app(config: ServerConfig | None = None) -> web.Application:
+    """The server application; without a config, it is read from the environment."""
+    if config is None:
+        config = load_config([], os.environ)
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[
+            metrics.middleware(),
+            proxy_middleware(TrustedProxies(config.trusted_proxies)),
+            limits_middleware,
+            error_middleware,
+            timeout_middleware,
+        ],
+        client_max_size=config.max_request_body,
+        handler_args={
+            "max_line_size": config.max_field_size,
+            "max_field_size": config.max_field_size,
+            "keepalive_timeout": config.keepalive_timeout,
+            # Our access log whoever runs the app (jpip-server, aiohttp.web, tests).
+            "access_log_class": AccessLogger,
+            "access_log": logging.getLogger(ACCESS_LOGGER),
+        },
+    )
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = metrics
+    app.on_response_prepare.append(metrics.on_response_prepare)
+    app.on_response_prepare.append(cors_headers)
+    # The JPIP layer's own state (index cache, sessions), when the handler module provides it.
+    setup_jpip = getattr(jpip_handler, "setup_jpip", None)
+    if setup_jpip is not None:
+        setup_jpip(app, config)
+
+    router = app.router
+    # Fixed paths first; dynamic routes are matched in the order they are added.
+    for path, handler, methods in (
+        ("/healthz", healthz, READ_METHODS),
+        ("/metrics", metrics_endpoint, READ_METHODS),
+        (config.jpip_path, jpip_endpoint, JPIP_METHODS),
+        ("/", jpip_endpoint, JPIP_METHODS),
+    ):
+        router.add_get(path, handler)  # HEAD too
+        if "POST" in methods:
+            router.add_post(path, handler)
+        router.add_route("OPTIONS", path, _preflight(methods))
+        # Without this, e.g. POST /healthz would fall through to the path form (target healthz).
+        router.add_route("*", path, _not_allowed(methods))
+    router.add_get("/{target:.+}", jpip_path_form)
+    router.add_post("/{target:.+}", jpip_path_form)
+    router.add_route("OPTIONS", "/{target:.*}", _preflight(JPIP_METHODS))
+    return app
+
+
+def app_factory(argv: list[str]) -> web.Application:
+    """For `python -m aiohttp.web -P 8080 server.app:app_factory [--root DIR ...]`."""
+    return create_app(load_config(argv, os.environ))
+

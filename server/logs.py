@@ -1,0 +1,142 @@
+"""Logging setup (plain text or JSON lines) and the access log.
+
+`RequestInfo` is the per-request record the middlewares fill in (real client address, when the
+response started, the session id) and the access logger reads. It is one mutable object stored in
+the request's state, so it is shared by every clone of the request.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+if TYPE_CHECKING:
+    from server.config import ServerConfig
+
+ACCESS_LOGGER = "jpip.access"
+_MAX_QUERY_LOGGED = 512
+
+
+@dataclass
+class RequestInfo:
+    start: float                      # perf_counter() when the first middleware saw the request
+    remote: str | None = None         # client address, after trusted-proxy headers
+    scheme: str | None = None
+    cid: str | None = None            # JPIP channel id, set by the handler (set_request_cid)
+    response: web.StreamResponse | None = None  # the response once prepared (headers committed)
+    first_byte: float | None = None   # perf_counter() when the headers were sent
+    cut: bool = False                 # the response was cut short by an error or timeout
+
+
+INFO_KEY: web.RequestKey[RequestInfo] = web.RequestKey("jpip_request_info", RequestInfo)
+
+
+def request_info(request: web.BaseRequest) -> RequestInfo | None:
+    return request.get(INFO_KEY)
+
+
+def set_request_cid(request: web.BaseRequest, cid: str) -> None:
+    """Lets the JPIP handler name the channel, so the access log line carries it."""
+    info = request.get(INFO_KEY)
+    if info is not None:
+        info.cid = cid
+
+
+# ----- formatters -----
+
+_STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, extra fields, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(config: ServerConfig) -> None:
+    """Configures the root logger once for the process (replacing earlier handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if config.json_logs else logging.Formatter(PLAIN_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(config.log_level)
+    # aiohttp's own access log would duplicate ours.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# ----- access log -----
+
+def _cid_of(request: web.BaseRequest, response: web.StreamResponse,
+            info: RequestInfo | None) -> str | None:
+    if info is not None and info.cid:
+        return info.cid
+    cnew = response.headers.get("JPIP-cnew", "")
+    for part in cnew.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "cid" and value:
+            return value
+    try:
+        return request.query.get("cid") or None
+    except Exception:  # an unparsable query must not break logging
+        return None
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, path, status, bytes, duration_ms, remote, cid."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse,
+            time_taken: float) -> None:
+        info = request_info(request)
+        if info is not None:  # finer than aiohttp's loop clock (1 ms with uvloop)
+            time_taken = time.perf_counter() - info.start
+        query = request.rel_url.raw_query_string
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": request.rel_url.raw_path,
+            "query": query[:_MAX_QUERY_LOGGED],
+            "status": response.status,
+            "bytes": response.body_length,
+            "duration_ms": round(time_taken * 1000, 3),
+            "remote": (info.remote if info and info.remote else request.remote) or "-",
+        }
+        cid = _cid_of(request, response, info)
+        if cid:
+            fields["cid"] = cid
+        if info is not None and info.cut:
+            fields["cut"] = True
+        target = fields["path"] + ("?" + fields["query"] if query else "")
+        text = (f'{fields["remote"]} "{request.method} {target}" {response.status} '
+                f'{fields["bytes"]} {fields["duration_ms"]:.2f}ms')
+        if cid:
+            text += f" cid={cid}"
+        if fields.get("cut"):
+            text += " cut"
+        self.logger.info(text, extra=fields)
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

@@ -1,0 +1,78 @@
+"""Maps a request's target name to a file under the image root, and nothing else.
+
+The target arrives percent-decoded once (by aiohttp for the path form, by the JPIP parser for
+`target=`). It is never decoded again: a '%' left in it is part of a file name.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger("jpip.targets")
+
+SERVED_SUFFIXES = (".jp2", ".j2k", ".j2c", ".jpx", ".jpf", ".jph", ".jhc")
+
+
+class TargetError(Exception):
+    """A target that is not served: 404 for unknown or refused names, 415 for file types."""
+
+    def __init__(self, reason: str, status: int = 404) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def _refuse(target: str, reason: str, status: int = 404) -> TargetError:
+    log.warning("refused target %r: %s", target, reason)
+    return TargetError(reason, status)
+
+
+def resolve_target(root: Path, target: str,
+                   allowed_suffixes: tuple[str, ...] = SERVED_SUFFIXES) -> Path:
+    """Returns the real path of the regular file `target` names under `root`.
+
+    Raises TargetError for anything else. The checks on the name come first, so a hostile name
+    never reaches the file system; the real-path check then catches symlinks leaving the root.
+    This does blocking stat() calls; run it in a thread if the root may be slow storage.
+    """
+    if not isinstance(target, str) or not target:
+        raise _refuse(str(target), "empty target")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in target):
+        raise _refuse(target, "target contains control characters")
+    if "\\" in target:
+        raise _refuse(target, "target contains a backslash")
+    if target.startswith("/"):
+        raise _refuse(target, "target is an absolute path")
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise _refuse(target, "target climbs out with '..'")
+    if not parts:
+        raise _refuse(target, "target names no file")
+    allowed = tuple(s.lower() for s in allowed_suffixes)
+    if problem := _suffix_problem(parts[-1], allowed):
+        raise _refuse(target, problem, 415)
+
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(real_root, *parts))
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise _refuse(target, "target resolves outside the image root")
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise _refuse(target, "no such target") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(target, "target is not a regular file")
+    # A link named .jp2 may point at any other file inside the root: check what it really is.
+    if problem := _suffix_problem(real, allowed):
+        raise _refuse(target, problem, 415)
+    return Path(real)
+
+
+def _suffix_problem(name: str, allowed: tuple[str, ...]) -> str | None:
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in allowed:
+        return None
+    shown = f"'{suffix}' files are" if suffix else "files without a suffix are"
+    return f"{shown} not served (served: {', '.join(allowed)})"

@@ -27,6 +27,7 @@ class HeaderInfo:
     layers: int
     progression: int
     mct: int
+    ht: bool = False  # HTJ2K code-blocks (OpenJPEG 2.5's area decoding gets these wrong)
 
     @property
     def width(self) -> int:
@@ -42,7 +43,7 @@ def header_info(main_header: bytes) -> HeaderInfo:
     layout = parse_codestream(skeleton, 0, len(skeleton))
     cod, styles = tile_coding(layout, 0)
     return HeaderInfo(layout.siz, min(s.levels for s in styles), cod.layers, cod.progression,
-                      cod.mct)
+                      cod.mct, any(s.is_ht for s in styles))
 
 
 @dataclass(frozen=True)
@@ -103,10 +104,12 @@ def decode_region(cache: BinCache, region: Region, cs: int = 0, layers: int = 0,
         layers = 0  # OpenJPEG's "all layers"
     x0, y0, x1, y1 = region.region
     try:
+        if info.ht:
+            raise OpenJPEGLibraryError("area decoding of HT code-blocks is unreliable")
         arrays = _decode(data, region.discard, (y0, x0, y1, x1), layers)
     except OpenJPEGLibraryError:
-        # OpenJPEG rejects some areas (e.g. a subsampled component left empty): decode the
-        # whole frame and crop instead.
+        # OpenJPEG rejects some areas (e.g. a subsampled component left empty) and decodes
+        # HT areas wrongly: decode the whole frame and crop instead.
         full = _decode(data, region.discard, None, layers)
         arrays = []
         for c, arr in enumerate(full):

@@ -105,7 +105,8 @@ def read_layout(buf: memoryview | bytes) -> FileLayout:
     if bytes(buf[:4]) == SOC_SIZ:
         return FileLayout(False, (), ((0, size),))
     if bytes(buf[:12]) != JP2_SIGNATURE:
-        raise CodestreamError(0, "neither a JPEG 2000 codestream (SOC) nor a JP2 file (signature box)")
+        raise CodestreamError(0, "neither a JPEG 2000 codestream (SOC) nor a JP2 file "
+                              "(signature box)")
     boxes = walk_boxes(buf, 0, size)
     brand = b""
     if len(boxes) > 1 and boxes[1].box_type == b"ftyp" and boxes[1].content_length >= 4:

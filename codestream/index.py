@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CodestreamError
-from .geometry import resolution_grids, tile_component_bounds
+from .geometry import precinct_band_grids, resolution_grids, tile_component_bounds
 from .markers import Cod, CodingStyle, Siz
 from .packets import BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
-from .geometry import precinct_band_grids
 from .progression import packet_sequence, tile_precincts
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,8 @@ def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
     pos = 0
     for part in layout.tile_parts:
         if pos + 4 > len(stream):
-            raise CodestreamError(layout.ppm[-1][1].offset, "PPM: fewer Nppm chunks than tile-parts")
+            raise CodestreamError(layout.ppm[-1][1].offset,
+                                  "PPM: fewer Nppm chunks than tile-parts")
         (n,) = struct.unpack_from(">I", stream, pos)
         if pos + 4 + n > len(stream):
             raise CodestreamError(layout.ppm[-1][1].offset, "PPM: Nppm runs past the PPM data")
@@ -162,7 +162,8 @@ class _Builder:
             if located is None:
                 log.warning("tile %d: PLT does not match the tile data; decoding packet headers", t)
             elif self.verify_plt:
-                decoded = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p, seq_l)
+                decoded = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
+                                               seq_l)
                 if decoded[1] != located[1] or decoded[0] != located[0]:
                     raise CodestreamError(th.parts[0].sot_offset,
                                           f"tile {t}: PLT lengths disagree with packet headers")
@@ -349,7 +350,8 @@ class _Builder:
         np.cumsum(counts[:-1], out=starts[1:])
         sizes = pk["length"] + pk["packed_length"]
         csum = np.cumsum(sizes)
-        group_base = np.repeat(csum[starts[counts > 0]] - sizes[starts[counts > 0]], counts[counts > 0])
+        nz_start, nz_count = starts[counts > 0], counts[counts > 0]
+        group_base = np.repeat(csum[nz_start] - sizes[nz_start], nz_count)
         pk["bin_end"] = (csum - group_base).astype(np.int64)
         bin_length = np.zeros(nprec, np.int64)
         nz = counts > 0

@@ -213,7 +213,8 @@ def parse_siz(r: Reader, seg: Segment) -> Siz:
     if not 1 <= csiz <= MAX_COMPONENTS:
         raise CodestreamError(seg.offset, f"SIZ: {csiz} components (1..{MAX_COMPONENTS} allowed)")
     if seg.length != 2 + 38 + 3 * csiz:
-        raise CodestreamError(seg.offset, f"SIZ: length {seg.length - 2} does not match {csiz} components")
+        raise CodestreamError(seg.offset,
+                              f"SIZ: length {seg.length - 2} does not match {csiz} components")
     if xsiz <= xosiz or ysiz <= yosiz:
         raise CodestreamError(seg.offset, "SIZ: empty image (Xsiz <= XOsiz or Ysiz <= YOsiz)")
     if xtsiz == 0 or ytsiz == 0:
@@ -230,7 +231,8 @@ def parse_siz(r: Reader, seg: Segment) -> Siz:
         comps.append(ComponentSize((ssiz & 0x7F) + 1, bool(ssiz & 0x80), dx, dy))
     siz = Siz(rsiz, xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz, tuple(comps))
     if siz.num_tiles > 1 << 20:
-        raise CodestreamError(seg.offset, f"SIZ: {siz.num_tiles} tiles is more than we serve (2^20)",
+        raise CodestreamError(seg.offset,
+                              f"SIZ: {siz.num_tiles} tiles is more than we serve (2^20)",
                               unsupported=True)
     return siz
 
@@ -241,7 +243,8 @@ def _parse_style(r: Reader, seg: Segment, explicit_precincts: bool) -> CodingSty
         raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: {levels} decomposition levels")
     xcb, ycb, style, transform = r.u8(), r.u8(), r.u8(), r.u8()
     if xcb > 8 or ycb > 8 or xcb + ycb > 8:
-        raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: bad code-block size {xcb},{ycb}")
+        raise CodestreamError(seg.offset,
+                              f"{marker_name(seg.code)}: bad code-block size {xcb},{ycb}")
     if transform > 1:
         raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: wavelet {transform} "
                               "(Part 2 arbitrary wavelets are not served)", unsupported=True)
@@ -309,5 +312,6 @@ def read_segment(buf: memoryview | bytes, pos: int, end: int) -> Segment:
     if length < 2:
         raise CodestreamError(pos, f"{marker_name(code)}: segment length {length} < 2")
     if pos + 2 + length > end:
-        raise CodestreamError(pos, f"{marker_name(code)}: segment length {length} runs past the end")
+        raise CodestreamError(pos, f"{marker_name(code)}: segment length {length} runs past "
+                              "the end")
     return Segment(code, pos, 2 + length)

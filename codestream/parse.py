@@ -188,7 +188,10 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
 
 
 def tile_coding(layout: CodestreamLayout, t: int) -> tuple[Cod, list[CodingStyle]]:
-    """Effective COD and per-component style of tile t (tile COC > tile COD > main COC > main COD)."""
+    """Effective COD and per-component style of tile t.
+
+    Precedence: tile COC > tile COD > main COC > main COD.
+    """
     main = layout.main
     th = layout.tiles.get(t)
     tile_cod = th.markers.cod if th else None

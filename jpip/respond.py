@@ -116,8 +116,7 @@ class ResponseBuilder:
                 if self._stopped:
                     break
                 yield from self._headers(plan)
-            for chunk in self._precinct_data():
-                yield chunk
+            yield from self._precinct_data()
         last = self._flush()
         if last is not None:
             yield last

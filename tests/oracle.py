@@ -10,7 +10,8 @@ import numpy as np
 glymur.set_option("lib.num_threads", 1)  # one thread: decodes are reproducible
 
 
-def decode_codestream(data: bytes, *, rlevel: int = 0, area: tuple[int, int, int, int] | None = None,
+def decode_codestream(data: bytes, *, rlevel: int = 0,
+                      area: tuple[int, int, int, int] | None = None,
                       layers: int = 0) -> list[np.ndarray]:
     """Decodes raw codestream bytes; `area` is (y0, x0, y1, x1) on the reference grid,
     `layers` the number of quality layers to decode (0 = all). One array per component."""

@@ -28,7 +28,8 @@ def windows_for(ix, rng: random.Random, max_discard: int):
                 ((fw // 2, 0), (fw, max(1, fh // 5))), ((0, fh // 2), (max(1, fw // 7), fh))]
         for _ in range(2):
             ox, oy = rng.randrange(fw), rng.randrange(fh)
-            wins.append(((ox, oy), (rng.randint(1, max(1, fw - ox)), rng.randint(1, max(1, fh - oy)))))
+            size = (rng.randint(1, max(1, fw - ox)), rng.randint(1, max(1, fh - oy)))
+            wins.append(((ox, oy), size))
         for roff, rsiz in wins:
             yield (fw, fh, "round-down"), roff, rsiz
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ __all__ = ["CONFIG_KEY", "METRICS_KEY", "EXPOSED_HEADERS", "create_app", "app_fa
 
 CONFIG_KEY = web.AppKey("jpip_config", ServerConfig)
 METRICS_KEY = web.AppKey("jpip_metrics", Metrics)
+HEALTH_POOL_KEY = web.AppKey("jpip_health_pool", ThreadPoolExecutor)
 
 EXPOSED_HEADERS = (
     "JPIP-cnew", "JPIP-tid", "JPIP-qid", "JPIP-fsiz", "JPIP-rsiz", "JPIP-roff", "JPIP-comps",
@@ -35,6 +37,7 @@ EXPOSED_HEADERS = (
 JPIP_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 PREFLIGHT_MAX_AGE = "86400"
+HEALTH_CHECK_TIMEOUT = 2.0
 TIMEOUT_RETRY_AFTER = 2
 
 
@@ -62,8 +65,14 @@ def _root_readable(root: str) -> bool:
 async def healthz(request: web.Request) -> web.Response:
     """Readiness: 200 while the image root can be read, 503 when it cannot (e.g. unmounted)."""
     root = request.app[CONFIG_KEY].root
-    # In a thread: a hung network mount must not stall the event loop.
-    readable = await asyncio.to_thread(_root_readable, os.fspath(root))
+    # In a thread of its own (index builds fill the default pool), with a deadline: a hung
+    # network mount must neither stall the event loop nor leave the health check unanswered.
+    loop = asyncio.get_running_loop()
+    check = loop.run_in_executor(request.app[HEALTH_POOL_KEY], _root_readable, os.fspath(root))
+    try:
+        readable = await asyncio.wait_for(check, HEALTH_CHECK_TIMEOUT)
+    except TimeoutError:
+        readable = False
     body = {"status": "ok" if readable else "unavailable", "root_readable": readable}
     resp = web.json_response(body, status=200 if readable else 503)
     resp.headers["Cache-Control"] = "no-store"
@@ -116,6 +125,9 @@ async def timeout_middleware(request: web.Request, handler: web.Handler) -> web.
     seconds = request.app[CONFIG_KEY].request_timeout
     try:
         async with asyncio.timeout(seconds) as deadline:
+            # A streaming handler lifts this deadline once its response has started and then
+            # bounds each write instead, so a large response is never cut for its size alone.
+            request["deadline"] = deadline
             return await handler(request)
     except TimeoutError:
         if not deadline.expired():
@@ -138,6 +150,13 @@ async def cors_headers(request: web.Request, response: web.StreamResponse) -> No
     else:
         return  # an origin we do not serve: the browser will refuse, as it should
     response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+
+
+async def health_pool(app: web.Application) -> AsyncIterator[None]:
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz")
+    app[HEALTH_POOL_KEY] = pool
+    yield
+    pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead mount: leave it
 
 
 # ----- the application -----
@@ -169,6 +188,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app[METRICS_KEY] = metrics
     app.on_response_prepare.append(metrics.on_response_prepare)
     app.on_response_prepare.append(cors_headers)
+    app.cleanup_ctx.append(health_pool)
     # The JPIP layer's own state (index cache, sessions), when the handler module provides it.
     setup_jpip = getattr(jpip_handler, "setup_jpip", None)
     if setup_jpip is not None:

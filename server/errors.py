@@ -22,6 +22,7 @@ from server.logs import request_info
 log = logging.getLogger("jpip.errors")
 
 DEFAULT_RETRY_AFTER = 5
+CLIENT_CLOSED = 499  # not sent to anyone: the client is gone; it names the case in metrics/logs
 _MAX_REASON = 300
 
 
@@ -100,23 +101,25 @@ def _cut(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    # Only a broken client connection; e.g. ConnectionRefusedError from a backend is a fault.
+    transport = request.transport
+    return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException:
         raise
-    except ConnectionError as exc:
-        # The client went away mid-response: nothing to answer, nothing to alarm anyone about.
-        if response_started(request):
-            log.info("%s %s: client connection lost (%s)", request.method, request.rel_url.raw_path,
-                     _one_line(exc) or type(exc).__name__)
-            return _cut(request)
-        answer = classify(exc)
-        _log(request, answer, exc)
-        return error_response(answer)
     except Exception as exc:
-        answer = classify(exc)
+        if _client_gone(request, exc):
+            # Nothing can be answered and nobody needs alarming; 499 as nginx counts it.
+            answer = ErrorAnswer(CLIENT_CLOSED, "client connection lost", {}, logging.INFO,
+                                 f"client connection lost ({type(exc).__name__})")
+        else:
+            answer = classify(exc)
         if response_started(request):
             _log(request, answer, exc, suffix=" (response cut)")
             return _cut(request)
@@ -126,6 +129,9 @@ async def error_middleware(request: web.Request, handler: web.Handler) -> web.St
 
 def _log(request: web.Request, answer: ErrorAnswer, exc: BaseException,
          suffix: str = "") -> None:
-    log.log(answer.level, "%s %s from %s -> %d %s%s", request.method, request.rel_url.raw_path,
-            request.remote, answer.status, answer.log_text, suffix,
-            exc_info=exc if answer.traceback else None)
+    path = request.rel_url.raw_path
+    log.log(answer.level, "%s %s from %s -> %d %s%s", request.method, path, request.remote,
+            answer.status, answer.log_text, suffix,
+            exc_info=exc if answer.traceback else None,
+            extra={"method": request.method, "path": path, "remote": request.remote,
+                   "status": answer.status})

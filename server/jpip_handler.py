@@ -40,6 +40,7 @@ class JPIPState:
     index_cache: IndexCache
     sessions: SessionStore
     max_response_bytes: int
+    write_timeout: float = 60.0
     metrics: object | None = None
 
 
@@ -60,20 +61,29 @@ def setup_jpip(app: web.Application, config) -> JPIPState:
         if metrics is not None:
             metrics.session_event(kind)
 
+    cache_dir = config.effective_index_cache_dir() if hasattr(
+        config, "effective_index_cache_dir") else config.index_cache_dir
     state = JPIPState(
         root=Path(config.root).resolve(),
         jpip_path=config.jpip_path,
         lenient=config.lenient,
-        index_cache=IndexCache(config.index_cache_dir, config.index_cache_entries,
-                               on_event=index_event),
+        index_cache=IndexCache(cache_dir, config.index_cache_entries, on_event=index_event),
         sessions=SessionStore(max_sessions=config.max_sessions,
                               idle_timeout=config.session_idle_timeout,
                               max_model_bytes=config.max_session_bytes,
                               on_event=session_event),
         max_response_bytes=config.max_response_bytes,
+        write_timeout=getattr(config, "request_timeout", 60.0),
         metrics=metrics,
     )
     app[STATE_KEY] = state
+
+    async def close_state(app: web.Application) -> None:
+        # on_cleanup runs after in-flight requests finished (on_shutdown runs before).
+        state.index_cache.close()
+        state.sessions.close(list(state.sessions._channels))
+
+    app.on_cleanup.append(close_state)
     return state
 
 
@@ -173,6 +183,9 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
                 raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
         headers["JPIP-cnew"] = (f"cid={channel.cid},path={state.jpip_path.lstrip('/')},"
                                 "transport=http")
+    if channel is not None:
+        from server.logs import set_request_cid
+        set_request_cid(request, channel.cid)
 
     if channel is not None and channel.session.target_id != current_tid:
         # The file changed on disk: the session's model describes another file.
@@ -266,6 +279,9 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
         await resp.prepare(request)
         return resp
     await resp.prepare(request)
+    deadline = request.get("deadline")
+    if deadline is not None:
+        deadline.reschedule(None)  # from here on each write is bounded instead
     delivered = 0
     try:
         for chunk in builder.chunks():
@@ -273,7 +289,8 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
                 # A newer request arrived: end this one at a message boundary (EOR 3).
                 await resp.write(MessageWriter().eor(EOR.WINDOW_CHANGE))
                 break
-            await resp.write(chunk.data)
+            async with asyncio.timeout(state.write_timeout):
+                await resp.write(chunk.data)
             delivered += len(chunk.data)
             if chunk.updates:
                 model.commit(chunk.updates)

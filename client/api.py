@@ -57,6 +57,9 @@ class JPIPClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._qid = 0
         self.raw_sink: bytearray | None = None  # set to a bytearray to keep the raw JPP-stream
+        # After a response broke off, the server's model may claim bytes that never arrived:
+        # the next session request restates the whole cache (subtract all, add what is held).
+        self._resync = False
 
     async def __aenter__(self) -> JPIPClient:
         self._http = aiohttp.ClientSession(timeout=self._timeout)
@@ -85,7 +88,8 @@ class JPIPClient:
         return f"{self._base}?{q}"
 
     async def _get(self, query: str, *, use_channel: bool = False,
-                   progress: Callable[[int], None] | None = None) -> FetchStats:
+                   progress: Callable[[int], None] | None = None,
+                   abort_after: int | None = None) -> FetchStats:
         assert self._http is not None, "use `async with JPIPClient(...)`"
         stats = FetchStats()
         t0 = time.perf_counter()
@@ -104,6 +108,18 @@ class JPIPClient:
                 if first:
                     stats.ttfb = time.perf_counter() - t0
                     first = False
+                if abort_after is not None and stats.bytes + len(chunk) >= abort_after:
+                    # Simulates a dropped connection: keep the whole messages received so far.
+                    chunk = chunk[:abort_after - stats.bytes]
+                    stats.bytes += len(chunk)
+                    for item in parser.feed(chunk):
+                        self.cache.add(item)
+                        stats.messages += 1
+                    resp.close()
+                    self._resync = True
+                    self._note_headers(stats.headers)
+                    stats.seconds = time.perf_counter() - t0
+                    return stats
                 stats.bytes += len(chunk)
                 if self.raw_sink is not None:
                     self.raw_sink += chunk
@@ -138,7 +154,8 @@ class JPIPClient:
                     roff: tuple[int, int] | None = None, rsiz: tuple[int, int] | None = None,
                     layers: int | None = None, comps: str | None = None,
                     length: int | None = None, stream: int = 0, metareq: str | None = None,
-                    progress: Callable[[int], None] | None = None) -> FetchStats:
+                    progress: Callable[[int], None] | None = None,
+                    abort_after: int | None = None) -> FetchStats:
         """One request for a view-window; the bytes go into `self.cache`."""
         q = []
         if fsiz is not None:
@@ -171,8 +188,14 @@ class JPIPClient:
         else:
             q.append(f"cid={self.cid}")
             use_channel = True
+            if self._resync:
+                held = self.cache.model_string(stream)
+                restate = f"[{stream}],-Hm,-H*,-P*" + ("," + held.split(",", 1)[1] if held else "")
+                q.append("model=" + quote(restate, safe="[],:-*"))
+                self._resync = False
         self._qid += 1
-        return await self._get("&".join(q), use_channel=use_channel, progress=progress)
+        return await self._get("&".join(q), use_channel=use_channel, progress=progress,
+                               abort_after=abort_after)
 
     async def fetch_all(self, max_requests: int = 100, **window) -> list[FetchStats]:
         """Repeats a request until the server says the window is complete (EOR 1 or 2)."""

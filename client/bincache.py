@@ -130,9 +130,7 @@ class BinCache:
     def model_string(self, cs: int) -> str:
         """The `model=` descriptors of what is held for codestream `cs`."""
         s = self.streams.get(cs)
-        if s is None:
-            return ""
-        items = []
+        items: list[str] = []
 
         def describe(prefix: str, b: DataBin) -> None:
             if b.complete:
@@ -140,11 +138,14 @@ class BinCache:
             elif b.data:
                 items.append(f"{prefix}:{len(b.data)}")
 
-        describe("Hm", s.main_header)
-        for t, b in sorted(s.tile_headers.items()):
-            describe(f"H{t}", b)
-        for i, b in sorted(s.precincts.items()):
-            describe(f"P{i}", b)
+        for i, b in sorted(self.metadata.items()):
+            describe(f"M{i}", b)
+        if s is not None:
+            describe("Hm", s.main_header)
+            for t, b in sorted(s.tile_headers.items()):
+                describe(f"H{t}", b)
+            for i, b in sorted(s.precincts.items()):
+                describe(f"P{i}", b)
         if not items:
             return ""
         return f"[{cs}]," + ",".join(items)

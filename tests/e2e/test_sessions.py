@@ -1,0 +1,188 @@
+"""Sessions: a viewer's pan/zoom sequence never receives a byte twice and decodes exactly."""
+from __future__ import annotations
+
+import aiohttp
+import numpy as np
+import pytest
+from glymur.lib.openjp2 import OpenJPEGLibraryError
+
+from client.api import JPIPClient
+from codestream.source import build_source
+from jpip.jpp import parse_stream
+from jpip.window import resolve_window
+from server.app import create_app
+from server.config import ServerConfig
+from tests.conftest import INTEROP
+from tests.oracle import assert_same_pixels, decode_codestream, window_crops
+
+IMAGE = "med2048.jp2"  # 2048x2048 16-bit, 256/128 precincts, 6 layers, PLT
+
+
+@pytest.fixture
+async def interop_server(aiohttp_server, tmp_path):
+    config = ServerConfig(root=INTEROP, index_cache_dir=tmp_path / "ix", port=0)
+    return await aiohttp_server(create_app(config))
+
+
+@pytest.fixture(scope="module")
+def source():
+    with build_source(INTEROP / IMAGE) as src:
+        yield src
+
+
+def pan_sequence() -> list[tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
+    """Thumbnail, zoom in twice towards a point, pan, zoom out: 20 windows."""
+    wins = [((256, 256), (0, 0), (256, 256)), ((512, 512), (128, 128), (256, 256)),
+            ((1024, 1024), (384, 384), (256, 256))]
+    x, y = 384, 384
+    for step in range(15):
+        x += 64 if step % 4 != 3 else 0
+        y += 64 if step % 4 == 3 else 0
+        wins.append(((2048, 2048), (2 * x, 2 * y), (512, 512)))
+    wins += [((1024, 1024), (400, 400), (512, 512)), ((256, 256), (0, 0), (256, 256))]
+    return wins
+
+
+def reference(src, fsiz, roff, rsiz):
+    ix = src.codestreams[0]
+    w = resolve_window(ix, 0, fsiz=(fsiz[0], fsiz[1], "round-down"), roff=roff, rsiz=rsiz)
+    x0, y0, x1, y1 = w.region
+    original = bytes(src.view[ix.offset:ix.offset + ix.length])
+    try:
+        return decode_codestream(original, rlevel=w.discard, area=(y0, x0, y1, x1))
+    except OpenJPEGLibraryError:  # OpenJPEG refuses some areas: decode all and crop
+        full = decode_codestream(original, rlevel=w.discard)
+        return window_crops(full, ix.siz, w.discard, w.region)
+
+
+async def test_pan_sequence_never_resends_and_decodes_exactly(interop_server, source) -> None:
+    url = str(interop_server.make_url("/jpip")) + f"?target={IMAGE}"
+    async with JPIPClient(url) as client:
+        for n, (fsiz, roff, rsiz) in enumerate(pan_sequence()):
+            stats = await client.fetch_all(fsiz=fsiz, roff=roff, rsiz=rsiz)
+            assert stats[-1].eor == 2
+            if n % 4 == 0 or n == 19:
+                got = client.decode(fsiz=fsiz, roff=roff, rsiz=rsiz)
+                assert_same_pixels(reference(source, fsiz, roff, rsiz), got, f"window {n}")
+        assert client.cache.duplicate_bytes == 0
+        # Repeating a window: only the EOR message comes back.
+        raw = bytearray()
+        client.raw_sink = raw
+        await client.fetch(fsiz=(2048, 2048), roff=(1000, 1000), rsiz=(512, 512))
+        assert bytes(raw) == b"\x00\x02\x00"
+
+
+async def test_stateless_model_gives_the_same_bytes_as_the_session(interop_server) -> None:
+    url = str(interop_server.make_url("/jpip")) + f"?target={IMAGE}"
+    per_window = {}
+    for stateless in (False, True):
+        async with JPIPClient(url, stateless=stateless) as client:
+            sizes = []
+            for fsiz, roff, rsiz in pan_sequence()[:10]:
+                before = client.cache.data_bytes
+                await client.fetch(fsiz=fsiz, roff=roff, rsiz=rsiz)
+                sizes.append(client.cache.data_bytes - before)
+            assert client.cache.duplicate_bytes == 0
+            per_window[stateless] = sizes
+    assert per_window[True] == per_window[False]
+
+
+async def test_len_limited_requests_continue_where_they_stopped(interop_server, source) -> None:
+    url = str(interop_server.make_url("/jpip")) + f"?target={IMAGE}"
+    async with JPIPClient(url) as client:
+        window = {"fsiz": (1024, 1024), "roff": (200, 300), "rsiz": (300, 200)}
+        stats = await client.fetch_all(length=3000, max_requests=500, **window)
+        assert len(stats) > 3
+        assert all(s.eor == 4 for s in stats[:-1]) and stats[-1].eor == 2
+        assert all(s.bytes <= 3000 + 3 for s in stats)
+        assert client.cache.duplicate_bytes == 0
+        got = client.decode(**window)
+        assert_same_pixels(reference(source, **window), got, "len-limited")
+
+
+async def test_dropped_connection_gets_the_rest_and_nothing_twice(interop_server, source) -> None:
+    url = str(interop_server.make_url("/jpip")) + f"?target={IMAGE}"
+    window = {"fsiz": (2048, 2048), "roff": (512, 512), "rsiz": (1024, 1024)}
+    async with JPIPClient(url) as client:
+        await client.fetch(fsiz=(256, 256))
+        # Read only part of a large response, then close the connection.
+        partial = await client.fetch(abort_after=150_000, **window)
+        assert partial.eor is None and partial.bytes == 150_000
+        stats = await client.fetch_all(**window)
+        assert stats[-1].eor == 2
+        assert client.cache.duplicate_bytes == 0
+        got = client.decode(**window)
+        assert_same_pixels(reference(source, **window), got, "after a dropped connection")
+
+
+async def test_two_channels_of_one_session_share_the_model(interop_server) -> None:
+    base = str(interop_server.make_url("/jpip"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}?target={IMAGE}&cnew=http&fsiz=256,256") as r:
+            cid1 = dict(kv.split("=") for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+            first = await r.read()
+        async with http.get(f"{base}?cid={cid1}&cnew=http&fsiz=512,512") as r:
+            cid2 = dict(kv.split("=") for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+            second = await r.read()
+        assert cid1 != cid2
+        seen: dict[tuple, set[int]] = {}
+        bodies = [first, second]
+        for n in range(6):
+            cid = (cid1, cid2)[n % 2]
+            async with http.get(f"{base}?cid={cid}&fsiz=1024,1024&roff={n * 100},{n * 80}"
+                                f"&rsiz=300,300") as r:
+                assert r.status == 200
+                bodies.append(await r.read())
+        for body in bodies:
+            for m in parse_stream(body):
+                if not hasattr(m, "bin_class"):
+                    continue
+                key = (m.bin_class, m.csn, m.bin_id)
+                got = set(range(m.offset, m.offset + len(m.data)))
+                assert not (seen.setdefault(key, set()) & got), f"bytes of {key} sent twice"
+                seen[key] |= got
+        # Closing one channel keeps the other; closing the last ends the session.
+        async with http.get(f"{base}?cclose={cid1}") as r:
+            assert r.status == 200
+        async with http.get(f"{base}?cid={cid1}&fsiz=64,64") as r:
+            assert r.status == 503
+        async with http.get(f"{base}?cid={cid2}&fsiz=64,64") as r:
+            assert r.status == 200
+        async with http.get(f"{base}?cid={cid2}&cclose=*") as r:
+            assert r.status == 200
+        async with http.get(f"{base}?cid={cid2}&fsiz=64,64") as r:
+            assert r.status == 503
+
+
+async def test_channel_ids_are_bound_to_their_target(interop_server) -> None:
+    base = str(interop_server.make_url("/jpip"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}?target={IMAGE}&cnew=http&fsiz=64,64") as r:
+            cid = dict(kv.split("=") for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+            assert len(cid) == 32
+        async with http.get(f"{base}?target=rgb4096.jp2&cid={cid}&fsiz=64,64") as r:
+            assert r.status == 400
+            assert "another target" in await r.text()
+
+
+def test_sessions_are_capped_and_expire() -> None:
+    from cache.sessions import OverCapacity, SessionStore, UnknownChannel
+    now = [0.0]
+    events = []
+    store = SessionStore(max_sessions=3, idle_timeout=10, clock=lambda: now[0],
+                         on_event=events.append)
+    chans = [store.open("a", "t") for _ in range(3)]
+    chans[0].busy = 1  # in flight: never evicted
+    store.open("a", "t")  # evicts the least recently used idle session (chans[1])
+    assert "evicted" in events
+    with pytest.raises(UnknownChannel):
+        store.get(chans[1].cid)
+    for ch in list(store._channels.values()):
+        ch.busy = 1
+    with pytest.raises(OverCapacity):
+        store.open("a", "t")
+    for ch in list(store._channels.values()):
+        ch.busy = 0
+    now[0] = 100.0
+    assert store.expire() == 3 and len(store) == 0
+    assert np.all([e in ("created", "evicted", "expired") for e in events])

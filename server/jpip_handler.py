@@ -111,24 +111,23 @@ def _resolve(state: JPIPState, name: str) -> Path:
 
 
 def _codestreams(req: JPIPRequest, count: int) -> tuple[list[int], str | None]:
-    """The codestreams a request names (stream=, context=jpxl<...>), default 0."""
-    wanted: list[int] = []
-    for lo, hi, step in (req.stream or ()):
-        top = count - 1 if hi is None else min(hi, count - 1)
-        wanted.extend(range(lo, top + 1, max(step or 1, 1)))
+    """The codestreams a request names (stream=, context=jpxl<...>), default 0, and the
+    JPIP-stream value when the served set differs from the requested one."""
+    ranges = list(req.stream or ())
     # JPX compositing layers map one to one onto codestreams in the files we serve.
-    layers = req.context.jpxl_layers if req.context is not None else ()
-    for lo, hi, step in layers:
-        top = count - 1 if hi is None else min(hi, count - 1)
-        wanted.extend(range(lo, top + 1, max(step or 1, 1)))
-    if not req.stream and not layers:
+    if req.context is not None:
+        ranges.extend(req.context.jpxl_layers)
+    if not ranges:
         return [0], None
-    served = sorted(set(c for c in wanted if 0 <= c < count))
-    asked = set(wanted)
-    changed = None
-    if set(served) != asked:
-        changed = ",".join(str(c) for c in served) if served else ""
-    return served, changed
+    served: set[int] = set()
+    clipped = False
+    for lo, hi, step in ranges:
+        top = count - 1 if hi is None else hi
+        if top > count - 1 or lo > count - 1:
+            clipped = True
+        served.update(range(lo, min(top, count - 1) + 1, max(step or 1, 1)))
+    out = sorted(served)
+    return out, (",".join(str(c) for c in out) if clipped else None)
 
 
 async def handle_jpip(request: web.Request, target: str | None = None) -> web.StreamResponse:

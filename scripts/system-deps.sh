@@ -5,7 +5,7 @@
 set -euo pipefail
 packages=(libopenjp2-7)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(libopenjp2-tools libopenjpip-dec-server nginx-light)
+  packages+=(curl libopenjp2-tools libopenjpip-dec-server nginx-light)
 fi
 missing=()
 for p in "${packages[@]}"; do

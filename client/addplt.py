@@ -8,14 +8,18 @@ images); with them it only adds up lengths. The rewrite works from the server's 
     tile-part's packets in bitstream order (SOP + header + EPH + body); a segment holds at most
     65535 bytes, Zplt counts up from 0. Existing PLT segments are replaced. A tile-part without
     packets gets one zero entry (Lplt may not be below 4; Kakadu pads PLT the same way);
-  * each tile-part's Psot is set for the bytes added or removed (Psot = 0 is written out);
+  * each tile-part's Psot is set for the bytes added or removed (a Psot of 0 becomes the real
+    length);
   * the main header gets TLM segment(s) (Stlm: 16-bit tile index, 32-bit lengths) listing
     every tile-part in order; existing TLM and PLM segments are dropped;
   * packed packet headers (PPM/PPT) are moved back into the packets by default and the PPM/PPT
     segments dropped: a precinct data-bin is header + body either way, so the bins do not change,
     and the output indexes from PLT alone. With `keep_packed_headers=True` PPM/PPT are kept and
-    PLT lists the packets as they sit in the bitstream (SOP + body only);
-  * bytes after a tile's last packet (encoder padding) are dropped, and a missing EOC is added;
+    PLT lists the packets as they sit in the bitstream (SOP + body only); a server then still
+    has to decode the packed headers (codestream/index.py does not yet pair PLT with them, so
+    verification refuses such an output);
+  * bytes after a tile's last packet (encoder padding) or after EOC (DICOM pads) are dropped,
+    and a missing EOC is added;
   * JP2-family files: every box is copied unchanged except the jp2c box(es), whose length is
     rewritten (LBox = 0 stays 0), and superboxes holding them.
 
@@ -74,6 +78,7 @@ class AddPltReport:
     eoc_added: bool = False
     index_seconds_before: float = 0.0
     index_seconds_after: float = 0.0
+    verified: bool = False  # the output was indexed and checked against the input
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -89,8 +94,9 @@ class AddPltReport:
             f"{self.tile_parts} tile-part(s), {self.tlm_segments} TLM segment(s)"
             + (" (replacing the input's PLT)" if self.had_plt else ""),
             f"  headers    {self.ppm_ppt_note}",
-            f"  index      {self.index_seconds_before:.3f} s before, "
-            f"{self.index_seconds_after:.3f} s after (packets located from PLT)",
+            f"  index      {self.index_seconds_before:.3f} s before"
+            + (f", {self.index_seconds_after:.3f} s after (packets located from PLT, same "
+               "data-bins)" if self.verified else " (output not checked)"),
         ]
         lines += [f"  note       {n}" for n in self.notes]
         return "\n".join(lines)
@@ -162,7 +168,7 @@ class _Plan:
 
     def add(self, piece: Piece) -> None:
         self.pieces.append(piece)
-        self.length += len(piece) if isinstance(piece, bytes) else piece[1] - piece[0]
+        self.length += _piece_length(piece)
 
 
 def _kept_segments(buf, start: int, end: int, drop: set[int]) -> list[tuple[int, int]]:
@@ -239,43 +245,47 @@ def _packet_pieces(ix: CodestreamIndex, part: TilePart, rows: np.ndarray, unpack
     return pieces, ends - starts + plens, padding
 
 
+def _piece_length(p: Piece) -> int:
+    return len(p) if isinstance(p, bytes) else p[1] - p[0]
+
+
+def _plan_tile_part(buf, ix: CodestreamIndex, part: TilePart, rows: np.ndarray, unpack: bool
+                    ) -> tuple[list[Piece], int, int, int]:
+    """SOT (with the new Psot), the kept header segments, PLT, SOD and the packets.
+
+    Returns the pieces, Psot, the number of PLT segments and the padding dropped."""
+    drop = {PLT} | ({PPT} if unpack else set())
+    header = _kept_segments(buf, part.sot_offset + 12, part.header_end - 2, drop)
+    data, lengths, padding = _packet_pieces(ix, part, rows, unpack)
+    plts = plt_segments(lengths)
+    body: list[Piece] = [*header, *plts, b"\xff\x93", *data]
+    psot = 12 + sum(map(_piece_length, body))
+    if psot >= 1 << 32:
+        raise ValueError(f"tile-part at byte {part.sot_offset} would be 4 GiB or more")
+    sot = bytearray(buf[part.sot_offset:part.sot_offset + 12])
+    struct.pack_into(">I", sot, 6, psot)
+    return [bytes(sot), *body], psot, len(plts), padding
+
+
 def _plan_codestream(buf, ix: CodestreamIndex, layout: CodestreamLayout, unpack: bool) -> _Plan:
     plan = _Plan()
     parts = layout.tile_parts
     main_end = parts[0].sot_offset if parts else _main_header_end(buf, layout)
-    drop_main = {TLM, PLM} | ({PPM} if unpack else set())
-    drop_tile = {PLT} | ({PPT} if unpack else set())
-
-    tile_plans: list[tuple[bytes, list[Piece]]] = []
+    tile_pieces: list[Piece] = []
     tlm: list[tuple[int, int]] = []
     for part, rows in zip(parts, _packets_by_part(ix, parts), strict=True):
-        header: list[Piece] = list(_kept_segments(buf, part.sot_offset + 12, part.header_end - 2,
-                                                  drop_tile))
-        data, lengths, padding = _packet_pieces(ix, part, rows, unpack)
-        plts = plt_segments(lengths)
-        size = (12 + sum(e - s for s, e in header) + sum(map(len, plts)) + 2
-                + sum(len(p) if isinstance(p, bytes) else p[1] - p[0] for p in data))
-        if size >= 1 << 32:
-            raise ValueError(f"tile-part at byte {part.sot_offset} would be 4 GiB or more")
-        sot = bytearray(buf[part.sot_offset:part.sot_offset + 12])
-        struct.pack_into(">I", sot, 6, size)
-        tile_plans.append((bytes(sot), header + plts + [b"\xff\x93"] + data))
-        tlm.append((part.tile, size))
-        plan.plt_segments += len(plts)
+        pieces, psot, nplt, padding = _plan_tile_part(buf, ix, part, rows, unpack)
+        tile_pieces += pieces
+        tlm.append((part.tile, psot))
+        plan.plt_segments += nplt
         plan.packets += len(rows)
         plan.padding += padding
-
-    plan.add((layout.offset, layout.offset + 2))  # SOC
-    for rng in _kept_segments(buf, layout.offset + 2, main_end, drop_main):
-        plan.add(rng)
     tlms = tlm_segments(tlm)
-    for seg in tlms:
-        plan.add(seg)
-    for sot, pieces in tile_plans:
-        plan.add(sot)
-        for p in pieces:
-            plan.add(p)
-    plan.add(EOC_BYTES)
+    drop_main = {TLM, PLM} | ({PPM} if unpack else set())
+    plan.add((layout.offset, layout.offset + 2))  # SOC
+    for p in [*_kept_segments(buf, layout.offset + 2, main_end, drop_main), *tlms, *tile_pieces,
+              EOC_BYTES]:
+        plan.add(p)
     last = parts[-1].data_end if parts else main_end
     if bytes(buf[last:last + 2]) == EOC_BYTES:
         plan.trailing = layout.end - last - 2
@@ -322,8 +332,8 @@ def _box_pieces(buf, boxes: list[Box], plans: dict[int, _Plan], depth: int = 0) 
             kids = walk_boxes(buf, box.content_offset, box.end)
             content = _box_pieces(buf, kids, plans, depth + 1)
         else:
-            raise CodestreamError(box.offset, f"codestream inside an unexpected {box.type_name!r} box")
-        length = sum(len(p) if isinstance(p, bytes) else p[1] - p[0] for p in content)
+            raise CodestreamError(box.offset, f"codestream inside a {box.type_name!r} box")
+        length = sum(map(_piece_length, content))
         out.append(_box_header(buf, box, box.header_length + length))
         out.extend(content)
     return out
@@ -402,7 +412,14 @@ def add_plt(input_path: str | os.PathLike[str], output_path: str | os.PathLike[s
         if verify:
             after, report.index_seconds_after = _index_seconds(tmp)
             with after:
-                _check_output(src, after)
+                try:
+                    _check_output(src, after)
+                except ValueError as e:
+                    if report.ppm_ppt_kept:
+                        raise ValueError(f"{e} (with PPM/PPT kept, the index must combine PLT with "
+                                         "the packed headers: rewrite without keeping them)") from e
+                    raise
+        report.verified = verify
         os.replace(tmp, out)
     finally:
         src.close()

@@ -1,0 +1,419 @@
+"""Indexes that outlive a request: an LRU of open Sources in memory, persisted on disk.
+
+On disk there is one file per target, named by a sha256 of the resolved path and written
+atomically (temp file + os.replace). It holds a fixed prefix, a JSON header (format version,
+file identity, box layout, the scalar fields and SIZ of each codestream, an offset table) and
+then the raw bytes of every numpy array, each aligned to 64 bytes:
+
+    prefix  magic "JPIPIDX\\0", version u32, header length u32, data length u64,
+            crc32 of the header u32, crc32 of the data u32             (little-endian, 32 bytes)
+    header  UTF-8 JSON, zero-padded to a multiple of 64
+    data    the arrays, C order, each at a 64-byte aligned offset
+
+Loading maps the file and hands out the arrays as read-only views of the map (no copy, no
+pickle): the page cache is shared by every worker process that loads the same index. A file
+that is short, fails a CRC or does not decode is treated as missing and removed.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import mmap
+import os
+import struct
+import tempfile
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from codestream.boxes import Box, FileLayout
+from codestream.index import CodestreamIndex
+from codestream.markers import ComponentSize, Siz
+from codestream.source import FileIdentity, Source, build_source, file_identity
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAGIC = b"JPIPIDX\x00"
+_PREFIX = struct.Struct("<8sIIQII")
+_ALIGN = 64
+_SUFFIX = ".jpidx"
+# The dataclass fields are part of the format: an index written by an older CodestreamIndex
+# is not decoded into a newer one (it is a miss and gets rebuilt).
+_SCHEMA = [f.name for f in dataclasses.fields(CodestreamIndex)]
+
+EventHook = Callable[[str, float], None]
+
+
+# --------------------------------------------------------------------------- file names
+def _resolved(path: Path | str) -> Path:
+    return Path(path).resolve()
+
+
+def entry_path(path: Path | str, cache_dir: Path) -> Path:
+    """Where the index of `path` lives under `cache_dir` (a sha256 of the resolved path)."""
+    digest = hashlib.sha256(str(_resolved(path)).encode("utf-8", "surrogateescape")).hexdigest()
+    return Path(cache_dir) / (digest + _SUFFIX)
+
+
+def _remove(entry: Path) -> None:
+    try:
+        entry.unlink()
+    except OSError:
+        pass  # already gone, or a read-only cache: a miss either way
+
+
+# --------------------------------------------------------------------------- encoding
+class _Arrays:
+    """Collects the arrays of one entry and lays them out at aligned offsets."""
+
+    def __init__(self) -> None:
+        self.items: list[np.ndarray] = []
+        self.table: list[list[Any]] = []
+        self.size = 0
+
+    def add(self, arr: np.ndarray) -> int:
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.kind not in "biuf" or arr.dtype.hasobject:
+            raise TypeError(f"cannot persist an array of dtype {arr.dtype}")
+        self.size = -(-self.size // _ALIGN) * _ALIGN
+        self.table.append([arr.dtype.str, list(arr.shape), self.size])
+        self.items.append(arr)
+        self.size += arr.nbytes
+        return len(self.items) - 1
+
+
+def _encode_value(value: Any, arrays: _Arrays) -> dict[str, Any]:
+    if isinstance(value, np.ndarray):
+        return {"a": arrays.add(value)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"b": arrays.add(np.frombuffer(bytes(value), np.uint8))}
+    if isinstance(value, Siz):
+        return {"siz": dataclasses.asdict(value)}
+    if isinstance(value, dict):
+        return {"d": {str(k): arrays.add(np.asarray(v)) for k, v in value.items()}}
+    if isinstance(value, tuple):
+        return {"t": list(value)}
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"v": value}
+    raise TypeError(f"cannot persist a {type(value).__name__}")
+
+
+def _decode_value(spec: dict[str, Any], arrays: list[np.ndarray]) -> Any:
+    [(kind, val)] = spec.items()
+    if kind == "a":
+        return arrays[val]
+    if kind == "b":
+        return arrays[val].tobytes()  # small (PPM/PPT headers); a bytes object is what users get
+    if kind == "siz":
+        comps = tuple(ComponentSize(**c) for c in val["components"])
+        return Siz(**{**val, "components": comps})
+    if kind == "d":
+        return {k: arrays[i] for k, i in val.items()}
+    if kind == "t":
+        return tuple(val)
+    if kind == "v":
+        return val
+    raise ValueError(f"unknown field kind {kind!r}")
+
+
+def _encode_layout(layout: FileLayout) -> dict[str, Any]:
+    return {"is_jp2": layout.is_jp2, "brand": layout.brand.hex(),
+            "top_boxes": [[b.box_type.hex(), b.offset, b.header_length, b.length]
+                          for b in layout.top_boxes],
+            "codestreams": [list(c) for c in layout.codestreams]}
+
+
+def _decode_layout(d: dict[str, Any]) -> FileLayout:
+    boxes = tuple(Box(bytes.fromhex(t), int(o), int(h), int(n)) for t, o, h, n in d["top_boxes"])
+    streams = tuple((int(o), int(n)) for o, n in d["codestreams"])
+    return FileLayout(bool(d["is_jp2"]), boxes, streams, bytes.fromhex(d["brand"]))
+
+
+def _identity_dict(ident: FileIdentity) -> dict[str, Any]:
+    return dataclasses.asdict(ident)
+
+
+def _same_file(a: FileIdentity, b: dict[str, Any]) -> bool:
+    return (a.size == b["size"] and a.mtime_ns == b["mtime_ns"] and a.inode == b["inode"]
+            and a.header_hash == b["header_hash"])
+
+
+# --------------------------------------------------------------------------- save / load
+def save_index(source: Source, cache_dir: Path) -> Path:
+    """Writes the index of `source` under `cache_dir` (atomically); returns the entry's path."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrays = _Arrays()
+    streams = []
+    for ix in source.codestreams:
+        streams.append({f.name: _encode_value(getattr(ix, f.name), arrays)
+                        for f in dataclasses.fields(ix)})
+    header = {
+        "version": FORMAT_VERSION,
+        "schema": _SCHEMA,
+        "key": str(_resolved(source.path)),
+        "identity": _identity_dict(source.identity),
+        "layout": _encode_layout(source.layout),
+        "metadata0": arrays.add(np.frombuffer(bytes(source.metadata0), np.uint8)),
+        "codestreams": streams,
+        "arrays": arrays.table,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b"\0" * (-len(head) % _ALIGN)
+    entry = entry_path(source.path, cache_dir)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=entry.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"\0" * _PREFIX.size)  # rewritten below, once the data CRC is known
+            f.write(head)
+            crc = 0
+            pos = 0
+            for arr, (_, _, off) in zip(arrays.items, arrays.table, strict=True):
+                if off > pos:
+                    pad = b"\0" * (off - pos)
+                    f.write(pad)
+                    crc = zlib.crc32(pad, crc)
+                raw = arr.reshape(-1).view(np.uint8)
+                f.write(raw.data)
+                crc = zlib.crc32(raw.data, crc)
+                pos = off + arr.nbytes
+            f.seek(0)
+            f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head), pos, zlib.crc32(head), crc))
+        # No fsync: a file cut short by a crash fails the length/CRC checks and is rebuilt.
+        os.replace(tmp, entry)
+    except BaseException:
+        _remove(Path(tmp))
+        raise
+    return entry
+
+
+def _read_entry(entry: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """Header and arrays of an entry; raises (anything) when the entry is not sound."""
+    with open(entry, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    magic, version, hlen, dlen, hcrc, dcrc = _PREFIX.unpack_from(mm, 0)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise ValueError("not an index file of this version")
+    data_start = _PREFIX.size + hlen
+    if hlen % _ALIGN or data_start + dlen != len(mm):
+        raise ValueError(f"length {len(mm)} does not match the prefix (cut short?)")
+    view = memoryview(mm)
+    if zlib.crc32(view[_PREFIX.size:data_start]) != hcrc:
+        raise ValueError("header CRC mismatch")
+    if zlib.crc32(view[data_start:]) != dcrc:
+        raise ValueError("data CRC mismatch")
+    header = json.loads(bytes(view[_PREFIX.size:data_start]).rstrip(b"\0"))
+    if header.get("version") != FORMAT_VERSION or header.get("schema") != _SCHEMA:
+        raise ValueError("index written for another format or CodestreamIndex")
+    arrays = []
+    for dstr, shape, off in header["arrays"]:
+        dt = np.dtype(dstr)
+        if dt.kind not in "biuf" or dt.hasobject:
+            raise ValueError(f"dtype {dstr} in an index file")
+        count = int(np.prod(shape, dtype=np.int64))
+        if off < 0 or count < 0 or off + count * dt.itemsize > dlen:
+            raise ValueError("array outside the data")
+        arrays.append(np.frombuffer(mm, dt, count, data_start + off).reshape(shape))
+    view.release()
+    return header, arrays
+
+
+def load_index(path: Path, cache_dir: Path) -> Source | None:
+    """The indexed Source of `path` from the disk cache, or None (no entry, the file changed,
+    or the entry is unreadable: then it is removed). Never raises for a bad cache file."""
+    path = Path(path)
+    entry = entry_path(path, cache_dir)
+    if not entry.is_file():
+        return None
+    try:
+        ident = file_identity(path)
+    except OSError:
+        return None  # the image itself is gone: building will say so
+    try:
+        header, arrays = _read_entry(entry)
+        if header["key"] != str(_resolved(path)):
+            raise ValueError("entry belongs to another path")
+        if not _same_file(ident, header["identity"]):
+            log.info("index cache: %s changed since it was indexed", path)
+            _remove(entry)
+            return None
+        layout = _decode_layout(header["layout"])
+        meta0 = arrays[header["metadata0"]].tobytes()
+        streams = [CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
+                   for cs in header["codestreams"]]
+    except Exception as e:  # any defect of a cache file means "rebuild"
+        log.warning("index cache: dropping unreadable entry %s: %s", entry, e)
+        _remove(entry)
+        return None
+    try:
+        return Source(path, ident, layout, streams, meta0)
+    except Exception as e:  # e.g. the file changed between stat and map
+        log.info("index cache: cannot open %s from its cached index: %s", path, e)
+        return None
+
+
+# --------------------------------------------------------------------------- the cache
+class _PathLock:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
+class IndexCache:
+    """Open, indexed Sources by resolved path: an LRU in memory, backed by the disk cache.
+
+    Events (`on_event(name, seconds)`, possibly called from a worker thread): every `get` /
+    `aget` reports exactly one of "hit" (found in memory, file unchanged) or "miss" (the time
+    the caller waited for a disk load or a build); each index built from the image file also
+    reports "build" with the build time. So disk loads = misses - builds (less coalesced waits).
+    """
+
+    def __init__(self, cache_dir: Path | None, max_entries: int = 64,
+                 on_event: EventHook | None = None, *, use_plt: bool = True) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_entries = max_entries
+        self.use_plt = use_plt
+        self._on_event = on_event
+        self._entries: OrderedDict[str, Source] = OrderedDict()
+        self._lock = threading.Lock()  # guards _entries and _path_locks; never held for I/O
+        self._path_locks: dict[str, _PathLock] = {}
+        self._pending: dict[str, asyncio.Future[Source]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str | Path) and str(_resolved(path)) in self._entries
+
+    def get(self, path: Path | str) -> Source:
+        """The Source of `path`, from memory, the disk cache or a fresh build (in this thread)."""
+        t0 = time.perf_counter()
+        key = str(_resolved(path))
+        src = self._lookup(key)
+        if src is not None:
+            self._emit("hit", time.perf_counter() - t0)
+            return src
+        src = self._fill(key)
+        self._emit("miss", time.perf_counter() - t0)
+        return src
+
+    async def aget(self, path: Path | str) -> Source:
+        """As `get`, with disk loads and builds in a worker thread; concurrent requests for one
+        path share one load or build."""
+        t0 = time.perf_counter()
+        key = str(_resolved(path))
+        src = self._lookup(key)
+        if src is not None:
+            self._emit("hit", time.perf_counter() - t0)
+            return src
+        loop = asyncio.get_running_loop()
+        fut = self._pending.get(key)
+        if fut is None or fut.get_loop() is not loop:
+            fut = asyncio.ensure_future(asyncio.to_thread(self._fill, key))
+            self._pending[key] = fut
+            fut.add_done_callback(partial(self._pending_done, key))
+        # shield: one cancelled request must not cancel the build the others wait for
+        src = await asyncio.shield(fut)
+        self._emit("miss", time.perf_counter() - t0)
+        return src
+
+    def close(self) -> None:
+        """Closes every open Source (the cache stays usable: later gets reopen)."""
+        with self._lock:
+            sources = list(self._entries.values())
+            self._entries.clear()
+        for src in sources:
+            src.close()
+
+    # --- internals -------------------------------------------------------------------------
+    def _emit(self, name: str, seconds: float) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(name, seconds)
+            except Exception:  # a metrics hook must not break serving
+                log.exception("index cache event hook failed")
+
+    def _pending_done(self, key: str, fut: asyncio.Future[Source]) -> None:
+        if self._pending.get(key) is fut:
+            del self._pending[key]
+        if not fut.cancelled():
+            fut.exception()  # retrieved here: waiters may all have been cancelled
+
+    def _lookup(self, key: str) -> Source | None:
+        """The cached Source if the file still has the size, mtime and inode it was built from."""
+        with self._lock:
+            src = self._entries.get(key)
+        if src is None:
+            return None
+        try:
+            st = os.stat(key)
+            same = (st.st_size, st.st_mtime_ns, st.st_ino) == (
+                src.identity.size, src.identity.mtime_ns, src.identity.inode)
+        except OSError:
+            same = False
+        with self._lock:
+            if self._entries.get(key) is not src:
+                return None  # replaced meanwhile; the caller refills (and finds the new one)
+            if same:
+                self._entries.move_to_end(key)
+                return src
+            del self._entries[key]
+        src.close()
+        return None
+
+    def _fill(self, key: str) -> Source:
+        """Loads or builds `key` and caches it; one thread per path at a time."""
+        with self._lock:
+            pl = self._path_locks.setdefault(key, _PathLock())
+            pl.users += 1
+        try:
+            with pl.lock:
+                src = self._lookup(key)  # filled by another thread while we waited
+                if src is not None:
+                    return src
+                path = Path(key)
+                if self.cache_dir is not None:
+                    src = load_index(path, self.cache_dir)
+                if src is None:
+                    t0 = time.perf_counter()
+                    src = build_source(path, use_plt=self.use_plt)
+                    self._emit("build", time.perf_counter() - t0)
+                    if self.cache_dir is not None:
+                        try:
+                            save_index(src, self.cache_dir)
+                        except (OSError, TypeError) as e:
+                            log.warning("index cache: cannot save the index of %s: %s", key, e)
+                self._insert(key, src)
+                return src
+        finally:
+            with self._lock:
+                pl.users -= 1
+                if pl.users == 0:
+                    del self._path_locks[key]
+
+    def _insert(self, key: str, src: Source) -> None:
+        dropped = []
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None and old is not src:
+                dropped.append(old)
+            while len(self._entries) >= self.max_entries:
+                dropped.append(self._entries.popitem(last=False)[1])
+            self._entries[key] = src
+        for s in dropped:
+            s.close()

@@ -1,0 +1,46 @@
+"""The serving benchmark runs end to end on a small image in a few seconds (keeps it working)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from bench.loadgen import _add_range
+from tests.conftest import INTEROP, PROJECT_ROOT
+
+IMAGE = INTEROP / "med2048.jp2"
+
+
+def test_overlap_counting() -> None:
+    ranges: list[list[int]] = []
+    assert _add_range(ranges, 0, 10) == 0
+    assert _add_range(ranges, 10, 20) == 0
+    assert _add_range(ranges, 5, 25) == 15
+    assert ranges == [[0, 25]]
+
+
+def test_bench_smoke(tmp_path) -> None:
+    results = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "bench", "server", "--image", str(IMAGE),
+           "--cold-image", str(IMAGE), "--memory-image", str(IMAGE), "--out", str(tmp_path),
+           "--concurrency", "1,2", "--requests", "6", "--seconds", "1", "--sessions", "10",
+           "--results", str(results)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "goals:" in proc.stdout
+    rep = json.loads(results.read_text())
+    cells = rep["cells"]
+    assert {(c["workload"], c["conn"], c["clients"]) for c in cells} == {
+        (w, m, n) for w in ("thumbnail", "region", "viewer") for m in ("keepalive", "new")
+        for n in (1, 2)}
+    for c in cells:
+        assert c["errors"] == 0, c
+        assert c["ok"] > 0 and c["baseline"]["ok"] == c["ok"]
+        # A complete window carries at least the bytes it needs (plus message headers).
+        assert c["sent_over_needed"] >= 1.0
+        assert set(c["eor_reasons"]) <= {"1", "2"}, c["eor_reasons"]
+        assert c["server_cpu_ms_per_req"] >= 0 and c["server_rss_mb"] > 0
+    assert sum(c["resent_bytes"] for c in cells if c["workload"] == "viewer") == 0
+    cold = rep["cold_start"][0]
+    assert cold["cold_status"] == 200 and cold["cached_status"] == 200
+    assert rep["memory"]["sessions"] == 9 and rep["memory"]["errors"] == 0

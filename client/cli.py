@@ -111,7 +111,9 @@ async def _info(args) -> int:
     from .api import JPIPClient
     from .decode import header_info
     async with JPIPClient(args.url) as client:
-        await client.fetch(length=0, metareq="[*]")
+        # The smallest window there is (one sample of the lowest resolution, one layer) brings
+        # the main header and metadata-bin 0 at the cost of a few precinct bytes.
+        await client.fetch(fsiz=(1, 1), rsiz=(1, 1), layers=1, metareq="[*]")
         hi = header_info(bytes(client.cache.stream(0).main_header.data))
         siz = hi.siz
         meta = client.cache.metadata.get(0)

@@ -21,6 +21,12 @@ from .progression import packet_sequence, tile_precincts
 
 log = logging.getLogger(__name__)
 
+# Bounds on what a header may claim beyond the data present (see _Builder._claim and
+# index_codestream): rows of the precinct and resolution tables, and tiles without tile-parts.
+ROW_MARGIN = 1 << 16
+ABSENT_TILE_FACTOR = 4
+ABSENT_TILE_MARGIN = 1024
+
 # Columns of the per (tile, component, resolution) table.
 TCR_FIELDS = ("t", "c", "r", "levels", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
               "prec_base", "s_base", "reversible")
@@ -86,15 +92,17 @@ def _plt_lengths(buf, th: TileHeaders) -> list[list[int]] | None:
             return None
         lengths: list[int] = []
         value = 0
+        pending = False  # inside a multi-byte Iplt
         for _, seg in segs:
             data = bytes(buf[seg.body_offset + 1:seg.end])
             for b in data:
                 value = (value << 7) | (b & 0x7F)
-                if not b & 0x80:
+                pending = bool(b & 0x80)
+                if not pending:
                     lengths.append(value)
                     value = 0
-        if value:
-            return None
+        if pending:
+            return None  # the last length is cut off: the PLT cannot be trusted
         while lengths and lengths[-1] == 0:  # Kakadu reserves PLT space with zero entries
             lengths.pop()
         out.append(lengths)
@@ -106,6 +114,13 @@ def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
     if not layout.ppm:
         return {}
     stream = b"".join(bytes(buf[seg.body_offset + 1:seg.end]) for _, seg in layout.ppm)
+    # Where each PPM segment's data starts in `stream`, to name the segment an error is in.
+    starts = np.cumsum([0] + [seg.end - seg.body_offset - 1 for _, seg in layout.ppm])
+
+    def segment_at(pos: int) -> int:
+        k = min(int(np.searchsorted(starts, pos, side="right")) - 1, len(layout.ppm) - 1)
+        return layout.ppm[k][1].offset
+
     chunks: dict[int, bytes] = {}
     pos = 0
     for part in layout.tile_parts:
@@ -114,7 +129,7 @@ def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
                                   "PPM: fewer Nppm chunks than tile-parts")
         (n,) = struct.unpack_from(">I", stream, pos)
         if pos + 4 + n > len(stream):
-            raise CodestreamError(layout.ppm[-1][1].offset, "PPM: Nppm runs past the PPM data")
+            raise CodestreamError(segment_at(pos), f"PPM: Nppm {n} runs past the PPM data")
         chunks[part.sot_offset] = stream[pos + 4:pos + 4 + n]
         pos += 4 + n
     return chunks
@@ -138,12 +153,15 @@ class _Builder:
         self.ppm = _ppm_chunks(buf, layout)
         self.data_bytes = 0
         self.padding_bytes = 0
+        self.rows_claimed = 0
+        self.row_budget = ROW_MARGIN + (layout.end - layout.offset)
 
     def add_tile(self, t: int) -> tuple[int, int]:
         siz = self.siz
         cod, styles = tile_coding(self.layout, t)
         tx0, ty0, _, _ = siz.tile_bounds(t)
         grids_by_comp = [resolution_grids(siz, t, c, styles[c]) for c in range(siz.num_components)]
+        self._claim(t, sum(g.num_precincts + 1 for grids in grids_by_comp for g in grids))
         self._add_geometry(t, styles, grids_by_comp)
         prec = tile_precincts(grids_by_comp, [(cm.dx, cm.dy) for cm in siz.components], (tx0, ty0))
         base = self.prec_total
@@ -183,6 +201,18 @@ class _Builder:
         self.pk["packed_length"].append(np.asarray(plens, np.int32))
         self.pk["sop"].append(np.asarray(sops, np.uint8))
         return cod.layers, cod.mct
+
+    def _claim(self, t: int, rows: int) -> None:
+        """Counts the precinct and resolution rows tile t adds, and refuses a header that
+        claims more than the file could hold: every precinct of a complete codestream has at
+        least one packet of at least one byte, so the rows stay below the codestream's length
+        (plus a margin). Memory and time then follow the file, not what its header claims."""
+        self.rows_claimed += rows
+        if self.rows_claimed > self.row_budget:
+            raise CodestreamError(self.layout.offset, f"the header claims more precincts (over "
+                                  f"{self.rows_claimed} by tile {t}) than the codestream's "
+                                  f"{self.layout.end - self.layout.offset} bytes can hold",
+                                  unsupported=True)
 
     def _add_geometry(self, t: int, styles: list[CodingStyle], grids_by_comp) -> None:
         siz = self.siz
@@ -371,7 +401,7 @@ class _Builder:
                                                        else "none")
         return CodestreamIndex(
             offset=layout.offset, length=layout.end - layout.offset, siz=self.siz,
-            layers=np.asarray(layers, np.int32), tile_mct=np.asarray(mct, np.int8),
+            layers=np.asarray(layers, np.int32), tile_mct=np.asarray(mct, np.uint8),
             main_header_ranges=np.asarray(layout.main_bin_ranges, np.int64).reshape(-1, 2),
             tile_header_ranges=np.asarray(th_rows, np.int64).reshape(-1, 3),
             tiles_present=present, tcr=tcr, precincts=precincts, packets=pk,
@@ -389,6 +419,12 @@ def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
     if siz.num_tiles * siz.num_components > 4_000_000:
         raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
                               "more than we serve", unsupported=True)
+    # Every tile of a complete codestream has a tile-part. A few missing ones (a cut file) are
+    # served as empty tiles; a header claiming far more tiles than the file holds is refused
+    # before anything is done per claimed tile.
+    if siz.num_tiles > ABSENT_TILE_FACTOR * len(layout.tiles) + ABSENT_TILE_MARGIN:
+        raise CodestreamError(offset, f"SIZ claims {siz.num_tiles} tiles but only "
+                              f"{len(layout.tiles)} have tile-parts")
     builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt)
     layers, mct = [], []
     for t in range(siz.num_tiles):

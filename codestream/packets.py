@@ -61,78 +61,90 @@ class BitReader:
         return self.pos
 
 
-class TagTree:
-    """A tag tree over a w x h grid of leaves (B.10.2), decoded incrementally."""
+class _Sparse(dict):
+    """A dict read like a list: absent keys read as `default` (and are not stored)."""
 
-    __slots__ = ("parents", "value", "low", "leaf_base")
+    __slots__ = ("default",)
+
+    def __init__(self, default: int) -> None:
+        super().__init__()
+        self.default = default
+
+    def __missing__(self, key: int) -> int:
+        return self.default
+
+
+# Tag trees and code-block grids up to this many nodes use plain lists; larger ones (which only
+# absurd precinct sizes or crafted headers produce) store only the nodes that were touched, so
+# memory follows the bits read, not the grid a header claims.
+DENSE_NODES = 1 << 12
+
+
+class TagTree:
+    """A tag tree over a w x h grid of leaves (B.10.2), decoded incrementally.
+
+    Nodes are numbered level by level, leaves (level 0) first; a node's parent is found by
+    arithmetic, so building a tree costs nothing per leaf."""
+
+    __slots__ = ("w", "levels", "value", "low")
 
     def __init__(self, w: int, h: int) -> None:
-        parents: list[int] = []
-        level_sizes = []
+        levels = []  # (offset of the level's first node, its width)
+        total = 0
         lw, lh = w, h
         while True:
-            level_sizes.append((lw, lh))
+            levels.append((total, lw))
+            total += lw * lh
             if lw * lh <= 1:
                 break
             lw, lh = (lw + 1) >> 1, (lh + 1) >> 1
-        # Node numbering: leaves first (level 0), then each coarser level.
-        offsets = []
-        total = 0
-        for lw, lh in level_sizes:
-            offsets.append(total)
-            total += lw * lh
-        parents = [-1] * total
-        for lev in range(len(level_sizes) - 1):
-            lw, lh = level_sizes[lev]
-            pw = level_sizes[lev + 1][0]
-            for y in range(lh):
-                for x in range(lw):
-                    parents[offsets[lev] + y * lw + x] = offsets[lev + 1] + (y >> 1) * pw + (x >> 1)
-        self.parents = parents
-        self.value = [_INFINITY] * total
-        self.low = [0] * total
+        self.w = w
+        self.levels = levels
+        if total <= DENSE_NODES:
+            self.value: list[int] | _Sparse = [_INFINITY] * total
+            self.low: list[int] | _Sparse = [0] * total
+        else:
+            self.value, self.low = _Sparse(_INFINITY), _Sparse(0)
 
-    def decode(self, bits: BitReader, leaf: int, threshold: int) -> bool:
-        """True if the leaf's value is below `threshold` (reading only the bits that needs)."""
-        path = []
-        node = leaf
-        parents = self.parents
-        while node >= 0:
-            path.append(node)
-            node = parents[node]
+    def decode(self, bits: BitReader, leaf: int, threshold: int) -> int:
+        """-1 if the leaf's value is below `threshold`, else the level of the highest node
+        known to be >= threshold (every leaf under it is too), reading only the bits needed."""
+        x, y = leaf % self.w, leaf // self.w
         value, lows = self.value, self.low
         low = 0
-        for node in reversed(path):
+        levels = self.levels
+        for lev in range(len(levels) - 1, -1, -1):
+            off, lw = levels[lev]
+            node = off + (y >> lev) * lw + (x >> lev)
             if low > lows[node]:
                 lows[node] = low
             else:
                 low = lows[node]
-            while low < threshold and low < value[node]:
+            v = value[node]
+            while low < threshold and low < v:
                 if bits.bit():
-                    value[node] = low
+                    value[node] = v = low
                 else:
                     low += 1
             lows[node] = low
-        return value[leaf] < threshold
+            if v >= threshold:
+                return lev  # its descendants are >= threshold too: no more bits to read
+        return -1
 
 
 class BandState:
-    """Per band of a precinct: its code-block grid and their running state."""
+    """Per band of a precinct: its code-block grid and the running state of the code-blocks
+    included so far (Lblock, open codeword segment), keyed by raster index."""
 
-    __slots__ = ("count", "incl", "zbp", "included", "lblock", "seg_passes", "seg_max", "segno",
-                 "passes")
+    __slots__ = ("cw", "count", "incl", "zbp", "blocks", "included")
 
     def __init__(self, cw: int, ch: int) -> None:
-        n = cw * ch
-        self.count = n
-        self.incl = TagTree(cw, ch) if n else None
-        self.zbp = TagTree(cw, ch) if n else None
-        self.included = [False] * n
-        self.lblock = [3] * n
-        self.seg_passes = [0] * n  # passes in the currently open segment
-        self.seg_max = [0] * n
-        self.segno = [0] * n
-        self.passes = [0] * n
+        self.cw = cw
+        self.count = cw * ch
+        self.incl = TagTree(cw, ch) if self.count else None
+        self.zbp = TagTree(cw, ch) if self.count else None
+        self.blocks: dict[int, list[int]] = {}  # k -> [lblock, segno, seg_passes, seg_max]
+        self.included: list[int] = []  # sorted raster indices of the included code-blocks
 
 
 def _num_passes(bits: BitReader) -> int:
@@ -165,61 +177,90 @@ def _segment_max(style: int, segno: int, first_passes: int) -> int:
 
 
 class PrecinctState:
-    """Everything a precinct's later packets need from its earlier ones."""
+    """Everything a precinct's later packets need from its earlier ones.
 
-    __slots__ = ("bands", "style")
+    The band states are made on the precinct's first non-empty packet: empty packets (one
+    zero bit) need none."""
+
+    __slots__ = ("band_grids", "bands", "style")
 
     def __init__(self, band_grids: list[tuple[int, int]], style: int) -> None:
-        self.bands = [BandState(cw, ch) for cw, ch in band_grids]
+        self.band_grids = band_grids
+        self.bands: list[BandState] | None = None
         self.style = style
 
     def read_header(self, bits: BitReader, layer: int) -> int:
         """Decodes one packet header (bits positioned at its start); returns the body length."""
         if not bits.bit():
             return 0  # empty packet
+        if self.bands is None:
+            self.bands = [BandState(cw, ch) for cw, ch in self.band_grids]
         body = 0
+        for band in self.bands:
+            if band.count:
+                body += self._read_band(bits, band, layer)
+        return body
+
+    def _read_band(self, bits: BitReader, band: BandState, layer: int) -> int:
         style = self.style
         ht = bool(style & CBLK_HT)
-        for band in self.bands:
-            for k in range(band.count):
-                if not band.included[k]:
-                    if not band.incl.decode(bits, k, layer + 1):
-                        continue
-                    i = 0
-                    while not band.zbp.decode(bits, k, i + 1):
+        threshold = layer + 1
+        count, cw = band.count, band.cw
+        blocks, included = band.blocks, band.included
+        newly: list[int] = []
+        body = 0
+        i = 0  # next entry of `included` at or after k
+        k = 0
+        while k < count:
+            if i < len(included) and included[i] == k:
+                i += 1
+                if not bits.bit():
+                    k += 1
+                    continue
+                state = blocks[k]
+                first = False
+            else:
+                level = band.incl.decode(bits, k, threshold)
+                if level >= 0:
+                    # Not included, nor is any code-block under that tag-tree node: skip the
+                    # rest of the node's span on this row (no bits are read for them).
+                    x = k % cw
+                    k += max(1, min(((x >> level) + 1) << level, cw) - x)
+                    while i < len(included) and included[i] < k:
                         i += 1
-                        if i > MAX_ZERO_BITPLANES:
-                            raise CodestreamError(bits.base + bits.pos,
-                                                  "zero bit-plane tag tree does not terminate")
-                    first = True
-                else:
-                    if not bits.bit():
-                        continue
-                    first = False
-                n = _num_passes(bits)
-                while bits.bit():  # Lblock increment, a comma code
-                    band.lblock[k] += 1
-                    if band.lblock[k] > 64:
-                        raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
-                if first:
-                    band.included[k] = True
-                    first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
-                    band.segno[k] = 0
-                    band.seg_passes[k] = 0
-                    band.seg_max[k] = _segment_max(style, 0, first_max)
-                elif band.seg_passes[k] >= band.seg_max[k]:
-                    band.segno[k] += 1
-                    band.seg_passes[k] = 0
-                    band.seg_max[k] = _segment_max(style, band.segno[k], 0)
-                band.passes[k] += n
-                lblock = band.lblock[k]
-                while n > 0:
-                    take = min(band.seg_max[k] - band.seg_passes[k], n)
-                    body += bits.read(lblock + take.bit_length() - 1)
-                    band.seg_passes[k] += take
-                    n -= take
-                    if n > 0:
-                        band.segno[k] += 1
-                        band.seg_passes[k] = 0
-                        band.seg_max[k] = _segment_max(style, band.segno[k], 0)
+                    continue
+                zero_planes = 0
+                while band.zbp.decode(bits, k, zero_planes + 1) >= 0:
+                    zero_planes += 1
+                    if zero_planes > MAX_ZERO_BITPLANES:
+                        raise CodestreamError(bits.base + bits.pos,
+                                              "zero bit-plane tag tree does not terminate")
+                state = blocks[k] = [3, 0, 0, 0]
+                newly.append(k)
+                first = True
+            n = _num_passes(bits)
+            while bits.bit():  # Lblock increment, a comma code
+                state[0] += 1
+                if state[0] > 64:
+                    raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
+            if first:
+                first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
+                state[3] = _segment_max(style, 0, first_max)
+            elif state[2] >= state[3]:
+                state[1] += 1
+                state[2] = 0
+                state[3] = _segment_max(style, state[1], 0)
+            lblock = state[0]
+            while n > 0:
+                take = min(state[3] - state[2], n)
+                body += bits.read(lblock + take.bit_length() - 1)
+                state[2] += take
+                n -= take
+                if n > 0:
+                    state[1] += 1
+                    state[2] = 0
+                    state[3] = _segment_max(style, state[1], 0)
+            k += 1
+        if newly:
+            band.included = sorted(included + newly)  # two sorted runs: a linear merge
         return body

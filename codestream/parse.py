@@ -93,6 +93,20 @@ def _parse_header_segment(buf, seg: Segment, siz: Siz | None, hm: HeaderMarkers)
         hm.qcd_seen = hm.qcd_seen or seg.code == QCD
 
 
+def _next_segment(buf, pos: int, end: int, prev: Segment) -> Segment:
+    """The segment at pos, which follows `prev`. Where no marker is found there, the likelier
+    fault is prev's length (SIZ and SOT lengths are checked when they are parsed), so the error
+    names prev."""
+    try:
+        return read_segment(buf, pos, end)
+    except CodestreamError as e:
+        if prev.code in (SIZ, SOT) or not e.reason.startswith("expected a marker"):
+            raise
+        raise CodestreamError(prev.offset, f"{marker_name(prev.code)}: segment length "
+                              f"{prev.length - 2} runs past its data (no marker follows it at "
+                              f"byte {pos})") from None
+
+
 def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
     end = offset + length
     if length < 4 or (buf[offset] << 8 | buf[offset + 1]) != SOC:
@@ -108,7 +122,7 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
     ppm: list[tuple[int, Segment]] = []
     pos = seg.end
     while True:
-        seg = read_segment(buf, pos, end)
+        seg = _next_segment(buf, pos, end, seg)
         if seg.code == SOT:
             break
         if seg.code in (SOD, EOC, SOC, SIZ):
@@ -156,8 +170,9 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
         part = TilePart(isot, tpsot, pos, 0, part_end)
         first_part = not th.parts
         hpos = seg.end
+        prev = seg
         while True:
-            hseg = read_segment(buf, hpos, part_end)
+            hseg = _next_segment(buf, hpos, part_end, prev)
             if hseg.code == SOD:
                 part.header_end = hseg.end
                 break
@@ -181,6 +196,7 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
                 th.ppt.append((buf[hseg.body_offset], hseg))
             part.header_segments.append(hseg)
             hpos = hseg.end
+            prev = hseg
         th.parts.append(part)
         parts.append(part)
         pos = part_end

@@ -125,13 +125,27 @@ class SessionStore:
         return closed
 
     def expire(self) -> int:
-        """Drops sessions idle for longer than the timeout; returns how many."""
+        """Drops sessions idle for longer than the timeout; returns how many.
+
+        Sessions are kept in order of last use, so the scan stops at the first one still
+        fresh: the cost follows the sessions that expire, not the sessions open."""
         now = self._clock()
-        gone = [s for s in self._sessions.values()
-                if not s.busy and now - s.last_used > self.idle_timeout]
+        gone = []
+        for s in self._sessions.values():  # least recently used first
+            if now - s.last_used <= self.idle_timeout:
+                break
+            if not s.busy:
+                gone.append(s)
         for s in gone:
             self._drop(s, "expired")
         return len(gone)
+
+    def close_all(self) -> int:
+        """Closes every session (server shutdown); returns how many."""
+        count = len(self._sessions)
+        for s in list(self._sessions.values()):
+            self._drop(s, "closed")
+        return count
 
     def check_model_size(self, session: Session) -> None:
         """Caps a session's memory: an oversized model is reset (the client re-receives data)."""

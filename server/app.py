@@ -15,10 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from server import jpip_handler
 from server.config import ServerConfig, load_config
 from server.errors import ServiceUnavailable, error_middleware
-from server.jpip_handler import handle_jpip
+from server.jpip_handler import handle_jpip, setup_jpip
 from server.logs import ACCESS_LOGGER, AccessLogger
 from server.metrics import Metrics
 from server.proxy import TrustedProxies, proxy_middleware
@@ -189,10 +188,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(metrics.on_response_prepare)
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(health_pool)
-    # The JPIP layer's own state (index cache, sessions), when the handler module provides it.
-    setup_jpip = getattr(jpip_handler, "setup_jpip", None)
-    if setup_jpip is not None:
-        setup_jpip(app, config)
+    setup_jpip(app, config, metrics)  # the JPIP layer's own state: index cache, sessions
 
     router = app.router
     # Fixed paths first; dynamic routes are matched in the order they are added.

@@ -7,8 +7,10 @@ client that goes away keeps a model of what it really received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,16 @@ from jpip.plan import Plan, plan_window
 from jpip.request import JPIPRequest, parse_form_body, parse_query
 from jpip.respond import ResponseBuilder
 from jpip.window import resolve_window
+from server.errors import ServiceUnavailable
+from server.logs import set_request_cid
+from server.targets import resolve_target
 
 log = logging.getLogger("jpip.request")
 
 JPP_TYPE = "image/jpp-stream"
 STATE_KEY = web.AppKey("jpip_state", object)
 QID_WAIT = 2.0  # seconds a request waits for lower qids on its channel
+SWEEP_PERIOD = 30.0  # seconds between sweeps for idle sessions (at most)
 
 
 @dataclass
@@ -44,14 +50,9 @@ class JPIPState:
     metrics: object | None = None
 
 
-def setup_jpip(app: web.Application, config) -> JPIPState:
-    """Creates the JPIP state (index cache, sessions) for an app built from `config`."""
-    metrics = None
-    try:
-        from server.app import METRICS_KEY
-        metrics = app.get(METRICS_KEY)
-    except ImportError:  # pragma: no cover - during bootstrap
-        pass
+def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
+    """Creates the JPIP state (index cache, sessions) for an app built from `config`, with a
+    background task that expires idle sessions while the app runs."""
 
     def index_event(kind: str, seconds: float) -> None:
         if metrics is not None:
@@ -61,28 +62,43 @@ def setup_jpip(app: web.Application, config) -> JPIPState:
         if metrics is not None:
             metrics.session_event(kind)
 
-    cache_dir = config.effective_index_cache_dir() if hasattr(
-        config, "effective_index_cache_dir") else config.index_cache_dir
     state = JPIPState(
         root=Path(config.root).resolve(),
         jpip_path=config.jpip_path,
         lenient=config.lenient,
-        index_cache=IndexCache(cache_dir, config.index_cache_entries, on_event=index_event),
+        index_cache=IndexCache(config.effective_index_cache_dir(), config.index_cache_entries,
+                               on_event=index_event),
         sessions=SessionStore(max_sessions=config.max_sessions,
                               idle_timeout=config.session_idle_timeout,
                               max_model_bytes=config.max_session_bytes,
                               on_event=session_event),
         max_response_bytes=config.max_response_bytes,
-        write_timeout=getattr(config, "request_timeout", 60.0),
+        write_timeout=config.request_timeout,
         metrics=metrics,
     )
     app[STATE_KEY] = state
 
+    async def sweep_sessions(app: web.Application) -> AsyncIterator[None]:
+        # Idle sessions also expire when nobody opens a new one.
+        period = min(max(state.sessions.idle_timeout / 4, 0.05), SWEEP_PERIOD)
+
+        async def sweep() -> None:
+            while True:
+                await asyncio.sleep(period)
+                state.sessions.expire()
+
+        task = asyncio.create_task(sweep(), name="jpip-session-sweeper")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
     async def close_state(app: web.Application) -> None:
         # on_cleanup runs after in-flight requests finished (on_shutdown runs before).
         state.index_cache.close()
-        state.sessions.close(list(state.sessions._channels))
+        state.sessions.close_all()
 
+    app.cleanup_ctx.append(sweep_sessions)
     app.on_cleanup.append(close_state)
     return state
 
@@ -106,7 +122,6 @@ async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
 
 
 def _resolve(state: JPIPState, name: str) -> Path:
-    from server.targets import resolve_target
     return resolve_target(state.root, name)
 
 
@@ -178,12 +193,10 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
             try:
                 channel = sessions.open(str(path), current_tid)
             except OverCapacity as e:
-                from server.errors import ServiceUnavailable
                 raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
         headers["JPIP-cnew"] = (f"cid={channel.cid},path={state.jpip_path.lstrip('/')},"
                                 "transport=http")
     if channel is not None:
-        from server.logs import set_request_cid
         set_request_cid(request, channel.cid)
 
     if channel is not None and channel.session.target_id != current_tid:

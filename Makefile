@@ -13,12 +13,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml scripts/system-deps.sh | $(BIN)/python
 	./scripts/system-deps.sh
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+$(VENV)/.installed-test: pyproject.toml scripts/system-deps.sh $(VENV)/.installed
 	./scripts/system-deps.sh --test
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@

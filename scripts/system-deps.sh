@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those missing.
 # libopenjp2-7: the OpenJPEG library glymur loads; libopenjp2-tools: opj_decompress/opj_dump used
-# as oracles by the tests; nginx-light: the reverse proxy the proxy test runs in front of us.
+# as oracles by the tests; libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and reference
+# server (interop tests); nginx-light: the reverse proxy the proxy test runs in front of us.
 set -euo pipefail
 packages=(libopenjp2-7)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(curl libopenjp2-tools libopenjpip-dec-server nginx-light)
+  packages+=(curl libopenjp2-tools libopenjpip-dec-server libopenjpip-server nginx-light)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -71,14 +71,18 @@ class JPIPClient:
     async def close(self) -> None:
         if self._http is None:
             return
-        if self.cid:
-            try:
-                await self._get(f"cclose={self.cid}&len=0", use_channel=True)
-            except (TimeoutError, aiohttp.ClientError):
-                pass
-            self.cid = None
-        await self._http.close()
-        self._http = None
+        try:
+            if self.cid:
+                try:
+                    await self._get(f"cclose={self.cid}&len=0", use_channel=True)
+                except (TimeoutError, aiohttp.ClientError, StreamError):
+                    # Nothing in the answer matters to us. opj_server answers cclose with an
+                    # empty body and no Content-Type (no JPP-stream, no EOR).
+                    pass
+                self.cid = None
+        finally:
+            await self._http.close()
+            self._http = None
 
     # --- requests --------------------------------------------------------------------------
     def _url(self, query: str, use_channel: bool) -> str:
@@ -145,6 +149,8 @@ class JPIPClient:
             fields = dict(kv.split("=", 1) for kv in cnew.split(",") if "=" in kv)
             self.cid = fields.get("cid")
             path = fields.get("path")
+            # `path` is optional in practice: opj_server's JPIP-cnew carries only cid and
+            # transport, so the channel then lives at the request's own path.
             if path:
                 self._channel_url = f"{self._origin}/{path.lstrip('/')}"
             else:
@@ -177,7 +183,7 @@ class JPIPClient:
         q.append("type=jpp-stream")
         use_channel = False
         if self.stateless:
-            model = self.cache.model_string(stream)
+            model = self.cache.model_string(self.codestream_id(stream))
             if model:
                 q.append("model=" + quote(model, safe="[],:-*"))
             if self.tid:
@@ -189,8 +195,9 @@ class JPIPClient:
             q.append(f"cid={self.cid}")
             use_channel = True
             if self._resync:
-                held = self.cache.model_string(stream)
-                restate = f"[{stream}],-Hm,-H*,-P*" + ("," + held.split(",", 1)[1] if held else "")
+                cs = self.codestream_id(stream)
+                held = self.cache.model_string(cs)
+                restate = f"[{cs}],-Hm,-H*,-P*" + ("," + held.split(",", 1)[1] if held else "")
                 q.append("model=" + quote(restate, safe="[],:-*"))
                 self._resync = False
         self._qid += 1
@@ -217,8 +224,22 @@ class JPIPClient:
         return self.decode(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, layers=layers,
                            stream=stream, comps=comps)
 
+    def codestream_id(self, stream: int = 0) -> int:
+        """The CSn under which the server delivers codestream `stream` of the target.
+
+        Normally `stream` itself. opj_server (OpenJPEG's openjpip) numbers codestreams per
+        server process, in the order it first opened targets, so the one codestream of a JP2
+        target can arrive as CSn 1, 2, ... although the request means codestream 0. When the
+        asked-for id was never received and the cache (one client = one target) holds exactly
+        one codestream, that one is meant.
+        """
+        streams = self.cache.streams
+        if stream in streams or len(streams) != 1:
+            return stream
+        return next(iter(streams))
+
     def region(self, fsiz, round="round-down", roff=None, rsiz=None, stream: int = 0) -> Region:
-        info = header_info(bytes(self.cache.stream(stream).main_header.data))
+        info = header_info(bytes(self.cache.stream(self.codestream_id(stream)).main_header.data))
         return window_region(info, (fsiz[0], fsiz[1], round), roff, rsiz)
 
     def decode(self, *, fsiz, round="round-down", roff=None, rsiz=None, layers=None,
@@ -230,7 +251,7 @@ class JPIPClient:
             for part in comps.split(","):
                 lo, _, hi = part.partition("-")
                 wanted.update(range(int(lo), int(hi or lo) + 1))
-        return decode_region(self.cache, reg, stream, layers or 0,
+        return decode_region(self.cache, reg, self.codestream_id(stream), layers or 0,
                              tuple(sorted(wanted)) if wanted is not None else None)
 
 

@@ -19,6 +19,26 @@ from .progression import packet_sequence, tile_precincts
 
 RPCL = 2
 _DROP = LAYOUT_MARKERS | {POC}
+_SOT_BODY = struct.Struct(">HHIBB")  # Lsot Isot Psot TPsot TNsot
+
+
+def tile_header_segments(data: bytes, t: int) -> bytes:
+    """The marker segments of tile-header bin `t`, in whichever of two conventions it came.
+
+    Standard reading (shared/jpip-protocol.md 4.2): the bin holds the tile-part header's marker
+    segments only, so it is empty or starts with a marker code (FF xx). OpenJPEG's opj_server
+    (openjpip) instead sends the header from just after the SOT marker code up to and including
+    SOD: `Lsot Isot Psot TPsot TNsot <segments> FF93`. Lsot is always 10, so such a bin starts
+    with 00 0A, which no marker segment can; its SOT body and SOD are dropped here (we write our
+    own SOT and SOD). Anything else is returned as is and parsed as marker segments.
+    """
+    if len(data) < _SOT_BODY.size + 2 or data[:2] != b"\x00\x0a":
+        return data
+    _, isot, _, _, _ = _SOT_BODY.unpack_from(data)
+    if isot != t or data[-2:] != b"\xff\x93":
+        raise CodestreamError(-1, f"tile-header bin {t} starts with an SOT body (Isot {isot}) "
+                                 "but is not SOT body ... SOD")
+    return data[_SOT_BODY.size:-2]
 
 
 def _rewrite_header(data: bytes, start: int) -> bytes:
@@ -67,6 +87,7 @@ def rebuild_codestream(main_header: bytes, tile_headers: dict[int, bytes],
     """
     if main_header[:2] != b"\xff\x4f":
         raise CodestreamError(0, "main header bin does not start with SOC")
+    tile_headers = {t: tile_header_segments(th, t) for t, th in tile_headers.items()}
     # Parse the headers through a skeleton codestream: one empty tile-part per known tile.
     skeleton = bytearray(main_header)
     for t, th in sorted(tile_headers.items()):

@@ -2,11 +2,12 @@
 
 A precinct is relevant when one of its code-blocks holds a coefficient that the inverse wavelet
 transform uses for a sample inside the window. Going down from the window's resolution, the
-needed sample range [a, b) at resolution n widens by the synthesis filter reach S (2 for 5/3,
-4 for 9/7) and splits into the low-pass range (the next resolution's samples) and the
-high-pass range (the HL/LH/HH coefficients at this level), by the parity of the absolute
-coordinate. The loop is over tile-component-resolutions; precincts are taken as rectangles of
-the precinct grid, never one by one.
+needed sample range [a, b) at resolution n widens by the reach of the synthesis filters (a
+low-pass coefficient reaches 1 sample for 5/3 and 3 for 9/7, a high-pass one 2 and 4) and
+splits into the low-pass range (the next resolution's samples) and the high-pass range (the
+HL/LH/HH coefficients at this level), by the parity of the absolute coordinate. The loop is over
+tile-component-resolutions; precincts are taken as rectangles of the precinct grid, never one
+by one.
 """
 from __future__ import annotations
 
@@ -42,9 +43,6 @@ class _TcrTable:
         t, c, r = tcr["t"], tcr["c"], tcr["r"]
         for i in np.nonzero(r == 0)[0].tolist():
             self.first[(int(t[i]), int(c[i]))] = i
-
-
-_TABLES: dict[int, _TcrTable] = {}
 
 
 def _table(ix: CodestreamIndex) -> _TcrTable:
@@ -113,11 +111,23 @@ def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
 
 
+def _low_range(lo: int, hi: int) -> tuple[int, int]:
+    """Low-pass coefficients k with 2k in [lo, hi)."""
+    return _cdiv(lo, 2), _cdiv(hi, 2)
+
+
+def _high_range(lo: int, hi: int) -> tuple[int, int]:
+    """High-pass coefficients k with 2k + 1 in [lo, hi)."""
+    return lo >> 1, hi >> 1
+
+
 def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
                          region: tuple[int, int, int, int]) -> list[np.ndarray]:
     nl = int(tcr["levels"][base])
     top = max(nl - d, 0)
-    reach = 2 if tcr["reversible"][base] else 4
+    # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
+    # synthesis filters: 5/3 has 3 and 5 taps, 9/7 has 7 and 9.
+    reach_low, reach_high = (1, 2) if tcr["reversible"][base] else (3, 4)
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
     i = base + top
@@ -128,12 +138,13 @@ def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
         return out
     for n in range(top, 0, -1):
         i = base + n
-        lo_x, hi_x = max(a - reach, int(tcr["x0"][i])), min(b + reach, int(tcr["x1"][i]))
-        lo_y, hi_y = max(c0 - reach, int(tcr["y0"][i])), min(c1 + reach, int(tcr["y1"][i]))
-        low_x = (_cdiv(lo_x, 2), _cdiv(hi_x, 2))
-        high_x = (lo_x >> 1, hi_x >> 1)
-        low_y = (_cdiv(lo_y, 2), _cdiv(hi_y, 2))
-        high_y = (lo_y >> 1, hi_y >> 1)
+        x0, x1, y0, y1 = (int(tcr[k][i]) for k in ("x0", "x1", "y0", "y1"))
+        # Low-pass coefficient k sits at 2k, high-pass k at 2k+1; both ranges are clipped to
+        # the resolution (boundary extension mirrors inside, never further than the reach).
+        low_x = _low_range(max(a - reach_low, x0), min(b + reach_low, x1))
+        high_x = _high_range(max(a - reach_high, x0), min(b + reach_high, x1))
+        low_y = _low_range(max(c0 - reach_low, y0), min(c1 + reach_low, y1))
+        high_y = _high_range(max(c0 - reach_high, y0), min(c1 + reach_high, y1))
         rects = [(high_x[0], low_y[0], high_x[1], low_y[1]),    # HL
                  (low_x[0], high_y[0], low_x[1], high_y[1]),    # LH
                  (high_x[0], high_y[0], high_x[1], high_y[1])]  # HH

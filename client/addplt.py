@@ -16,8 +16,7 @@ images); with them it only adds up lengths. The rewrite works from the server's 
     segments dropped: a precinct data-bin is header + body either way, so the bins do not change,
     and the output indexes from PLT alone. With `keep_packed_headers=True` PPM/PPT are kept and
     PLT lists the packets as they sit in the bitstream (SOP + body only); a server then still
-    has to decode the packed headers (codestream/index.py does not yet pair PLT with them, so
-    verification refuses such an output);
+    has to decode the packed headers (codestream/index.py does, and ignores PLT there);
   * bytes after a tile's last packet (encoder padding) or after EOC (DICOM pads) are dropped,
     and a missing EOC is added;
   * JP2-family files: every box is copied unchanged except the jp2c box(es), whose length is
@@ -346,12 +345,13 @@ def _index_seconds(path: Path) -> tuple[Source, float]:
     return src, time.perf_counter() - t0
 
 
-def _check_output(before: Source, after: Source) -> None:
-    """The output must index from PLT alone to the same packets, bins and header bins."""
+def _check_output(before: Source, after: Source, packed_kept: bool) -> None:
+    """The output must index to the same packets, bins and header bins, from PLT alone unless
+    packed headers were kept (then the headers are decoded from PPM/PPT)."""
     if len(before.codestreams) != len(after.codestreams):
         raise ValueError("output has a different number of codestreams")
     for cs, (a, b) in enumerate(zip(before.codestreams, after.codestreams, strict=True)):
-        if b.source != "plt" and len(b.packets["offset"]):
+        if b.source != "plt" and len(b.packets["offset"]) and not packed_kept:
             raise ValueError(f"codestream {cs}: output packets located by '{b.source}', not PLT")
         for key in ("pkt_count", "bin_length"):
             if not np.array_equal(a.precincts[key], b.precincts[key]):
@@ -412,13 +412,7 @@ def add_plt(input_path: str | os.PathLike[str], output_path: str | os.PathLike[s
         if verify:
             after, report.index_seconds_after = _index_seconds(tmp)
             with after:
-                try:
-                    _check_output(src, after)
-                except ValueError as e:
-                    if report.ppm_ppt_kept:
-                        raise ValueError(f"{e} (with PPM/PPT kept, the index must combine PLT with "
-                                         "the packed headers: rewrite without keeping them)") from e
-                    raise
+                _check_output(src, after, report.ppm_ppt_kept)
         report.verified = verify
         os.replace(tmp, out)
     finally:

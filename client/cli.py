@@ -71,7 +71,7 @@ async def _fetch(args) -> int:
         fsiz = args.fsiz
         if fsiz is None:
             await client.fetch(length=0)
-            info = client.cache.stream(args.stream).main_header
+            info = client.cache.stream(client.codestream_id(args.stream)).main_header
             from .decode import header_info
             hi = header_info(bytes(info.data))
             fsiz = (hi.width, hi.height)
@@ -114,7 +114,7 @@ async def _info(args) -> int:
         # The smallest window there is (one sample of the lowest resolution, one layer) brings
         # the main header and metadata-bin 0 at the cost of a few precinct bytes.
         await client.fetch(fsiz=(1, 1), rsiz=(1, 1), layers=1, metareq="[*]")
-        hi = header_info(bytes(client.cache.stream(0).main_header.data))
+        hi = header_info(bytes(client.cache.stream(client.codestream_id(0)).main_header.data))
         siz = hi.siz
         meta = client.cache.metadata.get(0)
         out = {

@@ -173,7 +173,10 @@ class _Builder:
         seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, pocs)
         for part in th.parts:
             self.data_bytes += part.data_end - part.header_end
-        plt = _plt_lengths(self.buf, th) if (self.use_plt and th.plt) else None
+        # With packed headers (PPM/PPT) the headers must be decoded anyway to split the packed
+        # stream packet by packet, and decoding them also gives the body lengths PLT would.
+        packed = bool(th.ppt) or bool(self.ppm)
+        plt = _plt_lengths(self.buf, th) if (self.use_plt and th.plt and not packed) else None
         located = None
         if plt is not None:
             located = self._locate_with_plt(th, plt, len(seq_p), cod)

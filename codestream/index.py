@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,32 +81,43 @@ class CodestreamIndex:
         return np.argsort(self.precincts["id"], kind="stable")
 
 
-def _plt_lengths(buf, th: TileHeaders) -> list[list[int]] | None:
-    """Packet lengths per tile-part from PLT, or None when a tile-part has none."""
+def _vbas_values(data: np.ndarray) -> np.ndarray | None:
+    """The Iplt values of concatenated PLT bodies (7 bits a byte, high bit = more bytes), or
+    None when the last value is cut off."""
+    if len(data) == 0:
+        return np.zeros(0, np.int64)
+    last = (data & 0x80) == 0  # the last byte of each value
+    if not last[-1]:
+        return None
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    if int((ends - starts).max()) > 8:  # over 56 bits: no packet is that long
+        return None
+    # Each byte contributes its 7 bits shifted by 7 x (bytes after it in its value).
+    owner = np.repeat(np.arange(len(ends)), ends - starts + 1)
+    shift = 7 * (ends[owner] - np.arange(len(data)))
+    return np.add.reduceat((data & 0x7F).astype(np.int64) << shift, starts)
+
+
+def _plt_lengths(buf, th: TileHeaders) -> list[np.ndarray] | None:
+    """Packet lengths per tile-part from PLT, or None when a tile-part has none or its PLT
+    does not decode."""
     by_part: dict[int, list[tuple[int, object]]] = {}
     for part_no, z, seg in th.plt:
         by_part.setdefault(part_no, []).append((z, seg))
-    out: list[list[int]] = []
+    out: list[np.ndarray] = []
     for part_no in range(len(th.parts)):
         segs = sorted(by_part.get(part_no, []), key=lambda zs: zs[0])
         if not segs:
             return None
-        lengths: list[int] = []
-        value = 0
-        pending = False  # inside a multi-byte Iplt
-        for _, seg in segs:
-            data = bytes(buf[seg.body_offset + 1:seg.end])
-            for b in data:
-                value = (value << 7) | (b & 0x7F)
-                pending = bool(b & 0x80)
-                if not pending:
-                    lengths.append(value)
-                    value = 0
-        if pending:
+        data = np.concatenate([np.frombuffer(buf, np.uint8, seg.end - seg.body_offset - 1,
+                                             seg.body_offset + 1) for _, seg in segs])
+        lengths = _vbas_values(data)
+        if lengths is None:
             return None  # the last length is cut off: the PLT cannot be trusted
-        while lengths and lengths[-1] == 0:  # Kakadu reserves PLT space with zero entries
-            lengths.pop()
-        out.append(lengths)
+        # Kakadu reserves PLT space with zero entries at the end.
+        nonzero = np.flatnonzero(lengths)
+        out.append(lengths[:nonzero[-1] + 1] if len(nonzero) else lengths[:0])
     return out
 
 
@@ -185,7 +197,8 @@ class _Builder:
             elif self.verify_plt:
                 decoded = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
                                                seq_l)
-                if decoded[1] != located[1] or decoded[0] != located[0]:
+                if not (np.array_equal(decoded[0], located[0])
+                        and np.array_equal(decoded[1], located[1])):
                     raise CodestreamError(th.parts[0].sot_offset,
                                           f"tile {t}: PLT lengths disagree with packet headers")
         if located is None:
@@ -259,28 +272,32 @@ class _Builder:
                 row += n
                 s_base += n
 
-    def _locate_with_plt(self, th: TileHeaders, plt: list[list[int]], npackets: int, cod: Cod):
-        offsets, lengths, sops = [], [], []
-        total = sum(len(x) for x in plt)
-        if total > npackets:
+    def _locate_with_plt(self, th: TileHeaders, plt: list[np.ndarray], npackets: int, cod: Cod):
+        """Packet offsets and lengths from PLT, if they tile each tile-part's data exactly."""
+        if sum(len(x) for x in plt) > npackets:
             return None
-        buf = self.buf
+        offsets, lengths = [], []
         for part, part_lengths in zip(th.parts, plt, strict=True):
-            pos = part.header_end
-            for ln in part_lengths:
-                sop = 0
-                if cod.sop and ln >= 6 and buf[pos] == 0xFF and buf[pos + 1] == 0x91:
-                    sop = 1
-                offsets.append(pos + 6 * sop)
-                lengths.append(ln - 6 * sop)
-                sops.append(sop)
-                pos += ln
-                if pos > part.data_end:
-                    return None
-            if pos != part.data_end:
+            ends = part.header_end + np.cumsum(part_lengths)
+            if len(ends) and int(ends[-1]) != part.data_end or not len(ends) and \
+                    part.data_end != part.header_end:
                 return None
+            lengths.append(part_lengths)
+            offsets.append(ends - part_lengths)
+        offsets = np.concatenate(offsets) if offsets else np.zeros(0, np.int64)
+        lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        sops = np.zeros(len(offsets), np.uint8)
+        if cod.sop and len(offsets):
+            # A packet may start with an SOP marker segment (6 bytes): found by looking.
+            big = lengths >= 6
+            at = offsets[big]
+            file = np.frombuffer(self.buf, np.uint8)
+            sops[big] = (file[at] == 0xFF) & (file[at + 1] == 0x91)
+            offsets = offsets + 6 * sops
+            lengths = lengths - 6 * sops
         n = len(offsets)
-        return offsets, lengths, [-1] * n, [-1] * n, [0] * n, sops
+        minus = np.full(n, -1, np.int64)
+        return offsets, lengths, minus, minus, np.zeros(n, np.int64), sops
 
     def _decode_headers(self, t, th, cod: Cod, styles, grids_by_comp, prec, seq_p, seq_l):
         buf = self.buf
@@ -296,7 +313,9 @@ class _Builder:
             self.packed += packed_stream
         hpos = 0
         states: dict[int, PrecinctState] = {}
-        offsets, lengths, hlens, poffs, plens, sops = [], [], [], [], [], []
+        # Compact growing arrays, not lists of Python ints: a tile may have millions of packets.
+        offsets, lengths, hlens, poffs, plens = (array("q") for _ in range(5))
+        sops = array("B")
         parts = th.parts
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end

@@ -43,11 +43,13 @@ class BitReader:
 
     def read(self, n: int) -> int:
         v = 0
-        for _ in range(n):
+        while n > 0:
             if self.bits == 0:
                 self._next_byte()
-            self.bits -= 1
-            v = (v << 1) | ((self.byte >> self.bits) & 1)
+            take = n if n < self.bits else self.bits  # as many bits as this byte has left
+            self.bits -= take
+            v = (v << take) | ((self.byte >> self.bits) & ((1 << take) - 1))
+            n -= take
         return v
 
     def align(self) -> int:
@@ -131,6 +133,31 @@ class TagTree:
                 return lev  # its descendants are >= threshold too: no more bits to read
         return -1
 
+    def value_of(self, bits: BitReader, leaf: int, limit: int) -> int:
+        """The leaf's value, read to the end (what decode() with thresholds 1, 2, ... reads,
+        in the same order: each node on the path until its value is known); CodestreamError
+        past `limit` (a corrupt tree would otherwise read on and on)."""
+        x, y = leaf % self.w, leaf // self.w
+        value, lows = self.value, self.low
+        low = 0
+        levels = self.levels
+        for lev in range(len(levels) - 1, -1, -1):
+            off, lw = levels[lev]
+            node = off + (y >> lev) * lw + (x >> lev)
+            if low < lows[node]:
+                low = lows[node]
+            v = value[node]
+            while low < v:
+                if bits.bit():
+                    value[node] = v = low
+                else:
+                    low += 1
+                    if low > limit:
+                        raise CodestreamError(bits.base + bits.pos,
+                                              "zero bit-plane tag tree does not terminate")
+            lows[node] = low
+        return low
+
 
 class BandState:
     """Per band of a precinct: its code-block grid and the running state of the code-blocks
@@ -207,6 +234,7 @@ class PrecinctState:
         threshold = layer + 1
         count, cw = band.count, band.cw
         blocks, included = band.blocks, band.included
+        bit, incl_decode = bits.bit, band.incl.decode  # bound once: the loop is hot
         newly: list[int] = []
         body = 0
         i = 0  # next entry of `included` at or after k
@@ -214,13 +242,13 @@ class PrecinctState:
         while k < count:
             if i < len(included) and included[i] == k:
                 i += 1
-                if not bits.bit():
+                if not bit():
                     k += 1
                     continue
                 state = blocks[k]
                 first = False
             else:
-                level = band.incl.decode(bits, k, threshold)
+                level = incl_decode(bits, k, threshold)
                 if level >= 0:
                     # Not included, nor is any code-block under that tag-tree node: skip the
                     # rest of the node's span on this row (no bits are read for them).
@@ -229,17 +257,12 @@ class PrecinctState:
                     while i < len(included) and included[i] < k:
                         i += 1
                     continue
-                zero_planes = 0
-                while band.zbp.decode(bits, k, zero_planes + 1) >= 0:
-                    zero_planes += 1
-                    if zero_planes > MAX_ZERO_BITPLANES:
-                        raise CodestreamError(bits.base + bits.pos,
-                                              "zero bit-plane tag tree does not terminate")
+                band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
                 state = blocks[k] = [3, 0, 0, 0]
                 newly.append(k)
                 first = True
             n = _num_passes(bits)
-            while bits.bit():  # Lblock increment, a comma code
+            while bit():  # Lblock increment, a comma code
                 state[0] += 1
                 if state[0] > 64:
                     raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")

@@ -105,3 +105,55 @@ def test_packet_headers_read_the_same_with_dense_and_sparse_trees(grids, data, l
         return out
 
     assert run(0) == run(1 << 12)
+
+
+def _vbas(values: list[int]) -> bytes:
+    out = bytearray()
+    for v in values:
+        groups = [v & 0x7F]
+        v >>= 7
+        while v:
+            groups.append(0x80 | (v & 0x7F))
+            v >>= 7
+        out += bytes(reversed(groups))
+    return bytes(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.integers(0, 2**48), max_size=50), cut=st.booleans())
+def test_plt_values_decode_like_a_byte_loop(values, cut) -> None:
+    import numpy as np
+
+    from codestream.index import _vbas_values
+
+    data = _vbas(values)
+    if cut and data:
+        data = data[:-1] + bytes([data[-1] | 0x80])  # the last value never ends
+        assert _vbas_values(np.frombuffer(data, np.uint8)) is None
+    else:
+        got = _vbas_values(np.frombuffer(data, np.uint8))
+        assert got is not None and got.tolist() == values
+
+
+@settings(max_examples=200, deadline=None)
+@given(w=st.integers(1, 12), h=st.integers(1, 12), data=st.binary(min_size=32, max_size=32),
+       leaves=st.lists(st.integers(0, 10**6), min_size=1, max_size=20), limit=st.integers(1, 30))
+def test_value_of_reads_like_rising_thresholds(w, h, data, leaves, limit) -> None:
+    """value_of() reads what decode() with thresholds 1, 2, ... reads (how OpenJPEG gets
+    zero bit-planes) and returns the same value; both give up past the limit."""
+    ours, ref = TagTree(w, h), ReferenceTagTree(w, h)
+    b1, b2 = BitReader(data, 0, len(data)), BitReader(data, 0, len(data))
+    for q in leaves:
+        leaf = q % (w * h)
+        try:
+            expected = 0
+            while not ref.decode(b2, leaf, expected + 1):
+                expected += 1
+                if expected > limit:
+                    raise CodestreamError(0, "too many")
+        except CodestreamError:
+            with pytest.raises(CodestreamError):
+                ours.value_of(b1, leaf, limit)
+            return
+        assert ours.value_of(b1, leaf, limit) == expected
+        assert (b1.pos, b1.bits) == (b2.pos, b2.bits)

@@ -35,6 +35,9 @@ PRECINCT_FIELDS = ("id", "t", "c", "r", "p", "x0", "y0", "x1", "y1", "gx0", "gy0
                    "pkt_start", "pkt_count", "bin_length")
 PACKET_FIELDS = ("precinct", "layer", "offset", "length", "header_length", "packed_offset",
                  "packed_length", "sop", "bin_end")
+PACKET_DTYPES = {"precinct": np.int32, "layer": np.int32, "offset": np.int64, "length": np.int64,
+                 "header_length": np.int32, "packed_offset": np.int64, "packed_length": np.int32,
+                 "sop": np.uint8, "bin_end": np.int64}
 
 
 @dataclass
@@ -208,14 +211,23 @@ class _Builder:
             self.sources.add("plt")
         offsets, lengths, hlens, poffs, plens, sops = located
         n = len(offsets)
-        self.pk["precinct"].append(seq_p[:n] + base)
-        self.pk["layer"].append(seq_l[:n])
-        self.pk["offset"].append(np.asarray(offsets, np.int64))
-        self.pk["length"].append(np.asarray(lengths, np.int64))
-        self.pk["header_length"].append(np.asarray(hlens, np.int32))
-        self.pk["packed_offset"].append(np.asarray(poffs, np.int64))
-        self.pk["packed_length"].append(np.asarray(plens, np.int32))
-        self.pk["sop"].append(np.asarray(sops, np.uint8))
+        # Packets go in (precinct, layer) order. Every precinct has a prefix of its layers (a
+        # cut tile loses a suffix of the sequence), so a packet's place is its precinct's
+        # first slot plus its layer: a scatter, no sort.
+        local, layer = seq_p[:n], seq_l[:n]
+        counts = np.bincount(local, minlength=len(prec.comp))
+        first = np.zeros(len(counts), np.int64)
+        np.cumsum(counts[:-1], out=first[1:])
+        dest = first[local] + layer
+        del first, counts
+        columns = (("precinct", local + base, np.int32), ("layer", layer, np.int32),
+                   ("offset", offsets, np.int64), ("length", lengths, np.int64),
+                   ("header_length", hlens, np.int32), ("packed_offset", poffs, np.int64),
+                   ("packed_length", plens, np.int32), ("sop", sops, np.uint8))
+        for name, values, dtype in columns:
+            column = np.empty(n, dtype)
+            column[dest] = np.asarray(values)
+            self.pk[name].append(column)
         return cod.layers, cod.mct
 
     def _claim(self, t: int, rows: int) -> None:
@@ -312,7 +324,8 @@ class _Builder:
         if packed_stream is not None:
             self.packed += packed_stream
         hpos = 0
-        states: dict[int, PrecinctState] = {}
+        states: dict[int, PrecinctState] = {}  # precincts with packets still to come
+        last_layer = cod.layers - 1
         # Compact growing arrays, not lists of Python ints: a tile may have millions of packets.
         offsets, lengths, hlens, poffs, plens = (array("q") for _ in range(5))
         sops = array("B")
@@ -372,6 +385,8 @@ class _Builder:
                 hpos = hend
                 pos += body
             sops.append(sop)
+            if seq_l[k] == last_layer:
+                del states[local]  # the precinct's last packet: its state is not needed again
         if pos < end or part_no + 1 < len(parts):
             left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
             if left > 0 and len(offsets) < len(seq_p):
@@ -389,13 +404,12 @@ class _Builder:
             precincts[k] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         for k in ("t", "c", "r"):
             precincts[k] = precincts[k].astype(np.int32)
+        # Tiles were added in order, each sorted by (precinct, layer): so is the whole.
         pk = {}
         for k, parts in self.pk.items():
-            pk[k] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        order = np.lexsort((pk["layer"], pk["precinct"]))
-        pk = {k: v[order] for k, v in pk.items()}
-        pk["precinct"] = pk["precinct"].astype(np.int32)
-        pk["layer"] = pk["layer"].astype(np.int32)
+            pk[k] = parts[0] if len(parts) == 1 else (
+                np.concatenate(parts) if parts else np.zeros(0, PACKET_DTYPES[k]))
+            parts.clear()
         nprec = len(precincts["id"])
         counts = np.bincount(pk["precinct"], minlength=nprec).astype(np.int32)
         starts = np.zeros(nprec, np.int64)

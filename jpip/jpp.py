@@ -156,6 +156,29 @@ class MessageWriter:
             self._last_id, self._last_off = bin_id, offset
         return out
 
+    def continues(self, bin_class: int, csn: int) -> bool:
+        """True when the last message was of this class and codestream, so that
+        `next_header()` may encode the next one."""
+        return self._cls == bin_class and self._csn == csn and not self._ended
+
+    def next_header(self, bin_id: int, offset: int, length: int, is_last: bool) -> bytes:
+        """`header()` for a message of the same (even) class and codestream as the last one,
+        which therefore omits both (bb=1): the hot path of a response's precinct data."""
+        flags = 0x30 if is_last else 0x20
+        if bin_id < 16:
+            id_field = SMALL_VBAS[flags | bin_id]
+        elif bin_id < 2048:
+            id_field = SMALL_VBAS[(flags << 7) | bin_id]
+        elif bin_id < 1 << 18:  # three bytes: 18 id bits below the flags
+            v = (flags << 14) | bin_id
+            id_field = bytes((0x80 | (v >> 14), 0x80 | ((v >> 7) & 0x7F), v & 0x7F))
+        else:
+            id_field = _long_bin_id(flags, bin_id)
+        self._before_cls, self._before_csn = self._cls, self._csn
+        self._last_id, self._last_off = bin_id, offset
+        return (id_field + (SMALL_VBAS[offset] if offset < SMALL_LIMIT else encode_vbas(offset))
+                + (SMALL_VBAS[length] if length < SMALL_LIMIT else encode_vbas(length)))
+
     def discard(self) -> None:
         """Forgets the last header returned by `header()`: it was not sent."""
         self._cls, self._csn = self._before_cls, self._before_csn

@@ -172,34 +172,67 @@ class ResponseBuilder:
                     break
                 k = starts[live] + layer
                 ends = pk["bin_end"][k]
-                begins = ends - pk["length"][k] - pk["packed_length"][k]
+                packed = pk["packed_length"][k]
+                begins = ends - pk["length"][k] - packed
                 frm = np.maximum(begins, held[live])
                 todo = np.nonzero(frm < ends)[0]
-                sent_rows, sent_ends = [], []
-                for j in todo.tolist():
-                    i = int(live[j])
-                    a, b = int(frm[j]), int(ends[j])
-                    n = self._message(PRECINCT, cs, int(ids[i]), a,
-                                      src.bin_range(cs, int(rows[i]), a, b), b - a,
-                                      b == int(bin_len[i]))
+                if len(todo) == 0:
+                    continue
+                sel = live[todo]
+                # A packet without a packed header is one run of the file: where the part
+                # still to send starts (-1: assemble it with bin_range).
+                file_from = np.where(packed[todo] == 0,
+                                     pk["offset"][k[todo]] + (frm[todo] - begins[todo]), -1)
+                sent = []  # (position in rows, new bin end)
+                for i, bin_id, a, b, run, last in zip(
+                        sel.tolist(), ids[sel].tolist(), frm[todo].tolist(), ends[todo].tolist(),
+                        file_from.tolist(), (ends[todo] == bin_len[sel]).tolist(), strict=True):
+                    n = self._packet_message(cs, bin_id, a, b, run, last, int(rows[i]))
                     if n:
-                        sent_rows.append(int(rows[i]))
-                        sent_ends.append(a + n)
-                        held[i] = a + n
+                        sent.append((i, a + n))
                     if self._stopped:
                         break
                     if self._size >= CHUNK_TARGET:
-                        self._updates.append(("P", cs, np.asarray(sent_rows, np.int32),
-                                              np.asarray(sent_ends, np.int64)))
-                        sent_rows, sent_ends = [], []
+                        self._record(cs, rows, sent, held)
+                        sent = []
                         chunk = self._flush()
                         if chunk:
                             yield chunk
-                if sent_rows:
-                    self._updates.append(("P", cs, np.asarray(sent_rows, np.int32),
-                                          np.asarray(sent_ends, np.int64)))
+                self._record(cs, rows, sent, held)
                 if self._stopped:
                     return
+
+    def _packet_message(self, cs: int, bin_id: int, a: int, b: int, run: int, last: bool,
+                        row: int) -> int:
+        """Queues bytes [a, b) of a precinct bin (one packet's worth); returns how many."""
+        length = b - a
+        writer = self.writer
+        if run >= 0 and writer.continues(PRECINCT, cs):
+            # The hot path: same class and codestream as the last message, one file run.
+            header = writer.next_header(bin_id, a, length, last)
+            size = len(header) + length
+            if self.limit is None or size <= self._room():
+                self._parts.append(header)
+                self._parts.append(self.source.view[run:run + length])
+                self._size += size
+                out = self.outcome
+                out.bytes_sent += size
+                out.data_bytes += length
+                out.messages += 1
+                return length
+            # Too big for the byte budget: the general path re-encodes it, cut to fit.
+        return self._message(PRECINCT, cs, bin_id, a, self.source.bin_range(cs, row, a, b),
+                             length, last)
+
+    def _record(self, cs: int, rows: np.ndarray, sent: list, held: np.ndarray) -> None:
+        """Model updates for the messages queued since the last call (committed by the
+        caller once their chunk is written), and the local copy of what is held."""
+        if not sent:
+            return
+        where = np.fromiter((i for i, _ in sent), np.int64, len(sent))
+        new_end = np.fromiter((e for _, e in sent), np.int64, len(sent))
+        held[where] = new_end
+        self._updates.append(("P", cs, rows[where].astype(np.int32), new_end))
 
 
 def _take(pieces: list, n: int) -> list:

@@ -103,6 +103,12 @@ class CacheModel:
             elif kind == "m":
                 self.metadata[key] = max(self.metadata.get(key, 0), value)
 
+    def is_empty(self) -> bool:
+        """True while the client is known to hold nothing at all."""
+        return not self.metadata and all(
+            s.main_header == 0 and not s.tile_headers and len(s.precincts.rows) == 0
+            for s in self.streams.values())
+
     @property
     def nbytes(self) -> int:
         return 64 + sum(s.nbytes for s in self.streams.values()) + 32 * len(self.metadata)

@@ -108,6 +108,9 @@ class ServerConfig:
     shutdown_grace: float = _opt(
         10.0, "float", _non_negative, "time in-flight requests get to finish on shutdown")
     max_response_bytes: int = _opt(1 << 30, "size", _positive, "hard cap of one response")
+    response_cache_bytes: int = _opt(
+        64 << 20, "size", _non_negative,
+        "memory for responses kept for clients that hold nothing yet (0 disables)")
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same checks as load_config.

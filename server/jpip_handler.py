@@ -18,13 +18,14 @@ from aiohttp import web
 
 from cache.index_cache import IndexCache
 from cache.model import CacheModel
+from cache.response_cache import ResponseCache
 from cache.sessions import Channel, OverCapacity, SessionStore, UnknownChannel
 from jpip.errors import RequestError
 from jpip.jpp import EOR, MessageWriter
 from jpip.modelspec import apply_model, restrict_to_need
-from jpip.plan import Plan, plan_window
+from jpip.plan import plan_window
 from jpip.request import JPIPRequest, parse_form_body, parse_query
-from jpip.respond import ResponseBuilder
+from jpip.respond import Chunk, ResponseBuilder
 from jpip.window import resolve_window
 from server.errors import ServiceUnavailable
 from server.logs import set_request_cid
@@ -46,6 +47,7 @@ class JPIPState:
     index_cache: IndexCache
     sessions: SessionStore
     max_response_bytes: int
+    responses: ResponseCache
     write_timeout: float = 60.0
     metrics: object | None = None
 
@@ -73,6 +75,7 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
                               max_model_bytes=config.max_session_bytes,
                               on_event=session_event),
         max_response_bytes=config.max_response_bytes,
+        responses=ResponseCache(config.response_cache_bytes),
         write_timeout=config.request_timeout,
         metrics=metrics,
     )
@@ -257,7 +260,7 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
     streams, stream_changed = _codestreams(req, len(source.codestreams))
     if stream_changed is not None:
         headers["JPIP-stream"] = stream_changed
-    plans: list[Plan] = []
+    windows = []
     for n, cs in enumerate(streams):
         ix = source.codestreams[cs]
         fsiz = (req.fsiz.fx, req.fsiz.fy, req.fsiz.round) if req.fsiz is not None else None
@@ -265,31 +268,80 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
                                 comps=req.comps, layers=req.layers)
         if n == 0:
             headers.update(window.changed)
-        plans.append(plan_window(ix, window))
+        windows.append((ix, window))
 
-    if channel is not None:
-        model = channel.session.model
-        if req.model and not tid_mismatch:
-            apply_model(req.model, source, model, streams[0] if streams else 0)
-    else:
-        model = CacheModel()
-        if req.model and not tid_mismatch:
-            apply_model(req.model, source, model, streams[0] if streams else 0)
-    if req.need and not tid_mismatch:
-        plans = restrict_to_need(req.need, source, plans, streams[0] if streams else 0)
+    # A stateless request's model lives for this response only: nothing to record in it.
+    model = channel.session.model if channel is not None else CacheModel()
+    if req.model and not tid_mismatch:
+        apply_model(req.model, source, model, streams[0] if streams else 0)
+    use_need = bool(req.need) and not tid_mismatch
 
     limit = req.len
     if limit is None or limit > state.max_response_bytes:
         limit = state.max_response_bytes if limit is None else min(limit, state.max_response_bytes)
-    metadata_only = req.metareq is not None and req.metareq.metadata_only
-    builder = ResponseBuilder(source, plans, model, byte_limit=limit,
-                              send_metadata=True,
-                              metadata_only=metadata_only or (req.len == 0))
+    metadata_only = (req.metareq is not None and req.metareq.metadata_only) or req.len == 0
+
+    # A client holding nothing gets what every such client gets: maybe a kept response.
+    key = None
+    if state.responses.enabled and not use_need and model.is_empty():
+        key = (source.identity.target_id, limit, metadata_only,
+               tuple((w.codestream, w.discard, w.region, w.comps, w.layers) for _, w in windows))
+    cached = state.responses.get(key) if key is not None else None
+    if key is not None and state.metrics is not None:
+        state.metrics.response_cache.labels(result="miss" if cached is None else "hit").inc()
+    builder = recorder = None
+    if cached is not None:
+        chunks = (Chunk(data, list(updates)) for data, updates in cached.chunks)
+    else:
+        plans = [plan_window(ix, w) for ix, w in windows]
+        if use_need:
+            plans = restrict_to_need(req.need, source, plans, streams[0] if streams else 0)
+        builder = ResponseBuilder(source, plans, model, byte_limit=limit, send_metadata=True,
+                                  metadata_only=metadata_only)
+        chunks = builder.chunks()
+        if key is not None:
+            recorder = state.responses.recorder()
+    skipped = builder.outcome.bytes_skipped if builder is not None else 0
+
     resp = web.StreamResponse(status=200, headers=headers)
     resp.enable_chunked_encoding()
+    await resp.prepare(request)
     if request.method == "HEAD":
-        await resp.prepare(request)
         return resp
+    deadline = request.get("deadline")
+    if deadline is not None:
+        deadline.reschedule(None)  # from here on each write is bounded instead
+    delivered = 0
+    complete = False
+    try:
+        for chunk in chunks:
+            if channel is not None and channel.generation != generation and chunk.updates:
+                # A newer request arrived: end this one at a message boundary (EOR 3).
+                await resp.write(MessageWriter().eor(EOR.WINDOW_CHANGE))
+                break
+            async with asyncio.timeout(state.write_timeout):
+                await resp.write(chunk.data)
+            delivered += len(chunk.data)
+            if recorder is not None:
+                recorder.add(chunk.data, chunk.updates)
+            if chunk.updates and channel is not None:
+                model.commit(chunk.updates)
+        else:
+            complete = True
+        await resp.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        log.info("client went away after %d bytes", delivered)
+        raise
+    finally:
+        if channel is not None:
+            channel.session.bytes_sent += delivered
+            channel.session.bytes_saved += skipped
+            state.sessions.check_model_size(channel.session)
+        if state.metrics is not None:
+            state.metrics.bytes_saved(skipped)
+    if recorder is not None and complete:
+        state.responses.put(key, recorder)
+    return resp
     await resp.prepare(request)
     deadline = request.get("deadline")
     if deadline is not None:

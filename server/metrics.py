@@ -57,6 +57,11 @@ class Metrics:
         self.index_build_seconds = Histogram(
             "jpip_index_build_seconds", "Time to index a file", buckets=INDEX_BUCKETS,
             registry=r)
+        self.response_cache = Counter(
+            "jpip_response_cache", "Lookups of responses kept for fresh clients, by result",
+            ["result"], registry=r)
+        for result in ("hit", "miss"):
+            self.response_cache.labels(result=result)
         self.session_model_resets = Counter(
             "jpip_session_model_resets", "Session cache models reset for exceeding the cap",
             registry=r)

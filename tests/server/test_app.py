@@ -139,7 +139,8 @@ async def test_metrics_text(make_client: MakeClient) -> None:
                  "jpip_sessions ", "jpip_sessions_created_total", "jpip_sessions_expired_total",
                  "jpip_sessions_evicted_total", "jpip_bytes_saved_by_model_total",
                  'jpip_index_cache_total{result="hit"}', 'jpip_index_cache_total{result="miss"}',
-                 'jpip_index_cache_total{result="build"}', "jpip_index_build_seconds_bucket"):
+                 'jpip_index_cache_total{result="build"}', "jpip_index_build_seconds_bucket",
+                 'jpip_response_cache_total{result="hit"}'):
         assert name in text, name
     assert 'jpip_requests_total{status="200"} 1.0' in text
     assert 'jpip_requests_total{status="404"} 1.0' in text

@@ -38,11 +38,24 @@ class _TcrTable:
     """Per (tile, component) the rows of the tcr table, looked up once per index."""
 
     def __init__(self, ix: CodestreamIndex) -> None:
-        tcr = ix.tcr
+        # Plain lists: the planner reads single values, which numpy makes slow.
+        self.tcr = {k: v.tolist() for k, v in ix.tcr.items()}
         self.first: dict[tuple[int, int], int] = {}
-        t, c, r = tcr["t"], tcr["c"], tcr["r"]
-        for i in np.nonzero(r == 0)[0].tolist():
-            self.first[(int(t[i]), int(c[i]))] = i
+        # Tile-components with the same geometry (all components of an image without
+        # subsampling, say) need the same precincts: one shape key per (tile, component).
+        self.shape: dict[tuple[int, int], tuple] = {}
+        t, c, r = self.tcr["t"], self.tcr["c"], self.tcr["r"]
+        geometry = [self.tcr[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
+                                          "levels", "reversible")]
+        dx = [comp.dx for comp in ix.siz.components]
+        dy = [comp.dy for comp in ix.siz.components]
+        for i, r_i in enumerate(r):
+            if r_i == 0:
+                key = (t[i], c[i])
+                self.first[key] = i
+                last = i + self.tcr["levels"][i]
+                self.shape[key] = (dx[c[i]], dy[c[i]]) + tuple(
+                    tuple(col[i:last + 1]) for col in geometry)
 
 
 def _table(ix: CodestreamIndex) -> _TcrTable:
@@ -53,15 +66,15 @@ def _table(ix: CodestreamIndex) -> _TcrTable:
     return tab
 
 
-def _rect_rows(tcr: dict[str, np.ndarray], i: int, rects: list[tuple[int, int, int, int]],
+def _rect_rows(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, int, int]],
                band_shift: int) -> np.ndarray:
     """Rows of the precincts at tcr row i whose cells meet any rectangle (x0, y0, x1, y1) given
     in that resolution's band coordinates (band_shift = 1 above resolution 0)."""
-    npw, nph = int(tcr["npw"][i]), int(tcr["nph"][i])
+    npw, nph = tcr["npw"][i], tcr["nph"][i]
     if npw == 0 or nph == 0:
         return np.zeros(0, np.int64)
-    ppx, ppy = int(tcr["ppx"][i]) - band_shift, int(tcr["ppy"][i]) - band_shift
-    ox, oy = int(tcr["x0"][i]) >> int(tcr["ppx"][i]), int(tcr["y0"][i]) >> int(tcr["ppy"][i])
+    ppx, ppy = tcr["ppx"][i] - band_shift, tcr["ppy"][i] - band_shift
+    ox, oy = tcr["x0"][i] >> tcr["ppx"][i], tcr["y0"][i] >> tcr["ppy"][i]
     mask = None
     for x0, y0, x1, y1 in rects:
         if x1 <= x0 or y1 <= y0:
@@ -75,7 +88,7 @@ def _rect_rows(tcr: dict[str, np.ndarray], i: int, rects: list[tuple[int, int, i
         mask[py0:py1, px0:px1] = True
     if mask is None:
         return np.zeros(0, np.int64)
-    return int(tcr["prec_base"][i]) + np.flatnonzero(mask)
+    return tcr["prec_base"][i] + np.flatnonzero(mask)
 
 
 def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
@@ -84,8 +97,8 @@ def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     siz = ix.siz
     X0, Y0, X1, Y1 = window.region
     d = window.discard
-    tcr = ix.tcr
     table = _table(ix)
+    tcr = table.tcr
     # Tiles the region touches.
     p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
     p1 = min(_cdiv(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
@@ -100,13 +113,21 @@ def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
             rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
             if rx1 <= rx0 or ry1 <= ry0:
                 continue
+            done: dict[tuple, tuple[int, list[np.ndarray]]] = {}  # shape -> (base, rows)
             for c in window.comps:
                 base = table.first.get((t, c))
                 if base is None:
                     continue
-                parts.extend(_tile_component_rows(tcr, base, siz.components[c].dx,
-                                                  siz.components[c].dy, d,
-                                                  (rx0, ry0, rx1, ry1)))
+                shape = table.shape[(t, c)]
+                if shape in done:  # the same precincts as an earlier component, shifted
+                    other, rows = done[shape]
+                    shift = tcr["prec_base"][base] - tcr["prec_base"][other]
+                    parts.extend(r + shift for r in rows)
+                    continue
+                rows = _tile_component_rows(tcr, base, siz.components[c].dx,
+                                            siz.components[c].dy, d, (rx0, ry0, rx1, ry1))
+                done[shape] = (base, rows)
+                parts.extend(rows)
     rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
     return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
 
@@ -123,7 +144,7 @@ def _high_range(lo: int, hi: int) -> tuple[int, int]:
 
 def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
                          region: tuple[int, int, int, int]) -> list[np.ndarray]:
-    nl = int(tcr["levels"][base])
+    nl = tcr["levels"][base]
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
     # synthesis filters: 5/3 has 3 and 5 taps, 9/7 has 7 and 9.
@@ -131,14 +152,14 @@ def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
     i = base + top
-    a, b = max(_cdiv(rx0, sx), int(tcr["x0"][i])), min(_cdiv(rx1, sx), int(tcr["x1"][i]))
-    c0, c1 = max(_cdiv(ry0, sy), int(tcr["y0"][i])), min(_cdiv(ry1, sy), int(tcr["y1"][i]))
+    a, b = max(_cdiv(rx0, sx), tcr["x0"][i]), min(_cdiv(rx1, sx), tcr["x1"][i])
+    c0, c1 = max(_cdiv(ry0, sy), tcr["y0"][i]), min(_cdiv(ry1, sy), tcr["y1"][i])
     out = []
     if b <= a or c1 <= c0:
         return out
     for n in range(top, 0, -1):
         i = base + n
-        x0, x1, y0, y1 = (int(tcr[k][i]) for k in ("x0", "x1", "y0", "y1"))
+        x0, x1, y0, y1 = (tcr[k][i] for k in ("x0", "x1", "y0", "y1"))
         # Low-pass coefficient k sits at 2k, high-pass k at 2k+1; both ranges are clipped to
         # the resolution (boundary extension mirrors inside, never further than the reach).
         low_x = _low_range(max(a - reach_low, x0), min(b + reach_low, x1))

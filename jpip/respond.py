@@ -22,6 +22,7 @@ from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWrite
 from .plan import Plan
 
 CHUNK_TARGET = 256 * 1024
+MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
 
 
 @dataclass
@@ -183,24 +184,84 @@ class ResponseBuilder:
                 # still to send starts (-1: assemble it with bin_range).
                 file_from = np.where(packed[todo] == 0,
                                      pk["offset"][k[todo]] + (frm[todo] - begins[todo]), -1)
-                sent = []  # (position in rows, new bin end)
-                for i, bin_id, a, b, run, last in zip(
-                        sel.tolist(), ids[sel].tolist(), frm[todo].tolist(), ends[todo].tolist(),
-                        file_from.tolist(), (ends[todo] == bin_len[sel]).tolist(), strict=True):
-                    n = self._packet_message(cs, bin_id, a, b, run, last, int(rows[i]))
-                    if n:
-                        sent.append((i, a + n))
-                    if self._stopped:
-                        break
-                    if self._size >= CHUNK_TARGET:
-                        self._record(cs, rows, sent, held)
-                        sent = []
-                        chunk = self._flush()
-                        if chunk:
-                            yield chunk
-                self._record(cs, rows, sent, held)
+                yield from self._send_layer(cs, rows, held, sel, ids[sel], frm[todo],
+                                            ends[todo], file_from, ends[todo] == bin_len[sel])
                 if self._stopped:
                     return
+
+    def _send_layer(self, cs: int, rows: np.ndarray, held: np.ndarray, sel: np.ndarray,
+                    ids: np.ndarray, frm: np.ndarray, ends: np.ndarray, runs: np.ndarray,
+                    last: np.ndarray) -> Iterator[Chunk]:
+        """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`."""
+        pos, count = 0, len(sel)
+        # The first precinct message after header bins carries class and CSn: general path.
+        while pos < count and not self.writer.continues(PRECINCT, cs) and not self._stopped:
+            yield from self._one_by_one(cs, rows, held, sel, ids, frm, ends, runs, last,
+                                        pos, pos + 1)
+            pos += 1
+        if pos == count or self._stopped:
+            return
+        lengths = ends[pos:] - frm[pos:]
+        if int(runs[pos:].min()) >= 0 and (self.limit is None or int(lengths.sum()) + (
+                count - pos) * MAX_HEADER_BYTES <= self._room()):
+            # Every message is one file run and all of them fit: no per-message checks.
+            yield from self._in_batches(cs, rows, held, sel[pos:], ids[pos:], frm[pos:],
+                                        ends[pos:], runs[pos:], last[pos:])
+        else:
+            yield from self._one_by_one(cs, rows, held, sel, ids, frm, ends, runs, last,
+                                        pos, count)
+
+    def _in_batches(self, cs, rows, held, sel, ids, frm, ends, runs, last) -> Iterator[Chunk]:
+        """Queues every message, flushing a chunk about every CHUNK_TARGET bytes."""
+        lengths = ends - frm
+        reach = np.cumsum(lengths)
+        view, parts = self.source.view, self._parts
+        start = 0
+        while start < len(sel):
+            before = int(reach[start - 1]) if start else 0
+            stop = int(np.searchsorted(reach, before + max(CHUNK_TARGET - self._size, 1))) + 1
+            stop = min(stop, len(sel))
+            span = slice(start, stop)
+            offsets, sizes, froms = frm[span].tolist(), lengths[span].tolist(), runs[span].tolist()
+            headers = self.writer.next_headers(ids[span].tolist(), offsets, sizes,
+                                               last[span].tolist())
+            for header, run, size in zip(headers, froms, sizes, strict=True):
+                parts.append(header)
+                parts.append(view[run:run + size])
+            total = sum(map(len, headers)) + int(reach[stop - 1]) - before
+            self._size += total
+            out = self.outcome
+            out.bytes_sent += total
+            out.data_bytes += int(reach[stop - 1]) - before
+            out.messages += stop - start
+            held[sel[span]] = ends[span]
+            self._updates.append(("P", cs, rows[sel[span]].astype(np.int32),
+                                  ends[span].astype(np.int64)))
+            start = stop
+            if self._size >= CHUNK_TARGET:
+                chunk = self._flush()
+                if chunk:
+                    yield chunk
+
+    def _one_by_one(self, cs, rows, held, sel, ids, frm, ends, runs, last, start: int,
+                    stop: int) -> Iterator[Chunk]:
+        """Queues messages start..stop-1 each checked against the byte budget."""
+        sent = []  # (position in rows, new bin end)
+        for j in range(start, stop):
+            i, a = int(sel[j]), int(frm[j])
+            n = self._packet_message(cs, int(ids[j]), a, int(ends[j]), int(runs[j]),
+                                     bool(last[j]), int(rows[i]))
+            if n:
+                sent.append((i, a + n))
+            if self._stopped:
+                break
+            if self._size >= CHUNK_TARGET:
+                self._record(cs, rows, sent, held)
+                sent = []
+                chunk = self._flush()
+                if chunk:
+                    yield chunk
+        self._record(cs, rows, sent, held)
 
     def _packet_message(self, cs: int, bin_id: int, a: int, b: int, run: int, last: bool,
                         row: int) -> int:

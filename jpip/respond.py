@@ -215,7 +215,7 @@ class ResponseBuilder:
         """Queues every message, flushing a chunk about every CHUNK_TARGET bytes."""
         lengths = ends - frm
         reach = np.cumsum(lengths)
-        view, parts = self.source.view, self._parts
+        view = self.source.view
         start = 0
         while start < len(sel):
             before = int(reach[start - 1]) if start else 0
@@ -225,6 +225,7 @@ class ResponseBuilder:
             offsets, sizes, froms = frm[span].tolist(), lengths[span].tolist(), runs[span].tolist()
             headers = self.writer.next_headers(ids[span].tolist(), offsets, sizes,
                                                last[span].tolist())
+            parts = self._parts  # a new list after every flush
             for header, run, size in zip(headers, froms, sizes, strict=True):
                 parts.append(header)
                 parts.append(view[run:run + size])

@@ -1,0 +1,120 @@
+"""ResponseBuilder's streams, checked message by message against the source's bins.
+
+Whatever the path a message took (batched or one by one, cut by `len` or not), the parsed
+stream must hold exactly the planned bytes of each bin, once, in order: headers first, then
+quality layer by quality layer; and a response cut by `len` must continue, in the next
+response over the same model, exactly where it stopped.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache.model import CacheModel
+from codestream.source import build_source
+from jpip.jpp import MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, EndOfResponse, parse_stream
+from jpip.plan import plan_window
+from jpip.respond import CHUNK_TARGET, ResponseBuilder
+from jpip.window import resolve_window
+from tests.conftest import CORPUS, INTEROP
+
+CASES = [  # file, fsiz, roff, rsiz, layers
+    (INTEROP / "rgb4096.jp2", (4096, 4096), (1000, 1200), (1500, 900), None),  # many chunks
+    (INTEROP / "med2048.jp2", (512, 512), None, None, 3),
+    (CORPUS / "HTJ2KLossless_08_RGB.j2k", (640, 480), None, None, None),  # one big layer
+    (CORPUS / "p1_05.j2k", (512, 512), (100, 50), (300, 200), None),       # PPM, 225 tiles
+    (CORPUS / "p0_05.j2k", (1024, 1024), None, None, None),                # SOP/EPH
+]
+
+
+def _respond(src, plan, model, limit=None) -> tuple[bytes, list]:
+    chunks = list(ResponseBuilder(src, [plan], model, byte_limit=limit).chunks())
+    for chunk in chunks:
+        if chunk.updates:
+            model.commit(chunk.updates)
+    return b"".join(c.data for c in chunks), chunks
+
+
+def _check(src, ix, plan, messages, held: dict) -> int:
+    """Every message is the source's bytes at its place, continues what was held, and the
+    precinct messages go layer by layer. Returns the EOR reason."""
+    pr, pk = ix.precincts, ix.packets
+    row_of = {int(pr["id"][r]): int(r) for r in plan.rows}
+    last_layer = -1
+    for m in messages[:-1]:
+        key = (m.bin_class, m.bin_id)
+        assert m.offset == held.get(key, 0), f"{key}: a gap or a byte sent twice"
+        held[key] = m.offset + len(m.data)
+        if m.bin_class == PRECINCT:
+            row = row_of[m.bin_id]
+            whole = src.precinct_bin(0, row)
+            assert m.data == whole[m.offset:m.offset + len(m.data)]
+            assert m.is_last == (m.offset + len(m.data) == len(whole))
+            first = int(pr["pkt_start"][row])
+            layer = int(np.searchsorted(pk["bin_end"][first:first + int(pr["pkt_count"][row])],
+                                        m.offset, side="right"))
+            assert layer >= last_layer, "a lower layer after a higher one"
+            last_layer = layer
+        else:
+            assert last_layer < 0, "a header bin after precinct data"
+            if m.bin_class == MAIN_HEADER:
+                whole = src.main_header_bin(0)
+            elif m.bin_class == TILE_HEADER:
+                whole = src.tile_header_bin(0, m.bin_id)
+            else:
+                assert m.bin_class == METADATA
+                whole = src.metadata0
+            assert m.data == whole[m.offset:m.offset + len(m.data)]
+    assert isinstance(messages[-1], EndOfResponse)
+    return messages[-1].reason
+
+
+@pytest.mark.parametrize("path,fsiz,roff,rsiz,layers", CASES, ids=lambda v: getattr(v, "name",
+                                                                                     None))
+def test_whole_responses_hold_exactly_the_planned_bytes(path, fsiz, roff, rsiz, layers) -> None:
+    with build_source(path) as src:
+        ix = src.codestreams[0]
+        w = resolve_window(ix, 0, fsiz=(*fsiz, "round-down"), roff=roff, rsiz=rsiz,
+                           layers=layers)
+        plan = plan_window(ix, w)
+        model = CacheModel()
+        data, chunks = _respond(src, plan, model)
+        held: dict = {}
+        assert _check(src, ix, plan, parse_stream(data), held) == 2
+        # Everything planned came, up to the layer limit.
+        for r in plan.rows.tolist():
+            first, count = int(ix.precincts["pkt_start"][r]), int(ix.precincts["pkt_count"][r])
+            if count:
+                want = int(ix.packets["bin_end"][first + min(count, w.layers) - 1])
+                assert held.get((PRECINCT, int(ix.precincts["id"][r])), 0) == want
+        assert all(len(c.data) <= CHUNK_TARGET + (1 << 20) for c in chunks)
+        # The model took it all: the same window again is the EOR alone.
+        again, _ = _respond(src, plan, model)
+        assert again == b"\x00\x02\x00"
+
+
+@pytest.mark.parametrize("limit", [700, 5000, 70000])
+@pytest.mark.parametrize("path,fsiz,roff,rsiz,layers", CASES[:4], ids=lambda v: getattr(
+    v, "name", None))
+def test_len_cut_responses_continue_where_they_stopped(path, fsiz, roff, rsiz, layers,
+                                                        limit) -> None:
+    with build_source(path) as src:
+        ix = src.codestreams[0]
+        w = resolve_window(ix, 0, fsiz=(*fsiz, "round-down"), roff=roff, rsiz=rsiz,
+                           layers=layers)
+        plan = plan_window(ix, w)
+        model = CacheModel()
+        whole, _ = _respond(src, plan, CacheModel())
+        held: dict = {}
+        pieces = 0
+        for _ in range(4 * len(whole) // limit + 10):
+            data, _ = _respond(src, plan, model, limit)
+            assert len(data) <= limit + 3  # the EOR is outside the budget
+            reason = _check(src, ix, plan, parse_stream(data), held)
+            pieces += 1
+            if reason == 2:
+                break
+            assert reason == 4
+        assert reason == 2 and (pieces > 1 or len(whole) <= limit)
+        total = sum(len(m.data) for m in parse_stream(whole)[:-1])
+        assert sum(held.values()) == total

@@ -342,31 +342,3 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
     if recorder is not None and complete:
         state.responses.put(key, recorder)
     return resp
-    await resp.prepare(request)
-    deadline = request.get("deadline")
-    if deadline is not None:
-        deadline.reschedule(None)  # from here on each write is bounded instead
-    delivered = 0
-    try:
-        for chunk in builder.chunks():
-            if channel is not None and channel.generation != generation and chunk.updates:
-                # A newer request arrived: end this one at a message boundary (EOR 3).
-                await resp.write(MessageWriter().eor(EOR.WINDOW_CHANGE))
-                break
-            async with asyncio.timeout(state.write_timeout):
-                await resp.write(chunk.data)
-            delivered += len(chunk.data)
-            if chunk.updates:
-                model.commit(chunk.updates)
-        await resp.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        log.info("client went away after %d bytes", delivered)
-        raise
-    finally:
-        if channel is not None:
-            channel.session.bytes_sent += delivered
-            channel.session.bytes_saved += builder.outcome.bytes_skipped
-            state.sessions.check_model_size(channel.session)
-        if state.metrics is not None:
-            state.metrics.bytes_saved(builder.outcome.bytes_skipped)
-    return resp

@@ -235,12 +235,16 @@ class PrecinctState:
         count, cw = band.count, band.cw
         blocks, included = band.blocks, band.included
         bit, incl_decode = bits.bit, band.incl.decode  # bound once: the loop is hot
+        read = bits.read
+        # Without bypass, termination or HT, a code-block's passes form one codeword segment.
+        one_segment = not style & (CBLK_HT | CBLK_TERMALL | CBLK_BYPASS)
         newly: list[int] = []
         body = 0
+        n_included = len(included)
         i = 0  # next entry of `included` at or after k
         k = 0
         while k < count:
-            if i < len(included) and included[i] == k:
+            if i < n_included and included[i] == k:
                 i += 1
                 if not bit():
                     k += 1
@@ -252,10 +256,14 @@ class PrecinctState:
                 if level >= 0:
                     # Not included, nor is any code-block under that tag-tree node: skip the
                     # rest of the node's span on this row (no bits are read for them).
-                    x = k % cw
-                    k += max(1, min(((x >> level) + 1) << level, cw) - x)
-                    while i < len(included) and included[i] < k:
-                        i += 1
+                    if level:
+                        x = k % cw
+                        end = ((x >> level) + 1) << level
+                        k += (end if end < cw else cw) - x
+                        while i < n_included and included[i] < k:
+                            i += 1
+                    else:
+                        k += 1
                     continue
                 band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
                 state = blocks[k] = [3, 0, 0, 0]
@@ -266,6 +274,10 @@ class PrecinctState:
                 state[0] += 1
                 if state[0] > 64:
                     raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
+            if one_segment:
+                body += read(state[0] + n.bit_length() - 1)
+                k += 1
+                continue
             if first:
                 first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
                 state[3] = _segment_max(style, 0, first_max)
@@ -276,7 +288,7 @@ class PrecinctState:
             lblock = state[0]
             while n > 0:
                 take = min(state[3] - state[2], n)
-                body += bits.read(lblock + take.bit_length() - 1)
+                body += read(lblock + take.bit_length() - 1)
                 state[2] += take
                 n -= take
                 if n > 0:

@@ -27,6 +27,13 @@ CASES = [  # file, fsiz, roff, rsiz, layers
 ]
 
 
+def _planned(src, fsiz, roff, rsiz, layers):
+    """The index, resolved window and plan of one case."""
+    ix = src.codestreams[0]
+    w = resolve_window(ix, 0, fsiz=(*fsiz, "round-down"), roff=roff, rsiz=rsiz, layers=layers)
+    return ix, w, plan_window(ix, w)
+
+
 def _respond(src, plan, model, limit=None) -> tuple[bytes, list]:
     chunks = list(ResponseBuilder(src, [plan], model, byte_limit=limit).chunks())
     for chunk in chunks:
@@ -73,10 +80,7 @@ def _check(src, ix, plan, messages, held: dict) -> int:
                                                                                      None))
 def test_whole_responses_hold_exactly_the_planned_bytes(path, fsiz, roff, rsiz, layers) -> None:
     with build_source(path) as src:
-        ix = src.codestreams[0]
-        w = resolve_window(ix, 0, fsiz=(*fsiz, "round-down"), roff=roff, rsiz=rsiz,
-                           layers=layers)
-        plan = plan_window(ix, w)
+        ix, w, plan = _planned(src, fsiz, roff, rsiz, layers)
         model = CacheModel()
         data, chunks = _respond(src, plan, model)
         held: dict = {}
@@ -99,10 +103,7 @@ def test_whole_responses_hold_exactly_the_planned_bytes(path, fsiz, roff, rsiz, 
 def test_len_cut_responses_continue_where_they_stopped(path, fsiz, roff, rsiz, layers,
                                                         limit) -> None:
     with build_source(path) as src:
-        ix = src.codestreams[0]
-        w = resolve_window(ix, 0, fsiz=(*fsiz, "round-down"), roff=roff, rsiz=rsiz,
-                           layers=layers)
-        plan = plan_window(ix, w)
+        ix, w, plan = _planned(src, fsiz, roff, rsiz, layers)
         model = CacheModel()
         whole, _ = _respond(src, plan, CacheModel())
         held: dict = {}

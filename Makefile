@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh | $(BIN)/python
 	./scripts/system-deps.sh
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[client,tools]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml scripts/system-deps.sh $(VENV)/.installed
@@ -28,7 +28,7 @@ setup-test: $(VENV)/.installed-test
 
 $(DEMO_DIR)/demo.jp2: | $(VENV)/.installed
 	mkdir -p $(DEMO_DIR)
-	$(BIN)/python -m client.demo $(DEMO_DIR)/demo.jp2
+	$(BIN)/python -m filetools.demo $(DEMO_DIR)/demo.jp2
 
 run: $(VENV)/.installed $(DEMO_DIR)/demo.jp2
 	@echo "serving $(DEMO_DIR) on http://$(HOST):$(PORT)"

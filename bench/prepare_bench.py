@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
-    from client.prepare import choose_levels, precinct_sizes
+    from filetools.prepare import choose_levels, precinct_sizes
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -158,17 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("url")
 
     try:
-        from .prepare import add_prepare_arguments
+        from filetools.prepare import add_prepare_arguments
         add_prepare_arguments(sub.add_parser("prepare", help="encode a browse-efficient JP2"))
     except ImportError:
         pass
     try:
-        from .inspect import add_inspect_arguments
+        from filetools.inspect import add_inspect_arguments
         add_inspect_arguments(sub.add_parser("inspect", help="report how well a file streams"))
     except ImportError:
         pass
     try:
-        from .addplt import add_addplt_arguments
+        from filetools.addplt import add_addplt_arguments
         add_addplt_arguments(sub.add_parser("add-plt", help="add PLT markers without re-encoding"))
     except ImportError:
         pass
@@ -183,13 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "info":
             return asyncio.run(_info(args))
         if args.command == "prepare":
-            from .prepare import run_prepare
+            from filetools.prepare import run_prepare
             return run_prepare(args)
         if args.command == "inspect":
-            from .inspect import run_inspect
+            from filetools.inspect import run_inspect
             return run_inspect(args)
         if args.command == "add-plt":
-            from .addplt import run_addplt
+            from filetools.addplt import run_addplt
             return run_addplt(args)
     except KeyboardInterrupt:
         return 130

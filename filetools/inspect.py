@@ -424,7 +424,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.inspect", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m filetools.inspect", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_inspect_arguments(parser)
     return run_inspect(parser.parse_args(argv))

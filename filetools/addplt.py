@@ -480,7 +480,7 @@ def run_addplt(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.addplt", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m filetools.addplt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_addplt_arguments(parser)
     return run_addplt(parser.parse_args(argv))

@@ -12,7 +12,10 @@ import glymur
 import numpy as np
 import pytest
 
-from client.addplt import (
+from codestream.boxes import read_box_header, read_layout
+from codestream.parse import parse_codestream
+from codestream.source import Source, build_source
+from filetools.addplt import (
     MAX_TLM_ENTRIES,
     STLM,
     AddPltReport,
@@ -23,9 +26,6 @@ from client.addplt import (
     run_addplt,
     tlm_segments,
 )
-from codestream.boxes import read_box_header, read_layout
-from codestream.parse import parse_codestream
-from codestream.source import Source, build_source
 from tests.conftest import CORPUS, corpus_files
 from tests.oracle import assert_same_pixels, decode_codestream
 
@@ -293,7 +293,7 @@ def test_tlm_segments() -> None:
 def test_multi_segment_markers(monkeypatch, tmp_path: Path) -> None:
     """Tiny segment limits force several PLT per tile-part and several TLM: still read right
     by the index, OpenJPEG and glymur."""
-    import client.addplt as addplt
+    import filetools.addplt as addplt
 
     monkeypatch.setattr(addplt, "MAX_PLT_DATA", 8)
     monkeypatch.setattr(addplt, "MAX_TLM_ENTRIES", 50)

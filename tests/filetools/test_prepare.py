@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from client.demo import build_demo, demo_source
-from client.imageio import open_source, open_strips, read_image, write_image
-from client.prepare import (
+from filetools.demo import build_demo, demo_source
+from filetools.imageio import open_source, open_strips, read_image, write_image
+from filetools.prepare import (
     add_prepare_arguments,
     choose_levels,
     layer_rates,

@@ -12,8 +12,8 @@ import glymur
 import numpy as np
 import pytest
 
-from client.addplt import add_plt
-from client.inspect import add_inspect_arguments, format_report, inspect_file, run_inspect
+from filetools.addplt import add_plt
+from filetools.inspect import add_inspect_arguments, format_report, inspect_file, run_inspect
 from tests.conftest import CORPUS, corpus_files
 
 FILES = corpus_files()

@@ -1,4 +1,4 @@
-"""Build the demo image that `make run` serves: `python -m client.demo OUT.jp2`.
+"""Build the demo image that `make run` serves: `python -m filetools.demo OUT.jp2`.
 
 The picture is a real photograph, glymur's bundled sample nemo.jp2 (2592x1456 RGB), so the
 demo needs nothing beyond the installed project. It is re-encoded at its own size with
@@ -29,7 +29,7 @@ def build_demo(output: str | Path, *, lossless: bool = False) -> PrepareReport:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.demo",
+    parser = argparse.ArgumentParser(prog="python -m filetools.demo",
                                      description="Build the demo JPEG 2000 image served by "
                                                  "`make run` from a real photograph.")
     parser.add_argument("output", nargs="?", default="demo-images/demo.jp2",

@@ -474,7 +474,7 @@ def _stderr_progress(done: int, total: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m filetools.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_prepare_arguments(parser)
     args = parser.parse_args(argv)

@@ -1,25 +1,22 @@
-"""Shared fixtures: where the read-only corpus lives (JPIP_SHARED, default ../shared)."""
+"""Shared fixtures: the test images live in the repository (tests/data), nothing is read from
+outside it. Committed files are in tests/data/corpus (see its MANIFEST.md and LICENSES); the
+rest is built once by tests/data/generate.py when the run starts."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from tests.data.generate import CORPUS, INTEROP, ensure_generated
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("JPIP_SHARED", PROJECT_ROOT.parent / "shared")).resolve()
-CORPUS = SHARED / "corpus"
-INTEROP = SHARED / "interop"
+__all__ = ["CORPUS", "INTEROP", "PROJECT_ROOT", "corpus_files"]
+
+CORPUS_SUFFIXES = {".j2k", ".jp2", ".jpx", ".j2c", ".jpf"}
+
+
+def pytest_configure(config) -> None:
+    ensure_generated()
 
 
 def corpus_files() -> list[Path]:
-    """Every JPEG 2000 file of the shared corpus (all decode with OpenJPEG)."""
-    exts = {".j2k", ".jp2", ".jpx", ".j2c", ".jpf"}
-    return sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in exts)
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared directory not found at {SHARED}; set JPIP_SHARED")
-    return SHARED
+    """Every JPEG 2000 file of the test corpus (all decode with OpenJPEG)."""
+    return sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in CORPUS_SUFFIXES)

@@ -18,7 +18,7 @@ from codestream.source import Source, build_source
 from tests.conftest import CORPUS
 
 ROUND_TRIP = [
-    "NM_Kakadu44_SOTmarkerincons.j2k",  # PLT, 12 tile-parts
+    "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2",  # PLT (Kakadu)
     "p1_05.j2k",                        # PPM, 225 tiles, SOP/EPH
     "heliov.jpx",                       # JPX with 3 codestreams
     "test-card-lossy-tiled.jp2",        # 20 tiles, interleaved tile-parts

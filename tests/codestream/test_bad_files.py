@@ -81,8 +81,8 @@ def sample(positions: list, k: int, seed: int) -> list:
 
 # --------------------------------------------------------------------------- truncation
 TRUNCATED = ["p0_01.j2k", "p1_01.j2k", "p0_10.j2k", "p1_05.j2k", "p1_02.j2k", "basn6a08.jp2",
-             "heliov.jpx", "NM_Kakadu44_SOTmarkerincons.j2k", "test-card-lossy-tiled.jp2",
-             "JPEG2KLossless_1s_1f_u_16_16.j2k", "HTJ2KLossless_08_RGB.j2k", SOLO]
+             "heliov.jpx", "small_world_non_consecutive_tilepart_tlm.jp2",
+             "test-card-lossy-tiled.jp2", "CT1_psot0_noeoc.j2k", "HTJ2KLossless_08_RGB.j2k", SOLO]
 
 
 @pytest.mark.parametrize("name", TRUNCATED)

@@ -1,4 +1,4 @@
-"""A real server on loopback (the app of server/app.py) serving the shared corpus."""
+"""A real server on loopback (the app of server/app.py) serving the test corpus."""
 from __future__ import annotations
 
 import pytest

@@ -157,14 +157,16 @@ def test_boxes_kept(path: Path, rewritten) -> None:
 
 
 def test_padding_and_trailing_bytes(rewritten) -> None:
-    _, r = rewritten(CORPUS / "JPEG2KLossless_1s_1f_u_16_16.j2k")  # Psot = 0, padded
+    _, r = rewritten(CORPUS / "CT1_psot0_noeoc.j2k")  # Psot = 0, no EOC, 3 bytes of padding
     assert r.padding_dropped == 3 and r.eoc_added
     _, r = rewritten(CORPUS / "CT1.j2k")  # DICOM even-length pad after EOC
     assert r.trailing_dropped == 1 and not r.eoc_added
     _, r = rewritten(CORPUS / "p1_05.j2k")
     assert r.packed_headers and not r.ppm_ppt_kept and "moved" in r.ppm_ppt_note
-    _, r = rewritten(CORPUS / "NM_Kakadu44_SOTmarkerincons.j2k")
-    assert r.had_plt and r.tile_parts == 12
+    _, r = rewritten(CORPUS / "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2")
+    assert r.had_plt and r.tile_parts == 1
+    _, r = rewritten(CORPUS / "small_world_non_consecutive_tilepart_tlm.jp2")
+    assert not r.had_plt and r.tile_parts == 6
 
 
 @pytest.mark.parametrize("name", PACKED)

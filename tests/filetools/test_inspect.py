@@ -122,9 +122,9 @@ def test_advice_rules(name: str, expected: set[str]) -> None:
 
 
 def test_plt_advice_gone_after_add_plt(tmp_path: Path) -> None:
-    out = tmp_path / "RG2.j2k"
-    add_plt(CORPUS / "RG2.j2k", out)
-    assert "plt" in advice_ids(inspect_file(CORPUS / "RG2.j2k"))
+    out = tmp_path / "US1_J2KR.j2k"
+    add_plt(CORPUS / "US1_J2KR.j2k", out)
+    assert "plt" in advice_ids(inspect_file(CORPUS / "US1_J2KR.j2k"))
     report = inspect_file(out)
     assert "plt" not in advice_ids(report)
     assert report["codestreams"][0]["packets_located"] == "PLT"

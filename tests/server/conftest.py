@@ -23,13 +23,10 @@ MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 @pytest.fixture
 def image_root(tmp_path: Path) -> Path:
-    """A root holding one real JP2 file from the shared corpus (or a stand-in)."""
+    """A root holding one real JP2 file from the test corpus."""
     root = tmp_path / "images"
     root.mkdir()
-    if (CORPUS / SAMPLE).is_file():
-        shutil.copy(CORPUS / SAMPLE, root / SAMPLE)
-    else:
-        (root / SAMPLE).write_bytes(b"\x00\x00\x00\x0cjP  \r\n\x87\n")
+    shutil.copy(CORPUS / SAMPLE, root / SAMPLE)
     return root
 
 

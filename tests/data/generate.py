@@ -18,6 +18,9 @@ Into `tests/data/interop/`:
   precincts 256² at the two highest resolutions and 128² below, PLT markers), encoded by
   Debian's `opj_compress` from pixels made of the photograph and of `CT1.j2k` (crops zoomed,
   flipped and given mild seeded noise, so no area is flat).
+- `rgb4096_idx.jp2`, `med2048_idx.jp2`: the same two files with a JPIP index added (ISO 15444-9
+  Annex I: iptr, cidx, fidx; tests/interop/jpip_index.py), for OpenJPEG's opj_server, which
+  serves only indexed files. The codestream bytes are the same as in the plain files.
 """
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ import numpy as np
 DATA = Path(__file__).resolve().parent
 CORPUS = DATA / "corpus"
 INTEROP = DATA / "interop"
-_RECIPE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+# The recipe: this file and the index writer it uses (a change to either rebuilds everything).
+_RECIPE = hashlib.sha256(Path(__file__).read_bytes() + (
+    DATA.parent / "interop" / "jpip_index.py").read_bytes()).hexdigest()[:16]
 _STAMP = INTEROP / ".recipe"
 
 
@@ -147,6 +152,12 @@ def _opj_encode(pixels: np.ndarray, rates: str, irreversible: bool) -> bytes:
         return dst.read_bytes()
 
 
+def _with_jpip_index(path: Path) -> bytes:
+    from tests.interop.jpip_index import add_jpip_index
+
+    return add_jpip_index(path.read_bytes())
+
+
 # Where each built file goes, and how it is made (in build order).
 BUILDERS = {
     CORPUS / "nemo.jp2": lambda: _copy_glymur("nemo.jp2"),
@@ -154,6 +165,8 @@ BUILDERS = {
     CORPUS / "CT1_psot0_noeoc.j2k": lambda: _psot0_noeoc((CORPUS / "CT1.j2k").read_bytes()),
     INTEROP / "rgb4096.jp2": lambda: _opj_encode(_rgb_mosaic(), "320,160,80,40,20,10", True),
     INTEROP / "med2048.jp2": lambda: _opj_encode(_grey16(), "80,40,20,10,4,1", False),
+    INTEROP / "rgb4096_idx.jp2": lambda: _with_jpip_index(INTEROP / "rgb4096.jp2"),
+    INTEROP / "med2048_idx.jp2": lambda: _with_jpip_index(INTEROP / "med2048.jp2"),
 }
 
 

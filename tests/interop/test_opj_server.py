@@ -6,14 +6,15 @@ a session (cnew=http, then cid=...) as a viewer would, fetches a whole-image win
 server says it is done (EOR 1 or 2), and decodes it. The pixels must equal OpenJPEG's decode of
 the original at the same reduction, exactly.
 
-The reference codestream:
-- med2048: the non-index original med2048.jp2. Its codestream bytes differ from the _idx file
-  (another encoder wrote that one) but decode to the same pixels at every reduction and layer
-  count used here (5/3, so both encoders produce the same wavelet data).
-- rgb4096: the codestream inside rgb4096_idx.jp2 itself. OpenJPEG 1.5 (which wrote the _idx file)
-  and 2.5 (rgb4096.jp2) made different lossy 9/7 encodings: decoded locally, without any JPIP,
-  the two files already differ (e.g. 3,649 samples of component 0 at 256x256). No client could
-  match rgb4096.jp2 from what opj_server sends, so the served file is the only fair oracle.
+The served files and the reference: opj_server serves only JP2 files carrying a JPIP index
+(ISO 15444-9 Annex I), and Debian's `opj_compress -jpip` writes that index empty. So the test
+data build (tests/data/generate.py) adds the index to the generated interop images with our own
+writer (tests/interop/jpip_index.py): rgb4096_idx.jp2 and med2048_idx.jp2 hold byte for byte the
+codestreams of rgb4096.jp2 and med2048.jp2, only moved. The reference for every case is the
+plain file decoded by OpenJPEG at the same reduction (and layer count): there is one codestream
+per image, so what the client rebuilds from opj_server's stream must give exactly its pixels.
+(The _idx files used before were written by another encoder, OpenJPEG 1.5, so for the lossy
+rgb4096 the plain file was no fair oracle; that distinction is gone.)
 
 What opj_server does that the client has to tolerate (see the client code for each):
 - JPIP-cnew has cid and transport but no path: later requests go to the same path
@@ -45,7 +46,7 @@ from tests.interop.opj_server_harness import OpjStack, from_openjpip_tile_header
 from tests.oracle import assert_same_pixels, decode_codestream
 
 WARM = ["rgb4096_idx.jp2", "med2048_idx.jp2"]  # opj_server gives them CSn 0 and 1
-REFERENCE = {"rgb4096_idx.jp2": "rgb4096_idx.jp2", "med2048_idx.jp2": "med2048.jp2"}
+PLAIN = {"rgb4096_idx.jp2": "rgb4096.jp2", "med2048_idx.jp2": "med2048.jp2"}
 TIMEOUT = 60.0
 
 # (target, fsiz): thumbnails (one not a power-of-two size, so the server and the client must
@@ -68,7 +69,8 @@ def stack() -> Iterator[OpjStack]:
 
 @cache
 def reference(target: str, discard: int, layers: int = 0) -> list[np.ndarray]:
-    with build_source(INTEROP / REFERENCE[target]) as src:
+    """OpenJPEG's decode of the plain (index-less) file the served one was made from."""
+    with build_source(INTEROP / PLAIN[target]) as src:
         ix = src.codestreams[0]
         data = bytes(src.view[ix.offset:ix.offset + ix.length])
     return decode_codestream(data, rlevel=discard, layers=layers)
@@ -139,18 +141,16 @@ async def test_zooming_in_one_session_reuses_the_cache(stack: OpjStack) -> None:
         assert client.cache.messages == held, "a repeated window sent data-bin messages"
 
 
-def test_reference_choice_is_needed() -> None:
-    """Why rgb4096's oracle is the served file: the two rgb4096 files differ in pixels, while
-    the two med2048 files do not (see the module docstring)."""
-    def decoded(name: str) -> list[np.ndarray]:
-        with build_source(INTEROP / name) as src:
-            ix = src.codestreams[0]
-            return decode_codestream(bytes(src.view[ix.offset:ix.offset + ix.length]), rlevel=4)
-
-    assert_same_pixels(decoded("med2048.jp2"), decoded("med2048_idx.jp2"), "med2048")
-    with pytest.raises(AssertionError, match="pixels differ"):
-        assert_same_pixels(decoded("rgb4096.jp2"), decoded("rgb4096_idx.jp2"), "rgb4096")
-
+def test_served_files_hold_the_plain_files_codestreams() -> None:
+    """Why the plain file is the oracle: the indexed file holds the very same codestream bytes
+    (only moved, after an iptr box), and its index boxes are where opj_server looks for them."""
+    for served, plain in PLAIN.items():
+        with build_source(INTEROP / served) as a, build_source(INTEROP / plain) as b:
+            ia, ib = a.codestreams[0], b.codestreams[0]
+            assert bytes(a.view[ia.offset:ia.offset + ia.length]) == \
+                bytes(b.view[ib.offset:ib.offset + ib.length]), served
+            kinds = [box.box_type for box in a.layout.top_boxes]
+        assert kinds[-2:] == [b"cidx", b"fidx"] and kinds.index(b"iptr") < kinds.index(b"jp2c")
 
 
 def test_tile_header_bins_in_either_convention() -> None:

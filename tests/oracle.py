@@ -30,7 +30,11 @@ def decode_codestream(data: bytes, *, rlevel: int = 0,
         os.unlink(path)
 
 
-def assert_same_pixels(a: list[np.ndarray], b: list[np.ndarray], what: str = "") -> None:
+def assert_same_pixels(a: list[np.ndarray], b: list[np.ndarray], what: str = "") -> int:
+    """Asserts equal components, sample for sample; returns how many samples were compared
+    (0 is possible: a 1x1 window may hold no sample of a subsampled component). Two empty
+    component lists are an error, not a match: an oracle that returns nothing has failed."""
+    assert a, f"{what}: no components to compare"
     assert len(a) == len(b), f"{what}: {len(a)} vs {len(b)} components"
     for c, (x, y) in enumerate(zip(a, b, strict=True)):
         assert x.shape == y.shape, f"{what}: component {c} shape {x.shape} vs {y.shape}"
@@ -38,6 +42,7 @@ def assert_same_pixels(a: list[np.ndarray], b: list[np.ndarray], what: str = "")
             diff = np.argwhere(x != y)
             raise AssertionError(f"{what}: component {c}: {len(diff)} pixels differ, first at "
                                  f"{diff[0].tolist()}")
+    return sum(int(x.size) for x in a)
 
 
 def window_crops(arrays: list[np.ndarray], siz, discard: int, region: tuple[int, int, int, int],

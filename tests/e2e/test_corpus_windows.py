@@ -1,5 +1,12 @@
 """End to end: our server's JPP-streams, rebuilt by our client, decode exactly like OpenJPEG
-decodes the original file, for every corpus file and a matrix of windows."""
+decodes the original file, for every corpus file and a matrix of windows.
+
+Every window is compared: OpenJPEG decodes every corpus file at every level used here, so a
+reference decode that fails is a failure, not a skipped case. Each file counts the windows in
+which at least one sample was compared (a 1x1 window can hold no sample of a subsampled
+component) and must reach MIN_COMPARED, a guard against a matrix that shrinks silently;
+tests/test_corpus.py guards the list of files.
+"""
 from __future__ import annotations
 
 import pytest
@@ -11,6 +18,9 @@ from tests.conftest import corpus_files
 from tests.oracle import assert_same_pixels, decode_codestream, window_crops
 
 FILES = corpus_files()
+# The smallest file's matrix: one level (small_world has no decomposition levels), three
+# windows, two layer settings, plus a component request.
+MIN_COMPARED = 7
 
 
 def expected(src, cs, fsiz, roff, rsiz, layers=None, comps=None):
@@ -19,16 +29,14 @@ def expected(src, cs, fsiz, roff, rsiz, layers=None, comps=None):
                        layers=layers, comps=comps)
     original = bytes(src.view[ix.offset:ix.offset + ix.length])
     nl = w.layers if w.layers < ix.max_layers else 0
-    try:
-        ref = decode_codestream(original, rlevel=w.discard, layers=nl)
-    except Exception:
-        return None  # OpenJPEG itself cannot decode the original at this level
+    ref = decode_codestream(original, rlevel=w.discard, layers=nl)
     return window_crops(ref, ix.siz, w.discard, w.region, w.comps if comps else None)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 async def test_windows_through_the_server_are_pixel_exact(corpus_server, path) -> None:
     url = str(corpus_server.make_url("/jpip")) + f"?target={path.name}"
+    compared = 0
     with build_source(path) as src:
         for cs, ix in enumerate(src.codestreams):
             async with JPIPClient(url) as client:
@@ -43,12 +51,12 @@ async def test_windows_through_the_server_are_pixel_exact(corpus_server, path) -
                             want = expected(src, cs, fsiz, roff, rsiz, layers)
                             await client.fetch_all(fsiz=fsiz, roff=roff, rsiz=rsiz,
                                                    layers=layers, stream=cs)
-                            if want is None:
-                                continue
                             got = client.decode(fsiz=fsiz, roff=roff, rsiz=rsiz, layers=layers,
                                                 stream=cs)
-                            assert_same_pixels(want, got, f"{path.name} cs{cs} {fsiz} {roff} "
-                                                          f"{rsiz} layers={layers}")
+                            samples = assert_same_pixels(
+                                want, got, f"{path.name} cs{cs} {fsiz} {roff} {rsiz} "
+                                           f"layers={layers}")
+                            compared += samples > 0
                 assert client.cache.duplicate_bytes == 0
                 if ix.num_components > 1:
                     fw, fh = frame_size(ix.siz, 0)
@@ -56,5 +64,7 @@ async def test_windows_through_the_server_are_pixel_exact(corpus_server, path) -
                     await client.fetch_all(fsiz=(fw, fh), comps=str(last), stream=cs)
                     got = client.decode(fsiz=(fw, fh), comps=str(last), stream=cs)
                     want = expected(src, cs, (fw, fh), None, None, comps=((last, last),))
-                    if want is not None:
-                        assert_same_pixels([want[-1]], [got[-1]], f"{path.name} comps={last}")
+                    compared += assert_same_pixels([want[-1]], [got[-1]],
+                                                   f"{path.name} comps={last}") > 0
+    print(f"{path.name}: {compared} windows compared")
+    assert compared >= MIN_COMPARED, f"only {compared} windows compared"

@@ -77,7 +77,7 @@ def test_same_pixels(path: Path, rewritten) -> None:
     out, report = rewritten(path)
     assert report.output_bytes == out.stat().st_size
     before, after = decode_all(path), decode_all(out)
-    assert len(before) == len(after)
+    assert before and len(before) == len(after)
     for n, (x, y) in enumerate(zip(before, after, strict=True)):
         assert_same_pixels(x, y, f"{path.name} codestream {n}")
 

@@ -2,6 +2,11 @@
 
 This checks window resolution + relevance (wavelet reach, tiles, subsampling, offsets) without
 HTTP; the end-to-end tests repeat it through the server and the client.
+
+Every window is compared against OpenJPEG's decode of the original, except where OpenJPEG
+cannot decode the original at all (NO_REFERENCE: named cases, each checked to still fail, so
+the list stays true). Each codestream counts the windows in which samples were compared and
+must reach MIN_COMPARED; tests/test_corpus.py guards the list of files.
 """
 from __future__ import annotations
 
@@ -34,24 +39,34 @@ def windows_for(ix, rng: random.Random, max_discard: int):
             yield (fw, fh, "round-down"), roff, rsiz
 
 
-def check_window(src, cs, ix, fsiz, roff, rsiz, layers=None, comps=None) -> int:
+# (file, discard level) where OpenJPEG 2.5 cannot decode the original itself, so there is no
+# reference: p1_05 (225 tiles of 37 x 37 at offsets, 7 levels) at 5 discarded levels, "Failed
+# to decode tile 225/225" (opj_decompress -r 5 says the same; 6 fails too but is not used).
+NO_REFERENCE = {("p1_05.j2k", 5)}
+# Fewest windows with compared samples per codestream: the smallest matrix (small_world, no
+# decomposition level: 8 windows, each with and without a layer limit) is 16.
+MIN_COMPARED = 16
+
+
+def check_window(src, cs, ix, fsiz, roff, rsiz, layers=None, comps=None, name: str = "") -> int:
+    """Compares one window; returns the number of samples compared (0 if none could be)."""
     w = resolve_window(ix, cs, fsiz=fsiz, roff=roff, rsiz=rsiz, layers=layers, comps=comps)
-    if w.empty:
-        return 0
+    assert not w.empty, "the test's windows all lie in the image"
     plan = plan_window(ix, w)
     bins = {int(ix.precincts["id"][r]): src.precinct_bin(cs, int(r), w.layers) for r in plan.rows}
     tiles = {t: src.tile_header_bin(cs, t) for t in range(ix.num_tiles)}
     rebuilt = rebuild_codestream(src.main_header_bin(cs), tiles, bins)
     original = bytes(src.view[ix.offset:ix.offset + ix.length])
     kw = {"rlevel": w.discard, "layers": w.layers if w.layers < ix.max_layers else 0}
-    try:
-        reference = decode_codestream(original, **kw)
-    except OpenJPEGLibraryError:
-        return -1  # OpenJPEG cannot decode the original here (p1_05 at 5-6 levels): no oracle
+    if (name, w.discard) in NO_REFERENCE:
+        with pytest.raises(OpenJPEGLibraryError):  # still so: else take it off the list
+            decode_codestream(original, **kw)
+        return 0
+    reference = decode_codestream(original, **kw)
     expect = window_crops(reference, ix.siz, w.discard, w.region, w.comps)
     got = window_crops(decode_codestream(rebuilt, **kw), ix.siz, w.discard, w.region, w.comps)
-    assert_same_pixels(expect, got, f"fsiz={fsiz} roff={roff} rsiz={rsiz} layers={layers}")
-    return len(plan.rows)
+    return assert_same_pixels(expect, got, f"fsiz={fsiz} roff={roff} rsiz={rsiz} "
+                                           f"layers={layers}")
 
 
 @pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
@@ -61,17 +76,21 @@ def test_planned_precincts_decode_every_window_exactly(path) -> None:
         for cs, ix in enumerate(src.codestreams):
             max_d = min(int(ix.tcr["levels"].min()), 5)
             mid = max(1, ix.max_layers // 2)
-            checked = 0
+            compared = 0
             for fsiz, roff, rsiz in windows_for(ix, rng, max_d):
-                checked += check_window(src, cs, ix, fsiz, roff, rsiz) >= 0
-                check_window(src, cs, ix, fsiz, roff, rsiz, layers=1)
-            assert checked >= 8, "too few windows had an OpenJPEG reference decode"
+                compared += check_window(src, cs, ix, fsiz, roff, rsiz, name=path.name) > 0
+                compared += check_window(src, cs, ix, fsiz, roff, rsiz, layers=1,
+                                         name=path.name) > 0
             fw, fh = frame_size(ix.siz, 0)
-            check_window(src, cs, ix, (fw, fh, "round-down"), (fw // 4, fh // 4),
-                         (fw // 2, fh // 2), layers=mid)
+            compared += check_window(src, cs, ix, (fw, fh, "round-down"), (fw // 4, fh // 4),
+                                     (max(1, fw // 2), max(1, fh // 2)), layers=mid,
+                                     name=path.name) > 0
             if ix.num_components > 1:
-                check_window(src, cs, ix, (fw, fh, "round-down"), None, None,
-                             comps=((ix.num_components - 1, None),))
+                compared += check_window(src, cs, ix, (fw, fh, "round-down"), None, None,
+                                         comps=((ix.num_components - 1, None),),
+                                         name=path.name) > 0
+            print(f"{path.name} cs{cs}: {compared} windows compared")
+            assert compared >= MIN_COMPARED, f"cs {cs}: only {compared} windows compared"
 
 
 def test_small_window_needs_few_precincts() -> None:

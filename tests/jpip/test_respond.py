@@ -27,6 +27,11 @@ CASES = [  # file, fsiz, roff, rsiz, layers
 ]
 
 
+# Fewest precinct messages a case's whole response holds: the HTJ2K file at full size, one
+# layer, 3 components x 6 resolutions with one precinct each.
+MIN_PRECINCTS = 18
+
+
 def _planned(src, fsiz, roff, rsiz, layers):
     """The index, resolved window and plan of one case."""
     ix = src.codestreams[0]
@@ -42,14 +47,17 @@ def _respond(src, plan, model, limit=None) -> tuple[bytes, list]:
     return b"".join(c.data for c in chunks), chunks
 
 
-def _check(src, ix, plan, messages, held: dict) -> int:
+def _check(src, ix, plan, messages, held: dict, counts: dict | None = None) -> int:
     """Every message is the source's bytes at its place, continues what was held, and the
-    precinct messages go layer by layer. Returns the EOR reason."""
+    precinct messages go layer by layer. Returns the EOR reason; `counts` gets the number of
+    messages checked per bin class."""
     pr, pk = ix.precincts, ix.packets
     row_of = {int(pr["id"][r]): int(r) for r in plan.rows}
     last_layer = -1
     for m in messages[:-1]:
         key = (m.bin_class, m.bin_id)
+        if counts is not None:
+            counts[m.bin_class] = counts.get(m.bin_class, 0) + 1
         assert m.offset == held.get(key, 0), f"{key}: a gap or a byte sent twice"
         held[key] = m.offset + len(m.data)
         if m.bin_class == PRECINCT:
@@ -84,7 +92,10 @@ def test_whole_responses_hold_exactly_the_planned_bytes(path, fsiz, roff, rsiz, 
         model = CacheModel()
         data, chunks = _respond(src, plan, model)
         held: dict = {}
-        assert _check(src, ix, plan, parse_stream(data), held) == 2
+        counts: dict = {}
+        assert _check(src, ix, plan, parse_stream(data), held, counts) == 2
+        # Something of every kind was checked: the main header and precinct data.
+        assert counts.get(MAIN_HEADER) == 1 and counts.get(PRECINCT, 0) >= MIN_PRECINCTS, counts
         # Everything planned came, up to the layer limit.
         for r in plan.rows.tolist():
             first, count = int(ix.precincts["pkt_start"][r]), int(ix.precincts["pkt_count"][r])
@@ -118,4 +129,4 @@ def test_len_cut_responses_continue_where_they_stopped(path, fsiz, roff, rsiz, l
             assert reason == 4
         assert reason == 2 and (pieces > 1 or len(whole) <= limit)
         total = sum(len(m.data) for m in parse_stream(whole)[:-1])
-        assert sum(held.values()) == total
+        assert total > 0 and sum(held.values()) == total

@@ -11,20 +11,24 @@ Two variants of each stream:
   assumes openjpip's private tile-header convention (bin = SOT body ... SOD, see
   opj_server_harness), prepends only the FF90 code, then scans marker segments from 12 bytes
   further on until it meets FF93. With our bins (marker segments only, usually empty) that scan
-  runs through packet data (SIGSEGV). So every as-served case is an expected failure.
+  runs through packet data (SIGSEGV). So no as-served case is read correctly.
 - `openjpip-th`: the same stream with each tile-header bin rewritten to openjpip's convention
   (nothing else touched). This isolates the transcoder's other limits and checks our main
   header, precinct bins, bin ids and message layout against an independent reconstruction.
 
-Every other failure below was observed with Debian's libopenjpip 2.5.0 and is explained from its
-source (src/lib/openjpip/jp2k_encoder.c, j2kheader_manager.c).
+The 128 cases (32 files x 2 windows x 2 variants) run in one test, which asserts the exact set
+of cases the transcoder reads correctly (READS_CORRECTLY: 14, each an exact pixel match), so a
+case that starts or stops working fails it, and that every other case fails as its documented
+reason says (TOOL_LIMITS, AS_SERVED: each with the signature of its failure). The failures were
+observed with Debian's libopenjpip 2.5.0 and are explained from its source
+(src/lib/openjpip/jp2k_encoder.c, j2kheader_manager.c).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from client.api import JPIPClient
 from codestream.source import build_source
@@ -46,79 +50,90 @@ FILES = [*corpus_files(), INTEROP / "rgb4096.jp2", INTEROP / "med2048.jp2"]
 WINDOWS = ("full", "quarter")
 VARIANTS = ("as-served", "openjpip-th")
 
-# --- why opj_jpip_transcode fails, whatever the tile-header convention ---------------------
-NO_PRECINCTS = (
+# --- what opj_jpip_transcode reads correctly, and why it fails on the rest ------------------
+# A case is (file, window, variant). These are the cases whose out.j2k decodes exactly like
+# the original; the test asserts this set, so a case that starts or stops working is seen.
+READS_CORRECTLY = {
+    (name, window, "openjpip-th")
+    for name in ("2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2", "heliov.jpx",
+                 "p0_04.j2k", "small_world_non_consecutive_tilepart_tlm.jp2", "rgb4096.jp2",
+                 "med2048.jp2")
+    for window in WINDOWS
+} | {("nemo.jp2", "full", "openjpip-th"), ("p1_02.j2k", "full", "openjpip-th")}
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A documented reason the transcoder fails, and what its failure looks like (a substring
+    of the outcome `transcode_outcome` reports), so that a failure of another kind is seen."""
+
+    reason: str
+    signature: str
+
+
+NO_PRECINCTS = Limit(
     "SIGABRT, assertion `ret >= 0' in comp_numOfprcts: the COD has no precinct partition "
     "(Scod bit 0 clear) and the progression is not RPCL, so comp_seqID reads COD.XPsiz[r] "
-    "past its one-entry array for r >= 1 (only RPCL, or <= 1 level, avoids that read)")
-COD_NOT_AFTER_SIZ = (
-    "'Error, COD marker not found in the reconstructed j2kstream': the transcoder reads COD "
-    "at the fixed position right after SIZ; here {first} comes first, so it writes only the "
-    "main header and out.j2k is undecodable")
-TOOL_LIMITS: dict[tuple[str, str | None], str] = {  # (file, window or None for both) -> reason
-    **{(name, None): NO_PRECINCTS for name in (
+    "past its one-entry array for r >= 1 (only RPCL, or <= 1 level, avoids that read)",
+    "comp_numOfprcts: Assertion `ret >= 0' failed")
+
+
+def cod_not_after_siz(first: str) -> Limit:
+    return Limit(
+        "'Error, COD marker not found in the reconstructed j2kstream': the transcoder reads COD "
+        f"at the fixed position right after SIZ; here {first} comes first, so it writes only "
+        "the main header and out.j2k is undecodable",
+        "COD marker not found in the reconstructed j2kstream")
+
+
+AS_SERVED = Limit(
+    "SIGSEGV: our tile-header bin holds marker segments only (no SOT body, no SOD); the "
+    "transcoder prepends FF90, skips 12 bytes and scans for SOD through packet data",
+    "killed by SIGSEGV")
+# (file, window or None for both, variant or None for both) -> why it fails. The transcoder's
+# crashes on the main header come first, whatever the tile-header convention; its wrong
+# rebuilds of packet data are seen only once the tile headers are in its convention (as-served,
+# those cases crash on AS_SERVED first).
+TOOL_LIMITS: dict[tuple[str, str | None, str | None], Limit] = {
+    **{(name, None, None): NO_PRECINCTS for name in (
         "2013_06_24__17_31_30_84__SDO_AIA_AIA_193.jp2", "693_J2KR.j2k", "CT1.j2k",
         "CT1_psot0_noeoc.j2k", "MAROTECH_CT_JP2Lossy.jp2", "MR2_J2KI.j2k",
         "TOSHIBA_J2K_SIZ1_PixRep0.j2k", "US1_J2KR.j2k", "basn6a08.jp2", "file1.jp2", "file3.jp2",
         "liver_j2k.j2k", "p0_02.j2k", "p0_05.j2k", "p0_09.j2k", "p0_10.j2k", "p0_12.j2k",
         "p1_01.j2k", "rgb_trns_ycbc.jp2", "test-card-lossy-tiled.jp2")},
-    ("p0_01.j2k", None): COD_NOT_AFTER_SIZ.format(first="QCD"),
-    ("HTJ2KLossless_08_RGB.j2k", None): COD_NOT_AFTER_SIZ.format(first="CAP"),
-    ("p0_13.j2k", None): (
+    ("p0_01.j2k", None, None): cod_not_after_siz("QCD"),
+    ("HTJ2KLossless_08_RGB.j2k", None, None): cod_not_after_siz("CAP"),
+    ("p0_13.j2k", None, None): Limit(
         "SIGABRT, '*** stack smashing detected ***': 257 components, but SIZmarker_param_t "
-        "holds Ssiz/XRsiz/YRsiz in 3-entry arrays"),
-    ("p1_05.j2k", None): (
+        "holds Ssiz/XRsiz/YRsiz in 3-entry arrays", "stack smashing detected"),
+    ("p1_05.j2k", None, "openjpip-th"): Limit(
         "wrong codestream, OpenJPEG 'Expected EPH marker': PCRL over 225 offset tiles; the "
         "PCRL rebuild emits only the smallest per-resolution precinct count of each tile "
-        "(dropping the other precincts), and its empty-packet padding carries no EPH"),
-    ("p1_02.j2k", "quarter"): (
+        "(dropping the other precincts), and its empty-packet padding carries no EPH",
+        "Expected EPH marker"),
+    ("p1_02.j2k", "quarter", "openjpip-th"): Limit(
         "wrong codestream, OpenJPEG 'segment too long': LRCP, 19 layers; for a reduced window "
         "the transcoder lowers the COD level count but still writes padding packets for the "
-        "dropped resolutions inside every layer, so the LRCP packet sequence no longer fits"),
-    ("nemo.jp2", "quarter"): (
+        "dropped resolutions inside every layer, so the LRCP packet sequence no longer fits",
+        "segment too long"),
+    ("nemo.jp2", "quarter", "openjpip-th"): Limit(
         "wrong codestream, OpenJPEG 'Error reading COC marker': for a reduced window the "
         "transcoder rewrites the tile-header COC as if it carried precinct sizes "
-        "(Lcoc = 10 + levels) but this COC has none"),
+        "(Lcoc = 10 + levels) but this COC has none", "Error reading COC marker"),
 }
-AS_SERVED = (
-    "SIGSEGV: our tile-header bin holds marker segments only (no SOT body, no SOD); the "
-    "transcoder prepends FF90, skips 12 bytes and scans for SOD through packet data")
 
 
-class TranscodeFailure(AssertionError):
-    """The transcoder crashed or produced a wrong codestream (what the xfails expect; a
-    failure to fetch the stream from our server is a different error and fails the test)."""
-
-
-def xfail_reason(name: str, window: str, variant: str) -> str | None:
-    reason = TOOL_LIMITS.get((name, window)) or TOOL_LIMITS.get((name, None))
-    if reason is not None:
-        return reason
-    return AS_SERVED if variant == "as-served" else None
-
-
-def cases() -> list:
-    out = []
-    for path in FILES:
-        for window in WINDOWS:
-            for variant in VARIANTS:
-                reason = xfail_reason(path.name, window, variant)
-                marks = [pytest.mark.xfail(raises=TranscodeFailure, strict=False, reason=reason)
-                         ] if reason else []
-                out.append(pytest.param(path, window, variant, marks=marks,
-                                        id=f"{path.name}-{window}-{variant}"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("index-cache")
-
-
-@pytest.fixture(scope="module")
-def memo() -> dict:
-    """Fetched streams and reference decodes, shared by the two variants of a case."""
-    return {}
+def expected_limit(name: str, window: str, variant: str) -> Limit | None:
+    """Why a case fails, or None for a case the transcoder reads correctly."""
+    if (name, window, variant) in READS_CORRECTLY:
+        return None
+    for key in ((name, window, variant), (name, window, None), (name, None, variant),
+                (name, None, None)):
+        if key in TOOL_LIMITS:
+            return TOOL_LIMITS[key]
+    if variant == "as-served":
+        return AS_SERVED
+    raise AssertionError(f"{name} {window} {variant}: neither known to work nor explained")
 
 
 async def fetch_window(aiohttp_server, index_dir: Path, path: Path, window: str
@@ -141,42 +156,62 @@ async def fetch_window(aiohttp_server, index_dir: Path, path: Path, window: str
     return bytes(raw), discard, levels
 
 
-def reference(memo: dict, path: Path, discard: int) -> list[np.ndarray]:
-    key = ("ref", path, discard)
-    if key not in memo:
-        with build_source(path) as src:
-            ix = src.codestreams[0]
-            original = bytes(src.view[ix.offset:ix.offset + ix.length])
-        memo[key] = decode_codestream(original, rlevel=discard)
-    return memo[key]
+def reference(path: Path, discard: int) -> list[np.ndarray]:
+    with build_source(path) as src:
+        ix = src.codestreams[0]
+        original = bytes(src.view[ix.offset:ix.offset + ix.length])
+    return decode_codestream(original, rlevel=discard)
 
 
-@pytest.mark.parametrize(("path", "window", "variant"), cases())
-async def test_transcoded_stream_decodes_like_the_original(
-        aiohttp_server, index_dir: Path, memo: dict, tmp_path: Path,
-        path: Path, window: str, variant: str) -> None:
-    require_binary(OPJ_TRANSCODE, "libopenjpip-dec-server")
-    key = ("stream", path, window)
-    if key not in memo:
-        memo[key] = await fetch_window(aiohttp_server, index_dir, path, window)
-    raw, discard, levels = memo[key]
-    stream = raw if variant == "as-served" else to_openjpip_tile_headers(raw)
-    jpp, out = tmp_path / "in.jpp", tmp_path / "out.j2k"
+def transcode_outcome(stream: bytes, workdir: Path, want: list[np.ndarray], discard: int,
+                      levels: int) -> str | None:
+    """None if opj_jpip_transcode turns the stream into a codestream that decodes exactly to
+    `want`; otherwise what went wrong (exit or signal and stderr, decoder error, or pixels)."""
+    jpp, out = workdir / "in.jpp", workdir / "out.j2k"
+    out.unlink(missing_ok=True)
     jpp.write_bytes(stream)
     proc = run_transcode(jpp, out)
     if proc.returncode != 0 or not out.exists():
-        raise TranscodeFailure(f"opj_jpip_transcode failed: {describe_exit(proc)}")
+        return f"opj_jpip_transcode failed: {describe_exit(proc)}"
     data = out.read_bytes()
+    stderr = proc.stderr.decode(errors="replace").strip()
     try:
         # The transcoder drops the resolutions it did not receive from SIZ/COD.
         rlevel = discard - (levels - main_cod_levels(data))
         got = decode_codestream(data, rlevel=rlevel)
     except Exception as e:  # OpenJPEG or our marker reader rejects the output
-        raise TranscodeFailure(
-            f"out.j2k ({len(data)} bytes) does not decode: {type(e).__name__}: {e}; "
-            f"transcoder stderr: {proc.stderr.decode(errors='replace').strip()!r}") from e
+        return (f"out.j2k ({len(data)} bytes) does not decode: {type(e).__name__}: {e}; "
+                f"transcoder stderr: {stderr!r}")
     try:
-        assert_same_pixels(reference(memo, path, discard), got,
-                           f"{path.name} {window} (discard {discard}) {variant}")
+        assert_same_pixels(want, got)
     except AssertionError as e:
-        raise TranscodeFailure(f"wrong pixels: {e}") from e
+        return f"wrong pixels: {e}; transcoder stderr: {stderr!r}"
+    return None
+
+
+async def test_the_transcoder_reads_exactly_the_known_cases(aiohttp_server, tmp_path: Path
+                                                          ) -> None:
+    """Every case is run; the cases read correctly must be READS_CORRECTLY exactly, and every
+    other case must fail the way its documented reason says."""
+    require_binary(OPJ_TRANSCODE, "libopenjpip-dec-server")
+    outcomes: dict[tuple[str, str, str], str | None] = {}
+    for path in FILES:
+        for window in WINDOWS:
+            raw, discard, levels = await fetch_window(aiohttp_server, tmp_path / "ix", path,
+                                                      window)
+            want = reference(path, discard)
+            for variant in VARIANTS:
+                stream = raw if variant == "as-served" else to_openjpip_tile_headers(raw)
+                outcomes[(path.name, window, variant)] = transcode_outcome(
+                    stream, tmp_path, want, discard, levels)
+    assert len(outcomes) == len(FILES) * len(WINDOWS) * len(VARIANTS) == 128
+    read = {case for case, outcome in outcomes.items() if outcome is None}
+    assert read == READS_CORRECTLY, (
+        f"now read correctly: {sorted(read - READS_CORRECTLY)}; "
+        f"no longer: {[(c, outcomes[c]) for c in sorted(READS_CORRECTLY - read)]}")
+    wrong_kind = {}
+    for case, outcome in outcomes.items():
+        limit = expected_limit(*case)
+        if limit is not None and limit.signature not in str(outcome):
+            wrong_kind[case] = (outcome, limit.signature)
+    assert not wrong_kind, f"failures of another kind than documented: {wrong_kind}"

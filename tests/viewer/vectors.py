@@ -160,7 +160,8 @@ def bincache_vectors() -> list[dict]:
     d = bytes(range(40))
     cases = {
         "in order": [[(PRECINCT, 0, 3, 0, d[:10], False), (PRECINCT, 0, 3, 10, d[10:20], True)]],
-        "out of order": [[(PRECINCT, 0, 3, 10, d[10:20], True), (PRECINCT, 0, 3, 0, d[:10], False)]],
+        "out of order": [[(PRECINCT, 0, 3, 10, d[10:20], True),
+                          (PRECINCT, 0, 3, 0, d[:10], False)]],
         "overlap counted once": [[(PRECINCT, 0, 3, 0, d[:10], False),
                                   (PRECINCT, 0, 3, 5, d[5:15], False)],
                                  [(PRECINCT, 0, 3, 0, d[:15], True)]],
@@ -264,7 +265,8 @@ def rebuild_vectors() -> list[dict]:
 
 # ----- view-window resolution ------------------------------------------------------------------
 
-WINDOW_FILES = ["p1_01.j2k", "file1.jp2", "p0_05.j2k", "small_world_non_consecutive_tilepart_tlm.jp2",
+WINDOW_FILES = ["p1_01.j2k", "file1.jp2", "p0_05.j2k",
+                "small_world_non_consecutive_tilepart_tlm.jp2",
                 "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2", "p0_12.j2k"]
 WINDOW_REQUESTS = [  # fsiz (with rounding), roff, rsiz
     ((64, 64, "round-down"), None, None),

@@ -567,23 +567,76 @@ export function tileHeaderSegments(data, t) {
   return data.subarray(10, data.length - 2);
 }
 
-/** Header marker segments with layout markers and POC dropped, COD set to RPCL without SOP. */
-function rewriteHeader(data, start) {
+// Marker segments naming a component (Ccoc, Cqcc, Crgn: one byte, two when Csiz >= 257).
+const COMPONENT_SEGMENTS = new Set([COC, QCC, RGN]);
+
+/**
+ * Header marker segments with layout markers and POC dropped, COD set to RPCL without SOP. With
+ * a component selection (`sel`: {map: old index -> new, csiz: old Csiz, mct: keep the MCT
+ * flag}), segments of other components are dropped and the rest renumbered.
+ */
+function rewriteHeader(data, start, sel = null) {
   const pieces = [];
   let pos = start;
   while (pos < data.length) {
     const seg = readSegment(data, pos, data.length);
-    if (!DROPPED.has(seg.code)) {
-      const chunk = data.slice(seg.offset, seg.end);
-      if (seg.code === COD) {
-        chunk[4] &= ~0x02 & 0xff; // Scod: no SOP markers in the rebuilt stream
-        chunk[5] = RPCL;
-      }
-      pieces.push(chunk);
-    }
     pos = seg.end;
+    if (DROPPED.has(seg.code)) continue;
+    let chunk = data.slice(seg.offset, seg.end);
+    if (seg.code === COD) {
+      chunk[4] &= ~0x02 & 0xff; // Scod: no SOP markers in the rebuilt stream
+      chunk[5] = RPCL;
+      if (sel && !sel.mct) chunk[8] = 0;
+    } else if (sel && COMPONENT_SEGMENTS.has(seg.code)) {
+      const wide = sel.csiz >= 257;
+      const c = wide ? u16(chunk, 4) : chunk[4];
+      if (!sel.map.has(c)) continue;
+      const rest = chunk.subarray(wide ? 6 : 5);
+      const out = new Uint8Array(5 + rest.length); // the new Csiz is below 257: one byte
+      out.set([chunk[0], chunk[1], ((3 + rest.length) >> 8) & 0xff, (3 + rest.length) & 0xff, sel.map.get(c)]);
+      out.set(rest, 5);
+      chunk = out;
+    }
+    pieces.push(chunk);
   }
   return concat(pieces);
+}
+
+/** A SIZ segment for a subset of components (and their subsampling if `unit`, see below). */
+function sizSegment(siz, comps, grid) {
+  const out = new Uint8Array(2 + 38 + 3 * comps.length);
+  const put32 = (p, v) => { out[p] = (v >>> 24) & 0xff; out[p + 1] = (v >>> 16) & 0xff; out[p + 2] = (v >>> 8) & 0xff; out[p + 3] = v & 0xff; };
+  out.set([0xff, 0x51, ((38 + 3 * comps.length) >> 8) & 0xff, (38 + 3 * comps.length) & 0xff, siz.rsiz >> 8, siz.rsiz & 0xff]);
+  [grid.xsiz, grid.ysiz, grid.xosiz, grid.yosiz, grid.xtsiz, grid.ytsiz, grid.xtosiz, grid.ytosiz].forEach((v, i) => put32(6 + 4 * i, v));
+  out[38] = comps.length >> 8; out[39] = comps.length & 0xff;
+  comps.forEach((c, i) => {
+    const comp = siz.components[c];
+    out.set([(comp.precision - 1) | (comp.signed ? 0x80 : 0), grid.unit ? 1 : comp.dx, grid.unit ? 1 : comp.dy], 40 + 3 * i);
+  });
+  return out;
+}
+
+/**
+ * The reference grid of a one-component codestream. A subsampled component (XRsiz, YRsiz > 1)
+ * gets the same samples from a grid divided by its subsampling with XRsiz = YRsiz = 1, when
+ * every tile boundary stays on a multiple of it: decoders then size their output by the
+ * component, not by the whole grid.
+ */
+function componentGrid(siz, comps) {
+  const same = { ...siz, unit: false };
+  if (comps.length !== 1) return same;
+  const { dx, dy } = siz.components[comps[0]];
+  if (dx === 1 && dy === 1) return same;
+  const aligned = siz.numTiles === 1 || (siz.xtsiz % dx === 0 && siz.xtosiz % dx === 0
+    && siz.ytsiz % dy === 0 && siz.ytosiz % dy === 0);
+  if (!aligned) return same;
+  const grid = {
+    xsiz: ceilDiv(siz.xsiz, dx), ysiz: ceilDiv(siz.ysiz, dy), xosiz: ceilDiv(siz.xosiz, dx), yosiz: ceilDiv(siz.yosiz, dy),
+    xtosiz: ceilDiv(siz.xtosiz, dx), ytosiz: ceilDiv(siz.ytosiz, dy), unit: true,
+  };
+  grid.xtsiz = siz.numTiles === 1 ? grid.xsiz - grid.xtosiz : siz.xtsiz / dx;
+  grid.ytsiz = siz.numTiles === 1 ? grid.ysiz - grid.ytosiz : siz.ytsiz / dy;
+  return grid;
 }
 
 export function concat(pieces) {
@@ -610,10 +663,32 @@ function sotBytes(t, psot) {
  * packets) so that redrawing while data arrives stays cheap.
  */
 export class Rebuilder {
-  constructor(mainHeader) {
+  /**
+   * `comps`: the components to write (all by default), in order; a codestream of a subset
+   * renumbers them, drops the segments of the others and keeps the MCT flag only for exactly
+   * [0, 1, 2]. The decoder of a component subset sees the same samples for those components.
+   */
+  constructor(mainHeader, comps = null) {
     this.mainHeader = mainHeader.slice();
     this.main = parseMainHeader(this.mainHeader);
-    this.headerOut = rewriteHeader(this.mainHeader, 2);
+    const { siz } = this.main;
+    const all = siz.components.map((_, c) => c);
+    this.comps = comps ? [...comps] : all;
+    if (this.comps.some((c) => c < 0 || c >= siz.components.length)) throw new RangeError(`no component among ${this.comps}`);
+    const subset = this.comps.length !== all.length || this.comps.some((c, i) => c !== i);
+    this.sel = null;
+    let headerStart = 2;
+    let sizOut = new Uint8Array(0);
+    this.orderSiz = siz; // the grid the packet order is computed on
+    if (subset) {
+      this.sel = { map: new Map(this.comps.map((c, i) => [c, i])), csiz: siz.components.length, mct: this.comps.join() === '0,1,2' };
+      const grid = componentGrid(siz, this.comps);
+      sizOut = sizSegment(siz, this.comps, grid);
+      headerStart = readSegment(this.mainHeader, 2, this.mainHeader.length).end; // after SIZ
+      this.orderSiz = { ...siz, ...grid, components: this.comps.map((c) => (grid.unit ? { ...siz.components[c], dx: 1, dy: 1 } : siz.components[c])) };
+      this.orderSiz.tilesX = siz.tilesX; this.orderSiz.tilesY = siz.tilesY; this.orderSiz.numTiles = siz.numTiles;
+    }
+    this.headerOut = concat([sizOut, rewriteHeader(this.mainHeader, headerStart, this.sel)]);
     this._tiles = new Map(); // t -> {key, plan}
     this._parsed = new Map(); // precinct id -> {held, take, have, end}
   }
@@ -632,10 +707,15 @@ export class Rebuilder {
       let s = 0;
       return resolutionGrids(siz, t, c, style).map((g) => { const b = s; s += g.numPrecincts; return b; });
     });
-    const order = rpclPrecinctOrder(siz, t, styles).map(({ c, r, p, grid }) => ({
-      ident: t + (c + (sBase[c][r] + p) * ncomp) * ntiles, c, grid, p,
-    }));
-    const plan = { cod, styles, order, header: rewriteHeader(segments, 0) };
+    // The order is that of the written codestream (its components, its grid); the precincts,
+    // their ids and their code-block grids are those of the original components.
+    const chosen = this.comps.map((c) => styles[c]);
+    const order = rpclPrecinctOrder(this.orderSiz, t, chosen).map(({ c: k, r, p }) => {
+      const c = this.comps[k];
+      const grid = resolutionGrids(siz, t, c, styles[c])[r];
+      return { ident: t + (c + (sBase[c][r] + p) * ncomp) * ntiles, c, grid, p };
+    });
+    const plan = { cod, styles, order, header: rewriteHeader(segments, 0, this.sel) };
     this._tiles.set(t, { key, plan });
     this._parsed.clear();
     return plan;
@@ -696,6 +776,6 @@ export class Rebuilder {
 }
 
 /** The functional form (one call, nothing remembered): the same as the Python rebuild. */
-export function rebuildCodestream(mainHeader, tileHeaders, precinctBins, { maxLayers = null } = {}) {
-  return new Rebuilder(mainHeader).rebuild(tileHeaders, precinctBins, maxLayers);
+export function rebuildCodestream(mainHeader, tileHeaders, precinctBins, { maxLayers = null, comps = null } = {}) {
+  return new Rebuilder(mainHeader, comps).rebuild(tileHeaders, precinctBins, maxLayers);
 }

@@ -223,3 +223,32 @@ def tile_coding(layout: CodestreamLayout, t: int) -> tuple[Cod, list[CodingStyle
         else:
             styles.append(main.cod.style)
     return cod, styles
+
+
+@dataclass(frozen=True, slots=True)
+class MainCoding:
+    """What a main header alone says about the coding (all a client knows before image data)."""
+
+    siz: Siz
+    cod: Cod
+    styles: tuple[CodingStyle, ...]  # per component (main COC over main COD)
+
+    @property
+    def levels(self) -> int:
+        return min(s.levels for s in self.styles)
+
+    @property
+    def progression(self) -> int:
+        return self.cod.progression
+
+    @property
+    def ht(self) -> bool:
+        return any(s.is_ht for s in self.styles)
+
+
+def main_header_coding(main_header: bytes) -> MainCoding:
+    """Parses a main header (a main header data-bin: SOC ... up to the first SOT) alone."""
+    skeleton = bytes(main_header) + struct.pack(">HHHIBBH", SOT, 10, 0, 14, 0, 1, SOD)
+    layout = parse_codestream(skeleton, 0, len(skeleton))
+    cod, styles = tile_coding(layout, 0)
+    return MainCoding(layout.siz, cod, tuple(styles))

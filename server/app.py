@@ -21,6 +21,7 @@ from server.jpip_handler import handle_jpip, setup_jpip
 from server.logs import ACCESS_LOGGER, AccessLogger
 from server.metrics import Metrics
 from server.proxy import TrustedProxies, proxy_middleware
+from server.viewer import root_or_jpip, setup_viewer
 
 __all__ = ["CONFIG_KEY", "METRICS_KEY", "EXPOSED_HEADERS", "create_app", "app_factory"]
 
@@ -189,6 +190,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(health_pool)
     setup_jpip(app, config, metrics)  # the JPIP layer's own state: index cache, sessions
+    setup_viewer(app, config, jpip_path_form)  # the browser viewer, the listing, their APIs
 
     router = app.router
     # Fixed paths first; dynamic routes are matched in the order they are added.
@@ -196,7 +198,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
         ("/healthz", healthz, READ_METHODS),
         ("/metrics", metrics_endpoint, READ_METHODS),
         (config.jpip_path, jpip_endpoint, JPIP_METHODS),
-        ("/", jpip_endpoint, JPIP_METHODS),
+        ("/", root_or_jpip(jpip_endpoint), JPIP_METHODS),  # without a query: the listing
     ):
         router.add_get(path, handler)  # HEAD too
         if "POST" in methods:

@@ -12,9 +12,9 @@ import { dirname, join } from 'node:path';
 
 import { BinCache } from '../src/bincache.js';
 import { headerInfo } from '../src/codestream.js';
-import { decodeGroups, decodeView, loadCodecs } from '../src/decode.js';
+import { cutRegion, decodeFrame, decodeGroups, loadCodecs } from '../src/decode.js';
 import { StreamParser } from '../src/jpp.js';
-import { groupCodestreams } from '../src/views.js';
+import { groupCodestreams, tilesOf } from '../src/views.js';
 
 const require = createRequire(import.meta.url);
 const openjpegJs = require.resolve('@cornerstonejs/codec-openjpeg/decodewasmjs');
@@ -30,13 +30,15 @@ function decodeJob(job) {
   parser.close();
   const bins = cache.stream(job.codestream);
   const info = headerInfo(bins.mainHeader.data);
-  const groups = groupCodestreams(bins, decodeGroups(info), null);
-  const view = decodeView(codecs, { groups, discard: job.discard, layers: 0, region: job.region, siz: info.siz });
-  const planes = view.planes.map((p) => Buffer.from(p.data.buffer, p.data.byteOffset, p.data.byteLength));
-  writeFileSync(job.out, Buffer.concat(planes));
+  // Only the tiles the region touches are rebuilt and decoded, as the viewer does.
+  const tiles = tilesOf(info.siz, job.region);
+  const groups = groupCodestreams(bins, decodeGroups(info), null, { tiles });
+  const planes = decodeFrame(codecs, { groups, discard: job.discard, layers: 0, siz: info.siz });
+  const view = cutRegion(info.siz, job.discard, planes, job.region);
+  writeFileSync(job.out, Buffer.concat(view.planes.map((p) => Buffer.from(p.data.buffer, p.data.byteOffset, p.data.byteLength))));
   return {
     width: view.width, height: view.height, components: view.components, bitDepth: view.bitDepth,
-    signed: view.signed, interleaved: view.data !== null, groups: groups.map((g) => g.comps),
+    signed: view.signed, interleaved: view.data !== null, groups: groups.map((g) => g.comps), tiles,
     planes: view.planes.map((p) => ({ width: p.width, height: p.height, type: p.data.constructor.name })),
   };
 }

@@ -602,43 +602,6 @@ function rewriteHeader(data, start, sel = null) {
   return concat(pieces);
 }
 
-/** A SIZ segment for a subset of components (and their subsampling if `unit`, see below). */
-function sizSegment(siz, comps, grid) {
-  const out = new Uint8Array(2 + 38 + 3 * comps.length);
-  const put32 = (p, v) => { out[p] = (v >>> 24) & 0xff; out[p + 1] = (v >>> 16) & 0xff; out[p + 2] = (v >>> 8) & 0xff; out[p + 3] = v & 0xff; };
-  out.set([0xff, 0x51, ((38 + 3 * comps.length) >> 8) & 0xff, (38 + 3 * comps.length) & 0xff, siz.rsiz >> 8, siz.rsiz & 0xff]);
-  [grid.xsiz, grid.ysiz, grid.xosiz, grid.yosiz, grid.xtsiz, grid.ytsiz, grid.xtosiz, grid.ytosiz].forEach((v, i) => put32(6 + 4 * i, v));
-  out[38] = comps.length >> 8; out[39] = comps.length & 0xff;
-  comps.forEach((c, i) => {
-    const comp = siz.components[c];
-    out.set([(comp.precision - 1) | (comp.signed ? 0x80 : 0), grid.unit ? 1 : comp.dx, grid.unit ? 1 : comp.dy], 40 + 3 * i);
-  });
-  return out;
-}
-
-/**
- * The reference grid of a one-component codestream. A subsampled component (XRsiz, YRsiz > 1)
- * gets the same samples from a grid divided by its subsampling with XRsiz = YRsiz = 1, when
- * every tile boundary stays on a multiple of it: decoders then size their output by the
- * component, not by the whole grid.
- */
-function componentGrid(siz, comps) {
-  const same = { ...siz, unit: false };
-  if (comps.length !== 1) return same;
-  const { dx, dy } = siz.components[comps[0]];
-  if (dx === 1 && dy === 1) return same;
-  const aligned = siz.numTiles === 1 || (siz.xtsiz % dx === 0 && siz.xtosiz % dx === 0
-    && siz.ytsiz % dy === 0 && siz.ytosiz % dy === 0);
-  if (!aligned) return same;
-  const grid = {
-    xsiz: ceilDiv(siz.xsiz, dx), ysiz: ceilDiv(siz.ysiz, dy), xosiz: ceilDiv(siz.xosiz, dx), yosiz: ceilDiv(siz.yosiz, dy),
-    xtosiz: ceilDiv(siz.xtosiz, dx), ytosiz: ceilDiv(siz.ytosiz, dy), unit: true,
-  };
-  grid.xtsiz = siz.numTiles === 1 ? grid.xsiz - grid.xtosiz : siz.xtsiz / dx;
-  grid.ytsiz = siz.numTiles === 1 ? grid.ysiz - grid.ytosiz : siz.ytsiz / dy;
-  return grid;
-}
-
 export function concat(pieces) {
   let n = 0;
   for (const p of pieces) n += p.length;
@@ -657,43 +620,105 @@ function sotBytes(t, psot) {
   return b;
 }
 
+/** A SIZ segment for the written grid and components. */
+function sizSegment(siz, written) {
+  const comps = written.components;
+  const out = new Uint8Array(2 + 38 + 3 * comps.length);
+  const put32 = (p, v) => { out[p] = (v >>> 24) & 0xff; out[p + 1] = (v >>> 16) & 0xff; out[p + 2] = (v >>> 8) & 0xff; out[p + 3] = v & 0xff; };
+  out.set([0xff, 0x51, ((38 + 3 * comps.length) >> 8) & 0xff, (38 + 3 * comps.length) & 0xff, siz.rsiz >> 8, siz.rsiz & 0xff]);
+  const w = written;
+  [w.xsiz, w.ysiz, w.xosiz, w.yosiz, w.xtsiz, w.ytsiz, w.xtosiz, w.ytosiz].forEach((v, i) => put32(6 + 4 * i, v));
+  out[38] = comps.length >> 8; out[39] = comps.length & 0xff;
+  comps.forEach((comp, i) => out.set([(comp.precision - 1) | (comp.signed ? 0x80 : 0), comp.dx, comp.dy], 40 + 3 * i));
+  return out;
+}
+
+function withTiles(grid) {
+  const tilesX = ceilDiv(grid.xsiz - grid.xtosiz, grid.xtsiz);
+  const tilesY = ceilDiv(grid.ysiz - grid.ytosiz, grid.ytsiz);
+  return { ...grid, tilesX, tilesY, numTiles: tilesX * tilesY, width: grid.xsiz - grid.xosiz, height: grid.ysiz - grid.yosiz };
+}
+
+/**
+ * The grid of a codestream holding tiles [p0, p1) x [q0, q1) of `siz`: their union, with the
+ * tile grid moved so that those tiles keep their bounds (and so decode as they did).
+ */
+function tileCrop(siz, [p0, q0, p1, q1]) {
+  const first = tileBounds(siz, q0 * siz.tilesX + p0);
+  const last = tileBounds(siz, (q1 - 1) * siz.tilesX + (p1 - 1));
+  return withTiles({
+    ...siz, xosiz: first[0], yosiz: first[1], xsiz: last[2], ysiz: last[3],
+    xtosiz: siz.xtosiz + p0 * siz.xtsiz, ytosiz: siz.ytosiz + q0 * siz.ytsiz,
+  });
+}
+
+/**
+ * The grid of a one-component codestream. A subsampled component (XRsiz, YRsiz > 1) gets the
+ * same samples from a grid divided by its subsampling with XRsiz = YRsiz = 1, when every tile
+ * boundary stays on a multiple of it: decoders then size their output by the component, not by
+ * the whole grid. Returns {grid, unit}.
+ */
+function componentGrid(grid, comps) {
+  if (comps.length !== 1) return { grid, unit: false };
+  const { dx, dy } = comps[0];
+  if (dx === 1 && dy === 1) return { grid, unit: false };
+  const aligned = grid.numTiles === 1 || (grid.xtsiz % dx === 0 && grid.xtosiz % dx === 0
+    && grid.ytsiz % dy === 0 && grid.ytosiz % dy === 0);
+  if (!aligned) return { grid, unit: false };
+  const g = {
+    ...grid, xsiz: ceilDiv(grid.xsiz, dx), ysiz: ceilDiv(grid.ysiz, dy), xosiz: ceilDiv(grid.xosiz, dx),
+    yosiz: ceilDiv(grid.yosiz, dy), xtosiz: ceilDiv(grid.xtosiz, dx), ytosiz: ceilDiv(grid.ytosiz, dy),
+  };
+  g.xtsiz = grid.numTiles === 1 ? g.xsiz - g.xtosiz : grid.xtsiz / dx;
+  g.ytsiz = grid.numTiles === 1 ? g.ysiz - g.ytosiz : grid.ytsiz / dy;
+  return { grid: withTiles(g), unit: true };
+}
+
 /**
  * Rebuilds codestreams from one codestream's data-bins, remembering what does not change
  * between calls (the precinct order of each tile, how much of each bin parsed as whole
  * packets) so that redrawing while data arrives stays cheap.
+ *
+ * Options: `comps`, the components to write (all by default), in order: a codestream of a
+ * subset renumbers them, drops the segments of the others and keeps the MCT flag only for
+ * exactly [0, 1, 2]; `tiles`, [p0, q0, p1, q1], the tile columns [p0, p1) and rows [q0, q1) to
+ * write (all by default): the codestream then covers just those tiles. Either way the decoder
+ * sees the same samples for what is written; `written` is the SIZ it sees.
  */
 export class Rebuilder {
-  /**
-   * `comps`: the components to write (all by default), in order; a codestream of a subset
-   * renumbers them, drops the segments of the others and keeps the MCT flag only for exactly
-   * [0, 1, 2]. The decoder of a component subset sees the same samples for those components.
-   */
-  constructor(mainHeader, comps = null) {
+  constructor(mainHeader, { comps = null, tiles = null } = {}) {
     this.mainHeader = mainHeader.slice();
     this.main = parseMainHeader(this.mainHeader);
     const { siz } = this.main;
     const all = siz.components.map((_, c) => c);
     this.comps = comps ? [...comps] : all;
-    if (this.comps.some((c) => c < 0 || c >= siz.components.length)) throw new RangeError(`no component among ${this.comps}`);
-    const subset = this.comps.length !== all.length || this.comps.some((c, i) => c !== i);
-    this.sel = null;
-    let headerStart = 2;
-    let sizOut = new Uint8Array(0);
-    this.orderSiz = siz; // the grid the packet order is computed on
-    if (subset) {
-      this.sel = { map: new Map(this.comps.map((c, i) => [c, i])), csiz: siz.components.length, mct: this.comps.join() === '0,1,2' };
-      const grid = componentGrid(siz, this.comps);
-      sizOut = sizSegment(siz, this.comps, grid);
-      headerStart = readSegment(this.mainHeader, 2, this.mainHeader.length).end; // after SIZ
-      this.orderSiz = { ...siz, ...grid, components: this.comps.map((c) => (grid.unit ? { ...siz.components[c], dx: 1, dy: 1 } : siz.components[c])) };
-      this.orderSiz.tilesX = siz.tilesX; this.orderSiz.tilesY = siz.tilesY; this.orderSiz.numTiles = siz.numTiles;
+    if (!this.comps.length || this.comps.some((c) => !(c >= 0 && c < siz.components.length))) {
+      throw new RangeError(`no such components: ${this.comps}`);
     }
-    this.headerOut = concat([sizOut, rewriteHeader(this.mainHeader, headerStart, this.sel)]);
+    const range = tiles || [0, 0, siz.tilesX, siz.tilesY];
+    const [p0, q0, p1, q1] = range;
+    if (!(p0 >= 0 && q0 >= 0 && p1 <= siz.tilesX && q1 <= siz.tilesY && p0 < p1 && q0 < q1)) {
+      throw new RangeError(`no such tiles: ${range}`);
+    }
+    this.tileList = [];
+    for (let q = q0; q < q1; q++) for (let p = p0; p < p1; p++) this.tileList.push(q * siz.tilesX + p);
+    const subset = this.comps.length !== all.length || this.comps.some((c, i) => c !== i);
+    const cropped = p0 > 0 || q0 > 0 || p1 < siz.tilesX || q1 < siz.tilesY;
+    const crop = cropped ? tileCrop(siz, range) : siz;
+    const { grid, unit } = componentGrid(crop, this.comps.map((c) => siz.components[c]));
+    this.written = { ...grid, components: this.comps.map((c) => (unit ? { ...siz.components[c], dx: 1, dy: 1 } : siz.components[c])) };
+    this.sel = subset ? { map: new Map(this.comps.map((c, i) => [c, i])), csiz: siz.components.length, mct: this.comps.join() === '0,1,2' } : null;
+    if (subset || cropped) {
+      const afterSiz = readSegment(this.mainHeader, 2, this.mainHeader.length).end;
+      this.headerOut = concat([sizSegment(siz, this.written), rewriteHeader(this.mainHeader, afterSiz, this.sel)]);
+    } else {
+      this.headerOut = rewriteHeader(this.mainHeader, 2);
+    }
     this._tiles = new Map(); // t -> {key, plan}
     this._parsed = new Map(); // precinct id -> {held, take, have, end}
   }
 
-  _tilePlan(t, tileHeader) {
+  _tilePlan(t, k, tileHeader) {
     const key = tileHeader ? tileHeader.length : -1;
     const cached = this._tiles.get(t);
     if (cached && cached.key === key) return cached.plan;
@@ -707,17 +732,17 @@ export class Rebuilder {
       let s = 0;
       return resolutionGrids(siz, t, c, style).map((g) => { const b = s; s += g.numPrecincts; return b; });
     });
-    // The order is that of the written codestream (its components, its grid); the precincts,
-    // their ids and their code-block grids are those of the original components.
+    // The order is that of the written codestream (its tile k, its components, its grid); the
+    // precincts, their ids and their code-block grids are those of the original tile t.
     const chosen = this.comps.map((c) => styles[c]);
-    const order = rpclPrecinctOrder(this.orderSiz, t, chosen).map(({ c: k, r, p }) => {
-      const c = this.comps[k];
+    const order = rpclPrecinctOrder(this.written, k, chosen).map(({ c: j, r, p }) => {
+      const c = this.comps[j];
       const grid = resolutionGrids(siz, t, c, styles[c])[r];
       return { ident: t + (c + (sBase[c][r] + p) * ncomp) * ntiles, c, grid, p };
     });
     const plan = { cod, styles, order, header: rewriteHeader(segments, 0, this.sel) };
     this._tiles.set(t, { key, plan });
-    this._parsed.clear();
+    for (const { ident } of order) this._parsed.delete(ident);
     return plan;
   }
 
@@ -729,8 +754,8 @@ export class Rebuilder {
   rebuild(tileHeaders, precinctBins, maxLayers = null) {
     const { siz } = this.main;
     const pieces = [Uint8Array.of(0xff, 0x4f), this.headerOut];
-    for (let t = 0; t < siz.numTiles; t++) {
-      const plan = this._tilePlan(t, tileHeaders.get(t) || null);
+    this.tileList.forEach((t, k) => {
+      const plan = this._tilePlan(t, k, tileHeaders.get(t) || null);
       const { cod, styles } = plan;
       const layers = cod.layers;
       const take = maxLayers === null ? layers : Math.min(layers, maxLayers);
@@ -768,14 +793,14 @@ export class Rebuilder {
       }
       emptyPackets(emptyRun);
       const psot = 12 + plan.header.length + 2 + bodyLength;
-      pieces.push(sotBytes(t, psot), plan.header, Uint8Array.of(0xff, 0x93), ...body);
-    }
+      pieces.push(sotBytes(k, psot), plan.header, Uint8Array.of(0xff, 0x93), ...body);
+    });
     pieces.push(Uint8Array.of(0xff, 0xd9));
     return concat(pieces);
   }
 }
 
 /** The functional form (one call, nothing remembered): the same as the Python rebuild. */
-export function rebuildCodestream(mainHeader, tileHeaders, precinctBins, { maxLayers = null, comps = null } = {}) {
-  return new Rebuilder(mainHeader, comps).rebuild(tileHeaders, precinctBins, maxLayers);
+export function rebuildCodestream(mainHeader, tileHeaders, precinctBins, { maxLayers = null, comps = null, tiles = null } = {}) {
+  return new Rebuilder(mainHeader, { comps, tiles }).rebuild(tileHeaders, precinctBins, maxLayers);
 }

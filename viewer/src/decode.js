@@ -93,71 +93,96 @@ export function runCodec(modules, codec, codestream, d, layers, comp0) {
 }
 
 /**
- * Cuts the region out of decoded groups and assembles the view's samples:
- * {width, height, components, bitDepth, signed, data} with `data` interleaved by component when
- * all components have the region's size, else {planes: [{width, height, data}]} and data null.
- * `decoded` is a list of {comps, samples} in group order.
+ * The decoded frames of the groups as component planes: [{x0, y0, width, height, data}] per
+ * component, (x0, y0) being the plane's first sample on the component's own grid at level d.
+ * `groups` are [{comps, codec, written}] (written: the SIZ the codec saw), `decoded` the codec
+ * outputs in the same order; `siz` is the original SIZ.
  */
-export function assemble(siz, d, region, groups, decoded) {
-  const comps = siz.components;
-  const planes = new Array(comps.length);
+export function framePlanes(siz, d, groups, decoded) {
+  const planes = new Array(siz.components.length);
   groups.forEach((g, gi) => {
     const samples = decoded[gi];
     const k = g.comps.length;
-    const first = comps[g.comps[0]];
-    // What the codec wrote: component `first`'s frame rows, one after the other, k samples a
-    // pixel. OpenJPEG sizes its output by the whole grid but fills it row by row from the
-    // start, with rows of ceil(width / 2^d) samples (the component's full-resolution width
-    // halved d times, one more than the frame's width for some image offsets: the extra
-    // sample is not part of the image); OpenJPH's rows are the frame's width.
-    const [fx0, fy0, fx1] = componentBounds(siz, first, d, null);
-    const [wx0, , wx1] = componentBounds(siz, first, 0, null);
+    const wc = g.written.components[0];
+    // What the codec wrote: the rows of the written codestream's frame, one after the other,
+    // k samples a pixel. OpenJPEG sizes its output by the whole grid but fills it row by row
+    // from the start, with rows of ceil(width / 2^d) samples (the component's full-resolution
+    // width halved d times: one more than the frame's width for some image offsets, the extra
+    // sample not being part of the image); OpenJPH's rows are the frame's width.
+    const [fx0, fy0, fx1, fy1] = componentBounds(g.written, wc, d, null);
+    const [wx0, , wx1] = componentBounds(g.written, wc, 0, null);
     const stride = g.codec === 'openjpeg' ? cdiv(wx1 - wx0, 2 ** d) : fx1 - fx0;
+    const w = fx1 - fx0; const h = fy1 - fy0;
+    // The written grid may be the original one divided by a subsampling (a lone component):
+    // (fx0, fy0) are then already on the component's own grid.
     g.comps.forEach((c, j) => {
-      const [rx0, ry0, rx1, ry1] = componentBounds(siz, comps[c], d, region);
-      const w = Math.max(0, rx1 - rx0); const h = Math.max(0, ry1 - ry0);
-      const Type = arrayType(comps[c]);
+      const Type = arrayType(siz.components[c]);
       const out = new Type(w * h);
       for (let y = 0; y < h; y++) {
-        let src = ((ry0 - fy0 + y) * stride + (rx0 - fx0)) * k + j;
+        let src = y * stride * k + j;
         const row = y * w;
         for (let x = 0; x < w; x++, src += k) out[row + x] = samples[src];
       }
-      planes[c] = { width: w, height: h, data: out };
+      planes[c] = { x0: fx0, y0: fy0, width: w, height: h, data: out };
     });
   });
-  const { width, height } = planes[0];
-  const same = planes.every((p) => p.width === width && p.height === height);
+  return planes;
+}
+
+/**
+ * The samples of a reference-grid region from frame planes: {width, height, components,
+ * bitDepth, signed, data, planes}; `data` interleaves the components when they all have the
+ * region's size (else null: see `planes`, one {width, height, data} per component).
+ */
+export function cutRegion(siz, d, planes, region) {
+  const comps = siz.components;
+  const out = planes.map((plane, c) => {
+    const [rx0, ry0, rx1, ry1] = componentBounds(siz, comps[c], d, region);
+    const w = Math.max(0, rx1 - rx0); const h = Math.max(0, ry1 - ry0);
+    if (rx0 < plane.x0 || ry0 < plane.y0 || rx0 + w > plane.x0 + plane.width || ry0 + h > plane.y0 + plane.height) {
+      throw new RangeError('the region is not inside the decoded frame');
+    }
+    const data = new plane.data.constructor(w * h);
+    for (let y = 0; y < h; y++) {
+      const src = (ry0 - plane.y0 + y) * plane.width + (rx0 - plane.x0);
+      data.set(plane.data.subarray(src, src + w), y * w);
+    }
+    return { width: w, height: h, data };
+  });
+  const { width, height } = out[0];
+  const same = out.every((p) => p.width === width && p.height === height);
   const bitDepth = Math.max(...comps.map((c) => c.precision));
   const signed = comps.some((c) => c.signed);
-  const result = { width, height, components: comps.length, bitDepth, signed, data: null, planes };
+  const result = { width, height, components: comps.length, bitDepth, signed, data: null, planes: out };
   if (same) {
     const Type = bitDepth <= 8 ? Uint8Array : signed ? Int16Array : Uint16Array;
     const n = comps.length;
     const data = new Type(width * height * n);
-    planes.forEach((p, c) => { for (let i = 0; i < p.data.length; i++) data[i * n + c] = p.data[i]; });
+    out.forEach((p, c) => { for (let i = 0; i < p.data.length; i++) data[i * n + c] = p.data[i]; });
     result.data = data;
   }
   return result;
 }
 
 /**
- * Decodes a view: `request` = {groups: [{comps, codec, codestream}], discard, layers, region,
- * siz}. Returns assemble()'s result.
+ * Decodes the groups of a view: `request` = {groups: [{comps, codec, codestream, written}],
+ * discard, layers, siz}. Returns the frame planes (framePlanes()).
  */
-export function decodeView(modules, request) {
-  const { groups, discard: d, layers, region, siz } = request;
-  if (groups.some((g) => g.codec === 'openjph')) {
+export function decodeFrame(modules, request) {
+  const { groups, discard: d, layers, siz } = request;
+  for (const g of groups) {
+    if (g.codec !== 'openjph') continue;
     // OpenJPH sizes its output by ceil(width / 2^d), which is the frame's width only when the
     // image offset does not change the count.
-    const w = cdiv(siz.xsiz, 2 ** d) - cdiv(siz.xosiz, 2 ** d);
-    const h = cdiv(siz.ysiz, 2 ** d) - cdiv(siz.yosiz, 2 ** d);
-    if (w !== cdiv(siz.xsiz - siz.xosiz, 2 ** d) || h !== cdiv(siz.ysiz - siz.yosiz, 2 ** d)) {
-      throw new UnsupportedImage('HTJ2K image whose offset changes its reduced size (OpenJPH\'s decoder sizes frames without it)');
+    const w = g.written;
+    const cw = cdiv(w.xsiz, 2 ** d) - cdiv(w.xosiz, 2 ** d);
+    const ch = cdiv(w.ysiz, 2 ** d) - cdiv(w.yosiz, 2 ** d);
+    if (cw !== cdiv(w.xsiz - w.xosiz, 2 ** d) || ch !== cdiv(w.ysiz - w.yosiz, 2 ** d)) {
+      throw new UnsupportedImage('HTJ2K frame whose offset changes its reduced size (OpenJPH\'s decoder sizes frames without it)');
     }
   }
   const decoded = groups.map((g) => runCodec(modules, g.codec, g.codestream, d, layers, siz.components[g.comps[0]]));
-  return assemble(siz, d, region, groups, decoded);
+  return framePlanes(siz, d, groups, decoded);
 }
 
 /** Loads the codecs; `locate(file)` says where their .wasm files are. */

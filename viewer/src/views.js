@@ -14,19 +14,31 @@ export function rebuildInputs(bins) {
 }
 
 /**
- * [{comps, codec, codestream}] for the groups; `rebuilders` (a Map kept by the caller for one
- * codestream, or null) remembers the Rebuilder of each group.
+ * [{comps, codec, codestream, written}] for the groups: `written` is the SIZ of the rebuilt
+ * codestream (a tile range or a component may change its grid). `rebuilders` (a Map kept by the
+ * caller for one codestream, or null) remembers the Rebuilder of each group and tile range;
+ * `tiles` ([p0, q0, p1, q1] or null for all) limits the codestreams to those tiles.
  */
-export function groupCodestreams(bins, groups, rebuilders, maxLayers = null) {
-  const { tiles, precincts } = rebuildInputs(bins);
+export function groupCodestreams(bins, groups, rebuilders, { tiles = null, maxLayers = null } = {}) {
+  const { tiles: tileBins, precincts } = rebuildInputs(bins);
   const main = bins.mainHeader.data;
   return groups.map((g) => {
-    const key = g.comps.join(',');
+    const key = `${g.comps.join(',')}|${tiles ? tiles.join(',') : ''}`;
     let rb = rebuilders ? rebuilders.get(key) : undefined;
     if (rb === undefined) {
-      rb = new Rebuilder(main, g.comps);
+      rb = new Rebuilder(main, { comps: g.comps, tiles });
       if (rebuilders) rebuilders.set(key, rb);
     }
-    return { comps: g.comps, codec: g.codec, codestream: rb.rebuild(tiles, precincts, maxLayers) };
+    return { comps: g.comps, codec: g.codec, codestream: rb.rebuild(tileBins, precincts, maxLayers), written: rb.written };
   });
+}
+
+/** The tiles [p0, q0, p1, q1] (ends excluded) a reference-grid region touches. */
+export function tilesOf(siz, [x0, y0, x1, y1]) {
+  const clamp = (v, n) => Math.min(Math.max(v, 0), n);
+  const p0 = clamp(Math.floor((x0 - siz.xtosiz) / siz.xtsiz), siz.tilesX - 1);
+  const q0 = clamp(Math.floor((y0 - siz.ytosiz) / siz.ytsiz), siz.tilesY - 1);
+  const p1 = clamp(Math.ceil((x1 - siz.xtosiz) / siz.xtsiz), siz.tilesX);
+  const q1 = clamp(Math.ceil((y1 - siz.ytosiz) / siz.ytsiz), siz.tilesY);
+  return [p0, q0, Math.max(p1, p0 + 1), Math.max(q1, q0 + 1)];
 }

@@ -37,7 +37,8 @@ from server.targets import resolve_target
 STATIC_DIR = Path(__file__).resolve().parent / "viewer_static"
 CONTENT_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
                  ".css": "text/css", ".html": "text/html", ".png": "image/png",
-                 ".svg": "image/svg+xml", ".json": "application/json"}
+                 ".svg": "image/svg+xml", ".json": "application/json",
+                 ".map": "application/json"}
 LISTER_KEY = web.AppKey("viewer_lister", Lister)
 POOL_KEY = web.AppKey("viewer_pool", ThreadPoolExecutor)
 FS_TIMEOUT = 10.0  # seconds a listing or a target check may wait on the disk
@@ -270,6 +271,7 @@ async def _listing_page(request: web.Request, folder: str, number: int) -> web.R
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>JPEG 2000 images: {esc(title)}</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/viewer/viewer.css"></head>
 <body class="listing"><main>
 <h1>JPEG 2000 images in {esc(title)}</h1>

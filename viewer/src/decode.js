@@ -113,6 +113,9 @@ export function framePlanes(siz, d, groups, decoded) {
     const [wx0, , wx1] = componentBounds(g.written, wc, 0, null);
     const stride = g.codec === 'openjpeg' ? cdiv(wx1 - wx0, 2 ** d) : fx1 - fx0;
     const w = fx1 - fx0; const h = fy1 - fy0;
+    if (w > 0 && h > 0 && samples.length < ((h - 1) * stride + w) * k) {
+      throw new Error(`the ${g.codec} decoder returned ${samples.length} samples for a ${w}x${h} frame (a decoding error)`);
+    }
     // The written grid may be the original one divided by a subsampling (a lone component):
     // (fx0, fy0) are then already on the component's own grid.
     g.comps.forEach((c, j) => {

@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DEMO_DIR := demo-images
 
-.PHONY: setup setup-test run test lint bench clean
+.PHONY: setup setup-test run test lint bench clean viewer viewer-screenshot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,19 +23,35 @@ $(VENV)/.installed-test: pyproject.toml scripts/system-deps.sh $(VENV)/.installe
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
-setup-test: $(VENV)/.installed-test
+setup: $(VENV)/.installed viewer
+setup-test: $(VENV)/.installed-test viewer
+
+# The browser viewer: npm packages from the lockfile, bundled by esbuild into the server's
+# package data (server/viewer_static/, ignored by git); node is not needed at run time.
+VIEWER_BUILT := server/viewer_static/.built
+viewer/node_modules/.package-lock.json: viewer/package.json viewer/package-lock.json | $(VENV)/.installed
+	cd viewer && npm ci --no-audit --no-fund --loglevel=error
+$(VIEWER_BUILT): viewer/node_modules/.package-lock.json viewer/build.mjs $(wildcard viewer/src/*)
+	cd viewer && node build.mjs
+	touch $@
+viewer: $(VIEWER_BUILT)
+
+# The README's screenshot of the viewer, taken by the browser tests.
+viewer-screenshot: $(VENV)/.installed-test viewer
+	JPIP_VIEWER_SCREENSHOT=viewer/screenshot.png $(BIN)/python -m pytest -q \
+		tests/viewer/test_browser.py -k own_csp
 
 $(DEMO_DIR)/demo.jp2: | $(VENV)/.installed
 	mkdir -p $(DEMO_DIR)
 	$(BIN)/python -m filetools.demo $(DEMO_DIR)/demo.jp2
 
-run: $(VENV)/.installed $(DEMO_DIR)/demo.jp2
+run: $(VENV)/.installed viewer $(DEMO_DIR)/demo.jp2
 	@echo "serving $(DEMO_DIR) on http://$(HOST):$(PORT)"
+	@echo "viewer: http://$(HOST):$(PORT)/viewer?target=demo.jp2"
 	@echo "try: curl -s -o thumb.jpp 'http://$(HOST):$(PORT)/jpip?target=demo.jp2&fsiz=256,256&type=jpp-stream' -D -"
 	$(BIN)/jpip-server --root $(DEMO_DIR) --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test viewer
 	$(BIN)/ruff check .
 	JPIP_SHARED=$(SHARED) $(BIN)/python -m pytest -q
 

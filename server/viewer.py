@@ -18,9 +18,11 @@ a target is server/access.py's `may_see`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from urllib.parse import quote, urlencode
@@ -110,12 +112,43 @@ def _target_field(request: web.Request) -> str:
 
 # ----- the page and its files ------------------------------------------------------------------
 
-def _static(name: str) -> Path | None:
-    """A file of the built bundle, by plain name only (no folders, no hidden files)."""
+@dataclass(frozen=True)
+class _Asset:
+    body: bytes
+    etag: str
+    content_type: str
+    mtime_ns: int
+
+
+_ASSETS: dict[Path, _Asset] = {}
+
+
+def _static(name: str) -> _Asset | None:
+    """A file of the built bundle, by plain name only (no folders, no hidden files), kept in
+    memory (the bundle is about 1 MB) and re-read when it changes (`make viewer`)."""
     if "/" in name or "\\" in name or name.startswith(".") or not name:
         return None
     path = STATIC_DIR / name
-    return path if path.suffix in CONTENT_TYPES and path.is_file() else None
+    if path.suffix not in CONTENT_TYPES:
+        return None
+    try:
+        st = path.stat()  # the package's own folder: local, a cheap call
+    except OSError:
+        return None
+    kept = _ASSETS.get(path)
+    if kept is None or kept.mtime_ns != st.st_mtime_ns:
+        body = path.read_bytes()
+        kept = _Asset(body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"',
+                      CONTENT_TYPES[path.suffix], st.st_mtime_ns)
+        _ASSETS[path] = kept
+    return kept
+
+
+def _serve_asset(request: web.Request, asset: _Asset, headers: dict[str, str]) -> web.Response:
+    headers = {**headers, "ETag": asset.etag}
+    if asset.etag in request.headers.get("If-None-Match", ""):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, headers={**headers, "Content-Type": asset.content_type})
 
 
 def _not_built() -> web.Response:
@@ -133,20 +166,20 @@ async def viewer_page(request: web.Request) -> web.StreamResponse:
     page = _static("index.html")
     if page is None:
         return _not_built()
-    return web.FileResponse(page, headers={**PAGE_SECURITY, "Content-Type": "text/html; "
-                                           "charset=utf-8"})
+    resp = _serve_asset(request, page, PAGE_SECURITY)
+    resp.content_type, resp.charset = "text/html", "utf-8"
+    return resp
 
 
 async def viewer_asset(request: web.Request, path_form: web.Handler) -> web.StreamResponse:
     name = request.match_info["target"].split("/", 1)[1]
-    path = _static(name)
-    if path is None:
+    asset = _static(name)
+    if asset is None:
         if not STATIC_DIR.is_dir() and name.endswith((".js", ".wasm", ".css")):
             return _not_built()
         return await path_form(request)  # e.g. a target "viewer/a.jp2" under the root
-    headers = {"Content-Type": CONTENT_TYPES[path.suffix], "Cache-Control": "no-cache",
-               "X-Content-Type-Options": "nosniff"}
-    return web.FileResponse(path, headers=headers)
+    return _serve_asset(request, asset, {"Cache-Control": "no-cache",
+                                         "X-Content-Type-Options": "nosniff"})
 
 
 # ----- target information ----------------------------------------------------------------------
@@ -256,7 +289,7 @@ async def _listing_page(request: web.Request, folder: str, number: int) -> web.R
             rows.append(f'<tr class="folder"><td><a href="{esc(link)}">{esc(e.name)}/</a></td>'
                         '<td></td></tr>')
         else:
-            link = "/viewer?" + urlencode({"target": e.path, **extra}, quote_via=quote)
+            link = "/viewer?" + urlencode({"target": e.path, **extra}, safe="/", quote_via=quote)
             rows.append(f'<tr><td><a href="{esc(link)}">{esc(e.name)}</a></td>'
                         f'<td class="size">{_size(e.size)}</td></tr>')
     nav = []

@@ -385,13 +385,14 @@ def _gauge(server: str, name: str) -> float:
 def test_page_works_under_its_own_csp(server, browser, tmp_path) -> None:
     """No evaluate() here (the page's CSP forbids eval): the page must come up, decode in its
     worker and draw, under the policy it is served with."""
-    page = Page(browser, f"{server}/viewer?target=corpus/nemo.jp2", csp_bypass=False)
+    solar = "corpus/2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2"  # 3040 x 3072
+    page = Page(browser, f"{server}/viewer?target={solar}", csp_bypass=False)
     p = page.page
     p.wait_for_selector("body[data-state=idle]", timeout=TIMEOUT_MS)
     box = p.locator("canvas#view").bounding_box()
-    x, y = box["x"] + box["width"] * 0.45, box["y"] + box["height"] * 0.4
+    x, y = box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.53  # the sun's limb
     p.mouse.move(x, y)
-    for _ in range(3):
+    for _ in range(2):
         p.mouse.wheel(0, -300)
     p.wait_for_selector("body[data-state=idle]", timeout=TIMEOUT_MS)
     assert "resolution" in p.inner_text("#overlay")
@@ -404,12 +405,13 @@ def test_page_works_under_its_own_csp(server, browser, tmp_path) -> None:
 
 
 def _save_screenshot(png: bytes, path: Path) -> None:
-    """The README's screenshot: the page, in few colours to stay small."""
+    """The README's screenshot: the page at 640 pixels wide, in grey (as the image is) to stay
+    small."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
-    img = img.quantize(colors=96, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    img.save(path, optimize=True)
+    img = img.resize((640, round(img.height * 640 / img.width)), Image.Resampling.LANCZOS)
+    img.convert("L").save(path, optimize=True)
 
 
 # ----- the listing ---------------------------------------------------------------------------

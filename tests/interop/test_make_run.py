@@ -46,6 +46,10 @@ def test_make_run_serves_the_demo_image(tmp_path) -> None:
         items = parse_stream(out.read_bytes())
         assert isinstance(items[-1], EndOfResponse) and items[-1].reason == 2
         assert any(isinstance(m, Message) and m.bin_class == 0 for m in items)
+        viewer = f"http://127.0.0.1:{port}/viewer?target=demo.jp2"
+        page = subprocess.run(["curl", "-sS", "-D", "-", viewer], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+        assert " 200" in page.splitlines()[0] and "<canvas" in page
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -53,3 +57,5 @@ def test_make_run_serves_the_demo_image(tmp_path) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    printed = proc.stdout.read().decode(errors="replace")
+    assert f"viewer: http://127.0.0.1:{port}/viewer?target=demo.jp2" in printed

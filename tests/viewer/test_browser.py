@@ -292,6 +292,41 @@ def test_new_view_pre_empts_the_one_in_flight(server, browser) -> None:
     page.close()
 
 
+def test_progressive_display_while_data_arrives(server, browser) -> None:
+    """On a slow link the picture is redrawn as quality layers arrive, before the view is
+    complete: the canvas changes several times while the page is still loading."""
+    page = Page(browser, f"{server}/viewer?target=corpus/test-card-lossy-tiled.jp2&fsiz=40,30")
+    page.ready()
+    p = page.page
+    cdp = page.context.new_cdp_session(p)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 20, "downloadThroughput": 40_000, "uploadThroughput": -1})
+    p.evaluate("() => { window.full = jpipViewer.view({fsiz: [640, 480]}); }")  # 6 layers, 73 KB
+    shown = []
+    while True:
+        state = p.evaluate("document.body.dataset.state")
+        picture = p.evaluate("""() => {
+          const c = document.querySelector('canvas#view');
+          const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          let sum = 0;
+          for (let i = 0; i < px.length; i += 4) sum += px[i] * (1 + (i % 7)) + px[i + 1];
+          return sum;
+        }""")
+        if not shown or shown[-1] != picture:
+            shown.append(picture)
+        if state != "loading":
+            break
+        time.sleep(0.1)
+    p.evaluate("window.full")
+    assert state == "idle"
+    assert len(shown) >= 3, f"{len(shown)} distinct pictures while loading"
+    window, want, reversible = _oracle(CORPUS / "test-card-lossy-tiled.jp2",
+                                       page.current()["fsiz"], None, None)
+    _assert_same(_planes(page.decoded()), want, reversible, "once complete")
+    page.close()
+
+
 def test_window_level_with_the_right_button_and_from_dicom_attributes(server, browser) -> None:
     """A 16-bit image whose info names DICOM JSON (served by a stub route here: the endpoint
     comes with DICOM support): the display maps samples through its Window Center/Width and

@@ -84,6 +84,7 @@ export class JPIPClient {
       let settle;
       opening = new Promise((resolve, reject) => { settle = { resolve, reject }; });
       opening.settle = settle;
+      opening.catch(() => {}); // its failure is the request's own; waiters only need it settled
       this._opening = opening;
     } else {
       path = this.channelPath;
@@ -94,7 +95,7 @@ export class JPIPClient {
         const cs = fields.stream ?? 0;
         const held = this.cache.modelString(cs);
         const rest = held ? `,${held.slice(held.indexOf(',') + 1)}` : '';
-        query.push(`model=${encodeURIComponent(`[${cs}],-Hm,-H*,-P*${rest}`).replace(/%2C/g, ',')}`);
+        query.push(`model=${encodeURIComponent(`[${cs}],-Hm,-H*,-P*${rest}`).replace(/%(2C|5B|5D|3A)/g, (m) => decodeURIComponent(m))}`);
         this._resync = false;
       }
     }

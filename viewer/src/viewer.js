@@ -646,7 +646,7 @@ export class Viewer {
       this._zoomAt(Math.pow(2, -amount / 300), e.offsetX * dpr(), e.offsetY * dpr());
     }, { passive: false });
     window.addEventListener('keydown', (e) => {
-      if (e.target instanceof HTMLInputElement && e.target.type !== 'range') return;
+      if (e.target instanceof HTMLInputElement) return; // the frame slider has its own keys
       const w = this.canvas.width; const h = this.canvas.height;
       const keys = {
         '+': () => this._zoomAt(2, w / 2, h / 2), '=': () => this._zoomAt(2, w / 2, h / 2),

@@ -22,8 +22,6 @@ from tests.viewer.conftest import require_viewer_build
 
 SCRIPT = PROJECT_ROOT / "viewer" / "scripts" / "decode-window.mjs"
 TYPES = {"Uint8Array": np.uint8, "Uint16Array": "<u2", "Int16Array": "<i2"}
-# What the WebAssembly decoders cannot return (decode.js says why, as UnsupportedImage).
-UNSUPPORTED: dict[str, str] = {}
 
 
 def _windows(ix):
@@ -82,9 +80,6 @@ def decoded(tmp_path_factory):
 def test_viewer_decodes_windows_as_openjpeg(name, decoded) -> None:
     assert decoded.get(name), f"{name}: no window to check"
     for what, result, out, want, tolerance in decoded[name]:
-        if name in UNSUPPORTED:
-            assert result.get("error", "").startswith("UnsupportedImage"), what
-            continue
         assert "error" not in result, f"{what}: {result.get('error')}"
         raw = open(out, "rb").read()
         pos = 0

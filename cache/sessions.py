@@ -55,13 +55,20 @@ class Session:
         return any(ch.busy for ch in self.channels.values())
 
 
+def new_channel_id(prefix: str = "") -> str:
+    """128 random bits in hex, after `prefix.` when the server has an instance id: a proxy in
+    front of several servers then routes the channel back to the server holding its session."""
+    token = secrets.token_hex(16)
+    return f"{prefix}.{token}" if prefix else token
+
+
 class SessionStore:
     """All live sessions, capped in number and idle time, evicting the least recently used."""
 
     def __init__(self, *, max_sessions: int = 10000, idle_timeout: float = 600.0,
                  max_model_bytes: int = 8 << 20,
                  on_event: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, cid_prefix: str = "") -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.max_model_bytes = max_model_bytes
@@ -69,6 +76,7 @@ class SessionStore:
         self._sessions: OrderedDict[int, Session] = OrderedDict()  # LRU order by id()
         self._on_event = on_event or (lambda name: None)
         self._clock = clock
+        self.cid_prefix = cid_prefix
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -88,7 +96,7 @@ class SessionStore:
         return self.add_channel(session)
 
     def add_channel(self, session: Session) -> Channel:
-        cid = secrets.token_hex(16)
+        cid = new_channel_id(self.cid_prefix)
         ch = Channel(cid, session)
         session.channels[cid] = ch
         self._channels[cid] = ch

@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -17,7 +17,17 @@ import numpy as np
 from jpip.jpp import StreamParser
 
 from .bincache import BinCache, StreamError
-from .decode import Region, decode_region, header_info, window_region
+from .decode import HeaderInfo, Region, decode_region, header_info, window_region
+from .url import JPIPURL, URLError, parse_url
+
+# The smallest window there is (one sample of the lowest resolution, one layer): it brings the
+# main header at the cost of a few precinct bytes, which every larger window needs anyway.
+SMALLEST_WINDOW = {"fsiz": (1, 1), "rsiz": (1, 1), "layers": 1}
+
+
+class WindowError(ValueError):
+    """The window asked for holds no samples: a region outside the frame, components the
+    image does not have. The message says which, in the terms of the request."""
 
 
 @dataclass
@@ -39,20 +49,30 @@ class JPIPClient:
     """An asyncio JPIP client over aiohttp; use `async with JPIPClient(url) as c:`.
 
     `url` names the target either in the path (http://host/images/a.jp2) or with a target
-    field (http://host/jpip?target=a.jp2).
+    field (http://host/jpip?target=a.jp2). View-window fields belong in the calls of fetch() and
+    window(), not in the URL (URLError; `client.url.parse_url` separates them).
+
+    A `cache` loaded from a file (BinCache.load) is described to the server on the first
+    request, in a session (with cnew) as without one, so nothing it holds is sent again.
     """
 
-    def __init__(self, url: str, *, stateless: bool = False, cache: BinCache | None = None,
-                 timeout: float = 120.0) -> None:
-        parts = urlsplit(url)
-        self._base = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        self._target_query = parts.query
-        self._origin = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
+    def __init__(self, url: str | JPIPURL, *, stateless: bool = False,
+                 cache: BinCache | None = None, timeout: float = 120.0) -> None:
+        parsed = parse_url(url) if isinstance(url, str) else url
+        if parsed.window:
+            raise URLError(f"the URL holds view-window fields ({', '.join(parsed.window)}): "
+                           "pass them to fetch() or window() instead")
+        self.url = parsed
+        self._base = parsed.base
+        self._target_query = parsed.target_query
+        self._origin = parsed.origin
         self.stateless = stateless
-        self.cache = cache or BinCache()
+        self.cache = cache if cache is not None else BinCache()
         self.cid: str | None = None
         self._channel_url: str | None = None
-        self.tid: str | None = None
+        self.tid: str | None = self.cache.tid
+        self.answered: dict[str, str] = {}  # the JPIP headers of the last response ...
+        self._answered_window: tuple | None = None  # ... and the window it was for
         self._http: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._qid = 0
@@ -102,11 +122,12 @@ class JPIPClient:
             stats.status = resp.status
             stats.headers = {k: v for k, v in resp.headers.items()}
             if resp.status not in (200, 202):
-                text = (await resp.text())[:300]
+                text = (await resp.text(errors="replace"))[:300]
                 raise StreamError(f"server answered {resp.status}: {text.strip()}")
             ctype = resp.headers.get("Content-Type", "")
             if ctype != "image/jpp-stream":
                 raise StreamError(f"unexpected Content-Type {ctype!r}")
+            self._check_target(stats.headers)
             first = True
             async for chunk in resp.content.iter_any():
                 if first:
@@ -141,7 +162,17 @@ class JPIPClient:
         self._note_headers(stats.headers)
         return stats
 
+    def _check_target(self, headers: dict[str, str]) -> None:
+        """A target id other than the one the cache was filled from: the file changed on the
+        server, which then ignored our model and sends everything; what we hold is stale."""
+        tid = headers.get("JPIP-tid")
+        if tid and self.cache.tid is not None and tid != self.cache.tid:
+            self.cache.clear()
+        if tid:
+            self.cache.tid = tid
+
     def _note_headers(self, headers: dict[str, str]) -> None:
+        self.answered = {k: v for k, v in headers.items() if k.lower().startswith("jpip-")}
         if "JPIP-tid" in headers:
             self.tid = headers["JPIP-tid"]
         cnew = headers.get("JPIP-cnew")
@@ -163,6 +194,7 @@ class JPIPClient:
                     progress: Callable[[int], None] | None = None,
                     abort_after: int | None = None) -> FetchStats:
         """One request for a view-window; the bytes go into `self.cache`."""
+        fsiz, roff, rsiz = _pair(fsiz), _pair(roff), _pair(rsiz)
         q = []
         if fsiz is not None:
             q.append(f"fsiz={fsiz[0]},{fsiz[1]}" + ("" if round == "round-down" else f",{round}"))
@@ -182,15 +214,19 @@ class JPIPClient:
             q.append(f"metareq={metareq}")
         q.append("type=jpp-stream")
         use_channel = False
-        if self.stateless:
+        if self.stateless or self.cid is None:
+            # Without a session, and on the request opening one, the model says what is held
+            # (a cache loaded from a file); the tid makes the server ignore a model of an
+            # older version of the file.
+            if not self.stateless:
+                q.append("cnew=http")
             model = self.cache.model_string(self.codestream_id(stream))
             if model:
                 q.append("model=" + quote(model, safe="[],:-*"))
             if self.tid:
                 q.append(f"tid={self.tid}")
-        elif self.cid is None:
-            q.append("cnew=http")
-            q.append("tid=0")
+            elif not self.stateless:
+                q.append("tid=0")
         else:
             q.append(f"cid={self.cid}")
             use_channel = True
@@ -201,8 +237,11 @@ class JPIPClient:
                 q.append("model=" + quote(restate, safe="[],:-*"))
                 self._resync = False
         self._qid += 1
-        return await self._get("&".join(q), use_channel=use_channel, progress=progress,
+        self._answered_window = None
+        stats = await self._get("&".join(q), use_channel=use_channel, progress=progress,
                                abort_after=abort_after)
+        self._answered_window = (fsiz, round, roff, rsiz, comps, stream)
+        return stats
 
     async def fetch_all(self, max_requests: int = 100, **window) -> list[FetchStats]:
         """Repeats a request until the server says the window is complete (EOR 1 or 2)."""
@@ -224,6 +263,41 @@ class JPIPClient:
         return self.decode(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, layers=layers,
                            stream=stream, comps=comps)
 
+    async def header_info(self, stream: int = 0, metareq: str | None = None) -> HeaderInfo:
+        """What the main header of codestream `stream` says, asking the server if need be."""
+        s = self.cache.streams.get(self.codestream_id(stream))
+        if s is None or not s.main_header.complete or metareq is not None:
+            await self.fetch(**SMALLEST_WINDOW, stream=stream, metareq=metareq)
+            s = self.cache.streams.get(self.codestream_id(stream))
+            if s is None or not s.main_header.complete:
+                raise StreamError(f"the server sent no main header for codestream {stream}")
+        return header_info(bytes(s.main_header.data))
+
+    def check_window(self, *, fsiz, round: str = "round-down", roff=None, rsiz=None,
+                     comps: str | None = None, stream: int = 0) -> None:
+        """Raises WindowError when the window holds no samples (needs the main header).
+
+        The server clips a window silently (JPIP-rsiz: 0,0, or no component left) and answers
+        with headers only; the client says what went wrong instead of failing to decode."""
+        info = header_info(bytes(self.cache.stream(self.codestream_id(stream))
+                                 .main_header.data))
+        if comps is not None:
+            count = info.siz.num_components
+            outside = sorted(c for c in parse_comps(comps) if c >= count)
+            if outside:
+                which = (f"component {outside[0]}" if len(outside) == 1
+                         else f"components {_ranges(outside)}")
+                raise WindowError(f"{which} out of range ({count} component"
+                                  f"{'s' if count > 1 else ''}: {_ranges(range(count))})")
+        # The server's answer to this very window, if the last request asked for it.
+        fsiz, roff, rsiz = _pair(fsiz), _pair(roff), _pair(rsiz)
+        answered = self.answered if self._answered_window == (
+            fsiz, round, roff, rsiz, comps, stream) else {}
+        x0, y0, x1, y1 = window_region(info, (fsiz[0], fsiz[1], round), roff, rsiz).region
+        if x0 >= x1 or y0 >= y1 or 0 in _numbers(answered.get("JPIP-rsiz", "")):
+            at = f" at {roff[0]},{roff[1]}" if roff is not None else ""
+            raise WindowError(f"the region{at} is outside the {fsiz[0]}×{fsiz[1]} frame")
+
     def codestream_id(self, stream: int = 0) -> int:
         """The CSn under which the server delivers codestream `stream` of the target.
 
@@ -244,15 +318,42 @@ class JPIPClient:
 
     def decode(self, *, fsiz, round="round-down", roff=None, rsiz=None, layers=None,
                stream: int = 0, comps: str | None = None) -> list[np.ndarray]:
+        self.check_window(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, comps=comps,
+                          stream=stream)
         reg = self.region(fsiz, round, roff, rsiz, stream)
-        wanted = None
-        if comps is not None:
-            wanted = set()
-            for part in comps.split(","):
-                lo, _, hi = part.partition("-")
-                wanted.update(range(int(lo), int(hi or lo) + 1))
-        return decode_region(self.cache, reg, self.codestream_id(stream), layers or 0,
-                             tuple(sorted(wanted)) if wanted is not None else None)
+        wanted = tuple(sorted(parse_comps(comps))) if comps is not None else None
+        return decode_region(self.cache, reg, self.codestream_id(stream), layers or 0, wanted)
+
+
+def parse_comps(comps: str) -> set[int]:
+    """The component numbers of a `comps` value such as "0-2" or "0,3"."""
+    wanted: set[int] = set()
+    for part in comps.split(","):
+        lo, _, hi = part.partition("-")
+        wanted.update(range(int(lo), int(hi or lo) + 1))
+    return wanted
+
+
+def _ranges(numbers) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    out: list[tuple[int, int]] = []
+    for n in sorted(numbers):
+        if out and out[-1][1] == n - 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in out)
+
+
+def _pair(value) -> tuple[int, int] | None:
+    return None if value is None else (int(value[0]), int(value[1]))
+
+
+def _numbers(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")[:2]]
+    except ValueError:
+        return []
 
 
 class SyncJPIPClient:

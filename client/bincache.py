@@ -98,6 +98,12 @@ class BinCache:
         self.messages = 0
         self.data_bytes = 0
         self.last_eor: int | None = None
+        self.tid: str | None = None  # the server's target id of what is held (JPIP-tid)
+
+    def clear(self) -> None:
+        """Forgets every bin (they belong to another version of the target)."""
+        self.streams.clear()
+        self.metadata.clear()
 
     def stream(self, cs: int) -> CodestreamBins:
         s = self.streams.get(cs)
@@ -170,7 +176,7 @@ class BinCache:
                 put("P", cs, i, b)
         for i, b in self.metadata.items():
             put("m", 0, i, b)
-        head = json.dumps({"version": 1, "bins": index}).encode()
+        head = json.dumps({"version": 1, "tid": self.tid, "bins": index}).encode()
         tmp = path.with_suffix(path.suffix + ".tmp")
         with open(tmp, "wb") as f:
             f.write(b"JPIPCACHE" + struct.pack(">I", len(head)) + head)
@@ -187,6 +193,7 @@ class BinCache:
         meta = json.loads(raw[13:13 + n])
         base = 13 + n
         cache = cls()
+        cache.tid = meta.get("tid")
         for kind, cs, ident, pos, ln, total in meta["bins"]:
             b = DataBin(bytearray(raw[base + pos:base + pos + ln]), {}, total)
             if kind == "M":

@@ -1,21 +1,125 @@
-"""The `jpip` command: fetch windows and inspect targets over JPIP, and prepare files to serve."""
+"""The `jpip` command: fetch windows and inspect targets over JPIP, and prepare files to serve.
+
+Exit status: 0 done, 1 the request or the decoding failed (the server's answer, the network),
+2 a usage mistake found before anything was sent (an option, the URL, an output path),
+130 interrupted, 141 the output pipe was closed (e.g. `| head`).
+Every failure is one line on stderr that says what to do.
+"""
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+ROUNDINGS = ("round-down", "round-up", "closest")
 
-def _pair(text: str) -> tuple[int, int]:
-    try:
-        a, b = text.split(",")
-        return int(a), int(b)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected W,H, got {text!r}") from e
+
+class UsageError(Exception):
+    """A mistake in the command line, found before anything is sent (exit status 2)."""
+
+
+# --- option values --------------------------------------------------------------------------
+def _pair_type(least: int, what: str):
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            a, b = (int(v) for v in text.split(","))
+        except ValueError:
+            a = b = least - 1
+        if a < least or b < least:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return a, b
+    return parse
+
+
+def _int_type(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}")
+        return value
+    return parse
+
+
+def _comps_type(text: str) -> str:
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        raise argparse.ArgumentTypeError(f"expected component numbers such as 0-2 or 0,3, "
+                                         f"got {text!r}")
+    return text
+
+
+_size = _pair_type(1, "a size W,H of integers from 1")
+_offset = _pair_type(0, "an offset X,Y of integers from 0")
+PAIR_OPTIONS = ("--fsiz", "--roff", "--rsiz")
+
+
+def _join_negative_pairs(argv: list[str]) -> list[str]:
+    """`--fsiz -5,10` -> `--fsiz=-5,10`, so the value reaches its check instead of argparse
+    taking it for an option ("expected one argument")."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg in PAIR_OPTIONS:
+            value = next(it, None)
+            if value is not None and re.fullmatch(r"-\d[\d,-]*", value):
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
+
+
+# --- the window the user asks for: options, then fields in the URL ----------------------------
+def _window_from_url(args: argparse.Namespace, fields: dict[str, str]) -> None:
+    """Fills options left unset from the URL's window fields (the command line wins)."""
+    def parsed(name: str, parse, text: str):
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"the URL's {name}={text}: {e}") from None
+
+    if "fsiz" in fields and args.fsiz is None:
+        parts = fields["fsiz"].split(",")  # W,H or W,H,ROUNDING
+        rounding = parts[2] if len(parts) == 3 else None
+        if rounding is not None and rounding not in ROUNDINGS:
+            raise UsageError(f"the URL's fsiz={fields['fsiz']}: the rounding must be one of "
+                             f"{', '.join(ROUNDINGS)}")
+        args.fsiz = parsed("fsiz", _size, ",".join(parts[:2]) if rounding else fields["fsiz"])
+        if rounding is not None and args.round is None:
+            args.round = rounding
+    for name, parse in (("roff", _offset), ("rsiz", _size), ("layers", _int_type(1)),
+                        ("comps", _comps_type), ("stream", _int_type(0)), ("len", _int_type(0))):
+        if name in fields and getattr(args, name) is None:
+            setattr(args, name, parsed(name, parse, fields[name]))
+
+
+def _check_output(option: str, path: str | None, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuses an output the command could not write, before the download."""
+    from filetools.outputs import output_problem  # standard library only
+    if path is None:
+        return
+    if suffixes and Path(path).suffix.lower() not in suffixes:
+        raise UsageError(f"{option} {path}: the extension chooses the format; use "
+                         f"{', '.join(suffixes)}")
+    if problem := output_problem(path):
+        raise UsageError(f"{option} {path}: {problem}")
 
 
 class _Progress:
@@ -47,45 +151,55 @@ def save_array(path: Path, arrays: list[np.ndarray]) -> None:
         return
     from PIL import Image
     if image.dtype == np.uint8:
-        Image.fromarray(image).save(path)
+        Image.fromarray(image).save(path, format="PNG")
     elif image.ndim == 2 and image.dtype in (np.uint16, np.int16):
-        Image.fromarray(image.astype(np.uint16)).save(path)
+        Image.fromarray(image.astype(np.uint16)).save(path, format="PNG")
     elif image.ndim == 2:
-        Image.fromarray(image.astype(np.int32)).save(path)
+        Image.fromarray(image.astype(np.int32)).save(path, format="PNG")
     else:
-        raise SystemExit(f"cannot write {image.dtype} with {image.shape[-1]} channels to "
+        raise UsageError(f"cannot write {image.dtype} with {image.shape[-1]} channels to "
                          f"{suffix}: use .tiff or .npy")
 
 
+# --- commands ---------------------------------------------------------------------------------
 async def _fetch(args) -> int:
     from .api import JPIPClient
     from .bincache import BinCache
+    from .url import parse_url
+
+    url = parse_url(args.url)
+    _window_from_url(args, url.window)
+    args.round = args.round or "round-down"
+    args.stream = args.stream or 0
+    _check_output("-o", args.output, OUTPUT_SUFFIXES)
+    _check_output("--save-stream", args.save_stream)
+    _check_output("--cache", args.cache)
     cache = None
     if args.cache and Path(args.cache).exists():
         cache = BinCache.load(Path(args.cache))
     progress = _Progress(not args.quiet)
     raw = bytearray()
-    async with JPIPClient(args.url, stateless=args.stateless, cache=cache) as client:
+    async with JPIPClient(url.target_only(), stateless=args.stateless, cache=cache) as client:
         if args.save_stream:
             client.raw_sink = raw
         fsiz = args.fsiz
-        if fsiz is None:
-            await client.fetch(length=0)
-            info = client.cache.stream(client.codestream_id(args.stream)).main_header
-            from .decode import header_info
-            hi = header_info(bytes(info.data))
-            fsiz = (hi.width, hi.height)
+        if fsiz is None:  # full resolution: the main header says how large that is
+            info = await client.header_info(args.stream)
+            fsiz = (info.width, info.height)
         window = dict(fsiz=fsiz, round=args.round, roff=args.roff, rsiz=args.rsiz,
-                      layers=args.layers, comps=args.comps, stream=args.stream)
+                      comps=args.comps, stream=args.stream)
+        if client.cache.streams.get(client.codestream_id(args.stream)) is not None and \
+                client.cache.stream(client.codestream_id(args.stream)).main_header.complete:
+            client.check_window(**window)  # before asking for bytes we could not use
         stats = []
         for _ in range(args.max_requests):
-            st = await client.fetch(length=args.len, progress=progress, **window)
+            st = await client.fetch(length=args.len, layers=args.layers, progress=progress,
+                                    **window)
             stats.append(st)
             if st.eor in (1, 2) or args.len is not None and args.once:
                 break
         progress.done()
-        arrays = client.decode(fsiz=fsiz, round=args.round, roff=args.roff, rsiz=args.rsiz,
-                               layers=args.layers, stream=args.stream, comps=args.comps)
+        arrays = client.decode(layers=args.layers, **window)
         if args.output:
             save_array(Path(args.output), arrays)
         if args.cache:
@@ -109,12 +223,11 @@ async def _fetch(args) -> int:
 
 async def _info(args) -> int:
     from .api import JPIPClient
-    from .decode import header_info
-    async with JPIPClient(args.url) as client:
-        # The smallest window there is (one sample of the lowest resolution, one layer) brings
-        # the main header and metadata-bin 0 at the cost of a few precinct bytes.
-        await client.fetch(fsiz=(1, 1), rsiz=(1, 1), layers=1, metareq="[*]")
-        hi = header_info(bytes(client.cache.stream(client.codestream_id(0)).main_header.data))
+    from .url import parse_url
+
+    url = parse_url(args.url)  # window fields in the URL do not matter here
+    async with JPIPClient(url.target_only()) as client:
+        hi = await client.header_info(0, metareq="[*]")
         siz = hi.siz
         meta = client.cache.metadata.get(0)
         out = {
@@ -131,31 +244,68 @@ async def _info(args) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jpip-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jpip", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="jpip", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"jpip {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    f = sub.add_parser("fetch", help="fetch a view-window and save its pixels")
-    f.add_argument("url", help="http://host:port/jpip?target=FILE or http://host:port/FILE")
-    f.add_argument("--fsiz", type=_pair, help="frame size W,H (default: full resolution)")
-    f.add_argument("--round", default="round-down", choices=["round-down", "round-up", "closest"])
-    f.add_argument("--roff", type=_pair)
-    f.add_argument("--rsiz", type=_pair)
-    f.add_argument("--layers", type=int)
-    f.add_argument("--comps", help="components, e.g. 0-2 or 0,3")
-    f.add_argument("--stream", type=int, default=0, help="codestream (JPX frames)")
-    f.add_argument("--len", type=int, help="byte limit per request")
-    f.add_argument("--once", action="store_true", help="one request only (with --len)")
-    f.add_argument("--max-requests", type=int, default=100)
-    f.add_argument("--stateless", action="store_true", help="no session: send model= instead")
-    f.add_argument("--cache", help="load/save the client cache from/to this file")
-    f.add_argument("-o", "--output", help="PNG, TIFF or NPY (by extension)")
-    f.add_argument("--save-stream", help="also keep the raw JPP-stream (see --stats)")
-    f.add_argument("--stats", action="store_true", help="print messages, bytes, EOR, timings")
-    f.add_argument("-q", "--quiet", action="store_true")
+    f = sub.add_parser(
+        "fetch", help="fetch a view-window and save its pixels",
+        description="Fetch a view-window of a JPEG 2000 image from a JPIP server and save its "
+                    "pixels. Window fields may also be written in the URL "
+                    "(...&fsiz=640,480&roff=...): the options below win over them.")
+    f.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE")
+    f.add_argument("--fsiz", type=_size, metavar="W,H",
+                   help="frame size: the whole image scaled to about W×H; the resolution level "
+                        "is chosen by --round (default: full resolution)")
+    f.add_argument("--round", choices=ROUNDINGS, default=None,
+                   help="which resolution level --fsiz picks: the largest not above W×H "
+                        "(round-down, the default), the smallest not below (round-up), or the "
+                        "nearest in area (closest)")
+    f.add_argument("--roff", type=_offset, metavar="X,Y",
+                   help="region offset within the frame (default: 0,0)")
+    f.add_argument("--rsiz", type=_size, metavar="W,H",
+                   help="region size within the frame (default: to the frame's bottom-right)")
+    f.add_argument("--layers", type=_int_type(1), metavar="N",
+                   help="quality layers to fetch and decode (default: all)")
+    f.add_argument("--comps", type=_comps_type, metavar="LIST",
+                   help="components, e.g. 0-2 or 0,3 (default: all)")
+    f.add_argument("--stream", type=_int_type(0), metavar="N",
+                   help="codestream number, for JPX files with several (default: 0)")
+    f.add_argument("--len", type=_int_type(0), metavar="BYTES",
+                   help="byte limit per request (the window then takes several requests)")
+    f.add_argument("--once", action="store_true",
+                   help="with --len: one request only (the window may stay incomplete)")
+    f.add_argument("--max-requests", type=_int_type(1), default=100, metavar="N",
+                   help="give up after N requests (default: 100)")
+    f.add_argument("--stateless", action="store_true",
+                   help="no session: every request describes the cache with model=")
+    f.add_argument("--cache", metavar="FILE",
+                   help="load the client cache from FILE (when it exists) and save it back: "
+                        "what it holds is not sent again")
+    f.add_argument("-o", "--output", metavar="FILE",
+                   help="save the pixels as PNG, TIFF or NPY, chosen by the extension "
+                        "(.png, .tif/.tiff, .npy; 16-bit and signed data: TIFF or NPY)")
+    f.add_argument("--save-stream", metavar="FILE",
+                   help="also save the raw JPP-stream received")
+    f.add_argument("--stats", action="store_true",
+                   help="print requests, bytes, messages, EOR and timings as JSON")
+    f.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress display on the terminal")
 
-    i = sub.add_parser("info", help="what the server says of a target")
-    i.add_argument("url")
+    i = sub.add_parser("info", help="what the server says of a target (JSON)",
+                       description="Print what the main header of a target says (size, "
+                                   "components, tiles, levels, layers) as JSON.")
+    i.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE "
+                               "(window fields in it are ignored)")
 
     try:
         from filetools.prepare import add_prepare_arguments
@@ -175,7 +325,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _explain(exc: BaseException) -> tuple[str, int]:
+    """One line for an error, and the exit status; no class names, a remedy where one exists."""
+    import aiohttp
+
+    from codestream.errors import CodestreamError
+
+    from .api import WindowError
+    from .bincache import StreamError
+    from .url import URLError
+
+    if isinstance(exc, UsageError | URLError):
+        return str(exc), EXIT_USAGE
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot find the host {exc.host!r}: check the URL", EXIT_FAILED
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return (f"cannot connect to {exc.host}:{exc.port}: is the server running?",
+                EXIT_FAILED)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the server closed the connection before the answer was complete", EXIT_FAILED
+    if isinstance(exc, TimeoutError):
+        return "no answer from the server in time", EXIT_FAILED
+    if isinstance(exc, aiohttp.ClientError):
+        return f"HTTP error: {exc}", EXIT_FAILED
+    if isinstance(exc, WindowError | StreamError):
+        return str(exc), EXIT_FAILED
+    if isinstance(exc, CodestreamError):
+        return f"the data received do not form a valid codestream: {exc}", EXIT_FAILED
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}", EXIT_FAILED
+    return str(exc) or "unexpected error (a defect: please report it)", EXIT_FAILED
+
+
+def _quiet_broken_pipe() -> int:
+    # The reader went away (`jpip info ... | head -1`): stop quietly. Point stdout at
+    # /dev/null so the interpreter's final flush does not complain again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _join_negative_pairs(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     try:
         if args.command == "fetch":
@@ -192,11 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             from filetools.addplt import run_addplt
             return run_addplt(args)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except Exception as e:  # a CLI: one clear line, not a traceback
-        print(f"jpip {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 2
+        message, status = _explain(e)
+        print(f"jpip {args.command}: {message}", file=sys.stderr)
+        return status
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

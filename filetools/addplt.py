@@ -46,6 +46,8 @@ from codestream.markers import EOC, PLM, PLT, PPM, PPT, SOT, TLM, read_segment
 from codestream.parse import CodestreamLayout, TilePart, parse_codestream
 from codestream.source import Source, build_source
 
+from .outputs import OutputError, check_output, write_error
+
 MAX_SEGMENT_BODY = 65535 - 2  # Lxxx counts itself
 MAX_PLT_DATA = MAX_SEGMENT_BODY - 1  # after Zplt
 TLM_ENTRY = 6  # Ttlm (16 bits) + Ptlm (32 bits)
@@ -391,8 +393,9 @@ def add_plt(input_path: str | os.PathLike[str], output_path: str | os.PathLike[s
     Raises CodestreamError when the input cannot be indexed, ValueError when the rewrite cannot
     be expressed or (with `verify`) when the output does not index like the input."""
     t0 = time.perf_counter()
-    src, seconds_before = _index_seconds(Path(input_path))
     out = Path(output_path)
+    check_output(out)
+    src, seconds_before = _index_seconds(Path(input_path))
     tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
     report = AddPltReport(str(input_path), str(out), src.identity.size,
                           index_seconds_before=seconds_before)
@@ -406,7 +409,10 @@ def add_plt(input_path: str | os.PathLike[str], output_path: str | os.PathLike[s
                     pieces = _box_pieces(buf, top, plans)
                 else:
                     pieces = plans[0].pieces
-                report.output_bytes = _write(tmp, buf, pieces)
+                try:
+                    report.output_bytes = _write(tmp, buf, pieces)
+                except OSError as e:
+                    raise write_error(out, e) from None
             finally:
                 buf.release()
         if verify:
@@ -472,6 +478,9 @@ def run_addplt(args: argparse.Namespace) -> int:
     try:
         report = add_plt(args.input, args.output,
                          keep_packed_headers=getattr(args, "keep_packed_headers", False))
+    except OutputError as e:
+        print(f"jpip add-plt: {e}", file=sys.stderr)
+        return 2
     except (CodestreamError, OSError, ValueError) as e:
         print(f"{args.input}: {e}", file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .imageio import ImageSource, open_source
+from .outputs import check_output
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -312,6 +313,7 @@ def prepare(
         raise ValueError(f"output must end in .jp2/.jpx (JP2) or .j2k/.j2c/.jpc (codestream), "
                          f"not {out.name!r}")
     prog = _validate(progression, precinct_high, precinct_low, codeblock, tile_size, layers)
+    check_output(out)
     scope = "prepare" if _reset_peak_rss() else "process"
     t0 = time.perf_counter()
     notes: list[str] = []
@@ -462,7 +464,10 @@ def run_prepare(args: argparse.Namespace, progress: ProgressCallback | None = No
             threads=args.threads, progress=progress,
         )
     except (ValueError, OSError, RuntimeError) as e:
-        print(f"jpip prepare: {e}", file=sys.stderr)
+        # OpenJPEG's write errors come without a message.
+        reason = str(e) or f"writing {args.output} failed (the encoder gave no reason: " \
+                           "is the disk full?)"
+        print(f"jpip prepare: {reason}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from server.config import ServerConfig, load_config
+from server.deadline import DEADLINE_KEY
 from server.errors import ServiceUnavailable, error_middleware
 from server.jpip_handler import handle_jpip, setup_jpip
 from server.logs import ACCESS_LOGGER, AccessLogger
@@ -127,7 +128,7 @@ async def timeout_middleware(request: web.Request, handler: web.Handler) -> web.
         async with asyncio.timeout(seconds) as deadline:
             # A streaming handler lifts this deadline once its response has started and then
             # bounds each write instead, so a large response is never cut for its size alone.
-            request["deadline"] = deadline
+            request[DEADLINE_KEY] = deadline
             return await handler(request)
     except TimeoutError:
         if not deadline.expired():

@@ -2,21 +2,41 @@
 
 On SIGTERM aiohttp stops accepting connections, lets in-flight responses finish for up to
 `shutdown_grace` seconds, then cancels what is left, and main() returns 0.
+
+Exit status: 0 after a clean stop, 2 for a bad configuration (an option's value, an image root
+that is not a readable directory), 1 when the server cannot listen (address in use, an address
+the host does not have). Each failure is one line on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
 from server.app import create_app
-from server.config import ConfigError, load_config
+from server.config import ConfigError, ServerConfig, load_config
 from server.logs import ACCESS_LOGGER, AccessLogger, setup_logging
 
 log = logging.getLogger("jpip.server")
+
+EXIT_CONFIG = 2
+EXIT_LISTEN = 1
+
+# What a user can do about the usual reasons a listening socket cannot be opened.
+_LISTEN_REASONS = {
+    errno.EADDRINUSE: "address in use (another server is listening there: stop it or choose "
+                      "another --port)",
+    errno.EADDRNOTAVAIL: "this host has no such address (use one of its addresses, 127.0.0.1 "
+                         "or 0.0.0.0)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges: choose a port above "
+                  "1023)",
+}
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -27,9 +47,42 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def _log_banner(*args: object, **_: object) -> None:
-    # aiohttp's "======== Running on http://... ========" banner, as one log line.
-    log.info(" ".join(map(str, args)).splitlines()[0].strip("= "))
+def root_problem(root: Path) -> str | None:
+    """Why the image root cannot be served at start, or None when it can."""
+    if not root.exists():
+        return f"{str(root)!r} does not exist (create it, or point --root / JPIP_ROOT at " \
+               "the images)"
+    if not root.is_dir():
+        return f"{str(root)!r} is not a directory"
+    if not os.access(root, os.R_OK | os.X_OK):
+        return f"{str(root)!r} is not readable by this user (uid {os.getuid()})"
+    return None
+
+
+def listen_problem(exc: OSError) -> str:
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    return _LISTEN_REASONS.get(exc.errno, exc.strerror or str(exc))
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Banner:
+    """Takes aiohttp's "Running on ..." banner: the one sign that every socket is listening."""
+
+    def __init__(self, config: ServerConfig, loop_name: str) -> None:
+        self.config = config
+        self.loop_name = loop_name
+        self.listening = False
+
+    def __call__(self, *args: object, **_: object) -> None:
+        self.listening = True
+        text = " ".join(map(str, args)).splitlines()[0].strip("= ")
+        urls = text.removeprefix("Running on ").strip()
+        log.info("serving %s on %s (JPIP at %s, loop: %s)", self.config.root.resolve(), urls,
+                 self.config.jpip_path, self.loop_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,26 +90,38 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(argv, os.environ)
     except ConfigError as exc:
         print(f"jpip-server: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    if problem := root_problem(config.root):
+        # At start this is a mistake (a typo, a volume not mounted); a root that goes away
+        # later is reported by /healthz (503) instead.
+        print(f"jpip-server: option root: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     setup_logging(config)
-    if not os.path.isdir(config.root) or not os.access(config.root, os.R_OK | os.X_OK):
-        # Not fatal: the volume may be mounted later; /healthz reports 503 until then.
-        log.warning("image root %s is not a readable directory", config.root)
+    with os.scandir(config.root) as entries:
+        if next(entries, None) is None:
+            log.warning("the image root %s is empty: mount or copy the images there",
+                        config.root.resolve())
     loop = _event_loop()
-    log.info("serving %s on http://%s:%d%s (loop: %s)", config.root.resolve(), config.host,
-             config.port, config.jpip_path, type(loop).__module__.split(".")[0])
-    web.run_app(
-        create_app(config),
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_grace,
-        keepalive_timeout=config.keepalive_timeout,
-        access_log=logging.getLogger(ACCESS_LOGGER),
-        access_log_class=AccessLogger,
-        handle_signals=True,
-        print=_log_banner,
-        loop=loop,
-    )
+    banner = _Banner(config, type(loop).__module__.split(".")[0])
+    try:
+        web.run_app(
+            create_app(config),
+            host=config.host,
+            port=config.port,
+            shutdown_timeout=config.shutdown_grace,
+            keepalive_timeout=config.keepalive_timeout,
+            access_log=logging.getLogger(ACCESS_LOGGER),
+            access_log_class=AccessLogger,
+            handle_signals=True,
+            print=banner,
+            loop=loop,
+        )
+    except OSError as exc:
+        if banner.listening:
+            raise
+        print(f"jpip-server: cannot listen on {_where(config.host, config.port)}: "
+              f"{listen_problem(exc)}", file=sys.stderr)
+        return EXIT_LISTEN
     log.info("stopped")
     return 0
 

@@ -7,6 +7,7 @@ parser and every error names the option and where the bad value came from.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import ipaddress
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 ENV_PREFIX = "JPIP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RESERVED_PATHS = ("/healthz", "/metrics")
+MAX_INSTANCE_ID = 31  # with '.' and 32 hex digits, a channel id stays within 64 characters
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,12 @@ def _networks(v: tuple[str, ...]) -> str | None:
     return None
 
 
+def _instance_id(v: str) -> str | None:
+    if v and not re.fullmatch(rf"[A-Za-z0-9_-]{{1,{MAX_INSTANCE_ID}}}", v):
+        return f"must be 1-{MAX_INSTANCE_ID} letters, digits, '-' or '_'"
+    return None
+
+
 def _origins(v: tuple[str, ...]) -> str | None:
     for item in v:
         if item != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", item):
@@ -89,6 +97,10 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = _opt(
         ("*",), "list", _origins, "origins allowed by CORS, comma-separated ('' disables CORS)")
     lenient: bool = _opt(False, "bool", help="ignore unknown JPIP request fields")
+    instance_id: str = _opt(
+        "", "str", _instance_id,
+        "name of this server among several behind a proxy; starts the channel ids it issues "
+        "(cid=NAME.<random>) so the proxy can send a session's requests back to it")
     max_sessions: int = _opt(10000, "int", _positive, "most JPIP sessions held at once")
     session_idle_timeout: float = _opt(600.0, "float", _positive, "idle session lifetime")
     max_session_bytes: int = _opt(
@@ -253,11 +265,19 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(f"command line: {message}")
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("jpip-server")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jpip-server", description="JPIP (ISO/IEC 15444-9) image server.",
                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="FILE", help="TOML file of options "
                         "(also $JPIP_CONFIG)")
+    parser.add_argument("--version", action="version", version=f"jpip-server {_version()}")
     for f in fields(ServerConfig):
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{f.metadata['help']} [env {ENV_PREFIX}{f.name.upper()}]"

@@ -27,6 +27,7 @@ from jpip.plan import plan_window
 from jpip.request import JPIPRequest, parse_form_body, parse_query
 from jpip.respond import Chunk, ResponseBuilder
 from jpip.window import resolve_window
+from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
 from server.logs import set_request_cid
 from server.targets import resolve_target
@@ -73,7 +74,7 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
         sessions=SessionStore(max_sessions=config.max_sessions,
                               idle_timeout=config.session_idle_timeout,
                               max_model_bytes=config.max_session_bytes,
-                              on_event=session_event),
+                              on_event=session_event, cid_prefix=config.instance_id),
         max_response_bytes=config.max_response_bytes,
         responses=ResponseCache(config.response_cache_bytes),
         write_timeout=config.request_timeout,
@@ -308,9 +309,7 @@ async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, sourc
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp
-    deadline = request.get("deadline")
-    if deadline is not None:
-        deadline.reschedule(None)  # from here on each write is bounded instead
+    lift_deadline(request)  # from here on each write is bounded instead
     delivered = 0
     complete = False
     try:

@@ -1,0 +1,77 @@
+"""What a URL given to the client may carry: the server, the target, and a view-window.
+
+`http://host:port/jpip?target=a.jp2` and `http://host:port/a.jp2` name a target. A URL copied
+from a browser or a curl example may also hold view-window fields (`fsiz=...&roff=...`): they are
+returned apart, for the caller to use as defaults. Fields the client sets itself (`cid`, `model`,
+...) and fields it does not know are refused with a message saying what to do.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+TARGET_FIELDS = ("target", "subtarget")
+WINDOW_FIELDS = ("fsiz", "roff", "rsiz", "layers", "comps", "stream", "len")
+# Fields whose value the client decides (sessions, cache models, request order, the stream type).
+CLIENT_FIELDS = ("cnew", "cid", "cclose", "tid", "qid", "model", "need", "tpmodel", "tpneed",
+                 "wait", "metareq")
+JPP_TYPES = ("jpp-stream", "image/jpp-stream")
+
+
+class URLError(ValueError):
+    """A URL the client cannot use; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class JPIPURL:
+    """A parsed client URL."""
+
+    base: str                 # scheme://host:port/path, without the query
+    origin: str               # scheme://host:port
+    target_query: str         # the target fields, as given (still percent-encoded)
+    window: dict[str, str] = field(default_factory=dict)  # window fields found in the URL
+
+    def target_only(self) -> JPIPURL:
+        """The same URL without its window fields."""
+        return replace(self, window={})
+
+
+def parse_url(url: str) -> JPIPURL:
+    """Splits `url` into server, target and window fields; URLError says what is wrong."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        if "://" not in url:
+            raise URLError(f"{url!r} is not a URL: did you mean 'http://{url.strip()}'?")
+        raise URLError(f"{url!r}: only http:// and https:// URLs are supported")
+    target_items: list[str] = []
+    window: dict[str, str] = {}
+    seen: set[str] = set()
+    # keep_blank_values: `cid=` is still a cid field the user should hear about.
+    raw_items = [item for item in parts.query.split("&") if item]
+    for item in raw_items:
+        name, value = parse_qsl(item, keep_blank_values=True)[0] if "=" in item else (item, "")
+        if name in seen:
+            raise URLError(f"the URL gives {name}= twice")
+        seen.add(name)
+        if name in TARGET_FIELDS:
+            target_items.append(item)
+        elif name in WINDOW_FIELDS:
+            window[name] = value
+        elif name == "type":
+            if value not in JPP_TYPES:
+                raise URLError(f"the URL asks for type={value}: the client reads JPP-streams "
+                               "only (remove type=)")
+        elif name in CLIENT_FIELDS:
+            raise URLError(f"the URL carries {name}=, which the client sets itself: remove it")
+        else:
+            raise URLError(f"the URL field {name}= is not used by the client: remove it (the "
+                           f"URL may carry {', '.join(TARGET_FIELDS + WINDOW_FIELDS)})")
+    if "target" not in seen and parts.path in ("", "/"):
+        raise URLError(f"{url!r} names no image: use http://HOST:PORT/jpip?target=FILE or "
+                       "http://HOST:PORT/FILE")
+    return JPIPURL(
+        base=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+        origin=urlunsplit((parts.scheme, parts.netloc, "", "", "")),
+        target_query="&".join(target_items),
+        window=window,
+    )

@@ -1,8 +1,12 @@
-"""`jpip fetch` and `jpip info` against a real server."""
+"""`jpip fetch` and `jpip info` against a real `jpip-server` process, as a user runs them."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
+import os
+import re
+import subprocess
 import sys
 
 import numpy as np
@@ -10,18 +14,26 @@ import pytest
 import tifffile
 from PIL import Image
 
+from client.cli import build_parser
 from codestream.source import build_source
-from server.app import create_app
-from server.config import ServerConfig
 from tests.conftest import CORPUS, INTEROP
 from tests.oracle import assert_same_pixels, decode_codestream
+from tests.server_process import free_port, running_server
+
+# A class name in a message (ClientConnectorError, CodestreamError ...) is an internal detail.
+CLASS_NAME = re.compile(r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)+(?:Error|Exception)\b")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(INTEROP.parent,
+                        index_cache=tmp_path_factory.mktemp("index-cache")) as proc:
+        yield proc
 
 
 @pytest.fixture
-async def base(aiohttp_server, tmp_path):
-    server = await aiohttp_server(create_app(
-        ServerConfig(root=INTEROP.parent, index_cache_dir=tmp_path / "ix", port=0)))
-    return str(server.make_url("")).rstrip("/")
+def base(server) -> str:
+    return server.url
 
 
 async def jpip(*args: str) -> tuple[int, str, str]:
@@ -91,3 +103,146 @@ async def test_info(base) -> None:
 async def test_errors_are_one_line(base) -> None:
     code, _, err = await jpip("fetch", f"{base}/jpip?target=corpus/nothere.jp2", "--fsiz", "8,8")
     assert code == 1 and "404" in err and err.count("\n") == 1
+
+
+def _one_clean_line(err: str) -> None:
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err and not CLASS_NAME.search(err), err
+
+
+async def test_fetch_without_fsiz_gives_full_resolution(base, tmp_path) -> None:
+    out = tmp_path / "full.png"
+    code, stdout, err = await jpip("fetch", f"{base}/corpus/file1.jp2", "-o", str(out),
+                                   "--stats", "-q")
+    assert code == 0, err
+    assert json.loads(stdout)["eor"] == 2
+    want = np.stack(original(CORPUS / "file1.jp2"), axis=-1)
+    assert want.shape == (512, 768, 3)
+    assert_same_pixels([want], [np.asarray(Image.open(out))], "full resolution")
+
+
+async def test_window_fields_in_the_url_are_used(base, tmp_path) -> None:
+    want = np.stack(original(CORPUS / "file1.jp2", rlevel=2), axis=-1)[8:40, 16:80]
+    url = f"{base}/jpip?target=corpus/file1.jp2&fsiz=192,128&roff=16,8&rsiz=64,32"
+    code, _, err = await jpip("fetch", url, "-o", str(tmp_path / "a.png"), "-q")
+    assert code == 0, err
+    assert_same_pixels([want], [np.asarray(Image.open(tmp_path / "a.png"))], "URL window")
+    # The command line wins over the URL.
+    code, _, err = await jpip("fetch", url.replace("fsiz=192,128", "fsiz=96,64"), "--fsiz",
+                              "192,128", "-o", str(tmp_path / "b.png"), "-q")
+    assert code == 0, err
+    assert_same_pixels([want], [np.asarray(Image.open(tmp_path / "b.png"))], "option wins")
+    # A rounding in the URL's fsiz: 200,130 rounded down is the 192x128 frame.
+    code, _, err = await jpip("fetch", f"{base}/corpus/file1.jp2?fsiz=200,130,round-down",
+                              "-o", str(tmp_path / "c.png"), "-q")
+    assert code == 0, err
+    assert np.asarray(Image.open(tmp_path / "c.png")).shape == (128, 192, 3)
+
+
+@pytest.mark.parametrize(("query", "says"), [
+    ("target=corpus/file1.jp2&cid=abc", "cid=, which the client sets itself"),
+    ("target=corpus/file1.jp2&quality=5", "quality= is not used by the client"),
+    ("target=corpus/file1.jp2&fsiz=0,10", "the URL's fsiz=0,10"),
+    ("target=corpus/file1.jp2&type=jpt-stream", "JPP-streams only"),
+])
+async def test_url_fields_the_client_cannot_use_are_refused(base, tmp_path, query, says) -> None:
+    code, _, err = await jpip("fetch", f"{base}/jpip?{query}", "-o", str(tmp_path / "x.png"))
+    assert code == 2 and says in err, err
+    _one_clean_line(err)
+
+
+async def test_session_cache_file_sends_nothing_twice(base, tmp_path) -> None:
+    cache = tmp_path / "c.jpipcache"
+    url = f"{base}/jpip?target=corpus/p0_04.j2k"
+    runs = []
+    for name in ("a.png", "b.png"):
+        code, out, err = await jpip("fetch", url, "--fsiz", "160,120", "--cache", str(cache),
+                                    "--stats", "-o", str(tmp_path / name))
+        assert code == 0, err
+        runs.append(json.loads(out))
+    first, second = runs
+    assert first["bytes"] > 10_000
+    assert second["bytes"] <= 16 and second["duplicate_bytes"] == 0, second
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    # A larger window with the same cache: only the new bytes, and exact pixels.
+    code, out, err = await jpip("fetch", url, "--fsiz", "640,480", "--cache", str(cache),
+                                "--stats", "-o", str(tmp_path / "c.png"))
+    assert code == 0, err
+    assert json.loads(out)["duplicate_bytes"] == 0
+    want = np.stack(original(CORPUS / "p0_04.j2k"), axis=-1)
+    assert_same_pixels([want], [np.asarray(Image.open(tmp_path / "c.png"))], "cache + more")
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--fsiz", "768,512", "--roff", "800,0", "--rsiz", "10,10"),
+     "the region at 800,0 is outside the 768×512 frame"),
+    (("--fsiz", "192,128", "--roff", "0,128"), "the region at 0,128 is outside the 192×128 frame"),
+    (("--fsiz", "192,128", "--comps", "5"), "component 5 out of range (3 components: 0-2)"),
+    (("--fsiz", "192,128", "--comps", "1-5"),
+     "components 3-5 out of range (3 components: 0-2)"),
+])
+async def test_empty_windows_are_explained(base, tmp_path, args, says) -> None:
+    code, _, err = await jpip("fetch", f"{base}/corpus/file1.jp2", *args,
+                              "-o", str(tmp_path / "x.png"))
+    assert code == 1 and says in err, err
+    _one_clean_line(err)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("-o", "{tmp}/x"), "-o {tmp}/x: the extension chooses the format; use .png"),
+    (("-o", "{tmp}/x.jpg"), "-o {tmp}/x.jpg: the extension chooses the format"),
+    (("-o", "{tmp}/missing/x.png"), "the folder '{tmp}/missing' does not exist"),
+    (("-o", "{tmp}/x.png", "--save-stream", "{tmp}/nope/s.jpp"),
+     "--save-stream {tmp}/nope/s.jpp: the folder '{tmp}/nope' does not exist"),
+    (("--fsiz", "-5,10"), "--fsiz: expected a size W,H of integers from 1, got '-5,10'"),
+    (("--roff", "-1,0"), "--roff: expected an offset X,Y of integers from 0, got '-1,0'"),
+    (("--comps", "red"), "expected component numbers such as 0-2 or 0,3"),
+])
+async def test_usage_mistakes_are_found_before_the_download(tmp_path, args, says) -> None:
+    # No server is listening: a mistake reported as such was found before connecting.
+    url = f"http://127.0.0.1:{free_port()}/corpus/file1.jp2"
+    args = tuple(a.format(tmp=tmp_path) for a in args)
+    code, _, err = await jpip("fetch", url, *args)
+    assert code == 2 and says.format(tmp=tmp_path) in err, err
+    assert "Traceback" not in err and not CLASS_NAME.search(err), err
+    assert "connect" not in err
+
+
+async def test_url_without_scheme_and_server_not_running(tmp_path) -> None:
+    port = free_port()
+    code, _, err = await jpip("fetch", f"127.0.0.1:{port}/x.jp2", "-o", str(tmp_path / "a.png"))
+    assert code == 2 and f"did you mean 'http://127.0.0.1:{port}/x.jp2'" in err, err
+    _one_clean_line(err)
+    code, _, err = await jpip("fetch", f"http://127.0.0.1:{port}/x.jp2", "--fsiz", "8,8")
+    assert code == 1
+    assert f"cannot connect to 127.0.0.1:{port}: is the server running?" in err, err
+    _one_clean_line(err)
+    code, _, err = await jpip("info", f"http://127.0.0.1:{port}/x.jp2")
+    assert code == 1 and "is the server running?" in err, err
+
+
+def test_closed_output_pipe_is_quiet(server) -> None:
+    # `jpip info URL | head -0`: the reader is gone before anything is written.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "client.cli", "info",
+                               f"{server.url}/corpus/file1.jp2"],
+                              stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141
+    assert done.stderr == b"", done.stderr.decode()
+
+
+async def test_version_and_help_for_every_option() -> None:
+    version = importlib.metadata.version("jpip-server")
+    code, out, _ = await jpip("--version")
+    assert code == 0 and out.strip() == f"jpip {version}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command")
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            assert action.help, f"jpip {name} {'/'.join(action.option_strings) or action.dest}"

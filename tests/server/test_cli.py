@@ -1,0 +1,105 @@
+"""`jpip-server` as a user runs it: one-line errors and exit codes, the root check, the version.
+
+`image_root` (tests/server/conftest.py) holds one corpus file."""
+from __future__ import annotations
+
+import importlib.metadata
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT
+from tests.server_process import free_port, running_server, server_command
+
+
+def run_server(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(server_command(*args), cwd=PROJECT_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line(err: str) -> None:
+    assert err.count("\n") == 1, err
+    assert "Traceback" not in err and "serving" not in err, err
+
+
+def test_port_in_use(image_root: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_server("--root", str(image_root), "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"jpip-server: cannot listen on 127.0.0.1:{port}: "
+                                  "address in use"), done.stderr
+    assert_one_line(done.stderr)
+
+
+def test_address_the_host_does_not_have(image_root: Path) -> None:
+    # 192.0.2.0/24 is TEST-NET-1 (RFC 5737): documentation only, on no host.
+    port = free_port()
+    done = run_server("--root", str(image_root), "--host", "192.0.2.1", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"jpip-server: cannot listen on 192.0.2.1:{port}: "
+                                  "this host has no such address"), done.stderr
+    assert_one_line(done.stderr)
+
+
+@pytest.mark.parametrize("make", ["missing", "file"])
+def test_root_must_exist_at_start(tmp_path: Path, make: str) -> None:
+    root = tmp_path / "images"
+    if make == "file":
+        root.write_bytes(b"not a folder")
+    done = run_server("--root", str(root), "--port", str(free_port()))
+    assert done.returncode == 2
+    reason = "does not exist" if make == "missing" else "is not a directory"
+    assert done.stderr.startswith(f"jpip-server: option root: '{root}' {reason}"), done.stderr
+    assert_one_line(done.stderr)
+
+
+def test_root_from_the_environment_is_checked_too(tmp_path: Path) -> None:
+    done = subprocess.run(server_command("--port", str(free_port())), cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=30,
+                          env={"PATH": "/usr/bin:/bin", "JPIP_ROOT": str(tmp_path / "gone")})
+    assert done.returncode == 2 and "does not exist" in done.stderr, done.stderr
+
+
+def _healthz(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_root_that_goes_away_later_is_a_503(image_root: Path, tmp_path: Path) -> None:
+    with running_server(image_root, index_cache=tmp_path / "ix") as server:
+        assert _healthz(server.url) == 200
+        image_root.rename(tmp_path / "unmounted")
+        assert _healthz(server.url) == 503
+        (tmp_path / "unmounted").rename(image_root)
+        assert _healthz(server.url) == 200
+        assert server.proc.poll() is None
+
+
+def test_empty_root_is_served_with_a_warning(tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    root.mkdir()
+    with running_server(root, index_cache=tmp_path / "ix") as server:
+        log = server.log.read_text()
+    assert f"the image root {root} is empty" in log, log
+
+
+def test_serving_is_logged_once_listening(image_root: Path, tmp_path: Path) -> None:
+    with running_server(image_root, index_cache=tmp_path / "ix") as server:
+        log = server.log.read_text()
+    assert f"serving {image_root} on http://127.0.0.1:{server.port} (JPIP at /jpip" in log, log
+
+
+def test_version() -> None:
+    done = run_server("--version")
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"jpip-server {importlib.metadata.version('jpip-server')}"

@@ -7,20 +7,26 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 DEMO_DIR := demo-images
 
+# setuptools' note on every editable install of a flat layout ("be careful with folders named
+# like your packages"): those folders are the packages. Only that message is silenced.
+PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
+
 .PHONY: setup setup-test run test lint bench clean viewer viewer-screenshot
 
+# The Debian packages come first: a fresh Debian has no python3-venv, so no `-m venv` yet.
 $(BIN)/python:
+	PYTHON=$(PYTHON) ./scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml scripts/system-deps.sh | $(BIN)/python
-	./scripts/system-deps.sh
-	$(BIN)/pip install -q -e '.[client,tools]'
+	PYTHON=$(PYTHON) ./scripts/system-deps.sh
+	$(PIP_INSTALL) -e '.[client,tools]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml scripts/system-deps.sh $(VENV)/.installed
-	./scripts/system-deps.sh --test
-	$(BIN)/pip install -q -e '.[test]'
+	PYTHON=$(PYTHON) ./scripts/system-deps.sh --test
+	$(PIP_INSTALL) -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed viewer
@@ -48,7 +54,7 @@ $(DEMO_DIR)/demo.jp2: | $(VENV)/.installed
 run: $(VENV)/.installed viewer $(DEMO_DIR)/demo.jp2
 	@echo "serving $(DEMO_DIR) on http://$(HOST):$(PORT)"
 	@echo "viewer: http://$(HOST):$(PORT)/viewer?target=demo.jp2"
-	@echo "try: curl -s -o thumb.jpp 'http://$(HOST):$(PORT)/jpip?target=demo.jp2&fsiz=256,256&type=jpp-stream' -D -"
+	@echo "try: curl -s -o /tmp/thumb.jpp 'http://$(HOST):$(PORT)/jpip?target=demo.jp2&fsiz=256,256&type=jpp-stream' -D -"
 	$(BIN)/jpip-server --root $(DEMO_DIR) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-test viewer

@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those missing.
-# libopenjp2-7: the OpenJPEG library glymur loads; libopenjp2-tools: opj_decompress/opj_dump used
-# as oracles by the tests; libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and reference
-# server (interop tests); nginx-light: the reverse proxy the proxy test runs in front of us;
-# nodejs, npm: build the browser viewer (`make viewer`; only when node/npm are not there already,
-# e.g. from NodeSource); chromium: the browser the viewer's tests drive.
+# python3-venv: `python3 -m venv` (missing on a fresh Debian; checked on the Python in use,
+# $PYTHON, which may not be Debian's); libopenjp2-7: the OpenJPEG library glymur loads;
+# nodejs, npm: build the browser viewer (`make viewer`; only when node/npm are not there
+# already, e.g. from NodeSource); libopenjp2-tools: opj_decompress/opj_dump used as oracles by
+# the tests; libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and reference server
+# (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
+# chromium: the browser the viewer's tests drive.
+#   --test   also what the tests need
+#   --print  print the missing packages, one a line, and install nothing
 set -euo pipefail
+test_deps=0
+print_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) test_deps=1 ;;
+    --print) print_only=1 ;;
+    *) echo "usage: $0 [--test] [--print]" >&2; exit 2 ;;
+  esac
+done
 packages=(libopenjp2-7)
-if [ "${1:-}" = "--test" ]; then
+if [ "$test_deps" = 1 ]; then
   packages+=(curl libopenjp2-tools libopenjpip-dec-server libopenjpip-server nginx-light chromium)
 fi
 missing=()
@@ -16,6 +29,14 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Debian ships ensurepip (which `-m venv` runs) in python3-venv.
+if ! "${PYTHON:-python3}" -c "import ensurepip, venv" >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
+if [ "$print_only" = 1 ]; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "installing Debian packages: ${missing[*]}"
 SUDO=""

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,39 +21,13 @@ from aiohttp import web
 
 from server.app import EXPOSED_HEADERS, create_app
 from server.config import ServerConfig
-from tests.conftest import CORPUS, PROJECT_ROOT
+from tests.conftest import CORPUS
+from tests.interop.nginx_harness import CONF, backend_names, running_nginx
 
-NGINX = "/usr/sbin/nginx"
-CONF = PROJECT_ROOT / "docker" / "nginx.conf"
 SAMPLE = "file1.jp2"
 CHUNK = 64 << 10
 STREAM_CHUNKS = 64  # 4 MiB
 FIREHOSE_BYTES = 64 << 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rewrite_conf(text: str, tmp: Path, listen: int, upstream: int) -> str:
-    """docker/nginx.conf with loopback addresses and every writable path under `tmp`."""
-    subs = [
-        (r"listen 8080;", f"listen 127.0.0.1:{listen};"),
-        (r"server jpip:8080;", f"server 127.0.0.1:{upstream};"),
-        (r"pid [^;]+;", f"pid {tmp}/nginx.pid;"),
-        (r"error_log [^;]+;", f"error_log {tmp}/error.log info;"),
-        (r"access_log [^;]+;", f"access_log {tmp}/access.log;"),
-        (r"worker_processes [^;]+;", "worker_processes 1;"),
-        (r"http \{", "http {\n" + "".join(
-            f"    {kind}_temp_path {tmp}/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))),
-    ]
-    for pattern, replacement in subs:
-        text, n = re.subn(pattern, replacement, text)
-        assert n == 1, f"docker/nginx.conf no longer has exactly one {pattern!r}"
-    return text
 
 
 @dataclass
@@ -117,7 +87,8 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response(
         {"remote": request.remote, "scheme": request.scheme,
          "xff": request.headers.get("X-Forwarded-For"),
-         "xfp": request.headers.get("X-Forwarded-Proto")},
+         "xfp": request.headers.get("X-Forwarded-Proto"),
+         "host": request.headers.get("Host")},
         headers={"JPIP-cnew": "cid=abc123,path=jpip,transport=http", "JPIP-tid": "T-1",
                  "JPIP-fsiz": "64,48", "Cache-Control": "no-cache"})
 
@@ -129,7 +100,6 @@ WRITTEN_KEY = web.AppKey("written", list)
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    assert Path(NGINX).is_file(), f"{NGINX} is missing: install nginx (make setup-test)"
     root = tmp_path / "images"
     root.mkdir()
     assert (CORPUS / SAMPLE).is_file(), f"corpus file {CORPUS / SAMPLE} is missing"
@@ -149,42 +119,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     await site.start()
     upstream = runner.addresses[0][1]
 
-    # Outside tmp_path (mode 700): nginx workers run as another user when we are root, and
-    # must reach their temp files.
-    ngx_dir = Path(tempfile.mkdtemp(prefix="jpip-nginx-"))
-    ngx_dir.chmod(0o755)
-    listen = free_port()
-    conf = ngx_dir / "nginx.conf"
-    conf.write_text(rewrite_conf(CONF.read_text(), ngx_dir, listen, upstream))
-    stderr = (ngx_dir / "stderr.log").open("wb")
-    proc = subprocess.Popen([NGINX, "-p", str(ngx_dir), "-c", str(conf),
-                             "-e", str(ngx_dir / "error.log"), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=stderr)
+    # Every backend name of docker/nginx.conf stands for this one server.
+    backends = {name: upstream for name in backend_names(CONF.read_text())}
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            if proc.poll() is not None:
-                log = (ngx_dir / "error.log").read_text() if (ngx_dir / "error.log").exists() \
-                    else ""
-                pytest.fail(f"nginx exited: {(ngx_dir / 'stderr.log').read_text()} {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", listen), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail("nginx did not start listening")
-                await asyncio.sleep(0.02)
-        yield Stack(f"http://127.0.0.1:{listen}", f"http://127.0.0.1:{upstream}", listen,
-                    app[DONE_KEY], app[SEEN_KEY], app[WRITTEN_KEY])
+        with running_nginx(backends) as nginx:
+            yield Stack(nginx.url, f"http://127.0.0.1:{upstream}", nginx.port,
+                        app[DONE_KEY], app[SEEN_KEY], app[WRITTEN_KEY])
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        stderr.close()
         await runner.cleanup()
-        shutil.rmtree(ngx_dir, ignore_errors=True)
 
 
 async def test_healthz_through_nginx(stack: Stack) -> None:
@@ -232,6 +174,18 @@ async def test_headers_intact_and_forwarded_for(stack: Stack) -> None:
     assert info["xfp"] == "http"
     # 127.0.0.1 (nginx) is trusted, so the right-most untrusted address is the client.
     assert info["remote"] == "203.0.113.9"
+
+
+async def test_http10_client_without_host(stack: Stack) -> None:
+    # $http_host is empty for an HTTP/1.0 request without Host: the upstream request (HTTP/1.1)
+    # would go without one. $host falls back to the server_name.
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.nginx_port)
+    writer.write(b"GET /_test/echo HTTP/1.0\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert json.loads(_dechunk(head, body))["host"] == "jpip"
 
 
 def _dechunk(head: bytes, body: bytes) -> bytes:

@@ -46,6 +46,20 @@ def backend_names(text: str) -> set[str]:
     return set(re.findall(r"^\s*server\s+([A-Za-z0-9_.-]+):8080\b", text, re.M))
 
 
+def instances(conf: str) -> dict[str, str]:
+    """instance id -> backend host name, read from docker/nginx.conf: the map sends `ID.` to
+    upstream jpip_X, whose one server is the backend started with --instance-id ID."""
+    upstreams = {name: re.findall(r"server\s+([A-Za-z0-9_.-]+):8080", body)
+                 for name, body in re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", conf)}
+    routes = re.findall(r'"~\^([A-Za-z0-9_-]+)\\\."\s+(\w+);', conf)
+    assert routes, "docker/nginx.conf has no cid routes"
+    out = {}
+    for instance, upstream in routes:
+        assert len(upstreams.get(upstream, [])) == 1, f"{upstream} is not one server"
+        out[instance] = upstreams[upstream][0]
+    return out
+
+
 def rewrite_conf(text: str, tmp: Path, listen: int, backends: Mapping[str, int]) -> str:
     """docker/nginx.conf with loopback addresses and every writable path under `tmp`.
 

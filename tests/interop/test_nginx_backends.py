@@ -7,7 +7,6 @@ session must arrive and decode to exactly OpenJPEG's pixels.
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import pytest
 from client.api import JPIPClient
 from codestream.source import build_source
 from tests.conftest import CORPUS
-from tests.interop.nginx_harness import CONF, Nginx, running_nginx
+from tests.interop.nginx_harness import CONF, Nginx, instances, running_nginx
 from tests.oracle import assert_same_pixels, decode_codestream
 from tests.server_process import ServerProcess, running_server
 
@@ -31,20 +30,6 @@ WINDOWS = [
     ((384, 256), (100, 50), (128, 96), 1, slice(50, 146), slice(100, 228)),
     ((768, 512), (300, 200), (200, 150), 0, slice(200, 350), slice(300, 500)),
 ]
-
-
-def instances(conf: str) -> dict[str, str]:
-    """instance id -> backend host name, read from docker/nginx.conf: the map sends `ID.` to
-    upstream jpip_X, whose one server is the backend started with --instance-id ID."""
-    upstreams = {name: re.findall(r"server\s+([A-Za-z0-9_.-]+):8080", body)
-                 for name, body in re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", conf)}
-    routes = re.findall(r'"~\^([A-Za-z0-9_-]+)\\\."\s+(\w+);', conf)
-    assert routes, "docker/nginx.conf has no cid routes"
-    out = {}
-    for instance, upstream in routes:
-        assert len(upstreams.get(upstream, [])) == 1, f"{upstream} is not one server"
-        out[instance] = upstreams[upstream][0]
-    return out
 
 
 @dataclass

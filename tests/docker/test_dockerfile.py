@@ -32,6 +32,8 @@ from tests.server_process import free_port
 DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
 SAMPLE = "file1.jp2"
+# A Python warning as printed ("...py:82: BuildBackendWarning: ..."), not pip's "WARNING:".
+PYTHON_WARNING = re.compile(r"\b\w*Warning: .*")
 # What must never be sent to the Docker daemon (gigabytes, secrets, the tests' built data).
 NEVER_IN_CONTEXT = (".venv", ".git", "large-images", "demo-images", "tests", "bench", "build")
 
@@ -174,6 +176,9 @@ def run_step(image: Image, command: str) -> None:
                                   cwd=image.inside(image.workdir), capture_output=True,
                                   text=True, timeout=600)
             assert done.returncode == 0, f"RUN {part}:\n{done.stdout}\n{done.stderr}"
+            # No deprecation or other warning of the build backend about our project files.
+            warned = PYTHON_WARNING.findall(done.stdout + done.stderr)
+            assert not warned, f"RUN {part} warns: {warned}"
         elif argv[:2] == ["rm", "-rf"]:
             for target in argv[2:]:
                 assert Path(target).is_relative_to(image.fs), target

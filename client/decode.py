@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import glymur
@@ -106,7 +107,13 @@ def decode_region(cache: BinCache, region: Region, cs: int = 0, layers: int = 0,
     try:
         if info.ht:
             raise OpenJPEGLibraryError("area decoding of HT code-blocks is unreliable")
-        arrays = _decode(data, region.discard, (y0, x0, y1, x1), layers)
+        # OpenJPEG's complaints about an area it refuses ("Failed to decode component 1")
+        # are no news when the whole frame is decoded instead: kept only if the area works.
+        with warnings.catch_warnings(record=True) as notes:
+            warnings.simplefilter("always")
+            arrays = _decode(data, region.discard, (y0, x0, y1, x1), layers)
+        for note in notes:
+            warnings.warn_explicit(note.message, note.category, note.filename, note.lineno)
     except OpenJPEGLibraryError:
         # OpenJPEG rejects some areas (e.g. a subsampled component left empty) and decodes
         # HT areas wrongly: decode the whole frame and crop instead.

@@ -61,7 +61,8 @@ def resolve_target(root: Path, target: str,
     try:
         st = os.stat(real)
     except OSError:
-        raise _refuse(target, "no such target") from None
+        # The name as asked (never the root's path): a typo shows at once.
+        raise _refuse(target, f"no such target {target[:200]!r} in the image root") from None
     if not stat.S_ISREG(st.st_mode):
         raise _refuse(target, "target is not a regular file")
     # A link named .jp2 may point at any other file inside the root: check what it really is.

@@ -38,7 +38,8 @@ def pan_sequence() -> list[tuple[tuple[int, int], tuple[int, int], tuple[int, in
     for step in range(15):
         x += 64 if step % 4 != 3 else 0
         y += 64 if step % 4 == 3 else 0
-        wins.append(((2048, 2048), (2 * x, 2 * y), (512, 512)))
+        # Up to the right edge (partly clipped there), never wholly outside the frame.
+        wins.append(((2048, 2048), (2 * x - 512, 2 * y), (512, 512)))
     wins += [((1024, 1024), (400, 400), (512, 512)), ((256, 256), (0, 0), (256, 256))]
     return wins
 

@@ -85,6 +85,17 @@ def test_root_that_goes_away_later_is_a_503(image_root: Path, tmp_path: Path) ->
         assert server.proc.poll() is None
 
 
+def test_a_missing_target_is_named(image_root: Path, tmp_path: Path) -> None:
+    with running_server(image_root, index_cache=tmp_path / "ix") as server:
+        try:
+            urllib.request.urlopen(f"{server.url}/jpip?target=nothere.jp2&fsiz=8,8", timeout=10)
+        except urllib.error.HTTPError as e:
+            status, body = e.code, e.read().decode()
+    assert status == 404
+    assert body == "no such target 'nothere.jp2' in the image root\n", body
+    assert str(image_root) not in body
+
+
 def test_empty_root_is_served_with_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "empty"
     root.mkdir()

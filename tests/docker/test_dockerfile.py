@@ -1,11 +1,12 @@
 """docker/Dockerfile without Docker: its steps run here, so the image cannot rot unseen.
 
-The build context is computed with .dockerignore's rules; COPY copies from it into a directory
-standing for the image's `/`; RUN steps run with a fresh virtual environment standing for the
-base image's Python (paths inside the image are moved under that directory); the CMD and the
-HEALTHCHECK run with the image's ENV. What cannot be reproduced without Docker: the base image
-itself (the local Python 3.11 stands in for python:3.11-slim) and USER (the server runs as the
-test's user). hadolint lints the file.
+The build context is computed with .dockerignore's rules; each stage gets a directory standing
+for its `/`, into which COPY copies (from the context, or `--from` an earlier stage); RUN steps
+run with stand-ins for the base images' tools (a fresh virtual environment of the local Python
+3.11 for python:3.11-slim's, the local node 20 and npm for node:20-slim's), paths inside the
+image moved under that directory; the CMD and the HEALTHCHECK of the last stage run with its
+ENV. What cannot be reproduced without Docker: the base images themselves and USER (the server
+runs as the test's user). hadolint lints the file.
 """
 from __future__ import annotations
 
@@ -140,10 +141,15 @@ def build_context(root: Path = PROJECT_ROOT) -> dict[str, Path]:
 
 # ----- running the steps ---------------------------------------------------------------------
 
+# The base images this test knows how to stand in for, and the local tool that must match.
+BASES = {"python:3.11-slim": "python", "node:20-slim": "node"}
+
+
 @dataclass
 class Image:
-    fs: Path                    # stands for the image's /
-    venv: Path                  # stands for the base image's Python
+    fs: Path                    # stands for the stage's /
+    venv: Path                  # stands for python:3.11-slim's Python
+    base: str = ""
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)
@@ -162,7 +168,8 @@ class Image:
 
 
 def run_step(image: Image, command: str) -> None:
-    """A RUN step: `pip ...` with the venv's pip, `rm -rf` inside the image; nothing else."""
+    """A RUN step: `pip` with the venv's pip, `npm`/`node` with the local ones, `rm -rf` inside
+    the image; nothing else."""
     env = image.process_env()
     # The local pip cache is allowed here: it changes no installed file and spares downloads.
     env.pop("PIP_NO_CACHE_DIR", None)
@@ -171,8 +178,14 @@ def run_step(image: Image, command: str) -> None:
     for part in command.split("&&"):
         argv = shlex.split(part)
         argv = [str(image.inside(a)) if a.startswith("/") else a for a in argv]
-        if argv[0] == "pip":
-            done = subprocess.run([str(image.venv / "bin" / "pip"), *argv[1:]], env=env,
+        if argv[0] in ("pip", "npm", "node"):
+            tool = str(image.venv / "bin" / "pip") if argv[0] == "pip" else \
+                shutil.which(argv[0])
+            assert tool, f"RUN {part}: {argv[0]} is not installed here"
+            if argv[0] != "pip":
+                env = {**env, "PATH": f"{Path(tool).parent}:/usr/bin:/bin",
+                       "HOME": os.environ.get("HOME", "/root")}  # npm's cache
+            done = subprocess.run([tool, *argv[1:]], env=env,
                                   cwd=image.inside(image.workdir), capture_output=True,
                                   text=True, timeout=600)
             assert done.returncode == 0, f"RUN {part}:\n{done.stdout}\n{done.stderr}"
@@ -187,14 +200,25 @@ def run_step(image: Image, command: str) -> None:
             pytest.fail(f"RUN {part.strip()!r} has no stand-in in tests/docker: extend run_step")
 
 
-def copy_step(image: Image, args: str, context: dict[str, Path]) -> None:
+def stage_files(stage: Image) -> dict[str, Path]:
+    """An earlier stage's files by path, as `COPY --from` sees them."""
+    return {p.relative_to(stage.fs).as_posix(): p for p in stage.fs.rglob("*") if p.is_file()}
+
+
+def copy_step(image: Image, args: str, context: dict[str, Path],
+              stages: dict[str, Image]) -> None:
     *sources, dest = shlex.split(args)
+    origin = "the build context (see .dockerignore)"
+    if sources[0].startswith("--from="):
+        name = sources.pop(0).split("=", 1)[1]
+        context, origin = stage_files(stages[name]), f"stage {name}"
+        sources = [s.lstrip("/") for s in sources]
     target = image.inside(dest if dest.startswith("/") else f"{image.workdir}/{dest}")
     for source in sources:
         source = source.rstrip("/")
         found = {rel: path for rel, path in context.items()
                  if rel == source or rel.startswith(source + "/")}
-        assert found, f"COPY {source}: not in the build context (see .dockerignore)"
+        assert found, f"COPY {source}: not in {origin}"
         for rel, path in found.items():
             if rel == source:  # a file: into the folder dest/ or as dest
                 out = target / path.name if dest.endswith("/") else target
@@ -204,23 +228,41 @@ def copy_step(image: Image, args: str, context: dict[str, Path]) -> None:
             shutil.copy2(path, out)
 
 
+def _check_stand_in(base: str) -> None:
+    assert base in BASES, f"no stand-in for the base image {base}: extend BASES"
+    if BASES[base] == "python":
+        assert sys.version_info[:2] == (3, 11), "the stand-in for python:3.11-slim is not 3.11"
+    else:
+        node = shutil.which("node")
+        assert node, "node is missing (make setup-test installs it)"
+        version = subprocess.run([node, "--version"], capture_output=True, text=True,
+                                 timeout=30).stdout
+        assert version.startswith("v20."), f"the stand-in for {base} is node {version}"
+
+
 def build_image(tmp: Path) -> Image:
-    image = Image(tmp / "fs", tmp / "venv")
-    image.fs.mkdir()
-    subprocess.run([sys.executable, "-m", "venv", str(image.venv)], check=True, timeout=120)
+    """Runs every stage; returns the last (the image)."""
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     context = build_context()
-    steps = instructions(DOCKERFILE.read_text())
-    assert steps[0].keyword == "FROM" and re.fullmatch(r"python:3\.11-slim", steps[0].args), \
-        f"the base image changed ({steps[0].args}): check the stand-in Python of this test"
-    assert sys.version_info[:2] == (3, 11), "the stand-in for python:3.11-slim is not 3.11"
-    for step in steps[1:]:
+    stages: dict[str, Image] = {}
+    image: Image | None = None
+    for n, step in enumerate(instructions(DOCKERFILE.read_text())):
+        if step.keyword == "FROM":
+            base, _, name = step.args.partition(" AS ")
+            _check_stand_in(base.strip())
+            image = Image(tmp / f"stage{n}", venv, base.strip())
+            image.fs.mkdir()
+            stages[name.strip() or str(len(stages))] = image
+            continue
+        assert image is not None, "the Dockerfile does not start with FROM"
         if step.keyword == "ENV":
             image.env.update(env_pairs(step.args))
         elif step.keyword == "WORKDIR":
             image.workdir = step.args
             image.inside(step.args).mkdir(parents=True, exist_ok=True)
         elif step.keyword == "COPY":
-            copy_step(image, step.args, context)
+            copy_step(image, step.args, context, stages)
         elif step.keyword == "RUN":
             run_step(image, step.args)
         elif step.keyword == "VOLUME":
@@ -234,6 +276,7 @@ def build_image(tmp: Path) -> Image:
             pass  # nothing to build (USER: see the module doc)
         else:
             pytest.fail(f"{step.keyword} has no stand-in in tests/docker: extend build_image")
+    assert image is not None and image.base == "python:3.11-slim", "the image is not Python's"
     return image
 
 
@@ -252,11 +295,16 @@ def test_build_context_is_small_and_complete() -> None:
     tops = {rel.split("/")[0] for rel in context}
     assert not tops & set(NEVER_IN_CONTEXT), sorted(tops & set(NEVER_IN_CONTEXT))
     assert not any("__pycache__" in rel or rel.endswith(".pyc") for rel in context)
+    # The image builds the viewer itself: no local packages or bundle go with the context.
+    assert not any(rel.startswith(("viewer/node_modules/", "server/viewer_static/"))
+                   for rel in context)
     assert sum(p.stat().st_size for p in context.values()) < 5 << 20
     # Every source file of the packages the image installs is sent.
     tracked = subprocess.run(["git", "ls-files", "server", "codestream", "cache", "jpip",
-                              "client", "filetools"], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, check=True).stdout.split()
+                              "client", "filetools", "viewer/src", "viewer/package.json",
+                              "viewer/package-lock.json", "viewer/build.mjs"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
     assert tracked and not set(tracked) - set(context)
 
 
@@ -282,6 +330,8 @@ def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
     assert {"aiohttp", "numpy", "jpip_server"} <= installed
     assert not installed & {"glymur", "pillow", "tifffile"}, installed
     assert not (site / "bench").exists() and not (site / "tests").exists()
+    # The viewer's bundle, built in its stage, is the server's package data.
+    assert (site / "server" / "viewer_static" / "viewer.js").is_file()
     # The defaults are ENV, not command-line flags: the environment moves them.
     assert image.cmd == ["jpip-server"]
     assert {"JPIP_ROOT", "JPIP_HOST", "JPIP_PORT"} <= set(image.env)
@@ -309,6 +359,9 @@ def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
             assert r.headers["Content-Type"] == "image/jpp-stream"
             items = parse_stream(r.read())
         assert isinstance(items[-1], EndOfResponse) and items[-1].reason == 2
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/viewer?target={SAMPLE}",
+                                    timeout=30) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
         # The root unmounted: the health check fails (503), the server keeps running.
         root.rename(tmp_path / "unmounted")
         check = _health(image, env)

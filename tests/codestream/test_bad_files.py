@@ -11,18 +11,21 @@ import random
 import struct
 import subprocess
 import sys
+import time
 import tracemalloc
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from codestream.boxes import read_layout
+from codestream.boxes import SUPERBOXES, read_layout, walk_boxes
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from codestream.source import build_source
-from tests.conftest import CORPUS, PROJECT_ROOT
+from tests.conftest import CORPUS, PROJECT_ROOT, corpus_files
+from tests.fuzz.targets import measure, target_codestream
 
 SOLO = "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2"  # one tile-part, one PLT
 
@@ -311,7 +314,7 @@ def test_refused_huge_headers_allocate_nothing_proportional() -> None:
 _CHILD = r"""
 import json, resource, sys, time, tracemalloc
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), resource.RLIM_INFINITY))
-from codestream.boxes import read_layout
+from codestream.boxes import SUPERBOXES, read_layout, walk_boxes
 from codestream.errors import CodestreamError
 from codestream.index import index_codestream
 buf = open(sys.argv[1], "rb").read()
@@ -539,3 +542,109 @@ def test_every_error_offset_points_into_the_file() -> None:
     for pos in reg["main"] + reg["tile_header"]:
         for value in (0x00, 0xFF):
             outcome(patched(data, pos, ">B", value))
+
+
+# --------------------------------------------------------------------------- the whole corpus
+# Every corpus file, cut at each box and marker-segment boundary and at seeded random points,
+# and with seeded bit flips in its main and tile-part headers, packet headers and PLT: the
+# file is indexed as build_source indexes it (boxes, every codestream, metadata-bin 0) and
+# either succeeds, with every bin a byte range inside the file and the window planner working
+# on the result, or raises a CodestreamError naming a place in the file; never another
+# exception, never a hang (tests/fuzz/targets.py holds the checks, shared with the fuzzer).
+CUTS_PER_FILE = 40
+FLIPS_PER_REGION = 6
+HEAVY_PACKETS = 10_000  # files with more packets (p1_05: 26,000) get a quarter of the variants
+VARIANT_SECONDS = 2.0  # CPU seconds per corrupt variant, at least (see _variant_limit)
+
+
+def boundaries(data: bytes) -> list[int]:
+    """Offsets where a box, a marker segment, a tile-part header or tile-part data starts or
+    ends, and a byte either side of each."""
+    points: set[int] = set()
+    layout = read_layout(data)
+
+    def boxes_at(start: int, end: int, depth: int) -> None:
+        for box in walk_boxes(data, start, end):
+            points.update((box.offset, box.content_offset, box.end))
+            if box.box_type in SUPERBOXES and depth < 4:
+                boxes_at(box.content_offset, box.end, depth + 1)
+
+    if layout.is_jp2:
+        boxes_at(0, len(data), 0)
+    for off, ln in layout.codestreams:
+        cs = parse_codestream(data, off, ln)
+        points.update((off, off + 2, off + ln))
+        for seg in cs.main.segments:
+            points.update((seg.offset, seg.body_offset, seg.end))
+        for part in cs.tile_parts:
+            points.update((part.sot_offset, part.header_end, part.data_end))
+            for seg in part.header_segments:
+                points.update((seg.offset, seg.body_offset, seg.end))
+    near = {p + d for p in points for d in (-1, 0, 1)}
+    return sorted(p for p in near if 0 < p < len(data))
+
+
+def flip_regions(data: bytes) -> tuple[dict[str, list[int]], int]:
+    """Byte positions of the main headers, tile-part headers, packet headers and PLT bodies;
+    and the number of packets."""
+    out: dict[str, list[int]] = {"main": [], "tile_header": [], "packet_header": [], "plt": []}
+    packets = 0
+    for off, ln in read_layout(data).codestreams:
+        cs = parse_codestream(data, off, ln)
+        out["main"] += range(off, cs.tile_parts[0].sot_offset if cs.tile_parts else off + ln)
+        for part in cs.tile_parts:
+            out["tile_header"] += range(part.sot_offset, part.header_end)
+            for seg in part.header_segments:
+                if seg.code == 0xFF58:
+                    out["plt"] += range(seg.body_offset, seg.end)
+        ix = index_codestream(data, off, ln)
+        pk = ix.packets
+        packets += len(pk["offset"])
+        heads = np.flatnonzero(pk["header_length"] > 0)
+        for k in sample(heads.tolist(), 64, seed=7):
+            start = int(pk["offset"][k])
+            out["packet_header"] += range(start, start + int(pk["header_length"][k]))
+    return out, packets
+
+
+def corrupt_variants(name: str, data: bytes) -> list[tuple[str, bytes]]:
+    seed = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big")
+    rng = random.Random(seed)
+    regions, packets = flip_regions(data)
+    share = 4 if packets > HEAVY_PACKETS else 1
+    cuts = sample(boundaries(data), (CUTS_PER_FILE - 8) // share, seed=seed)
+    cuts += sorted(rng.randrange(1, len(data)) for _ in range(8 // share))
+    out = [(f"cut at {c}", data[:c]) for c in cuts]
+    for region, positions in regions.items():
+        for pos in sample(positions, -(-FLIPS_PER_REGION // share),
+                          seed=seed ^ zlib.crc32(region.encode())):
+            bit = rng.randrange(8)
+            flipped = bytearray(data)
+            flipped[pos] ^= 1 << bit
+            out.append((f"{region} bit {bit} flipped at {pos}", bytes(flipped)))
+    return out
+
+
+def _variant_limit(data: bytes) -> float:
+    """The intact file's own CPU time sets the scale: a corrupt copy may not take much longer
+    (cutting or flipping never buys a file more work than twice what it had, plus 2 s)."""
+    return VARIANT_SECONDS + 2 * measure(target_codestream, data, trace=False).seconds
+
+
+@pytest.mark.parametrize("path", corpus_files(), ids=lambda p: p.name)
+def test_corrupt_corpus_files_index_or_raise_codestream_errors(path) -> None:
+    data = path.read_bytes()
+    limit = _variant_limit(data)
+    variants = corrupt_variants(path.name, data)
+    outcomes = {"indexed": 0, "refused": 0}
+    for what, variant in variants:
+        try:
+            t0 = time.process_time()
+            got = target_codestream(variant)
+            seconds = time.process_time() - t0
+        except Exception as e:  # a CodestreamError too: it was malformed (see the target)
+            raise AssertionError(f"{path.name}, {what}: {type(e).__name__}: {e}") from e
+        assert seconds <= limit, f"{path.name}, {what}: {seconds:.2f} s of CPU"
+        outcomes["refused" if isinstance(got, CodestreamError) else "indexed"] += 1
+    # Cuts inside the first header are always refused; the intact tail of a flip often is not.
+    assert outcomes["refused"] > 0 and sum(outcomes.values()) == len(variants) >= 12, outcomes

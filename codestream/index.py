@@ -231,16 +231,16 @@ class _Builder:
         return cod.layers, cod.mct
 
     def _claim(self, t: int, rows: int) -> None:
-        """Counts the precinct and resolution rows tile t adds, and refuses a header that
-        claims more than the file could hold: every precinct of a complete codestream has at
-        least one packet of at least one byte, so the rows stay below the codestream's length
-        (plus a margin). Memory and time then follow the file, not what its header claims."""
+        """Counts the precinct and resolution rows tile t adds, and refuses (as malformed, not
+        unsupported) a header that claims more than the file could hold: every precinct of a
+        complete codestream has at least one packet of at least one byte, so the rows stay
+        below the codestream's length (plus a margin). Memory and time then follow the file,
+        not what its header claims."""
         self.rows_claimed += rows
         if self.rows_claimed > self.row_budget:
             raise CodestreamError(self.layout.offset, f"the header claims more precincts (over "
                                   f"{self.rows_claimed} by tile {t}) than the codestream's "
-                                  f"{self.layout.end - self.layout.offset} bytes can hold",
-                                  unsupported=True)
+                                  f"{self.layout.end - self.layout.offset} bytes can hold")
 
     def _add_geometry(self, t: int, styles: list[CodingStyle], grids_by_comp) -> None:
         siz = self.siz
@@ -452,15 +452,15 @@ def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
     """Indexes the codestream at buf[offset:offset+length]."""
     layout = parse_codestream(buf, offset, length)
     siz = layout.siz
-    if siz.num_tiles * siz.num_components > 4_000_000:
-        raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
-                              "more than we serve", unsupported=True)
     # Every tile of a complete codestream has a tile-part. A few missing ones (a cut file) are
     # served as empty tiles; a header claiming far more tiles than the file holds is refused
-    # before anything is done per claimed tile.
+    # (as malformed) before anything is done per claimed tile.
     if siz.num_tiles > ABSENT_TILE_FACTOR * len(layout.tiles) + ABSENT_TILE_MARGIN:
         raise CodestreamError(offset, f"SIZ claims {siz.num_tiles} tiles but only "
                               f"{len(layout.tiles)} have tile-parts")
+    if siz.num_tiles * siz.num_components > 4_000_000:
+        raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
+                              "more than we serve", unsupported=True)
     builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt)
     layers, mct = [], []
     for t in range(siz.num_tiles):

@@ -24,6 +24,7 @@ MARKER_NAMES = {SOC: "SOC", SOT: "SOT", SOD: "SOD", EOC: "EOC", SIZ: "SIZ", COD:
 PROGRESSIONS = ("LRCP", "RLCP", "RPCL", "PCRL", "CPRL")
 MAX_COMPONENTS = 16384
 MAX_LEVELS = 32
+MAX_TILES = 65535  # Isot is 16 bits and 65535 is reserved: tiles 0..65534 (T.800 A.4.2)
 
 # Code-block style bits (Table A.19) and the HT flag of ISO 15444-15.
 CBLK_BYPASS, CBLK_RESET, CBLK_TERMALL, CBLK_VCAUSAL, CBLK_PTERM, CBLK_SEGSYM = 1, 2, 4, 8, 16, 32
@@ -230,10 +231,10 @@ def parse_siz(r: Reader, seg: Segment) -> Siz:
             raise CodestreamError(seg.offset, f"SIZ: bit depth {(ssiz & 0x7F) + 1} > 38")
         comps.append(ComponentSize((ssiz & 0x7F) + 1, bool(ssiz & 0x80), dx, dy))
     siz = Siz(rsiz, xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz, tuple(comps))
-    if siz.num_tiles > 1 << 20:
-        raise CodestreamError(seg.offset,
-                              f"SIZ: {siz.num_tiles} tiles is more than we serve (2^20)",
-                              unsupported=True)
+    if siz.num_tiles > MAX_TILES:
+        # Not a feature we lack: SOT could not address the tiles, so the file is malformed.
+        raise CodestreamError(seg.offset, f"SIZ: {siz.num_tiles} tiles, more than SOT can "
+                              f"address ({MAX_TILES}, T.800 A.4.2)")
     return siz
 
 

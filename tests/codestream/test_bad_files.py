@@ -259,9 +259,9 @@ MAX32 = 2**32 - 1
     ("tile grid misses image", dict(xosiz=100, yosiz=100, xtsiz=50, ytsiz=50), "tile grid"),
 ])
 def test_absurd_siz_values(case, values, words) -> None:
+    """Refused as malformed (not as an unsupported feature): no SIZ of a valid file says so."""
     err = expect_error(with_siz(P0_01, **values), 2, words)
-    if "tiles" in case:
-        assert err.unsupported
+    assert not err.unsupported
 
 
 @pytest.mark.parametrize("csiz,ssiz,dx,words", [
@@ -379,11 +379,22 @@ def test_wide_image_decodes_headers_in_memory_bounded_by_the_data(tmp_path) -> N
 
 
 def test_a_million_claimed_tiles_are_refused_at_once(tmp_path) -> None:
-    """p0_01 with Xsiz = Ysiz = 2^20 and 1024 x 1024 tiles: 2^20 tiles (the limit parse_siz
-    accepts), one tile-part present. Refused before any per-tile work (which costs ~150 us a
-    tile): far more tiles are claimed than have tile-parts."""
+    """p0_01 with Xsiz = Ysiz = 2^20 and 1024 x 1024 tiles: 2^20 tiles, more than SOT can
+    address, so the SIZ itself is refused as malformed."""
     data = with_siz(P0_01, xsiz=1 << 20, ysiz=1 << 20, xtsiz=1024, ytsiz=1024)
-    assert_bounded(index_in_child(data, tmp_path, timeout=15), seconds=5)
+    rep = index_in_child(data, tmp_path, timeout=15)
+    assert_bounded(rep, seconds=5)
+    assert "more than SOT can address" in rep["result"], rep
+
+
+def test_the_most_tiles_sot_can_address_claimed_by_one_tile_part(tmp_path) -> None:
+    """p0_01 with 255 x 257 = 65535 tiles of 1 x 1 (the most SIZ may claim), one tile-part
+    present: refused as malformed (far more tiles claimed than have tile-parts) before any
+    per-tile work, which costs ~150 us a tile."""
+    data = with_siz(P0_01, xsiz=255, ysiz=257, xtsiz=1, ytsiz=1)
+    got = expect_error(data, 0, "have tile-parts")
+    assert not got.unsupported
+    assert_bounded(index_in_child(data, tmp_path, timeout=15), seconds=2)
 
 
 # --------------------------------------------------------------------------- PLT

@@ -11,7 +11,7 @@ DEMO_DIR := demo-images
 # like your packages"): those folders are the packages. Only that message is silenced.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
-.PHONY: setup setup-test run test lint bench clean viewer viewer-screenshot
+.PHONY: setup setup-test run test lint bench fuzz clean viewer viewer-screenshot
 
 # The Debian packages come first: a fresh Debian has no python3-venv, so no `-m venv` yet.
 $(BIN)/python:
@@ -64,8 +64,18 @@ test: $(VENV)/.installed-test viewer
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 
+# Coverage-guided fuzzing (atheris) of the codestream indexer, box walker, request and model
+# grammars: FUZZ_SECONDS per target (default 180), findings under fuzz-work/ (tests/fuzz/).
+FUZZ_SECONDS ?= 180
+$(VENV)/.installed-fuzz: pyproject.toml $(VENV)/.installed-test
+	$(PIP_INSTALL) -e '.[test,fuzz]'
+	touch $@
+
+fuzz: $(VENV)/.installed-fuzz
+	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS)
+
 bench: $(VENV)/.installed-test
 	JPIP_SHARED=$(SHARED) $(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache fuzz-work

@@ -12,6 +12,7 @@ arrays, which numpy reports to tracemalloc).
 """
 from __future__ import annotations
 
+import re
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -165,6 +166,9 @@ def target_request(data: bytes) -> None:
         check_request_error(e)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what jpip.request refuses in a decoded value
+
+
 @cache
 def _model_sources():
     """Indexed test files the model target applies parsed descriptors to (3-codestream JPX,
@@ -177,10 +181,14 @@ def _model_sources():
 
 def target_model(data: bytes) -> None:
     """First byte: bit 0 picks tpmodel/tpneed over model/need, bit 1 the field name, bit 2
-    applies a parsed model/need to an indexed file (cache model, need restriction)."""
+    applies a parsed model/need to an indexed file (cache model, need restriction). The rest
+    is the value as the request layer hands it over: %-decoded UTF-8 text without control
+    characters or lone surrogates."""
     if not data:
         return
-    mode, text = data[0], as_text(data[1:])
+    mode, text = data[0], data[1:].decode("utf-8", "replace")
+    if _CONTROL.search(text):
+        return  # the request layer refuses these before any grammar sees them (request target)
     tp = bool(mode & 1)
     field = ("tpneed" if mode & 2 else "tpmodel") if tp else ("need" if mode & 2 else "model")
     try:

@@ -35,7 +35,7 @@ from jpip.window import resolve_window
 MAX_INPUT = 1 << 20          # the limits hold for inputs under 1 MB
 MAX_SECONDS = 1.0            # CPU seconds per input
 MAX_MEMORY = 100 * 10**6     # peak traced bytes per input
-MAX_MESSAGE = 400            # characters of a RequestError message (it quotes client input)
+MAX_MESSAGE = 1000           # characters of a RequestError message: it quotes client input, cut
 REQUEST_STATUSES = {400, 404, 415, 501, 503}
 
 

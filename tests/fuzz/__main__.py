@@ -33,6 +33,7 @@ MAX_LEN = {"codestream": MAX_INPUT - 1, "boxes": 256 * 1024, "request": 16 * 102
 HANG_SECONDS = 20     # libFuzzer's own per-input timeout: a hang ends the process
 RSS_LIMIT_MB = 2048   # libFuzzer's own memory ceiling
 MAX_RESTARTS = 20
+REPLAY_TIMEOUT = 120
 
 
 def _write_seeds(target: str, folder: Path) -> int:
@@ -50,6 +51,18 @@ def _executed(log_path: Path) -> int:
     key = "stat::number_of_executed_units:"
     return sum(int(line.split(":")[-1]) for line in log_path.read_text(errors="replace")
                .splitlines() if line.startswith(key))
+
+
+def _replay(target: str, path: Path, env: dict) -> dict:
+    try:
+        r = subprocess.run([sys.executable, "-m", "tests.fuzz.replay", target, str(path)],
+                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           timeout=REPLAY_TIMEOUT)
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except subprocess.TimeoutExpired:
+        return {"outcome": f"still running after {REPLAY_TIMEOUT} s"}
+    except (ValueError, IndexError):
+        return {"outcome": "replay failed"}
 
 
 def run_target(target: str, seconds: float, work: Path, strict: bool) -> dict:
@@ -96,15 +109,25 @@ def run_target(target: str, seconds: float, work: Path, strict: bool) -> dict:
             m = merged.setdefault(sig, {"count": 0, "size": f["size"], "file": f["file"]})
             m["count"] += f["count"]
             m["size"] = min(m["size"], f["size"])
+    slow_ok = 0
     for art in sorted(set((findings / target).glob("libfuzzer-*")) - artifacts_before):
-        merged[f"libFuzzer-{art.name.split('-')[1]}"] = {"count": 1, "size": art.stat().st_size,
-                                                         "file": str(art)}
+        # libFuzzer's own artifacts: a hang, an out-of-memory, or a "slow unit" (over 10 s
+        # instrumented). Each is replayed in a plain interpreter; a slow unit that is within
+        # the limits there is only instrumentation overhead.
+        kind = art.name.split("-")[1]
+        replayed = _replay(target, art, env)
+        if kind == "slow" and replayed.get("outcome") == "ok":
+            slow_ok += 1
+            art.unlink()
+            continue
+        merged[f"libFuzzer-{kind}"] = {"count": 1, "size": art.stat().st_size, "file": str(art),
+                                       "replayed": replayed}
     return {"target": target, "seconds": round(seconds), "processes": runs, "seeds": nseeds,
             "execs": max(_executed(log_path), sum(s["execs"] for s in stats)),
             "corpus": sum(1 for _ in corpus.iterdir()),
             "slowest_cpu_s": max((s["slowest_cpu_s"] for s in stats), default=0),
             "peak_traced_mb": max((s["peak_traced_mb"] for s in stats), default=0),
-            "findings": merged, "log": str(log_path)}
+            "slow_units_within_limits": slow_ok, "findings": merged, "log": str(log_path)}
 
 
 def main(argv: list[str] | None = None) -> int:

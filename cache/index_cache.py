@@ -13,6 +13,11 @@ then the raw bytes of every numpy array, each aligned to 64 bytes:
 Loading maps the file and hands out the arrays as read-only views of the map (no copy, no
 pickle): the page cache is shared by every worker process that loads the same index. A file
 that is short, fails a CRC or does not decode is treated as missing and removed.
+
+DICOM files (dicom/) open without indexing any frame: the server indexes the frames a request
+names, and a background thread of the cache indexes the others, one frame at a time, then
+persists the whole object (its frame table, and per frame its index or why it failed). A DICOM
+object is written to disk only once complete, so a restart before that indexes afresh.
 """
 from __future__ import annotations
 
@@ -40,6 +45,10 @@ from codestream.boxes import Box, FileLayout
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
 from codestream.source import FileIdentity, Source, build_source, file_identity
+from dicom.errors import DicomError
+from dicom.frames import FrameTable
+from dicom.part10 import is_part10_file
+from dicom.source import DicomSource, open_dicom
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +164,21 @@ def save_index(source: Source, cache_dir: Path) -> Path:
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = _Arrays()
+    dicom = None
+    if isinstance(source, DicomSource):
+        if not source.complete:
+            raise ValueError("a DICOM object is persisted once every frame is indexed")
+        indexes, failures = source.persisted_state()
+        dicom = {"transfer_syntax": source.transfer_syntax,
+                 "runs": arrays.add(source.frames.runs),
+                 "starts": arrays.add(source.frames.starts),
+                 "failures": {str(i): [e.reason, e.status] for i, e in failures.items()}}
+    else:
+        indexes = list(source.codestreams)
     streams = []
-    for ix in source.codestreams:
-        streams.append({f.name: _encode_value(getattr(ix, f.name), arrays)
-                        for f in dataclasses.fields(ix)})
+    for ix in indexes:
+        streams.append(None if ix is None else {f.name: _encode_value(getattr(ix, f.name), arrays)
+                                                for f in dataclasses.fields(ix)})
     header = {
         "version": FORMAT_VERSION,
         "schema": _SCHEMA,
@@ -169,6 +189,8 @@ def save_index(source: Source, cache_dir: Path) -> Path:
         "codestreams": streams,
         "arrays": arrays.table,
     }
+    if dicom is not None:
+        header["dicom"] = dicom
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b"\0" * (-len(head) % _ALIGN)
     entry = entry_path(source.path, cache_dir)
@@ -250,17 +272,93 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
             return None
         layout = _decode_layout(header["layout"])
         meta0 = arrays[header["metadata0"]].tobytes()
-        streams = [CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
+        streams = [None if cs is None else
+                   CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
                    for cs in header["codestreams"]]
+        dicom = header.get("dicom")
+        if dicom is not None:
+            frames = FrameTable(arrays[dicom["runs"]], arrays[dicom["starts"]])
+            failures = {int(i): DicomError(r, int(st)) for i, (r, st) in dicom["failures"].items()}
+            if len(streams) != frames.number_of_frames or any(
+                    (ix is None) != (i in failures) for i, ix in enumerate(streams)):
+                raise ValueError("DICOM entry: frames, indexes and failures disagree")
+        elif any(ix is None for ix in streams):
+            raise ValueError("a codestream without an index")
     except Exception as e:  # any defect of a cache file means "rebuild"
         log.warning("index cache: dropping unreadable entry %s: %s", entry, e)
         _remove(entry)
         return None
     try:
+        if dicom is not None:
+            return DicomSource(path, ident, dicom["transfer_syntax"], frames, indexes=streams,
+                               failures=failures)
         return Source(path, ident, layout, streams, meta0)
     except Exception as e:  # e.g. the file changed between stat and map
         log.info("index cache: cannot open %s from its cached index: %s", path, e)
         return None
+
+
+# --------------------------------------------------------------------------- opening
+def open_source(path: Path, *, use_plt: bool = True) -> Source:
+    """Opens a target from scratch: a DICOM Part 10 file (by its 'DICM' magic, whatever its
+    name) as a lazily indexed DicomSource, anything else as a JPEG 2000 file, indexed whole."""
+    if is_part10_file(path):
+        return open_dicom(path, use_plt=use_plt)
+    return build_source(path, use_plt=use_plt)
+
+
+class _Completer:
+    """One background thread that indexes what lazily indexed sources have left (a DICOM
+    object's other frames), one codestream at a time, then persists each complete source.
+
+    A source is dropped from the work when it leaves the cache or is closed."""
+
+    def __init__(self, cache: IndexCache) -> None:
+        self.cache = cache
+        self._work: list[tuple[str, Source]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def submit(self, key: str, src: Source) -> None:
+        with self._cond:
+            if self._stopping:
+                return
+            self._work.append((key, src))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="jpip-index-completer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._work.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        with self._cond:
+            self._stopping = False
+            self._thread = None
+
+    def _next(self) -> tuple[str, Source] | None:
+        with self._cond:
+            while not self._work and not self._stopping:
+                if not self._cond.wait(timeout=30.0):
+                    return None  # idle: the thread ends; the next submit starts another
+            if self._stopping:
+                return None
+            return self._work.pop(0)
+
+    def _run(self) -> None:
+        while (item := self._next()) is not None:
+            key, src = item
+            try:
+                self.cache.complete(key, src, stop=lambda: self._stopping)
+            except Exception:  # never let one bad file end the thread
+                log.exception("index cache: completing the index of %s failed", key)
 
 
 # --------------------------------------------------------------------------- the cache
@@ -282,7 +380,8 @@ class IndexCache:
     """
 
     def __init__(self, cache_dir: Path | None, max_entries: int = 64,
-                 on_event: EventHook | None = None, *, use_plt: bool = True) -> None:
+                 on_event: EventHook | None = None, *, use_plt: bool = True,
+                 background: bool = True) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -293,6 +392,10 @@ class IndexCache:
         self._lock = threading.Lock()  # guards _entries and _path_locks; never held for I/O
         self._path_locks: dict[str, _PathLock] = {}
         self._pending: dict[str, asyncio.Future[Source]] = {}
+        # Lazily indexed sources are completed by a background thread (False: only on
+        # demand, and by complete()).
+        self.background = background
+        self._completer = _Completer(self)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -332,8 +435,36 @@ class IndexCache:
         self._emit("miss", time.perf_counter() - t0)
         return src
 
+    def complete(self, path: Path | str, src: Source | None = None, *,
+                 stop: Callable[[], bool] = lambda: False) -> Source | None:
+        """Indexes what `path`'s source has left, one codestream at a time (blocking), then
+        persists it; returns the source, or None when it left the cache meanwhile."""
+        key = str(_resolved(path))
+        if src is None:
+            with self._lock:
+                src = self._entries.get(key)
+            if src is None:
+                return None
+        for i in src.unindexed():
+            with self._lock:
+                if self._entries.get(key) is not src:
+                    return None  # evicted or replaced: its work is not needed
+            if stop():
+                return None
+            src.index_codestreams([i])
+            time.sleep(0)  # let request threads have the interpreter between frames
+        with self._lock:
+            current = self._entries.get(key) is src
+        if src.complete and self.cache_dir is not None and current:
+            try:
+                save_index(src, self.cache_dir)
+            except (OSError, TypeError, ValueError) as e:
+                log.warning("index cache: cannot save the index of %s: %s", key, e)
+        return src
+
     def close(self) -> None:
         """Closes every open Source (the cache stays usable: later gets reopen)."""
+        self._completer.stop()
         with self._lock:
             sources = list(self._entries.values())
             self._entries.clear()
@@ -391,14 +522,16 @@ class IndexCache:
                     src = load_index(path, self.cache_dir)
                 if src is None:
                     t0 = time.perf_counter()
-                    src = build_source(path, use_plt=self.use_plt)
+                    src = open_source(path, use_plt=self.use_plt)
                     self._emit("build", time.perf_counter() - t0)
-                    if self.cache_dir is not None:
+                    if self.cache_dir is not None and src.complete:
                         try:
                             save_index(src, self.cache_dir)
                         except (OSError, TypeError) as e:
                             log.warning("index cache: cannot save the index of %s: %s", key, e)
                 self._insert(key, src)
+                if not src.complete and self.background:
+                    self._completer.submit(key, src)
                 return src
         finally:
             with self._lock:

@@ -35,6 +35,11 @@ PRECINCT_FIELDS = ("id", "t", "c", "r", "p", "x0", "y0", "x1", "y1", "gx0", "gy0
                    "pkt_start", "pkt_count", "bin_length")
 PACKET_FIELDS = ("precinct", "layer", "offset", "length", "header_length", "packed_offset",
                  "packed_length", "sop", "bin_end")
+# packed_offset of a packet whose bytes cross a boundary between the file runs that hold a
+# scattered codestream (a DICOM frame split over fragments, see scattered.py): its bytes are the
+# rows of `CodestreamIndex.split_spans` for that packet, its `length` is 0 and its
+# `packed_length` is its whole size (so servers take the assembled path, never one file run).
+SPLIT = -2
 PACKET_DTYPES = {"precinct": np.int32, "layer": np.int32, "offset": np.int64, "length": np.int64,
                  "header_length": np.int32, "packed_offset": np.int64, "packed_length": np.int32,
                  "sop": np.uint8, "bin_end": np.int64}
@@ -62,6 +67,13 @@ class CodestreamIndex:
     cod_scod: int
     tile_data_bytes: int         # bytes of packet data in tile-parts (for accounting)
     padding_bytes: int = 0       # bytes after a tile's last packet (encoder padding)
+    # A codestream whose bytes are not one run of the file (fragments of a DICOM frame):
+    # (n, 2) file offset, length of the runs that hold it, in order; None: the one run
+    # [offset, offset + length). All offsets in the index are file offsets either way.
+    runs: np.ndarray | None = None
+    # (m, 3) packet row, where, length: the pieces of the packets marked SPLIT, in order;
+    # `where` >= 0 is a file offset, < 0 a run of packed_headers starting at -1 - where.
+    split_spans: np.ndarray | None = None
 
     @property
     def num_tiles(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .boxes import FileLayout, read_layout
 from .errors import CodestreamError
-from .index import CodestreamIndex, index_codestream
+from .index import SPLIT, CodestreamIndex, index_codestream
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +79,14 @@ def metadata_bin0(buf, layout: FileLayout) -> bytes:
 
 
 class Source:
-    """An open, indexed file. Close it (or use it as a context manager) to release the map."""
+    """An open, indexed file. Close it (or use it as a context manager) to release the map.
+
+    `codestreams[i]` is the index of the i-th codestream of the file; the JPIP codestream
+    number of it (CSn, `stream=`) is `first_codestream + i`: 0-based for JPEG 2000 files,
+    1-based for DICOM frames (frame N is stream N, PS3.5 8.4.1).
+    """
+
+    first_codestream: int = 0
 
     def __init__(self, path: Path, identity: FileIdentity, layout: FileLayout,
                  codestreams: list[CodestreamIndex], meta0: bytes) -> None:
@@ -119,7 +126,45 @@ class Source:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # --- lazily indexed sources (DICOM multi-frame objects) ------------------------------
+    def unindexed(self, positions: list[int] | None = None) -> list[int]:
+        """Which codestreams (positions in `codestreams`, all when None) are not indexed yet;
+        reading one of them indexes it first. Always none here: a file is indexed whole."""
+        return []
+
+    def index_codestreams(self, positions: list[int]) -> None:
+        """Indexes the given codestreams now (blocking: call it from a worker thread)."""
+
+    @property
+    def complete(self) -> bool:
+        """True once every codestream has been indexed (or has failed to)."""
+        return True
+
     # --- data-bins -------------------------------------------------------------------------
+    def codestream_bytes(self, cs: int) -> bytes:
+        """The whole codestream `cs` (position in `codestreams`) as one bytes object: for
+        tools and tests; serving never copies a codestream."""
+        ix = self.codestreams[cs]
+        if ix.runs is None:
+            return bytes(self.view[ix.offset:ix.offset + ix.length])
+        return b"".join(bytes(self.view[o:o + n]) for o, n in ix.runs.tolist())
+
+    def _split_pieces(self, ix: CodestreamIndex, k: int, a: int, b: int) -> list:
+        """Bytes [a, b) of SPLIT packet k (see CodestreamIndex.split_spans), as buffers."""
+        spans = ix.split_spans
+        lo, hi = np.searchsorted(spans[:, 0], [k, k + 1])
+        out, pos = [], 0
+        for _, where, n in spans[lo:hi].tolist():
+            s, e = max(a, pos), min(b, pos + n)
+            if s < e:
+                if where >= 0:
+                    out.append(self.view[where + s - pos:where + e - pos])
+                else:
+                    start = -1 - where
+                    out.append(ix.packed_headers[start + s - pos:start + e - pos])
+            pos += n
+        return out
+
     def main_header_bin(self, cs: int) -> bytes:
         b = self._main_bins.get(cs)
         if b is None:
@@ -149,6 +194,9 @@ class Source:
         pieces = []
         for k in range(start, start + count):
             po = int(pk["packed_offset"][k])
+            if po == SPLIT:
+                pieces.extend(self._split_pieces(ix, k, 0, int(pk["packed_length"][k])))
+                continue
             if po >= 0:
                 pieces.append(ix.packed_headers[po:po + int(pk["packed_length"][k])])
             off = int(pk["offset"][k])
@@ -174,8 +222,11 @@ class Source:
             hlen = int(pk["packed_length"][kk])
             pkt_start = pkt_end - hlen - int(pk["length"][kk])
             a, b = pos - pkt_start, min(end, pkt_end) - pkt_start
-            if hlen:
-                po = int(pk["packed_offset"][kk])
+            po = int(pk["packed_offset"][kk])
+            if po == SPLIT:
+                out.extend(self._split_pieces(ix, kk, a, b))
+                a = b  # its bytes are all in the pieces
+            elif hlen:
                 if a < hlen:
                     out.append(ix.packed_headers[po + a:po + min(b, hlen)])
                 a, b = max(a, hlen) - hlen, b - hlen

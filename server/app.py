@@ -17,6 +17,7 @@ from aiohttp import web
 
 from server.config import ServerConfig, load_config
 from server.deadline import DEADLINE_KEY
+from server.dicom_http import dicom_json
 from server.errors import ServiceUnavailable, error_middleware
 from server.jpip_handler import handle_jpip, setup_jpip
 from server.logs import ACCESS_LOGGER, AccessLogger
@@ -198,6 +199,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     for path, handler, methods in (
         ("/healthz", healthz, READ_METHODS),
         ("/metrics", metrics_endpoint, READ_METHODS),
+        ("/dicom-json", dicom_json, READ_METHODS),
         (config.jpip_path, jpip_endpoint, JPIP_METHODS),
         ("/", root_or_jpip(jpip_endpoint), JPIP_METHODS),  # without a query: the listing
     ):

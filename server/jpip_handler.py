@@ -29,6 +29,7 @@ from jpip.respond import Chunk, ResponseBuilder
 from jpip.window import resolve_window
 from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
+from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
 from server.targets import resolve_target
 
@@ -182,6 +183,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         path = _resolve(state, name)
 
     source = await state.index_cache.aget(path)
+    await index_requested_frames(source, req)  # a DICOM object's frames, off the event loop
     current_tid = source.identity.target_id
     tid_mismatch = req.tid is not None and req.tid not in ("0", current_tid)
     if req.tid is not None or req.cnew:

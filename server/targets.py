@@ -2,6 +2,10 @@
 
 The target arrives percent-decoded once (by aiohttp for the path form, by the JPIP parser for
 `target=`). It is never decoded again: a '%' left in it is part of a file name.
+
+JPEG 2000 files are served by their suffix. Any other regular file is served when it is a DICOM
+Part 10 file (a 128-byte preamble, then 'DICM'): archives name them `.dcm`, by UID
+(`1.2.840.113619.2.55.3.123`, whose "suffix" is `.123`) or without a suffix at all.
 """
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ import logging
 import os
 import stat
 from pathlib import Path
+
+from dicom.part10 import is_part10_file
 
 log = logging.getLogger("jpip.targets")
 
@@ -30,12 +36,15 @@ def _refuse(target: str, reason: str, status: int = 404) -> TargetError:
 
 
 def resolve_target(root: Path, target: str,
-                   allowed_suffixes: tuple[str, ...] = SERVED_SUFFIXES) -> Path:
+                   allowed_suffixes: tuple[str, ...] = SERVED_SUFFIXES, *,
+                   dicom: bool = True) -> Path:
     """Returns the real path of the regular file `target` names under `root`.
 
     Raises TargetError for anything else. The checks on the name come first, so a hostile name
     never reaches the file system; the real-path check then catches symlinks leaving the root.
-    This does blocking stat() calls; run it in a thread if the root may be slow storage.
+    This does blocking stat() calls (and reads 132 bytes of a file not named as JPEG 2000, to
+    tell whether it is DICOM, unless `dicom` is False); run it in a thread if the root may be
+    slow storage.
     """
     if not isinstance(target, str) or not target:
         raise _refuse(str(target), "empty target")
@@ -51,7 +60,8 @@ def resolve_target(root: Path, target: str,
     if not parts:
         raise _refuse(target, "target names no file")
     allowed = tuple(s.lower() for s in allowed_suffixes)
-    if problem := _suffix_problem(parts[-1], allowed):
+    problem = _suffix_problem(parts[-1], allowed)
+    if problem and not dicom:
         raise _refuse(target, problem, 415)
 
     real_root = os.path.realpath(root)
@@ -66,8 +76,10 @@ def resolve_target(root: Path, target: str,
     if not stat.S_ISREG(st.st_mode):
         raise _refuse(target, "target is not a regular file")
     # A link named .jp2 may point at any other file inside the root: check what it really is.
-    if problem := _suffix_problem(real, allowed):
-        raise _refuse(target, problem, 415)
+    problem = problem or _suffix_problem(real, allowed)
+    if problem and not (dicom and is_part10_file(real)):
+        raise _refuse(target, problem + (" unless they are DICOM Part 10 files" if dicom else ""),
+                      415)
     return Path(real)
 
 

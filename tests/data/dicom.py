@@ -1,0 +1,134 @@
+"""DICOM Part 10 files built at test time from corpus codestreams (pydicom writes the dataset;
+the encapsulated Pixel Data items are laid out here, so fragments can split a frame anywhere).
+
+`build_dicom(path, frames, ...)`: `frames` is a list of frames, each the list of its fragments'
+bytes (one fragment per frame unless a test splits it). Odd fragments get the 00h pad of
+PS3.5 8.2; `table` picks the Basic Offset Table ("bot"), an empty BOT ("none") or the
+Extended Offset Table ("eot").
+"""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from codestream.boxes import read_layout
+from codestream.parse import parse_codestream
+
+JPEG2000_LOSSLESS = "1.2.840.10008.1.2.4.90"
+JPEG2000 = "1.2.840.10008.1.2.4.91"
+HTJ2K_LOSSLESS = "1.2.840.10008.1.2.4.201"
+HTJ2K_RPCL = "1.2.840.10008.1.2.4.202"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+MULTIFRAME_GREY = "1.2.840.10008.5.1.4.1.1.7.3"  # Multi-frame Grayscale Word SC
+
+
+def codestream_of(data: bytes) -> bytes:
+    """The raw codestream of a .j2k or the first jp2c of a .jp2."""
+    off, n = read_layout(data).codestreams[0]
+    return data[off:off + n]
+
+
+def _item(data: bytes) -> bytes:
+    pad = b"\0" if len(data) % 2 else b""
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(data) + len(pad)) + data + pad
+
+
+def encapsulate(frames: list[list[bytes]], table: str = "bot") -> tuple[bytes, bytes | None,
+                                                                         bytes | None]:
+    """(Pixel Data value, Extended Offset Table, its lengths) for frames of fragments."""
+    body = bytearray()
+    offsets, lengths = [], []
+    for fragments in frames:
+        offsets.append(len(body))
+        start = len(body)
+        for frag in fragments:
+            body += _item(frag)
+        lengths.append(len(body) - start - 8 * len(fragments))
+    bot = struct.pack(f"<{len(offsets)}I", *offsets) if table == "bot" else b""
+    value = _item(bot) + bytes(body)
+    if table == "eot":
+        return (value, struct.pack(f"<{len(offsets)}Q", *offsets),
+                struct.pack(f"<{len(lengths)}Q", *lengths))
+    return value, None, None
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    """`data` cut at the given (even) offsets."""
+    edges = [0, *sorted(cuts), len(data)]
+    assert all(c % 2 == 0 for c in cuts), "fragments other than the last must be even"
+    return [data[a:b] for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
+
+def build_dicom(path: Path, frames: list[list[bytes]], *, transfer_syntax: str = JPEG2000,
+                table: str = "bot", extra: dict | None = None) -> Dataset:
+    """Writes a DICOM Part 10 file holding `frames` (each a list of fragment bytes, which
+    joined are a codestream or a JP2 file); returns the dataset written (no pixel data)."""
+    first = b"".join(frames[0])
+    siz = parse_codestream(codestream_of(first), 0, len(codestream_of(first))).siz
+    comp = siz.components[0]
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE if len(frames) == 1 else MULTIFRAME_GREY
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "Test^Frames"
+    ds.PatientID = "JPIP-TEST"
+    ds.Modality = "OT"
+    ds.ImageComments = "built by tests/data/dicom.py"
+    ds.Rows, ds.Columns = siz.height, siz.width
+    ds.SamplesPerPixel = siz.num_components
+    ds.PhotometricInterpretation = "MONOCHROME2" if siz.num_components == 1 else "RGB"
+    if siz.num_components > 1:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if comp.precision <= 8 else 16
+    ds.BitsStored = comp.precision
+    ds.HighBit = comp.precision - 1
+    ds.PixelRepresentation = int(comp.signed)
+    ds.NumberOfFrames = len(frames)
+    ds.RescaleIntercept = "-1024"
+    ds.RescaleSlope = "1"
+    ds.WindowCenter = "40"
+    ds.WindowWidth = "400"
+    ds.PixelSpacing = [0.5, 0.25]
+    if extra:
+        for k, v in extra.items():
+            setattr(ds, k, v)
+    value, eot, eot_lengths = encapsulate(frames, table)
+    if eot is not None:
+        ds.ExtendedOffsetTable = eot
+        ds.ExtendedOffsetTableLengths = eot_lengths
+    ds.PixelData = value
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    out = ds.copy()
+    del out.PixelData
+    return out
+
+
+def build_uncompressed(path: Path, frames: int = 2) -> None:
+    """A small uncompressed (Explicit VR Little Endian) multi-frame object."""
+    ds = Dataset()
+    ds.SOPClassUID = MULTIFRAME_GREY
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = 8, 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.arange(64 * frames, dtype="<u2").tobytes()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)

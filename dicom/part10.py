@@ -151,7 +151,7 @@ def read_header(path: str | Path) -> DicomHeader:
         head = f.read(12)
     frames = number_of_frames(ds)
     if len(head) < 12:
-        raise DicomError("no Pixel Data: the dataset ends before (7FE0,0010)")
+        raise DicomError("no Pixel Data: the dataset ends before (7FE0,0010) (truncated?)")
     group, element = struct.unpack_from("<HH", head)
     tag = group << 16 | element
     if tag != PIXEL_DATA:

@@ -54,7 +54,8 @@ class _JsonCache:
         return body, etag
 
 
-JSON_CACHE_KEY = web.AppKey("dicom_json_cache", _JsonCache)
+# One per process: keyed by file identity, it is right for every app that serves the file.
+_JSON_CACHE = _JsonCache()
 
 
 def _dicom_path(root: Path, target: str) -> Path:
@@ -76,11 +77,8 @@ async def dicom_json(request: web.Request) -> web.Response:
     if not target:
         raise RequestError("target", "give the DICOM file as target=NAME")
     root = request.app[STATE_KEY].root
-    cache = request.app.get(JSON_CACHE_KEY)
-    if cache is None:
-        cache = request.app[JSON_CACHE_KEY] = _JsonCache()
     path = await asyncio.to_thread(_dicom_path, root, target)
-    body, etag = await asyncio.to_thread(cache.body, path)
+    body, etag = await asyncio.to_thread(_JSON_CACHE.body, path)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if request.headers.get("If-None-Match") == etag:
         return web.Response(status=304, headers=headers)

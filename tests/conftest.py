@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.data.generate import CORPUS, INTEROP, ensure_generated
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -20,3 +22,13 @@ def pytest_configure(config) -> None:
 def corpus_files() -> list[Path]:
     """Every JPEG 2000 file of the test corpus (all decode with OpenJPEG)."""
     return sorted(p for p in CORPUS.iterdir() if p.suffix.lower() in CORPUS_SUFFIXES)
+
+
+@pytest.fixture(scope="session")
+def dicom_root(tmp_path_factory):
+    """DICOM objects built once per run from corpus codestreams (tests/dicom/cases.py):
+    (folder, {name: case})."""
+    from tests.dicom.cases import build_all
+
+    folder = tmp_path_factory.mktemp("dicom")
+    return folder, build_all(folder)

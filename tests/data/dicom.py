@@ -132,3 +132,37 @@ def build_uncompressed(path: Path, frames: int = 2) -> None:
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     ds.save_as(path, enforce_file_format=True)
+
+
+def build_jpip_referenced(path: Path, url: str, transfer_syntax: str = "1.2.840.10008.1.2.4.94"
+                          ) -> None:
+    """A JPIP-referenced object: no Pixel Data, a Pixel Data Provider URL (0028,7FE0)."""
+    ds = Dataset()
+    ds.SOPClassUID = SECONDARY_CAPTURE
+    ds.SOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns = 512, 512
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PixelDataProviderURL = url
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+
+
+def pixel_items_offset(data: bytes) -> int:
+    """Offset of the first item (the Basic Offset Table) of the encapsulated Pixel Data."""
+    at = data.rindex(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff")
+    return at + 12
+
+
+def build_explicit_length(path: Path, codestream: bytes) -> None:
+    """Pixel Data with a defined length under a JPEG 2000 syntax (not encapsulated)."""
+    build_dicom(path, [[codestream]])
+    data = bytearray(path.read_bytes())
+    at = pixel_items_offset(bytes(data)) - 4
+    data[at:at + 4] = struct.pack("<I", len(data) - at - 4)
+    path.write_bytes(bytes(data))

@@ -35,8 +35,8 @@ def _drop_bulk(ds: Dataset, depth: int = 0) -> None:
 
 def dataset_json(ds: Dataset) -> dict:
     """The PS3.18 JSON object of a dataset read by part10.read_dataset (no pixel data)."""
-    _drop_bulk(ds)
     try:
+        _drop_bulk(ds)
         return ds.to_json_dict(bulk_data_threshold=INLINE_LIMIT)
     except Exception as e:  # a value pydicom cannot convert: the file's fault
         raise DicomError(f"cannot write the dataset as DICOM JSON: {type(e).__name__}: {e}"

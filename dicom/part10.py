@@ -45,6 +45,7 @@ PIXEL_DATA = 0x7FE00010
 EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 PIXEL_DATA_PROVIDER_URL = 0x00287FE0
+NUMBER_OF_FRAMES = 0x00280008
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # Values larger than this are not read while parsing the dataset (they are not needed to serve;
 # the DICOM JSON leaves them out as bulk data).
@@ -113,8 +114,9 @@ def check_transfer_syntax(uid: str, dataset: Dataset | None = None) -> None:
                          f"this server does not serve; {PREPARE_HINT}", NOT_SERVED)
     if uid in JPIP_REFERENCED_SYNTAXES:
         url = ""
-        if dataset is not None and PIXEL_DATA_PROVIDER_URL in dataset:
-            url = f": its Pixel Data Provider URL is {dataset[PIXEL_DATA_PROVIDER_URL].value}"
+        value = _value(dataset, PIXEL_DATA_PROVIDER_URL, quiet=True) if dataset else None
+        if value:
+            url = f": its Pixel Data Provider URL is {value}"
         raise DicomError(f"transfer syntax {syntax_name(uid)}: a JPIP-referenced object holds "
                          f"no pixel data to serve{url}", NOT_SERVED)
     raise DicomError(f"transfer syntax {syntax_name(uid)} is not JPEG 2000 or HTJ2K; "
@@ -171,10 +173,22 @@ def read_header(path: str | Path) -> DicomHeader:
     return DicomHeader(ds, uid, frames, pos, pos + 12, eot, eot_lengths)
 
 
+def _value(ds: Dataset, tag: int, *, quiet: bool = False):
+    """An element's value, or None when absent. pydicom converts values when they are first
+    read, so a damaged element fails here: DicomError (None when `quiet`)."""
+    try:
+        return ds[tag].value if tag in ds else None
+    except Exception as e:  # any conversion failure is the file's fault
+        if quiet:
+            return None
+        raise DicomError(f"cannot read ({tag >> 16:04X},{tag & 0xFFFF:04X}): "
+                         f"{type(e).__name__}: {e}") from None
+
+
 def number_of_frames(ds: Dataset) -> int:
-    if "NumberOfFrames" not in ds:
+    value = _value(ds, NUMBER_OF_FRAMES)
+    if value is None:
         return 1
-    value = ds["NumberOfFrames"].value
     try:
         n = int(value) if value not in (None, "") else 1
     except (TypeError, ValueError):
@@ -185,9 +199,7 @@ def number_of_frames(ds: Dataset) -> int:
 
 
 def _uint64s(ds: Dataset, tag: int) -> np.ndarray | None:
-    if tag not in ds:
-        return None
-    value = ds[tag].value
+    value = _value(ds, tag)
     if value is None or len(value) == 0:
         return None
     if len(value) % 8:

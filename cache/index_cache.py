@@ -17,7 +17,11 @@ that is short, fails a CRC or does not decode is treated as missing and removed.
 DICOM files (dicom/) open without indexing any frame: the server indexes the frames a request
 names, and a background thread of the cache indexes the others, one frame at a time, then
 persists the whole object (its frame table, and per frame its index or why it failed). A DICOM
-object is written to disk only once complete, so a restart before that indexes afresh.
+object is written to disk only once complete, so a restart before that indexes afresh. Its
+frames are stored packed, so an entry holds a few dozen arrays whatever its frame count: each
+array of the frames' indexes is concatenated over the frames, with each frame's row bounds
+("groups"), and the scalars of each frame are in the JSON header. A frame's index is made of
+views of those arrays when it is first read.
 """
 from __future__ import annotations
 
@@ -149,6 +153,137 @@ def _decode_layout(d: dict[str, Any]) -> FileLayout:
     return FileLayout(bool(d["is_jp2"]), boxes, streams, bytes.fromhex(d["brand"]))
 
 
+def _pack_group(parts: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Arrays of the frames (None: absent) as (concatenated rows, row bounds, present mask)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return np.zeros(0, np.uint8), np.zeros(len(parts) + 1, np.int64), np.zeros(len(parts),
+                                                                                  np.uint8)
+    tail = present[0].shape[1:]
+    if any(p.shape[1:] != tail for p in present):
+        raise TypeError("frames disagree on an array's row shape")
+    dtype = np.result_type(*present)
+    bounds = np.zeros(len(parts) + 1, np.int64)
+    np.cumsum([0 if p is None else len(p) for p in parts], out=bounds[1:])
+    data = np.concatenate([p.astype(dtype, copy=False) for p in present])
+    return data, bounds, np.asarray([p is not None for p in parts], np.uint8)
+
+
+def _pack_frames(indexes: list[CodestreamIndex | None], arrays: _Arrays) -> dict[str, Any]:
+    """The frames' indexes (None: a failed frame) packed column by column: per array field
+    (and dict member, and bytes) one concatenated array with per-frame row bounds; int fields
+    as one int64 array; other scalars (SIZ, strings, tuples, None) as a table of the distinct
+    values and a per-frame index into it."""
+    ok = [ix is not None for ix in indexes]
+    columns: dict[str, Any] = {}
+
+    def group(parts) -> list[int]:
+        data, bounds, present = _pack_group(parts)
+        return [arrays.add(data), arrays.add(bounds), arrays.add(present)]
+
+    for f in dataclasses.fields(CodestreamIndex):
+        values = [getattr(ix, f.name) if ix is not None else None for ix in indexes]
+        live = [v for v, o in zip(values, ok, strict=True) if o]
+        if any(isinstance(v, np.ndarray) for v in live):
+            columns[f.name] = {"g": group([None if v is None else np.asarray(v)
+                                           for v in values])}
+        elif any(isinstance(v, bytes | bytearray | memoryview) for v in live):
+            columns[f.name] = {"gb": group([None if v is None else np.frombuffer(bytes(v),
+                                                                                 np.uint8)
+                                            for v in values])}
+        elif any(isinstance(v, dict) for v in live):
+            keys = [str(k) for k in live[0]]
+            if any([str(k) for k in v] != keys for v in live):
+                raise TypeError(f"{f.name}: frames disagree on its members")
+            columns[f.name] = {"gd": {k: group([None if v is None else np.asarray(v[k])
+                                                for v in values]) for k in keys}}
+        elif all(type(v) is int for v in live):
+            columns[f.name] = {"int": arrays.add(np.asarray([v or 0 for v in values],
+                                                            np.int64))}
+        else:
+            table: list[Any] = []
+            seen: dict[str, int] = {}
+            where = []
+            for v in values:
+                enc = _encode_value(v, arrays)
+                key = json.dumps(enc, sort_keys=True)
+                if key not in seen:
+                    seen[key] = len(table)
+                    table.append(enc)
+                where.append(seen[key])
+            columns[f.name] = {"table": [table, arrays.add(np.asarray(where, np.int32))]}
+    return {"ok": arrays.add(np.asarray(ok, np.uint8)), "columns": columns}
+
+
+class _FrameStore:
+    """The frames of a DICOM entry, checked when loaded; frame i's index (views of the
+    entry's arrays) is made when asked for."""
+
+    def __init__(self, spec: dict[str, Any], arrays: list[np.ndarray], count: int) -> None:
+        self.ok = arrays[spec["ok"]]
+        if len(self.ok) != count:
+            raise ValueError("DICOM entry: the frame count differs from the frame table")
+        columns = spec["columns"]
+        if set(columns) != set(_SCHEMA):
+            raise ValueError("DICOM entry: its columns are not CodestreamIndex's fields")
+        self.columns: dict[str, tuple[str, Any]] = {}
+        for name, col in columns.items():
+            [(kind, val)] = col.items()
+            if kind in ("g", "gb"):
+                self.columns[name] = (kind, self._group(arrays, val, count))
+            elif kind == "gd":
+                self.columns[name] = (kind, {k: self._group(arrays, g, count)
+                                             for k, g in val.items()})
+            elif kind == "int":
+                ints = arrays[val]
+                if len(ints) != count:
+                    raise ValueError(f"DICOM entry: {name} has a wrong length")
+                self.columns[name] = (kind, ints)
+            elif kind == "table":
+                table = [_decode_value(v, arrays) for v in val[0]]
+                where = arrays[val[1]]
+                if len(where) != count or (len(where) and (where.min() < 0
+                                                           or where.max() >= len(table))):
+                    raise ValueError(f"DICOM entry: {name} has a bad table index")
+                self.columns[name] = (kind, (table, where))
+            else:
+                raise ValueError(f"DICOM entry: unknown column kind {kind!r}")
+
+    @staticmethod
+    def _group(arrays: list[np.ndarray], ids: list[int], count: int):
+        data, bounds, present = (arrays[i] for i in ids)
+        if (len(bounds) != count + 1 or len(present) != count or bounds[0] != 0
+                or bounds[-1] != len(data) or (np.diff(bounds) < 0).any()):
+            raise ValueError("DICOM entry: group bounds do not fit their data")
+        return data, bounds, present
+
+    def has(self, i: int) -> bool:
+        return bool(self.ok[i])
+
+    def __call__(self, i: int) -> CodestreamIndex | None:
+        if not self.ok[i]:
+            return None
+
+        def rows(g):
+            data, bounds, present = g
+            return data[int(bounds[i]):int(bounds[i + 1])] if present[i] else None
+
+        kw: dict[str, Any] = {}
+        for name, (kind, val) in self.columns.items():
+            if kind == "g":
+                kw[name] = rows(val)
+            elif kind == "gb":
+                kw[name] = rows(val).tobytes()
+            elif kind == "gd":
+                kw[name] = {k: rows(g) for k, g in val.items()}
+            elif kind == "int":
+                kw[name] = int(val[i])
+            else:
+                table, where = val
+                kw[name] = table[int(where[i])]
+        return CodestreamIndex(**kw)
+
+
 def _identity_dict(ident: FileIdentity) -> dict[str, Any]:
     return dataclasses.asdict(ident)
 
@@ -172,13 +307,15 @@ def save_index(source: Source, cache_dir: Path) -> Path:
         dicom = {"transfer_syntax": source.transfer_syntax,
                  "runs": arrays.add(source.frames.runs),
                  "starts": arrays.add(source.frames.starts),
-                 "failures": {str(i): [e.reason, e.status] for i, e in failures.items()}}
+                 "failures": {str(i): [e.reason, e.status] for i, e in failures.items()},
+                 "frames": _pack_frames(indexes, arrays)}
+        indexes = []
     else:
         indexes = list(source.codestreams)
     streams = []
     for ix in indexes:
-        streams.append(None if ix is None else {f.name: _encode_value(getattr(ix, f.name), arrays)
-                                                for f in dataclasses.fields(ix)})
+        streams.append({f.name: _encode_value(getattr(ix, f.name), arrays)
+                        for f in dataclasses.fields(ix)})
     header = {
         "version": FORMAT_VERSION,
         "schema": _SCHEMA,
@@ -272,25 +409,22 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
             return None
         layout = _decode_layout(header["layout"])
         meta0 = arrays[header["metadata0"]].tobytes()
-        streams = [None if cs is None else
-                   CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
+        streams = [CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
                    for cs in header["codestreams"]]
         dicom = header.get("dicom")
         if dicom is not None:
             frames = FrameTable(arrays[dicom["runs"]], arrays[dicom["starts"]])
             failures = {int(i): DicomError(r, int(st)) for i, (r, st) in dicom["failures"].items()}
-            if len(streams) != frames.number_of_frames or any(
-                    (ix is None) != (i in failures) for i, ix in enumerate(streams)):
+            stored = _FrameStore(dicom["frames"], arrays, frames.number_of_frames)
+            if any(stored.has(i) == (i in failures) for i in range(frames.number_of_frames)):
                 raise ValueError("DICOM entry: frames, indexes and failures disagree")
-        elif any(ix is None for ix in streams):
-            raise ValueError("a codestream without an index")
     except Exception as e:  # any defect of a cache file means "rebuild"
         log.warning("index cache: dropping unreadable entry %s: %s", entry, e)
         _remove(entry)
         return None
     try:
         if dicom is not None:
-            return DicomSource(path, ident, dicom["transfer_syntax"], frames, indexes=streams,
+            return DicomSource(path, ident, dicom["transfer_syntax"], frames, stored=stored,
                                failures=failures)
         return Source(path, ident, layout, streams, meta0)
     except Exception as e:  # e.g. the file changed between stat and map

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import mmap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from codestream.boxes import FileLayout
@@ -57,7 +57,8 @@ class DicomSource(Source):
     first_codestream = 1
 
     def __init__(self, path: Path, identity: FileIdentity, transfer_syntax: str,
-                 frames: FrameTable, *, indexes: list[CodestreamIndex | None] | None = None,
+                 frames: FrameTable, *,
+                 stored: Callable[[int], CodestreamIndex | None] | None = None,
                  failures: dict[int, DicomError] | None = None, use_plt: bool = True) -> None:
         self._lock = threading.Lock()  # one frame indexed at a time per file
         super().__init__(path, identity, DICOM_LAYOUT, [], b"")
@@ -65,8 +66,9 @@ class DicomSource(Source):
         self.transfer_syntax = transfer_syntax
         self.frames = frames
         self.use_plt = use_plt
-        n = frames.number_of_frames
-        self._indexes: list[CodestreamIndex | None] = list(indexes) if indexes else [None] * n
+        # Indexes built (or read from `stored`, the index cache's copy of a complete object).
+        self._indexes: list[CodestreamIndex | None] = [None] * frames.number_of_frames
+        self._stored = stored
         self._failures: dict[int, DicomError] = dict(failures or {})
         self.codestreams = FrameIndexes(self)  # type: ignore[assignment]
 
@@ -84,6 +86,11 @@ class DicomSource(Source):
         failure = self._failures.get(i)
         if failure is not None:
             raise DicomError(failure.reason, failure.status)
+        if self._stored is not None:
+            ix = self._stored(i)
+            if ix is not None:
+                self._indexes[i] = ix
+                return ix
         with self._lock:
             ix = self._indexes[i]
             if ix is None:
@@ -107,6 +114,8 @@ class DicomSource(Source):
         return ix
 
     def unindexed(self, positions: list[int] | None = None) -> list[int]:
+        if self._stored is not None:
+            return []  # every frame is in the stored copy (or failed)
         pick = range(len(self._indexes)) if positions is None else positions
         return [i for i in pick if self._indexes[i] is None and i not in self._failures]
 
@@ -128,7 +137,9 @@ class DicomSource(Source):
 
     def persisted_state(self) -> tuple[list[CodestreamIndex | None], dict[int, DicomError]]:
         """The frames' indexes (None where a frame failed) and failures, for the disk cache."""
-        return list(self._indexes), dict(self._failures)
+        indexes = [None if i in self._failures else self.frame_index(i)
+                   for i in range(len(self._indexes))]
+        return indexes, dict(self._failures)
 
 
 def open_dicom(path: Path | str, *, use_plt: bool = True) -> DicomSource:

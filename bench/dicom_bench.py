@@ -15,7 +15,8 @@ Per object, in this process: open (dataset + item table, no frame indexed), fram
 of the file (crc32 through a memory map, page cache warm). Memory: the index arrays held for
 all frames, the file size, and the peak of Python allocations (tracemalloc) while indexing all
 frames, which shows that no frame data is kept (at most one frame is copied, transiently, for
-split frames).
+split frames). Last, the complete object is saved to an index cache entry and reloaded (the
+time to load it and read the last frame's index).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cache.index_cache import load_index, save_index
 from dicom.source import open_dicom
 from tests.conftest import CORPUS
 from tests.data.dicom import build_dicom, split_at
@@ -67,6 +69,14 @@ def measure(path: Path) -> dict:
     held = sum(_index_bytes(ix) for ix in src.codestreams)
     splits = sum(0 if ix.split_spans is None else len(np.unique(ix.split_spans[:, 0]))
                  for ix in src.codestreams)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        entry = save_index(src, Path(cache_dir))
+        t0 = time.perf_counter()
+        loaded = load_index(path, Path(cache_dir))
+        loaded.codestreams[len(loaded.codestreams) - 1]
+        t_reload = time.perf_counter() - t0
+        entry_size = entry.stat().st_size
+        loaded.close()
     src.close()
     # Again under tracemalloc (which slows allocation down: not timed).
     with open_dicom(path) as again:
@@ -76,7 +86,8 @@ def measure(path: Path) -> dict:
         tracemalloc.stop()
     out = {"file": path.stat().st_size, "frames": len(again.codestreams),
            "fragments": len(again.frames.runs), "read": read, "open": t_open, "first": t_first,
-           "all": t_all, "held": held, "peak": peak, "split_packets": splits}
+           "all": t_all, "held": held, "peak": peak, "split_packets": splits,
+           "reload": t_reload, "entry": entry_size}
     return out
 
 
@@ -98,13 +109,13 @@ def main(argv: list[str]) -> int:
         print(f"{args.frames} frames of {args.codestream.name} ({len(data)} bytes each)")
         print(f"{'object':8} {'file MB':>8} {'frags':>6} {'read ms':>8} {'open ms':>8} "
               f"{'frame1 ms':>9} {'all ms':>8} {'all/read':>8} {'index MB':>9} "
-              f"{'py peak MB':>10} {'split pk':>8}")
+              f"{'py peak MB':>10} {'split pk':>8} {'entry MB':>8} {'reload ms':>9}")
         for name, path in (("whole", whole), ("split", split)):
             m = measure(path)
             print(f"{name:8} {m['file'] / 1e6:8.1f} {m['fragments']:6d} {m['read'] * 1e3:8.1f} "
                   f"{m['open'] * 1e3:8.1f} {m['first'] * 1e3:9.1f} {m['all'] * 1e3:8.0f} "
                   f"{m['all'] / m['read']:8.1f} {m['held'] / 1e6:9.2f} {m['peak'] / 1e6:10.2f} "
-                  f"{m['split_packets']:8d}")
+                  f"{m['split_packets']:8d} {m['entry'] / 1e6:8.2f} {m['reload'] * 1e3:9.1f}")
     return 0
 
 

@@ -165,3 +165,15 @@ def test_a_frame_that_is_not_jpeg2000(tmp_path) -> None:
     with open_dicom(path) as src, pytest.raises(DicomError, match="neither a JPEG 2000") as info:
         src.codestreams[1]
     assert info.value.status == 422
+
+
+def test_a_large_extended_offset_table_is_read_deferred(tmp_path, caplog) -> None:
+    """9000 frames: the EOT (72 kB) is over the size pydicom defers; it is read when used."""
+    small = (CORPUS / "p0_12.j2k").read_bytes()
+    path = tmp_path / "many.dcm"
+    build_dicom(path, [[small]] * 9000, table="eot")
+    h = read_header(path)
+    assert len(h.extended_offsets) == 9000 and h.extended_offsets[-1] == 8999 * 294
+    with open_dicom(path) as src:
+        assert len(src.codestreams) == 9000 and src.codestreams[8999].siz.width == 3
+    assert "ignored" not in caplog.text and "instead" not in caplog.text

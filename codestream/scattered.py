@@ -94,8 +94,9 @@ def _split_ranges(runs: np.ndarray, vstart: np.ndarray, off: int, n: int) -> lis
     while off < end:
         run_end = int(vstart[k] + runs[k, 1])
         take = min(run_end, end) - off
-        out.append((int(runs[k, 0] + off - vstart[k]), take))
-        off += take
+        if take > 0:  # (an empty run holds nothing)
+            out.append((int(runs[k, 0] + off - vstart[k]), take))
+            off += take
         k += 1
     return out
 

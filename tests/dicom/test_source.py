@@ -112,3 +112,20 @@ def test_frames_are_indexed_lazily_one_at_a_time(dicom_root) -> None:
         assert len(list(src.codestreams)) == 3
         with pytest.raises(IndexError):
             src.codestreams[3]
+
+
+def test_an_empty_fragment_inside_a_frame(tmp_path) -> None:
+    from tests.conftest import CORPUS
+    from tests.data.dicom import build_dicom
+
+    data = (CORPUS / "p0_10.j2k").read_bytes()
+    path = tmp_path / "empty.dcm"
+    build_dicom(path, [[data[:300], b"", data[300:1000], b"", data[1000:]]], table="none")
+    with open_dicom(path) as src, _plain_index(src, 0) as ref:
+        assert src.frames.fragments_per_frame().tolist() == [5]
+        assert src.codestream_bytes(0) == data  # odd: padded in the file, the pad dropped
+        ix = src.codestreams[0]
+        assert (ix.main_header_ranges[:, 1] > 0).all() and (ix.tile_header_ranges[:, 2] > 0).all()
+        assert src.main_header_bin(0) == ref.main_header_bin(0)
+        for row in range(len(ix.precincts["id"])):
+            assert src.precinct_bin(0, row) == ref.precinct_bin(0, row)

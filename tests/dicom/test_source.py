@@ -120,7 +120,7 @@ def test_an_empty_fragment_inside_a_frame(tmp_path) -> None:
 
     data = (CORPUS / "p0_10.j2k").read_bytes()
     path = tmp_path / "empty.dcm"
-    build_dicom(path, [[data[:300], b"", data[300:1000], b"", data[1000:]]], table="none")
+    build_dicom(path, [[data[:10], b"", data[10:1000], b"", data[1000:]]], table="none")  # in SIZ
     with open_dicom(path) as src, _plain_index(src, 0) as ref:
         assert src.frames.fragments_per_frame().tolist() == [5]
         assert src.codestream_bytes(0) == data  # odd: padded in the file, the pad dropped

@@ -44,7 +44,7 @@ def dataset_json(ds: Dataset) -> dict:
 
 
 def file_json(path: str | Path) -> bytes:
-    """The metadata response for one DICOM file: a JSON array holding its dataset (the form of a
-    DICOMweb metadata response), UTF-8."""
-    body = [dataset_json(read_dataset(path))]
+    """The DICOM JSON object of one DICOM file's dataset, UTF-8. (A DICOMweb metadata
+    response would wrap it in an array; the viewer reads the object.)"""
+    body = dataset_json(read_dataset(path))
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()

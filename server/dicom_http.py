@@ -1,7 +1,7 @@
 """`GET /dicom-json?target=NAME`: the dataset of a DICOM file under the root as DICOM JSON.
 
-PS3.18 Annex F, `application/dicom+json`: an array holding the one dataset, as a DICOMweb
-metadata response, without the pixel data and other bulk data (dicom/json_model.py). 404 for a
+PS3.18 Annex F, `application/dicom+json`: the dataset's JSON object (tag keys, {"vr", "Value"}
+values), without the pixel data and other bulk data (dicom/json_model.py). 404 for a
 target that is not a DICOM file, 422 for one pydicom cannot read. Viewers read window/level,
 rescale, pixel spacing and the frame count from it. Works for any DICOM file under the root,
 whatever its transfer syntax (its frames are served over JPIP only under JPEG 2000 / HTJ2K).

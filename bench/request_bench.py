@@ -1,0 +1,174 @@
+"""In-process cost of one request, per workload: `python -m bench request [--requests N]`.
+
+One event loop runs the server app (aiohttp's test server on loopback) and a client that sends
+the requests one after another on a keep-alive connection. Beside it, in the same run, a bare
+aiohttp handler answers the same request sequence with bodies of the same sizes; the difference
+is what the JPIP server itself costs per request (parsing, target, session, plan, model,
+messages, logging, metrics). Workloads, on the 4096^2 RGB interoperability image:
+
+- `fresh`: a 512^2 region at full resolution, stateless, at a new place on every request
+  (never answered from the response cache);
+- `pan`: a session (cnew), then a 512^2 window panned by 128 px on every request;
+- `repeat`: a session asking again for a window it holds (the answer is the EOR alone).
+
+Figures are medians of `--rounds` rounds of `--requests` requests, in microseconds per request.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.app import create_app
+from server.config import ServerConfig
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_ROOT = HERE.parent / "tests" / "data" / "interop"
+IMAGE = "rgb4096.jp2"
+SIZE = 4096
+WINDOW = 512
+STEP = 128
+
+
+def fresh_queries(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        x, y = rng.randrange(0, SIZE - WINDOW), rng.randrange(0, SIZE - WINDOW)
+        out.append(f"target={IMAGE}&fsiz={SIZE},{SIZE}&roff={x},{y}&rsiz={WINDOW},{WINDOW}"
+                   "&type=jpp-stream")
+    return out
+
+
+def pan_offsets(n: int) -> list[tuple[int, int]]:
+    """A boustrophedon walk of 128 px steps over the image, `n` steps long."""
+    per_row = (SIZE - WINDOW) // STEP
+    out = []
+    for i in range(n):
+        row, k = divmod(i, per_row)
+        x = k * STEP if row % 2 == 0 else (per_row - k) * STEP
+        out.append((x, (row * STEP) % (SIZE - WINDOW)))
+    return out
+
+
+async def _bare_server(sizes: list[int]) -> TestServer:
+    """Answers the i-th request with sizes[i] bytes, streamed like the JPIP server."""
+    bodies = {n: b"\0" * n for n in set(sizes)}
+    counter = iter(range(1 << 62))
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = bodies[sizes[next(counter) % len(sizes)]]
+        resp = web.StreamResponse(headers={"Content-Type": "image/jpp-stream",
+                                           "Cache-Control": "no-cache"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(body)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    server = TestServer(app)
+    await server.start_server()
+    return server
+
+
+async def _run(http: aiohttp.ClientSession, urls: list[str]) -> tuple[float, list[int]]:
+    sizes = []
+    t0 = time.perf_counter()
+    for url in urls:
+        async with http.get(url) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"{url}: {r.status} {body[:200]!r}")
+            sizes.append(len(body))
+    return (time.perf_counter() - t0) / len(urls), sizes
+
+
+async def _workload(name: str, base: str, http: aiohttp.ClientSession, n: int,
+                    round_no: int) -> list[str]:
+    if name == "fresh":
+        return [f"{base}/jpip?{q}" for q in fresh_queries(n, seed=round_no)]
+    # A new session per round, opened outside the timed requests.
+    async with http.get(f"{base}/jpip?target={IMAGE}&cnew=http&tid=0&fsiz=64,64"
+                        "&type=jpp-stream") as r:
+        await r.read()
+        cid = dict(kv.split("=", 1) for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+    win = f"fsiz={SIZE},{SIZE}&rsiz={WINDOW},{WINDOW}&type=jpp-stream"
+    if name == "pan":
+        return [f"{base}/jpip?cid={cid}&{win}&roff={x},{y}" for x, y in pan_offsets(n)]
+    url = f"{base}/jpip?cid={cid}&{win}&roff=1024,1024"
+    async with http.get(url) as r:  # fills the session: every timed answer is the EOR alone
+        await r.read()
+    return [url] * n
+
+
+async def bench(root: Path, requests: int, rounds: int) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ServerConfig(root=root, index_cache_dir=Path(tmp) / "ix", port=0,
+                              max_sessions=100000)
+        server = TestServer(create_app(config))
+        await server.start_server()
+        base = str(server.make_url("")).rstrip("/")
+        try:
+            async with aiohttp.ClientSession() as http:
+                await _run(http, [f"{base}/jpip?target={IMAGE}&fsiz=64,64"])  # index built
+                for name in ("fresh", "pan", "repeat"):
+                    ours, bare = [], []
+                    avg_bytes = 0.0
+                    for round_no in range(rounds):
+                        urls = await _workload(name, base, http, requests, round_no)
+                        gc.collect()
+                        per, sizes = await _run(http, urls)
+                        ours.append(per)
+                        avg_bytes = statistics.fmean(sizes)
+                        plain = await _bare_server(sizes)
+                        try:
+                            pbase = str(plain.make_url("")).rstrip("/")
+                            gc.collect()
+                            per_bare, _ = await _run(http, [u.replace(base, pbase)
+                                                            for u in urls])
+                            bare.append(per_bare)
+                        finally:
+                            await plain.close()
+                    us, us_bare = statistics.median(ours) * 1e6, statistics.median(bare) * 1e6
+                    results[name] = {"us_per_request": us, "bare_us_per_request": us_bare,
+                                     "server_us": us - us_bare, "bytes": avg_bytes}
+        finally:
+            await server.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench request", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                    help=f"directory holding {IMAGE} (default: the test data)")
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args(argv)
+    if not (args.root / IMAGE).exists():
+        print(f"{args.root / IMAGE} missing: run `python -m tests.data.generate`",
+              file=sys.stderr)
+        return 2
+    results = asyncio.run(bench(args.root, args.requests, args.rounds))
+    print(f"{'workload':8} {'us/request':>11} {'bare':>8} {'server':>8} {'bytes':>9}")
+    for name, r in results.items():
+        print(f"{name:8} {r['us_per_request']:11.0f} {r['bare_us_per_request']:8.0f} "
+              f"{r['server_us']:8.0f} {r['bytes']:9.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

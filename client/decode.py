@@ -11,10 +11,11 @@ import glymur
 import numpy as np
 from glymur.lib.openjp2 import OpenJPEGLibraryError
 
+from codestream.intmath import ceil_div
 from codestream.markers import Siz
 from codestream.parse import parse_codestream, tile_coding
 from codestream.rebuild import rebuild_codestream
-from jpip.window import choose_discard, frame_size
+from jpip.window import FrameRegion, frame_region
 
 from .bincache import BinCache, StreamError
 
@@ -47,29 +48,16 @@ def header_info(main_header: bytes) -> HeaderInfo:
                       cod.mct, any(s.is_ht for s in styles))
 
 
-@dataclass(frozen=True)
-class Region:
-    discard: int
-    frame: tuple[int, int]
-    region: tuple[int, int, int, int]  # reference grid x0, y0, x1, y1
+Region = FrameRegion  # what a window covers: discard level, frame, reference-grid region
 
 
 def window_region(info: HeaderInfo, fsiz: tuple[int, int, str] | None,
                   roff: tuple[int, int] | None, rsiz: tuple[int, int] | None) -> Region:
+    """The window the server serves for these fields (the same mapping as the server's)."""
     siz = info.siz
     if fsiz is None:
         fsiz = (siz.width, siz.height, "round-down")
-    fx, fy, rounding = fsiz
-    d = choose_discard(siz, info.levels, fx, fy, rounding)
-    w, h = frame_size(siz, d)
-    ox, oy = roff or (0, 0)
-    sx, sy = rsiz or (fx - ox, fy - oy)
-    x0, y0 = min(ox * w // fx, w), min(oy * h // fy, h)
-    x1, y1 = min(w, -(-(ox + sx) * w // fx)), min(h, -(-(oy + sy) * h // fy))
-    s = 1 << d
-    bx, by = -(-siz.xosiz // s), -(-siz.yosiz // s)
-    return Region(d, (w, h), (max(siz.xosiz, (bx + x0) * s), max(siz.yosiz, (by + y0) * s),
-                              min(siz.xsiz, (bx + x1) * s), min(siz.ysiz, (by + y1) * s)))
+    return frame_region(siz, info.levels, fsiz, roff, rsiz)
 
 
 def rebuild(cache: BinCache, cs: int = 0, layers: int | None = None) -> bytes:
@@ -122,9 +110,9 @@ def decode_region(cache: BinCache, region: Region, cs: int = 0, layers: int = 0,
         for c, arr in enumerate(full):
             comp = info.siz.components[c]
             sx, sy = comp.dx << region.discard, comp.dy << region.discard
-            bx, by = -(-info.siz.xosiz // sx), -(-info.siz.yosiz // sy)
-            arrays.append(arr[-(-y0 // sy) - by:-(-y1 // sy) - by,
-                              -(-x0 // sx) - bx:-(-x1 // sx) - bx])
+            bx, by = ceil_div(info.siz.xosiz, sx), ceil_div(info.siz.yosiz, sy)
+            arrays.append(arr[ceil_div(y0, sy) - by:ceil_div(y1, sy) - by,
+                              ceil_div(x0, sx) - bx:ceil_div(x1, sx) - bx])
     if comps is not None:
         arrays = [a for c, a in enumerate(arrays) if c in comps]
     return arrays

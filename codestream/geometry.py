@@ -7,11 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .intmath import ceil_div
 from .markers import CodingStyle, Siz
 
+__all__ = ["ResolutionGrid", "band_bounds", "ceil_div", "precinct_band_grids", "precinct_id",
+           "resolution_grids", "tile_component_bounds"]
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
+
+def precinct_id(t, c, s, num_components: int, num_tiles: int):
+    """The in-class identifier of a precinct data-bin (15444-9 A.3.2.1, Eq. A-1):
+    I = t + (c + s * num_components) * num_tiles, where s counts the precincts of the
+    tile-component from resolution 0 upwards, raster order within a resolution. Works on ints
+    and on numpy arrays alike."""
+    return t + (c + s * num_components) * num_tiles
 
 
 @dataclass(frozen=True, slots=True)

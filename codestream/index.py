@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import CodestreamError
-from .geometry import precinct_band_grids, resolution_grids, tile_component_bounds
+from .geometry import (
+    precinct_band_grids,
+    precinct_id,
+    resolution_grids,
+    tile_component_bounds,
+)
 from .markers import Cod, CodingStyle, Siz
 from .packets import BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
@@ -88,8 +93,11 @@ class CodestreamIndex:
         return int(self.layers.max()) if len(self.layers) else 0
 
     @property
-    def max_levels(self) -> int:
-        return int(self.tcr["levels"].max()) if len(self.tcr["levels"]) else 0
+    def max_discard(self) -> int:
+        """The most resolution levels a request may discard: the fewest decomposition levels
+        of any tile-component (COD/COC may differ per component), since a decoder cannot drop
+        more levels than a tile-component has (OpenJPEG refuses to)."""
+        return int(self.tcr["levels"].min()) if len(self.tcr["levels"]) else 0
 
     def precinct_rows_by_id(self) -> np.ndarray:
         """Permutation sorting precinct rows by in-class id (for model= lookups)."""
@@ -279,7 +287,7 @@ class _Builder:
                     y1 = np.minimum((g.py_origin + py + 1) << g.ppy, g.y1)
                     sx, sy = dx << (nl - g.r), dy << (nl - g.r)
                     cols = self.prec_cols
-                    cols["id"].append(t + (c + (s_base + p) * ncomp) * ntiles)
+                    cols["id"].append(precinct_id(t, c, s_base + p, ncomp, ntiles))
                     cols["t"].append(np.full(n, t, np.int32))
                     cols["c"].append(np.full(n, c, np.int32))
                     cols["r"].append(np.full(n, g.r, np.int32))

@@ -9,6 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import CodestreamError
+from .intmath import ceil_div
 
 SOC, SOT, SOD, EOC = 0xFF4F, 0xFF90, 0xFF93, 0xFFD9
 SIZ, COD, COC, QCD, QCC, RGN, POC = 0xFF51, 0xFF52, 0xFF53, 0xFF5C, 0xFF5D, 0xFF5E, 0xFF5F
@@ -84,11 +85,11 @@ class Siz:
 
     @property
     def tiles_x(self) -> int:
-        return -(-(self.xsiz - self.xtosiz) // self.xtsiz)
+        return ceil_div(self.xsiz - self.xtosiz, self.xtsiz)
 
     @property
     def tiles_y(self) -> int:
-        return -(-(self.ysiz - self.ytosiz) // self.ytsiz)
+        return ceil_div(self.ysiz - self.ytosiz, self.ytsiz)
 
     @property
     def num_tiles(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 
 from .errors import CodestreamError
-from .geometry import precinct_band_grids, resolution_grids
+from .geometry import precinct_band_grids, precinct_id, resolution_grids
 from .markers import COD, EOC, POC, SOC, SOD, SOT, read_segment
 from .packets import BitReader, PrecinctState
 from .parse import LAYOUT_MARKERS, parse_codestream, tile_coding
@@ -117,7 +117,7 @@ def rebuild_codestream(main_header: bytes, tile_headers: dict[int, bytes],
                 s += g.num_precincts
         for local in seq_p.tolist():
             c, r, p = int(prec.comp[local]), int(prec.res[local]), int(prec.index[local])
-            ident = t + (c + (s_base[(c, r)] + p) * ncomp) * ntiles
+            ident = precinct_id(t, c, s_base[(c, r)] + p, ncomp, ntiles)
             data = precinct_bins.get(ident, b"")
             have = 0
             if data:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
+from codestream.intmath import ceil_div
 from codestream.markers import (
     CBLK_BYPASS,
     CBLK_HT,
@@ -231,7 +232,7 @@ def _levels_advice(cs: dict) -> list[dict]:
     if want <= current:
         return []
     longer = max(cs["width"], cs["height"])
-    lowest = -(-longer // (1 << current))
+    lowest = ceil_div(longer, 1 << current)
     return [_item("levels", f"use {want} levels (jpip prepare --levels {want})",
                   f"{current} decomposition level(s): the lowest resolution is {lowest} px on its "
                   f"longer side, so an overview costs more than it should (want >= 5 levels and "

@@ -16,12 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from codestream.index import CodestreamIndex
+from codestream.intmath import ceil_div as _cdiv
 
 from .window import ViewWindow
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from codestream.index import CodestreamIndex
+from codestream.intmath import ceil_div
 from codestream.markers import Siz
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def frame_size(siz: Siz, discard: int) -> tuple[int, int]:
     s = 1 << discard
-    return (_cdiv(siz.xsiz, s) - _cdiv(siz.xosiz, s), _cdiv(siz.ysiz, s) - _cdiv(siz.yosiz, s))
+    return (ceil_div(siz.xsiz, s) - ceil_div(siz.xosiz, s),
+            ceil_div(siz.ysiz, s) - ceil_div(siz.yosiz, s))
 
 
 def choose_discard(siz: Siz, max_discard: int, fx: int, fy: int, rounding: str) -> int:
@@ -33,6 +31,40 @@ def choose_discard(siz: Siz, max_discard: int, fx: int, fy: int, rounding: str) 
         return min(range(len(sizes)), key=lambda d: (abs(sizes[d][0] * sizes[d][1] - target), d))
     fits = [d for d, (w, h) in enumerate(sizes) if w <= fx and h <= fy]
     return min(fits) if fits else max_discard
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRegion:
+    """A requested fsiz/roff/rsiz mapped onto a codestream's resolutions (C.4.1)."""
+
+    discard: int
+    frame: tuple[int, int]           # the chosen frame size
+    offset: tuple[int, int]          # region offset in that frame
+    size: tuple[int, int]            # region size in that frame (0: empty)
+    region: tuple[int, int, int, int]  # [X0, X1) x [Y0, Y1) on the reference grid: x0, y0, x1, y1
+
+
+def frame_region(siz: Siz, max_discard: int, fsiz: tuple[int, int, str],
+                 roff: tuple[int, int] | None, rsiz: tuple[int, int] | None) -> FrameRegion:
+    """The one mapping of a view-window onto a codestream, used by the server and the client.
+
+    The discard level follows the rounding rule; the region, given in the requested frame, is
+    rescaled into the chosen one (start floored, end ceiled), clipped, and placed on the
+    reference grid."""
+    fx, fy, rounding = fsiz
+    d = choose_discard(siz, max_discard, fx, fy, rounding)
+    w, h = frame_size(siz, d)
+    ox, oy = roff if roff is not None else (0, 0)
+    sx, sy = rsiz if rsiz is not None else (fx - ox, fy - oy)
+    x0, y0 = min(ox * w // fx, w), min(oy * h // fy, h)
+    x1 = min(w, ceil_div((ox + max(sx, 0)) * w, fx))
+    y1 = min(h, ceil_div((oy + max(sy, 0)) * h, fy))
+    rw, rh = max(0, x1 - x0), max(0, y1 - y0)
+    s = 1 << d
+    bx, by = ceil_div(siz.xosiz, s), ceil_div(siz.yosiz, s)
+    region = (max(siz.xosiz, (bx + x0) * s), max(siz.yosiz, (by + y0) * s),
+              min(siz.xsiz, (bx + x0 + rw) * s), min(siz.ysiz, (by + y0 + rh) * s))
+    return FrameRegion(d, (w, h), (x0, y0), (rw, rh), region)
 
 
 @dataclass(frozen=True)
@@ -82,29 +114,15 @@ def resolve_window(ix: CodestreamIndex, codestream: int, *,
     if fsiz is None:  # no image data asked for: headers and metadata only
         return ViewWindow(codestream, 0, frame_size(siz, 0), (0, 0), (0, 0), (0, 0, 0, 0),
                           comp_list, nlayers, changed)
-    fx, fy, rounding = fsiz
-    d = choose_discard(siz, ix.max_levels, fx, fy, rounding)
-    w, h = frame_size(siz, d)
-    if (w, h) != (fx, fy):
-        changed["JPIP-fsiz"] = f"{w},{h}"
-    ox, oy = roff if roff is not None else (0, 0)
-    sx, sy = rsiz if rsiz is not None else (fx - ox, fy - oy)
-    # Rescale into the chosen frame: start floored, end ceiled, then clipped.
-    x0, y0 = ox * w // fx, oy * h // fy
-    x1 = min(w, _cdiv((ox + max(sx, 0)) * w, fx))
-    y1 = min(h, _cdiv((oy + max(sy, 0)) * h, fy))
-    x0, y0 = min(x0, w), min(y0, h)
-    rw, rh = max(0, x1 - x0), max(0, y1 - y0)
-    if roff is not None and (x0, y0) != (ox, oy):
-        changed["JPIP-roff"] = f"{x0},{y0}"
-    if rsiz is not None and (rw, rh) != (sx, sy):
-        changed["JPIP-rsiz"] = f"{rw},{rh}"
-    s = 1 << d
-    bx, by = _cdiv(siz.xosiz, s), _cdiv(siz.yosiz, s)
-    region = (max(siz.xosiz, (bx + x0) * s), max(siz.yosiz, (by + y0) * s),
-              min(siz.xsiz, (bx + x0 + rw) * s), min(siz.ysiz, (by + y0 + rh) * s))
-    return ViewWindow(codestream, d, (w, h), (x0, y0), (rw, rh), region, comp_list, nlayers,
-                      changed)
+    fr = frame_region(siz, ix.max_discard, fsiz, roff, rsiz)
+    if fr.frame != (fsiz[0], fsiz[1]):
+        changed["JPIP-fsiz"] = "{},{}".format(*fr.frame)
+    if roff is not None and fr.offset != tuple(roff):
+        changed["JPIP-roff"] = "{},{}".format(*fr.offset)
+    if rsiz is not None and fr.size != tuple(rsiz):
+        changed["JPIP-rsiz"] = "{},{}".format(*fr.size)
+    return ViewWindow(codestream, fr.discard, fr.frame, fr.offset, fr.size, fr.region,
+                      comp_list, nlayers, changed)
 
 
 def _resolve_comps(ix: CodestreamIndex, comps, changed: dict[str, str]) -> tuple[int, ...]:

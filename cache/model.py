@@ -1,17 +1,98 @@
 """Cache models: which bytes of which data-bins a client holds (ISO 15444-9 Annex B).
 
 Data-bins are held as prefixes (bytes 0..n), because the server always sends a bin's bytes in
-order from what the client holds. Precinct holdings are sparse (sorted numpy arrays of rows and
-byte counts), so an idle session costs memory in proportion to what it was sent, not to the
-image's precinct count.
+order from what the client holds. A bin that has an entry is known to the client up to that
+length; an empty bin (an empty tile header, the empty metadata-bin 0 of a raw codestream) is
+held once it has an entry of 0, and not before. Precinct holdings are sparse (sorted numpy
+arrays of rows and byte counts), so an idle session costs memory in proportion to what it was
+sent, not to the image's precinct count, and a model serialises to a few arrays.
+
+Every change to a model is one of four small records, by data-bin kind:
+`Received`/`ReceivedRows` (the client holds at least a prefix: bytes written, or an additive
+`model=` statement) and `Evicted`/`EvictedRows` (it holds at most a prefix: a subtractive
+statement). Rows are rows of the codestream's precinct index (`codestream.index`), which is the
+same for a given target id, so records and models can be stored outside the process.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
 import numpy as np
+
+__all__ = ["BinKind", "CacheModel", "CodestreamHoldings", "Evicted", "EvictedRows", "ModelRecord",
+           "Received", "ReceivedRows", "SparseHoldings", "records_nbytes"]
+
+
+class BinKind(IntEnum):
+    """The data-bin families a model tracks, numbered as their (base) JPP message classes."""
+
+    PRECINCT = 0
+    TILE_HEADER = 2
+    TILE = 4
+    MAIN_HEADER = 6
+    METADATA = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """The client holds at least bytes [0, end) of one bin (for METADATA the codestream is 0)."""
+
+    kind: BinKind
+    codestream: int
+    bin_id: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Evicted:
+    """The client holds at most bytes [0, keep) of one bin (keep = 0: nothing of it)."""
+
+    kind: BinKind
+    codestream: int
+    bin_id: int
+    keep: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedRows:
+    """`Received` for many bins of one codestream named by index row (PRECINCT, later TILE)."""
+
+    kind: BinKind
+    codestream: int
+    rows: np.ndarray  # int32
+    ends: np.ndarray  # int64
+
+
+@dataclass(frozen=True, slots=True)
+class EvictedRows:
+    """`Evicted` for many bins of one codestream named by index row."""
+
+    kind: BinKind
+    codestream: int
+    rows: np.ndarray
+    keep: np.ndarray
+
+
+ModelRecord = Received | Evicted | ReceivedRows | EvictedRows
+_RECORD_OVERHEAD = 64  # what a record costs beyond its arrays, for byte accounting
+
+
+def records_nbytes(records: Iterable[ModelRecord]) -> int:
+    """Memory held by records (for caches that keep them)."""
+    total = 0
+    for r in records:
+        total += _RECORD_OVERHEAD
+        if isinstance(r, ReceivedRows):
+            total += r.rows.nbytes + r.ends.nbytes
+        elif isinstance(r, EvictedRows):
+            total += r.rows.nbytes + r.keep.nbytes
+    return total
 
 
 class SparseHoldings:
-    """Bytes held per precinct row: sorted rows (int32) with their prefix lengths (int64)."""
+    """Bytes held per index row: sorted rows (int32) with their prefix lengths (int64)."""
 
     __slots__ = ("rows", "held")
 
@@ -41,15 +122,23 @@ class SparseHoldings:
         first[1:] = all_rows[1:] != all_rows[:-1]
         self.rows, self.held = all_rows[first], all_vals[first]
 
-    def set(self, rows: np.ndarray, values: np.ndarray) -> None:
-        """held[row] = value (used by subtractive model= statements)."""
-        if len(rows) == 0:
+    def lower_to(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """held[row] = min(held[row], value) for each pair; rows left with 0 are dropped."""
+        if len(rows) == 0 or len(self.rows) == 0:
             return
-        keep = ~np.isin(self.rows, rows)
-        self.rows, self.held = self.rows[keep], self.held[keep]
-        nz = np.asarray(values) > 0
-        if nz.any():
-            self.raise_to(np.asarray(rows)[nz], np.asarray(values)[nz])
+        rows = np.asarray(rows, np.int32)
+        values = np.asarray(values, np.int64)
+        order = np.lexsort((values, rows))  # per row, the smallest value first
+        rows, values = rows[order], values[order]
+        first = np.ones(len(rows), bool)
+        first[1:] = rows[1:] != rows[:-1]
+        rows, values = rows[first], values[first]
+        pos = np.searchsorted(rows, self.rows)
+        pos_c = np.minimum(pos, len(rows) - 1)
+        hit = rows[pos_c] == self.rows
+        held = np.where(hit, np.minimum(self.held, values[pos_c]), self.held)
+        keep = held > 0
+        self.rows, self.held = self.rows[keep], held[keep]
 
     @property
     def nbytes(self) -> int:
@@ -58,18 +147,28 @@ class SparseHoldings:
     def total(self) -> int:
         return int(self.held.sum())
 
+    def __len__(self) -> int:
+        return len(self.rows)
+
 
 class CodestreamHoldings:
-    __slots__ = ("main_header", "tile_headers", "precincts")
+    """What the client holds of one codestream's bins."""
+
+    __slots__ = ("main_header", "tile_headers", "precincts", "tiles")
 
     def __init__(self) -> None:
-        self.main_header = 0
-        self.tile_headers: dict[int, int] = {}
+        self.main_header = 0  # never an empty bin: 0 means nothing held
+        self.tile_headers: dict[int, int] = {}  # tile -> bytes held (an entry: known to the client)
         self.precincts = SparseHoldings()
+        self.tiles = SparseHoldings()  # tile data-bins (JPT-streams)
+
+    def is_empty(self) -> bool:
+        return (self.main_header == 0 and not self.tile_headers and not len(self.precincts)
+                and not len(self.tiles))
 
     @property
     def nbytes(self) -> int:
-        return 64 + 32 * len(self.tile_headers) + self.precincts.nbytes
+        return 64 + 32 * len(self.tile_headers) + self.precincts.nbytes + self.tiles.nbytes
 
 
 class CacheModel:
@@ -79,7 +178,7 @@ class CacheModel:
 
     def __init__(self) -> None:
         self.streams: dict[int, CodestreamHoldings] = {}
-        self.metadata: dict[int, int] = {}
+        self.metadata: dict[int, int] = {}  # metadata-bin id -> bytes held (entry: known)
 
     def stream(self, cs: int) -> CodestreamHoldings:
         h = self.streams.get(cs)
@@ -87,27 +186,67 @@ class CacheModel:
             h = self.streams[cs] = CodestreamHoldings()
         return h
 
-    def commit(self, updates: list[tuple[str, int, object, object]]) -> None:
-        """Records delivered bytes. Each update is (kind, codestream, key, new prefix end):
-        kind 'P' with key = rows array and values array, 'H' tile header, 'M' main header,
-        'm' metadata-bin."""
-        for kind, cs, key, value in updates:
-            if kind == "P":
-                self.stream(cs).precincts.raise_to(key, value)
-            elif kind == "H":
-                th = self.stream(cs).tile_headers
-                th[key] = max(th.get(key, 0), value)
-            elif kind == "M":
-                s = self.stream(cs)
-                s.main_header = max(s.main_header, value)
-            elif kind == "m":
-                self.metadata[key] = max(self.metadata.get(key, 0), value)
+    def held(self, kind: BinKind, cs: int, bin_id: int) -> int | None:
+        """Bytes held of one header or metadata bin; None when the client holds nothing of it
+        (not even the fact that it is empty)."""
+        if kind == BinKind.METADATA:
+            return self.metadata.get(bin_id)
+        h = self.streams.get(cs)
+        if h is None:
+            return None
+        if kind == BinKind.MAIN_HEADER:
+            return h.main_header or None
+        if kind == BinKind.TILE_HEADER:
+            return h.tile_headers.get(bin_id)
+        raise ValueError(f"{kind!r} bins are held by row; use the stream's holdings")
+
+    def apply(self, records: Iterable[ModelRecord]) -> None:
+        """Applies model records in order."""
+        for r in records:
+            if type(r) is ReceivedRows:
+                self._rows(r.kind, r.codestream).raise_to(r.rows, r.ends)
+            elif type(r) is Received:
+                self._one(r.kind, r.codestream, r.bin_id, r.end, max)
+            elif type(r) is EvictedRows:
+                self._rows(r.kind, r.codestream).lower_to(r.rows, r.keep)
+            elif type(r) is Evicted:
+                self._one(r.kind, r.codestream, r.bin_id, r.keep, min)
+            else:
+                raise TypeError(f"not a model record: {r!r}")
+
+    def _rows(self, kind: BinKind, cs: int) -> SparseHoldings:
+        h = self.stream(cs)
+        if kind == BinKind.PRECINCT:
+            return h.precincts
+        if kind == BinKind.TILE:
+            return h.tiles
+        raise ValueError(f"{kind!r} bins are not held by row")
+
+    def _one(self, kind: BinKind, cs: int, bin_id: int, value: int, pick) -> None:
+        if kind == BinKind.MAIN_HEADER:
+            h = self.stream(cs)
+            h.main_header = max(0, pick(h.main_header, value))
+            return
+        if kind == BinKind.TILE_HEADER:
+            table = self.stream(cs).tile_headers
+        elif kind == BinKind.METADATA:
+            table = self.metadata
+        else:
+            raise ValueError(f"{kind!r} bins are held by row: use ReceivedRows/EvictedRows")
+        old = table.get(bin_id)
+        if pick is max:
+            table[bin_id] = value if old is None else max(old, value)
+        elif old is not None:
+            # Evicted down to 0 bytes: the client holds nothing of the bin, not even an
+            # empty one (so an empty bin is sent again).
+            if value <= 0:
+                del table[bin_id]
+            else:
+                table[bin_id] = min(old, value)
 
     def is_empty(self) -> bool:
         """True while the client is known to hold nothing at all."""
-        return not self.metadata and all(
-            s.main_header == 0 and not s.tile_headers and len(s.precincts.rows) == 0
-            for s in self.streams.values())
+        return not self.metadata and all(s.is_empty() for s in self.streams.values())
 
     @property
     def nbytes(self) -> int:

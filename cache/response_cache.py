@@ -3,7 +3,7 @@
 A fresh client's response (stateless without `model=`/`need=`, or a session whose cache model
 is still empty) depends only on the file and the resolved view-window: every viewer that opens
 an image asks for the same thumbnail. Such responses are kept here, chunk by chunk with the
-cache-model updates each chunk carries (a new session replays those into its own model), in an
+cache-model records each chunk carries (a new session commits those into its own model), in an
 LRU bounded by bytes. Keys start with the file's target id, so a changed file never matches.
 """
 from __future__ import annotations
@@ -13,26 +13,13 @@ from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-# What one model update costs beyond its arrays (tuple, ints), for the byte count.
-_UPDATE_OVERHEAD = 64
+from .model import records_nbytes
 
 
 @dataclass(frozen=True, slots=True)
 class CachedResponse:
-    chunks: tuple[tuple[bytes, tuple], ...]  # (bytes to write, model updates they carry)
-    nbytes: int                              # memory held, data and updates
-
-
-def _updates_nbytes(updates: Sequence) -> int:
-    total = 0
-    for update in updates:
-        total += _UPDATE_OVERHEAD
-        for part in update:
-            if isinstance(part, np.ndarray):
-                total += part.nbytes
-    return total
+    chunks: tuple[tuple[bytes, tuple], ...]  # (bytes to write, model records they carry)
+    nbytes: int                              # memory held, data and records
 
 
 class ResponseCache:
@@ -104,15 +91,15 @@ class Recorder:
         self.nbytes = 0
         self.overflow = False
 
-    def add(self, data: bytes, updates: Sequence) -> None:
+    def add(self, data: bytes, records: Sequence) -> None:
         if self.overflow:
             return
-        self.nbytes += len(data) + _updates_nbytes(updates)
+        self.nbytes += len(data) + records_nbytes(records)
         if self.nbytes > self.limit:
             self.overflow = True
             self.chunks = []
             return
-        self.chunks.append((data, tuple(updates)))
+        self.chunks.append((data, tuple(records)))
 
     def result(self) -> CachedResponse | None:
         if self.overflow or not self.chunks:

@@ -1,23 +1,30 @@
-"""JPIP sessions and channels (ISO 15444-9 Annex B): ids, caps, idle expiry, LRU eviction.
+"""JPIP sessions and channels (ISO 15444-9 Annex B): their state, its changes, and the store.
 
 A session holds one client's cache model for one target; channels (cid) are the names under
-which requests reach it. Channel ids are 128 random bits from `secrets`, bound to the target
-they were opened on. The store is in memory; `SessionStore` is the interface a shared store
-(e.g. Redis, for several workers) would implement.
+which requests reach it. The protocol machine (`jpip.machine`) reads a `SessionState` and
+decides; every change it makes is one of the small records below, which the server hands to
+the `SessionStore` (`apply`), so that a store kept elsewhere (e.g. Redis, shared by several
+worker processes) sees exactly what changed. Nothing here depends on Python object identity:
+a session is named by its `session_id`, a channel by its `cid`, a model by its records.
+
+`MemorySessionStore` is the store of one process: capped in number, idle sessions expire
+(least recently used first), and an oversized cache model is reset. It is synchronous; the
+server serialises what must be serialised (one response at a time per channel) itself.
 """
 from __future__ import annotations
 
 import secrets
 import time
+from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .model import CacheModel
+from .model import CacheModel, ModelRecord
 
-
-class UnknownChannel(Exception):
-    """The cid is unknown, closed or expired (HTTP 503 per ISO 15444-9 Annex F)."""
+__all__ = ["AddChannel", "Begin", "Change", "ChannelState", "CloseChannels", "End",
+           "MemorySessionStore", "ModelChange", "OpenSession", "OverCapacity", "Preempt",
+           "Retarget", "SessionState", "SessionStore", "Skip", "apply_change", "new_channel_id"]
 
 
 class OverCapacity(Exception):
@@ -29,26 +36,29 @@ class OverCapacity(Exception):
         self.retry_after = retry_after
 
 
-@dataclass(eq=False)
-class Channel:
+# --- state ------------------------------------------------------------------------------------
+
+@dataclass(slots=True)
+class ChannelState:
+    """One channel: the order of its requests and whether a response is in progress."""
+
     cid: str
-    session: Session
-    last_qid: int = -1
-    busy: int = 0              # requests in flight or queued on this channel
-    generation: int = 0        # bumped by every request that may pre-empt the previous ones
-    lock: object = None        # an asyncio.Lock set by the server layer
+    last_qid: int = -1       # highest qid whose turn came (-1: none yet)
+    generation: int = 0      # bumped by every request that pre-empts the earlier ones
+    busy: bool = False       # a response on this channel is being written
 
 
-@dataclass(eq=False)
-class Session:
-    target: str                # resolved path of the target file
-    target_id: str
+@dataclass(slots=True)
+class SessionState:
+    """What a session is: its target, the client's cache model and its channels."""
+
+    session_id: str
+    target: str              # resolved path of the target file
+    target_id: str           # JPIP target id of the file the model describes
     model: CacheModel = field(default_factory=CacheModel)
-    channels: dict[str, Channel] = field(default_factory=dict)
-    created: float = field(default_factory=time.monotonic)
-    last_used: float = field(default_factory=time.monotonic)
-    bytes_sent: int = 0
-    bytes_saved: int = 0
+    channels: dict[str, ChannelState] = field(default_factory=dict)
+    bytes_sent: int = 0      # bytes written to the client, all responses
+    bytes_saved: int = 0     # planned bytes not sent because the model said the client held them
 
     @property
     def busy(self) -> bool:
@@ -62,21 +72,167 @@ def new_channel_id(prefix: str = "") -> str:
     return f"{prefix}.{token}" if prefix else token
 
 
-class SessionStore:
-    """All live sessions, capped in number and idle time, evicting the least recently used."""
+# --- changes ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """A new session with its first channel (busy when the opening request is served on it)."""
+
+    session_id: str
+    target: str
+    target_id: str
+    cid: str
+    busy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AddChannel:
+    cid: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseChannels:
+    """Closes channels of the session; the session ends with its last channel."""
+
+    cids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Retarget:
+    """The file changed on disk: the model described another file and starts empty."""
+
+    target_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """A request arrived on `cid` that pre-empts the earlier ones (wait=no)."""
+
+    cid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Begin:
+    """A request's turn came on `cid` and its response starts."""
+
+    cid: str
+    qid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """A request's turn came on `cid` but it had been pre-empted (202, nothing sent)."""
+
+    cid: str
+    qid: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The response on `cid` is over; `sent`/`saved` are added to the session's counts."""
+
+    cid: str
+    sent: int = 0
+    saved: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelChange:
+    """Cache-model records: a `model=` statement, or bytes written to the client."""
+
+    records: tuple[ModelRecord, ...]
+
+
+Change = (OpenSession | AddChannel | CloseChannels | Retarget | Preempt | Begin | Skip | End
+          | ModelChange)
+
+
+def _raise_qid(ch: ChannelState, qid: int | None) -> None:
+    if qid is not None and qid > ch.last_qid:
+        ch.last_qid = qid
+
+
+def apply_change(session: SessionState, change: Change) -> None:
+    """Applies one change to a session's state (the part every store shares). Changes naming
+    a channel the session no longer has (closed meanwhile) are ignored."""
+    kind = type(change)
+    if kind is ModelChange:
+        session.model.apply(change.records)
+    elif kind is AddChannel:
+        session.channels[change.cid] = ChannelState(change.cid)
+    elif kind is CloseChannels:
+        for cid in change.cids:
+            session.channels.pop(cid, None)
+    elif kind is Retarget:
+        session.target_id = change.target_id
+        session.model = CacheModel()
+    else:
+        ch = session.channels.get(change.cid)
+        if ch is None:
+            return
+        if kind is Preempt:
+            ch.generation += 1
+        elif kind is Begin:
+            ch.busy = True
+            _raise_qid(ch, change.qid)
+        elif kind is Skip:
+            _raise_qid(ch, change.qid)
+        elif kind is End:
+            ch.busy = False
+            session.bytes_sent += change.sent
+            session.bytes_saved += change.saved
+        else:
+            raise TypeError(f"not a session change: {change!r}")
+
+
+# --- stores -----------------------------------------------------------------------------------
+
+class SessionStore(ABC):
+    """Where sessions live. The server loads a session by one of its channel ids, lets the
+    machine decide on that state, and hands the machine's changes back through `apply`, which
+    also brings the loaded state up to date (so the caller keeps working on it)."""
+
+    idle_timeout: float
+
+    @abstractmethod
+    def load(self, cid: str) -> SessionState | None:
+        """The session the channel belongs to, or None (unknown, closed or expired)."""
+
+    @abstractmethod
+    def open(self, change: OpenSession) -> SessionState:
+        """Creates a session; raises OverCapacity when there is no room."""
+
+    @abstractmethod
+    def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        """Records changes of a loaded session (and applies them to it)."""
+
+    @abstractmethod
+    def expire(self) -> int:
+        """Drops idle sessions; returns how many."""
+
+    @abstractmethod
+    def close_all(self) -> int:
+        """Closes every session (server shutdown); returns how many."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+class MemorySessionStore(SessionStore):
+    """All live sessions of this process, capped in number and idle time, LRU-evicted."""
 
     def __init__(self, *, max_sessions: int = 10000, idle_timeout: float = 600.0,
                  max_model_bytes: int = 8 << 20,
                  on_event: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic, cid_prefix: str = "") -> None:
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
         self.max_model_bytes = max_model_bytes
-        self._channels: dict[str, Channel] = {}
-        self._sessions: OrderedDict[int, Session] = OrderedDict()  # LRU order by id()
+        self._channels: dict[str, str] = {}  # cid -> session id
+        self._sessions: OrderedDict[str, SessionState] = OrderedDict()  # least recent first
+        self._last_used: dict[str, float] = {}
         self._on_event = on_event or (lambda name: None)
         self._clock = clock
-        self.cid_prefix = cid_prefix
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -85,96 +241,93 @@ class SessionStore:
     def channel_count(self) -> int:
         return len(self._channels)
 
-    def open(self, target: str, target_id: str) -> Channel:
-        """A new session with one channel on `target`."""
+    def sessions(self) -> list[SessionState]:
+        return list(self._sessions.values())
+
+    def load(self, cid: str) -> SessionState | None:
+        sid = self._channels.get(cid)
+        if sid is None:
+            return None
+        session = self._sessions[sid]
+        if not session.busy and self._clock() - self._last_used[sid] > self.idle_timeout:
+            self._drop(sid, "expired")
+            return None
+        self._touch(sid)
+        return session
+
+    def open(self, change: OpenSession) -> SessionState:
         self.expire()
         if len(self._sessions) >= self.max_sessions:
             self._evict_one()
-        session = Session(target, target_id, created=self._clock(), last_used=self._clock())
-        self._sessions[id(session)] = session
+        session = SessionState(change.session_id, change.target, change.target_id)
+        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
+        self._sessions[change.session_id] = session
+        self._channels[change.cid] = change.session_id
+        self._touch(change.session_id)
         self._on_event("created")
-        return self.add_channel(session)
+        return session
 
-    def add_channel(self, session: Session) -> Channel:
-        cid = new_channel_id(self.cid_prefix)
-        ch = Channel(cid, session)
-        session.channels[cid] = ch
-        self._channels[cid] = ch
-        return ch
-
-    def get(self, cid: str) -> Channel:
-        ch = self._channels.get(cid)
-        if ch is None:
-            raise UnknownChannel(f"unknown or closed channel {cid[:64]!r}")
-        session = ch.session
-        if not session.busy and self._clock() - session.last_used > self.idle_timeout:
-            self._drop(session, "expired")
-            raise UnknownChannel(f"channel {cid[:64]!r} expired")
-        self.touch(session)
-        return ch
-
-    def touch(self, session: Session) -> None:
-        session.last_used = self._clock()
-        key = id(session)
-        if key in self._sessions:
-            self._sessions.move_to_end(key)
-
-    def close(self, cids: list[str]) -> int:
-        """Closes channels; a session goes with its last channel. Returns channels closed."""
-        closed = 0
-        for cid in cids:
-            ch = self._channels.pop(cid, None)
-            if ch is None:
-                continue
-            closed += 1
-            ch.session.channels.pop(cid, None)
-            if not ch.session.channels:
-                self._drop(ch.session, "closed")
-        return closed
+    def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        sid = session.session_id
+        live = self._sessions.get(sid) is session
+        for change in changes:
+            apply_change(session, change)
+            if not live:
+                continue  # the session ended meanwhile: its state is the caller's alone
+            kind = type(change)
+            if kind is AddChannel:
+                self._channels[change.cid] = sid
+            elif kind is CloseChannels:
+                for cid in change.cids:
+                    if self._channels.get(cid) == sid:
+                        del self._channels[cid]
+                if not session.channels:
+                    self._drop(sid, "closed")
+                    live = False
+            elif kind is ModelChange and session.model.nbytes > self.max_model_bytes:
+                # Caps a session's memory: the client re-receives data instead.
+                session.model = CacheModel()
+                self._on_event("model_reset")
+        if live:
+            self._touch(sid)
 
     def expire(self) -> int:
-        """Drops sessions idle for longer than the timeout; returns how many.
-
-        Sessions are kept in order of last use, so the scan stops at the first one still
+        """Sessions are kept in order of last use, so the scan stops at the first one still
         fresh: the cost follows the sessions that expire, not the sessions open."""
         now = self._clock()
         gone = []
-        for s in self._sessions.values():  # least recently used first
-            if now - s.last_used <= self.idle_timeout:
+        for sid, session in self._sessions.items():  # least recently used first
+            if now - self._last_used[sid] <= self.idle_timeout:
                 break
-            if not s.busy:
-                gone.append(s)
-        for s in gone:
-            self._drop(s, "expired")
+            if not session.busy:
+                gone.append(sid)
+        for sid in gone:
+            self._drop(sid, "expired")
         return len(gone)
 
     def close_all(self) -> int:
-        """Closes every session (server shutdown); returns how many."""
         count = len(self._sessions)
-        for s in list(self._sessions.values()):
-            self._drop(s, "closed")
+        for sid in list(self._sessions):
+            self._drop(sid, "closed")
         return count
 
-    def check_model_size(self, session: Session) -> None:
-        """Caps a session's memory: an oversized model is reset (the client re-receives data)."""
-        if session.model.nbytes > self.max_model_bytes:
-            session.model = CacheModel()
-            self._on_event("model_reset")
+    def _touch(self, sid: str) -> None:
+        self._last_used[sid] = self._clock()
+        self._sessions.move_to_end(sid)
 
     def _evict_one(self) -> None:
-        for session in self._sessions.values():  # least recently used first
+        for sid, session in self._sessions.items():  # least recently used first
             if not session.busy:
-                self._drop(session, "evicted")
+                self._drop(sid, "evicted")
                 return
         raise OverCapacity(f"{self.max_sessions} sessions are open and busy")
 
-    def _drop(self, session: Session, why: str) -> None:
-        if self._sessions.pop(id(session), None) is None:
+    def _drop(self, sid: str, why: str) -> None:
+        session = self._sessions.pop(sid, None)
+        if session is None:
             return
-        for cid in list(session.channels):
-            self._channels.pop(cid, None)
-        session.channels.clear()
+        self._last_used.pop(sid, None)
+        for cid in session.channels:
+            if self._channels.get(cid) == sid:
+                del self._channels[cid]
         self._on_event(why)
-
-    def sessions(self) -> list[Session]:
-        return list(self._sessions.values())

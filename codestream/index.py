@@ -99,10 +99,6 @@ class CodestreamIndex:
         more levels than a tile-component has (OpenJPEG refuses to)."""
         return int(self.tcr["levels"].min()) if len(self.tcr["levels"]) else 0
 
-    def precinct_rows_by_id(self) -> np.ndarray:
-        """Permutation sorting precinct rows by in-class id (for model= lookups)."""
-        return np.argsort(self.precincts["id"], kind="stable")
-
 
 def _vbas_values(data: np.ndarray) -> np.ndarray | None:
     """The Iplt values of concatenated PLT bodies (7 bits a byte, high bit = more bytes), or

@@ -1,19 +1,36 @@
-"""Applies `model=` / `need=` descriptors (ISO 15444-9 C.9) to a cache model or a plan.
+"""`model=` / `need=` descriptors (ISO 15444-9 C.8) resolved against a target's index.
 
 Descriptors name bins explicitly (Hm, H<t>, P<id>, M<n>) or implicitly by tile, component,
 resolution and precinct ranges; qualifiers give a byte count (`:N`) or a layer count (`:LN`).
-Everything is resolved to precinct rows of the index with numpy, never by looping over all
-precincts in Python.
+`model_records` turns a `model=` list into cache-model records (`cache.model`), which the
+session layer applies like any other change: additive descriptors say the client holds at
+least that much (`Received`), subtractive ones (`-`) that it holds at most that much
+(`Evicted`: a whole-bin subtractive descriptor means nothing of the bin, so it is sent again).
+
+Codestream qualifiers and the default codestream are codestream numbers as the client sees
+them (`Source.first_codestream` is the number of codestream index 0); records carry indexes.
+
+Cost: explicit precinct descriptors are looked up together, by binary search in the index's
+precincts sorted by in-class id, so N descriptors cost O(N log P), not O(N P); implicit ones
+select rows of the (tile, component, resolution) table first. Nothing loops over every
+precinct of an image in Python.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from cache.model import CacheModel
+from cache.model import BinKind, Evicted, EvictedRows, ModelRecord, Received, ReceivedRows
+from codestream.index import CodestreamIndex
 from codestream.source import Source
 
 from .model import ModelItem, ModelSpec, UintRange
 from .plan import Plan
+
+__all__ = ["model_records", "need_rows", "restrict_to_need"]
+
+_WHOLE, _BYTES, _LAYERS = 0, 1, 2  # qualifier kinds, per descriptor
 
 
 def _range_mask(values: np.ndarray, rng: UintRange | None) -> np.ndarray:
@@ -25,98 +42,204 @@ def _range_mask(values: np.ndarray, rng: UintRange | None) -> np.ndarray:
     return mask
 
 
-def _codestreams(item: ModelItem, count: int, default: int) -> list[int]:
+def _indexes(item: ModelItem, source: Source, default: int) -> list[int]:
+    """The codestream indexes a descriptor applies to (its qualifier, else the default)."""
+    first, count = source.first_codestream, len(source.codestreams)
     if item.codestreams is None:
-        return [default] if default < count else []
+        return [default - first] if 0 <= default - first < count else []
     out: set[int] = set()
     for r in item.codestreams:
-        top = count - 1 if r.hi is None else min(r.hi, count - 1)
-        out.update(range(r.lo, top + 1))
+        lo = max(r.lo - first, 0)
+        hi = count - 1 if r.hi is None else min(r.hi - first, count - 1)
+        out.update(range(lo, hi + 1))
     return sorted(out)
 
 
-def item_rows(item: ModelItem, source: Source, cs: int) -> np.ndarray:
-    """Precinct rows a P or implicit descriptor names in codestream cs."""
-    pr = source.codestreams[cs].precincts
-    if item.kind == "P":
-        return np.flatnonzero(_range_mask(pr["id"], item.ids))
-    mask = (_range_mask(pr["t"], item.tiles) & _range_mask(pr["c"], item.components)
-            & _range_mask(pr["r"], item.resolutions) & _range_mask(pr["p"], item.precincts))
-    return np.flatnonzero(mask)
+@dataclass(frozen=True, slots=True)
+class _IdIndex:
+    """An index's precinct rows in in-class id order (computed once per index)."""
+
+    ids: np.ndarray   # sorted in-class ids
+    rows: np.ndarray  # the row of each
 
 
-def _held_values(item: ModelItem, source: Source, cs: int, rows: np.ndarray) -> np.ndarray:
-    ix = source.codestreams[cs]
+def _id_index(ix: CodestreamIndex) -> _IdIndex:
+    found = getattr(ix, "_id_index", None)
+    if found is None:
+        order = np.argsort(ix.precincts["id"], kind="stable")
+        found = _IdIndex(ix.precincts["id"][order], order.astype(np.int64))
+        ix._id_index = found  # cached on the index, like the planner's table
+    return found
+
+
+def _explicit_rows(ix: CodestreamIndex, items: list[ModelItem]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows named by explicit P descriptors, and for each row the position of its descriptor."""
+    idx = _id_index(ix)
+    n = len(items)
+    lo = np.fromiter((0 if it.ids is None else it.ids.lo for it in items), np.int64, n)
+    hi = np.fromiter((-1 if it.ids is None or it.ids.hi is None else it.ids.hi
+                      for it in items), np.int64, n)
+    open_top = np.fromiter((it.ids is None or it.ids.hi is None for it in items), bool, n)
+    left = np.searchsorted(idx.ids, lo, side="left")
+    right = np.where(open_top, len(idx.ids), np.searchsorted(idx.ids, hi, side="right"))
+    counts = np.maximum(right - left, 0)
+    total = int(counts.sum())
+    owner = np.repeat(np.arange(n), counts)
+    # Position inside each descriptor's [left, right) run: a running index minus run starts.
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    pos = np.repeat(left, counts) + (np.arange(total) - starts)
+    return idx.rows[pos], owner
+
+
+def _implicit_rows(ix: CodestreamIndex, item: ModelItem) -> np.ndarray:
+    """Rows named by an implicit descriptor (t/c/r/p ranges), via the tcr table."""
+    tcr = ix.tcr
+    sel = np.flatnonzero(_range_mask(tcr["t"], item.tiles) & _range_mask(tcr["c"], item.components)
+                         & _range_mask(tcr["r"], item.resolutions))
+    parts = []
+    for i in sel.tolist():
+        n = int(tcr["npw"][i]) * int(tcr["nph"][i])
+        p = item.precincts
+        lo = 0 if p is None else min(p.lo, n)
+        hi = n if p is None or p.hi is None else min(p.hi + 1, n)
+        if hi > lo:
+            parts.append(int(tcr["prec_base"][i]) + np.arange(lo, hi, dtype=np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _layer_ends(ix: CodestreamIndex, rows: np.ndarray, layers: np.ndarray) -> np.ndarray:
+    """Bin bytes up to the end of the first `layers` packets of each row (0 for 0 layers)."""
     pr, pk = ix.precincts, ix.packets
-    full = pr["bin_length"][rows]
-    if item.bytes is not None:
-        return np.minimum(full, item.bytes)
-    if item.layers is not None:
-        count = pr["pkt_count"][rows]
-        n = np.minimum(count, item.layers)
-        ends = pk["bin_end"][np.maximum(pr["pkt_start"][rows] + n - 1, 0)] if len(pk["bin_end"]) \
-            else np.zeros(len(rows), np.int64)
-        return np.where(n > 0, ends, 0)
-    return full
+    n = np.minimum(pr["pkt_count"][rows], layers)
+    if len(pk["bin_end"]) == 0:
+        return np.zeros(len(rows), np.int64)
+    ends = pk["bin_end"][np.maximum(pr["pkt_start"][rows] + n - 1, 0)]
+    return np.where(n > 0, ends, 0).astype(np.int64)
 
 
-def _header_value(item: ModelItem, length: int) -> int:
+def _row_values(ix: CodestreamIndex, rows: np.ndarray, kinds: np.ndarray, amounts: np.ndarray,
+                subtractive: bool) -> np.ndarray:
+    """Per row the prefix a descriptor speaks of: the whole bin (additive) or nothing
+    (subtractive), `:N` bytes, or `:LN` layers."""
+    full = ix.precincts["bin_length"][rows].astype(np.int64)
+    out = np.zeros(len(rows), np.int64) if subtractive else full.copy()
+    by_bytes = kinds == _BYTES
+    out[by_bytes] = np.minimum(full[by_bytes], amounts[by_bytes])
+    by_layers = kinds == _LAYERS
+    if by_layers.any():
+        out[by_layers] = _layer_ends(ix, rows[by_layers], amounts[by_layers])
+    return out
+
+
+def _qualifiers(items: list[ModelItem]) -> tuple[np.ndarray, np.ndarray]:
+    kinds = np.fromiter((_WHOLE if it.whole_bin else _BYTES if it.bytes is not None else _LAYERS
+                         for it in items), np.int8, len(items))
+    amounts = np.fromiter((it.bytes if it.bytes is not None else it.layers or 0
+                           for it in items), np.int64, len(items))
+    return kinds, amounts
+
+
+def _bin_value(item: ModelItem, length: int) -> int:
     if item.bytes is not None:
         return min(item.bytes, length)
-    return length
+    return 0 if item.subtractive else length
 
 
-def apply_model(spec: ModelSpec, source: Source, model: CacheModel, default_cs: int = 0) -> None:
-    """Amends `model` with what the client says it holds (additive) or dropped (subtractive)."""
-    count = len(source.codestreams)
-    for item in spec.items:
-        for cs in _codestreams(item, count, default_cs):
-            hold = model.stream(cs)
-            if item.kind == "Hm":
-                n = _header_value(item, len(source.main_header_bin(cs)))
-                hold.main_header = min(hold.main_header, n) if item.subtractive else \
-                    max(hold.main_header, n)
-            elif item.kind == "H":
-                ntiles = source.codestreams[cs].num_tiles
-                tiles = np.flatnonzero(_range_mask(np.arange(ntiles), item.ids))
-                for t in tiles.tolist():
-                    n = _header_value(item, len(source.tile_header_bin(cs, t)))
-                    old = hold.tile_headers.get(t, 0)
-                    hold.tile_headers[t] = min(old, n) if item.subtractive else max(old, n)
-            elif item.kind in ("P", "implicit"):
-                rows = item_rows(item, source, cs)
-                if len(rows) == 0:
-                    continue
-                values = _held_values(item, source, cs, rows)
-                if item.subtractive:
-                    if item.bytes is None and item.layers is None:
-                        values = np.zeros(len(rows), np.int64)
-                    current = hold.precincts.get(rows)
-                    hold.precincts.set(rows, np.minimum(current, values))
-                else:
-                    hold.precincts.raise_to(rows, values)
-            elif item.kind == "M":
-                if item.ids is None or item.ids.covers(0):
-                    n = _header_value(item, len(source.metadata0))
-                    old = model.metadata.get(0, 0)
-                    model.metadata[0] = min(old, n) if item.subtractive else max(old, n)
-            # 'T' (tile data-bins, JPT) does not describe a JPP-stream cache: ignored.
+def _tile_header_lengths(ix: CodestreamIndex) -> np.ndarray:
+    th = ix.tile_header_ranges
+    if not len(th):
+        return np.zeros(ix.num_tiles, np.int64)
+    return np.bincount(th[:, 0], weights=th[:, 2], minlength=ix.num_tiles).astype(np.int64)
 
 
-def restrict_to_need(spec: ModelSpec, source: Source, plans: list[Plan], default_cs: int = 0
-                     ) -> list[Plan]:
-    """Keeps only the precincts a `need=` list names (headers are always kept)."""
-    count = len(source.codestreams)
-    wanted: dict[int, list[np.ndarray]] = {}
-    for item in spec.items:
-        if item.subtractive or item.kind not in ("P", "implicit"):
+def model_records(spec: ModelSpec, source: Source, default_codestream: int) -> list[ModelRecord]:
+    """Cache-model records for a `model=` list, in the list's order."""
+    out: list[ModelRecord] = []
+    items = spec.items
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item.kind == "P":
+            # A run of explicit precinct descriptors with the same sign and codestreams.
+            j = i + 1
+            while (j < len(items) and items[j].kind == "P"
+                   and items[j].subtractive == item.subtractive
+                   and items[j].codestreams == item.codestreams):
+                j += 1
+            run = list(items[i:j])
+            kinds, amounts = _qualifiers(run)
+            for cs in _indexes(item, source, default_codestream):
+                ix = source.codestreams[cs]
+                rows, owner = _explicit_rows(ix, run)
+                if len(rows):
+                    out.append(_rows_record(ix, cs, rows, kinds[owner], amounts[owner],
+                                            item.subtractive))
+            i = j
             continue
-        for cs in _codestreams(item, count, default_cs):
-            wanted.setdefault(cs, []).append(item_rows(item, source, cs))
+        i += 1
+        if item.kind == "M":
+            # Metadata-bins belong to the target, not to a codestream. Only bin 0 exists.
+            if item.ids is None or item.ids.covers(0):
+                value = _bin_value(item, len(source.metadata0))
+                out.append(Evicted(BinKind.METADATA, 0, 0, value) if item.subtractive
+                           else Received(BinKind.METADATA, 0, 0, value))
+            continue
+        for cs in _indexes(item, source, default_codestream):
+            ix = source.codestreams[cs]
+            if item.kind == "Hm":
+                value = _bin_value(item, len(source.main_header_bin(cs)))
+                out.append(Evicted(BinKind.MAIN_HEADER, cs, 0, value) if item.subtractive
+                           else Received(BinKind.MAIN_HEADER, cs, 0, value))
+            elif item.kind == "H":
+                lengths = _tile_header_lengths(ix)
+                tiles = np.flatnonzero(_range_mask(np.arange(ix.num_tiles), item.ids))
+                for t in tiles.tolist():
+                    value = _bin_value(item, int(lengths[t]))
+                    out.append(Evicted(BinKind.TILE_HEADER, cs, t, value) if item.subtractive
+                               else Received(BinKind.TILE_HEADER, cs, t, value))
+            elif item.kind == "implicit":
+                rows = _implicit_rows(ix, item)
+                if len(rows):
+                    kinds, amounts = _qualifiers([item])
+                    out.append(_rows_record(ix, cs, rows, np.repeat(kinds, len(rows)),
+                                            np.repeat(amounts, len(rows)), item.subtractive))
+            # 'T' (tile data-bins) describes a JPT-stream cache; this server sends JPP-streams.
+    return out
+
+
+def _rows_record(ix: CodestreamIndex, cs: int, rows: np.ndarray, kinds: np.ndarray,
+                 amounts: np.ndarray, subtractive: bool) -> ReceivedRows | EvictedRows:
+    values = _row_values(ix, rows, kinds, amounts, subtractive)
+    rows32 = rows.astype(np.int32)
+    if subtractive:
+        return EvictedRows(BinKind.PRECINCT, cs, rows32, values)
+    return ReceivedRows(BinKind.PRECINCT, cs, rows32, values)
+
+
+def need_rows(spec: ModelSpec, source: Source, default_codestream: int) -> dict[int, np.ndarray]:
+    """The precinct rows per codestream index a `need=` list names (sorted, unique)."""
+    wanted: dict[int, list[np.ndarray]] = {}
+    explicit = [it for it in spec.items if it.kind == "P" and not it.subtractive]
+    for item in spec.items:
+        if item.subtractive or item.kind != "implicit":
+            continue
+        for cs in _indexes(item, source, default_codestream):
+            wanted.setdefault(cs, []).append(_implicit_rows(source.codestreams[cs], item))
+    by_streams: dict[tuple | None, list[ModelItem]] = {}
+    for item in explicit:
+        by_streams.setdefault(item.codestreams, []).append(item)
+    for run in by_streams.values():
+        for cs in _indexes(run[0], source, default_codestream):
+            rows, _ = _explicit_rows(source.codestreams[cs], run)
+            wanted.setdefault(cs, []).append(rows)
+    return {cs: np.unique(np.concatenate(parts)) for cs, parts in wanted.items()}
+
+
+def restrict_to_need(plans: list[Plan], wanted: dict[int, np.ndarray]) -> list[Plan]:
+    """Keeps only the precincts `need=` names (header bins are always kept)."""
     out = []
     for plan in plans:
-        rows = wanted.get(plan.codestream)
-        keep = np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+        keep = wanted.get(plan.codestream, np.zeros(0, np.int64))
         out.append(Plan(plan.codestream, plan.tiles, np.intersect1d(plan.rows, keep),
                         plan.layers))
     return out

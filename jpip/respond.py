@@ -1,8 +1,16 @@
 """Turns planned windows into JPP-stream chunks, skipping what the cache model holds.
 
-Sans-I/O: `ResponseBuilder.chunks()` yields `Chunk`s (bytes to write + the cache-model updates
-they carry). The caller writes a chunk, and only once the write succeeded commits its updates,
-so the model never claims bytes the client did not get.
+Sans-I/O: `ResponseBuilder.chunks()` yields `Chunk`s (bytes to write + the cache-model records
+they carry, `cache.model.Received*`). The caller writes a chunk, and only once the write
+succeeded commits its records, so the model never claims bytes the client did not get. A bin's
+record is made only for a message that was really queued: an empty bin (an empty tile header,
+the empty metadata-bin 0 of a raw codestream) that a byte limit left out stays unheld.
+
+Byte limits: `byte_limit` counts message headers and bodies (not the EOR). A limit the client
+set ends the response with EOR 4 (byte limit); the server's own cap, when the client set none,
+with EOR 7 (response limit). A client limit so small that the first message cannot carry one
+byte of its body is raised (`raised_limit`, for `JPIP-len`) so that a client repeating the
+request makes progress; `len=0` is never raised (it asks for no data at all).
 
 Order: metadata-bin 0, then per codestream the main header and the tile headers, then image
 data quality layer by quality layer (all precincts' layer 0, lowest resolution first, before any
@@ -15,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cache.model import CacheModel
+from cache.model import BinKind, CacheModel, Received, ReceivedRows
 from codestream.source import Source
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
@@ -23,12 +31,13 @@ from .plan import Plan
 
 CHUNK_TARGET = 256 * 1024
 MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
+RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at most)
 
 
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     data: bytes
-    updates: list = field(default_factory=list)
+    records: list = field(default_factory=list)  # cache-model records of the bytes in `data`
 
 
 @dataclass
@@ -36,6 +45,7 @@ class Outcome:
     """What the response did, for EOR, metrics and logs."""
 
     reason: int = EOR.WINDOW_DONE
+    raised_limit: int | None = None  # the byte limit, when raised to let a message through
     bytes_sent: int = 0          # message headers + bodies (what `len` counts)
     data_bytes: int = 0          # data-bin bytes
     bytes_skipped: int = 0       # planned bytes the model said the client holds
@@ -43,20 +53,32 @@ class Outcome:
 
 
 class ResponseBuilder:
+    """One response's messages. `plans` use codestream indexes; messages carry CSn =
+    index + `source.first_codestream`.
+
+    `server_limit`: the byte limit is the server's own cap (EOR 7 when reached), not the
+    client's `len` (EOR 4). `whole_target`: the plans cover everything the target holds, so a
+    completed response ends with EOR 1 (image done) rather than 2 (window done).
+    """
+
     def __init__(self, source: Source, plans: list[Plan], model: CacheModel, *,
-                 byte_limit: int | None = None, send_metadata: bool = True,
-                 metadata_only: bool = False) -> None:
+                 byte_limit: int | None = None, server_limit: bool = False,
+                 send_metadata: bool = True, metadata_only: bool = False,
+                 whole_target: bool = False) -> None:
         self.source = source
         self.plans = plans
         self.model = model
         self.limit = byte_limit
+        self.server_limit = server_limit
         self.send_metadata = send_metadata
         self.metadata_only = metadata_only
+        self.whole_target = whole_target
+        self.first = source.first_codestream
         self.writer = MessageWriter()
         self.outcome = Outcome()
         self._parts: list = []
         self._size = 0
-        self._updates: list = []
+        self._records: list = []
         self._stopped = False
 
     # --- message plumbing ------------------------------------------------------------------
@@ -65,26 +87,37 @@ class ResponseBuilder:
             return 1 << 62
         return self.limit - self.outcome.bytes_sent
 
-    def _message(self, cls: int, cs: int, bin_id: int, offset: int, pieces: list, length: int,
-                 is_last: bool) -> int:
-        """Queues one message; returns the body bytes actually queued (may be cut by len)."""
-        header = self.writer.header(cls, cs, bin_id, offset, length, is_last)
+    def _stop(self) -> None:
+        self._stopped = True
+        self.outcome.reason = EOR.RESPONSE_LIMIT if self.server_limit else EOR.BYTE_LIMIT
+
+    def _message(self, cls: int, csn: int, bin_id: int, offset: int, pieces: list, length: int,
+                 is_last: bool) -> int | None:
+        """Queues one message (CSn as sent); returns the body bytes queued (may be cut by the
+        byte limit), or None when not even its header fit."""
+        header = self.writer.header(cls, csn, bin_id, offset, length, is_last)
         room = self._room()
+        if (len(header) + length > room and self.outcome.messages == 0 and room > 0
+                and room - len(header) < min(length, 1) and self.limit):
+            # Not one body byte fits in the client's limit: raise it (JPIP-len), or a client
+            # that repeats the request would never progress.
+            self.limit = len(header) + min(length, RAISED_BODY)
+            self.outcome.raised_limit = self.limit
+            room = self._room()
         if len(header) + length > room:
             # Send what fits of the body, then stop: the byte limit is reached.
-            self._stopped = True
-            self.outcome.reason = EOR.BYTE_LIMIT
+            self._stop()
             cut = room - len(header)
             if cut <= 0:
                 self.writer.discard()
-                return 0
+                return None
             # The shorter message cannot hold the bin's last byte; re-encode its header.
-            header = self.writer.header(cls, cs, bin_id, offset, cut, False)
+            header = self.writer.header(cls, csn, bin_id, offset, cut, False)
             cut = min(cut, room - len(header))
             if cut <= 0:
                 self.writer.discard()
-                return 0
-            header = self.writer.header(cls, cs, bin_id, offset, cut, False)
+                return None
+            header = self.writer.header(cls, csn, bin_id, offset, cut, False)
             pieces = _take(pieces, cut)
             length = cut
         self._parts.append(header)
@@ -98,20 +131,29 @@ class ResponseBuilder:
     def _flush(self) -> Chunk | None:
         if not self._parts:
             return None
-        chunk = Chunk(b"".join(self._parts), self._updates)
-        self._parts, self._size, self._updates = [], 0, []
+        chunk = Chunk(b"".join(self._parts), self._records)
+        self._parts, self._size, self._records = [], 0, []
         return chunk
+
+    def _bin(self, kind: BinKind, cls: int, cs: int, bin_id: int, data: bytes,
+             held: int | None) -> None:
+        """Queues what the client lacks of one header or metadata bin (`held`: bytes it holds,
+        None if it does not even know the bin), recording only what was queued."""
+        if held is not None and held >= len(data):
+            self.outcome.bytes_skipped += len(data)
+            return
+        start = held or 0
+        # Metadata-bins belong to the target, not to a codestream: their messages say CSn 0.
+        csn = 0 if kind == BinKind.METADATA else cs + self.first
+        n = self._message(cls, csn, bin_id, start, [data[start:]], len(data) - start, True)
+        if n is not None:
+            self._records.append(Received(kind, cs, bin_id, start + n))
 
     # --- the response ----------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:
-        src, model = self.source, self.model
         if self.send_metadata:
-            meta = src.metadata0
-            held = model.metadata.get(0, -1)
-            if held < len(meta) or (held < 0 and not meta):
-                start = max(held, 0)
-                n = self._message(METADATA, 0, 0, start, [meta[start:]], len(meta) - start, True)
-                self._updates.append(("m", 0, 0, start + n))
+            self._bin(BinKind.METADATA, METADATA, 0, 0, self.source.metadata0,
+                      self.model.metadata.get(0))
         if not self.metadata_only:
             for plan in self.plans:
                 if self._stopped:
@@ -121,29 +163,21 @@ class ResponseBuilder:
         last = self._flush()
         if last is not None:
             yield last
+        if self.outcome.reason == EOR.WINDOW_DONE and self.whole_target and not self._stopped:
+            self.outcome.reason = EOR.IMAGE_DONE
         yield Chunk(self.writer.eor(self.outcome.reason))
 
     def _headers(self, plan: Plan) -> Iterator[Chunk]:
         src, cs = self.source, plan.codestream
         hold = self.model.stream(cs)
-        mh = src.main_header_bin(cs)
-        if hold.main_header < len(mh) and not self._stopped:
-            n = self._message(MAIN_HEADER, cs, 0, hold.main_header, [mh[hold.main_header:]],
-                              len(mh) - hold.main_header, True)
-            self._updates.append(("M", cs, 0, hold.main_header + n))
-        elif hold.main_header >= len(mh):
-            self.outcome.bytes_skipped += len(mh)
+        if not self._stopped:
+            self._bin(BinKind.MAIN_HEADER, MAIN_HEADER, cs, 0, src.main_header_bin(cs),
+                      hold.main_header or None)
         for t in plan.tiles.tolist():
             if self._stopped:
                 return
-            th = src.tile_header_bin(cs, t)
-            held = hold.tile_headers.get(t, -1)
-            if held >= len(th):
-                self.outcome.bytes_skipped += len(th)
-                continue
-            start = max(held, 0)
-            n = self._message(TILE_HEADER, cs, t, start, [th[start:]], len(th) - start, True)
-            self._updates.append(("H", cs, t, start + n))
+            self._bin(BinKind.TILE_HEADER, TILE_HEADER, cs, t, src.tile_header_bin(cs, t),
+                      hold.tile_headers.get(t))
         if self._size >= CHUNK_TARGET:
             chunk = self._flush()
             if chunk:
@@ -194,8 +228,9 @@ class ResponseBuilder:
                     last: np.ndarray) -> Iterator[Chunk]:
         """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`."""
         pos, count = 0, len(sel)
+        csn = cs + self.first
         # The first precinct message after header bins carries class and CSn: general path.
-        while pos < count and not self.writer.continues(PRECINCT, cs) and not self._stopped:
+        while pos < count and not self.writer.continues(PRECINCT, csn) and not self._stopped:
             yield from self._one_by_one(cs, rows, held, sel, ids, frm, ends, runs, last,
                                         pos, pos + 1)
             pos += 1
@@ -236,8 +271,9 @@ class ResponseBuilder:
             out.data_bytes += int(reach[stop - 1]) - before
             out.messages += stop - start
             held[sel[span]] = ends[span]
-            self._updates.append(("P", cs, rows[sel[span]].astype(np.int32),
-                                  ends[span].astype(np.int64)))
+            self._records.append(ReceivedRows(BinKind.PRECINCT, cs,
+                                              rows[sel[span]].astype(np.int32),
+                                              ends[span].astype(np.int64)))
             start = stop
             if self._size >= CHUNK_TARGET:
                 chunk = self._flush()
@@ -265,11 +301,11 @@ class ResponseBuilder:
         self._record(cs, rows, sent, held)
 
     def _packet_message(self, cs: int, bin_id: int, a: int, b: int, run: int, last: bool,
-                        row: int) -> int:
+                        row: int) -> int | None:
         """Queues bytes [a, b) of a precinct bin (one packet's worth); returns how many."""
         length = b - a
         writer = self.writer
-        if run >= 0 and writer.continues(PRECINCT, cs):
+        if run >= 0 and writer.continues(PRECINCT, cs + self.first):
             # The hot path: same class and codestream as the last message, one file run.
             header = writer.next_header(bin_id, a, length, last)
             size = len(header) + length
@@ -283,18 +319,20 @@ class ResponseBuilder:
                 out.messages += 1
                 return length
             # Too big for the byte budget: the general path re-encodes it, cut to fit.
-        return self._message(PRECINCT, cs, bin_id, a, self.source.bin_range(cs, row, a, b),
+        return self._message(PRECINCT, cs + self.first, bin_id, a,
+                             self.source.bin_range(cs, row, a, b),
                              length, last)
 
     def _record(self, cs: int, rows: np.ndarray, sent: list, held: np.ndarray) -> None:
-        """Model updates for the messages queued since the last call (committed by the
+        """Model records for the messages queued since the last call (committed by the
         caller once their chunk is written), and the local copy of what is held."""
         if not sent:
             return
         where = np.fromiter((i for i, _ in sent), np.int64, len(sent))
         new_end = np.fromiter((e for _, e in sent), np.int64, len(sent))
         held[where] = new_end
-        self._updates.append(("P", cs, rows[where].astype(np.int32), new_end))
+        self._records.append(ReceivedRows(BinKind.PRECINCT, cs, rows[where].astype(np.int32),
+                                          new_end))
 
 
 def _take(pieces: list, n: int) -> list:

@@ -1,44 +1,76 @@
-"""The JPIP request path: query -> typed request -> channel/session -> windows -> JPP-stream.
+"""The JPIP endpoint over HTTP: read the request, feed the protocol machine, write what it plans.
 
-This is the only place where the protocol meets aiohttp. Responses are streamed chunk by chunk;
-a chunk's bytes are recorded in the session's cache model only after its write returned, so a
-client that goes away keeps a model of what it really received.
+The protocol itself (channels, sessions, tid, qid order, pre-emption, model/need, len, what a
+cache model records) is `jpip.machine`'s. This module does the I/O around it: it parses the
+HTTP request, resolves the target under the image root and loads its index, loads and stores
+session state through the `SessionStore`, waits while a channel request's turn has not come
+(on an asyncio.Condition per channel, woken by every change of that channel), streams the
+chunks and commits each one once its write returned, so a client that goes away keeps a model
+of what it really received.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from cache.index_cache import IndexCache
-from cache.model import CacheModel
 from cache.response_cache import ResponseCache
-from cache.sessions import Channel, OverCapacity, SessionStore, UnknownChannel
+from cache.sessions import (
+    Change,
+    CloseChannels,
+    MemorySessionStore,
+    OverCapacity,
+    SessionState,
+    SessionStore,
+)
 from jpip.errors import RequestError
-from jpip.jpp import EOR, MessageWriter
-from jpip.modelspec import apply_model, restrict_to_need
-from jpip.plan import plan_window
+from jpip.machine import Exchange, JPIPMachine, Reply, Turn, TurnKind
 from jpip.request import JPIPRequest, parse_form_body, parse_query
-from jpip.respond import Chunk, ResponseBuilder
-from jpip.window import resolve_window
-from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
-from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
-from server.targets import resolve_target
+from server.targets import TargetError, resolve_target
 
 log = logging.getLogger("jpip.request")
 
 JPP_TYPE = "image/jpp-stream"
 STATE_KEY = web.AppKey("jpip_state", object)
-QID_WAIT = 2.0  # seconds a request waits for lower qids on its channel
+QID_WAIT = 2.0  # seconds a request waits for a missing lower qid on its channel
 SWEEP_PERIOD = 30.0  # seconds between sweeps for idle sessions (at most)
+
+
+class ChannelTurns:
+    """The conditions requests wait on for their turn, one per channel while any waits."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list] = {}  # cid -> [condition, waiters]
+
+    @contextlib.contextmanager
+    def condition(self, cid: str):
+        entry = self._waiting.get(cid)
+        if entry is None:
+            entry = self._waiting[cid] = [asyncio.Condition(), 0]
+        entry[1] += 1
+        try:
+            yield entry[0]
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._waiting[cid]
+
+    async def notify(self, cids: Iterable[str | None]) -> None:
+        if not self._waiting:
+            return
+        for cid in cids:
+            entry = self._waiting.get(cid)
+            if entry is not None:
+                async with entry[0]:
+                    entry[0].notify_all()
 
 
 @dataclass
@@ -48,15 +80,16 @@ class JPIPState:
     lenient: bool
     index_cache: IndexCache
     sessions: SessionStore
-    max_response_bytes: int
+    machine: JPIPMachine
     responses: ResponseCache
     write_timeout: float = 60.0
     metrics: object | None = None
+    turns: ChannelTurns = field(default_factory=ChannelTurns)
 
 
 def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
-    """Creates the JPIP state (index cache, sessions) for an app built from `config`, with a
-    background task that expires idle sessions while the app runs."""
+    """Creates the JPIP state (index cache, sessions, the machine) for an app built from
+    `config`, with a background task that expires idle sessions while the app runs."""
 
     def index_event(kind: str, seconds: float) -> None:
         if metrics is not None:
@@ -66,18 +99,20 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
         if metrics is not None:
             metrics.session_event(kind)
 
+    responses = ResponseCache(config.response_cache_bytes)
     state = JPIPState(
         root=Path(config.root).resolve(),
         jpip_path=config.jpip_path,
         lenient=config.lenient,
         index_cache=IndexCache(config.effective_index_cache_dir(), config.index_cache_entries,
                                on_event=index_event),
-        sessions=SessionStore(max_sessions=config.max_sessions,
-                              idle_timeout=config.session_idle_timeout,
-                              max_model_bytes=config.max_session_bytes,
-                              on_event=session_event, cid_prefix=config.instance_id),
-        max_response_bytes=config.max_response_bytes,
-        responses=ResponseCache(config.response_cache_bytes),
+        sessions=MemorySessionStore(max_sessions=config.max_sessions,
+                                    idle_timeout=config.session_idle_timeout,
+                                    max_model_bytes=config.max_session_bytes,
+                                    on_event=session_event),
+        machine=JPIPMachine(jpip_path=config.jpip_path,
+                            max_response_bytes=config.max_response_bytes, responses=responses),
+        responses=responses,
         write_timeout=config.request_timeout,
         metrics=metrics,
     )
@@ -126,220 +161,197 @@ async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
     return parse_query(request.rel_url.raw_query_string, lenient=lenient)
 
 
-def _resolve(state: JPIPState, name: str) -> Path:
-    return resolve_target(state.root, name)
+def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
+                 session: SessionState | None) -> Path | None:
+    """The file a request is for. `target=` wins over the URL path (clients that send every
+    request to one script URL, e.g. OpenJPEG's viewer at /myFCGI?target=x.jp2); a channel
+    request whose path names no file is served from its session's target."""
+    if ex.target is not None:
+        return resolve_target(state.root, ex.target)
+    if path_target is not None:
+        try:
+            return resolve_target(state.root, path_target)
+        except TargetError as e:
+            if ex.cid is None:
+                raise TargetError(
+                    f"{e.reason}: {path_target[:200]!r} is not a file served here; request "
+                    f"{state.jpip_path}?target=<file>, or /<file> for a file under the root",
+                    404) from None
+    if session is not None:
+        return Path(session.target)
+    return None
 
 
-def _codestreams(req: JPIPRequest, count: int) -> tuple[list[int], str | None]:
-    """The codestreams a request names (stream=, context=jpxl<...>), default 0, and the
-    JPIP-stream value when the served set differs from the requested one."""
-    ranges = list(req.stream or ())
-    # JPX compositing layers map one to one onto codestreams in the files we serve.
-    if req.context is not None:
-        ranges.extend(req.context.jpxl_layers)
-    if not ranges:
-        return [0], None
-    served: set[int] = set()
-    clipped = False
-    for lo, hi, step in ranges:
-        top = count - 1 if hi is None else hi
-        if top > count - 1 or lo > count - 1:
-            clipped = True
-        served.update(range(lo, min(top, count - 1) + 1, max(step or 1, 1)))
-    out = sorted(served)
-    return out, (",".join(str(c) for c in out) if clipped else None)
+async def _source(state: JPIPState, path: Path):
+    try:
+        return await state.index_cache.aget(path)
+    except FileNotFoundError:
+        raise TargetError("no such target (it went away)", 404) from None
+    except PermissionError:
+        raise TargetError("the target cannot be read", 403) from None
+
+
+def _channels_touched(channel: str | None, changes: Iterable[Change]) -> list[str | None]:
+    out = [channel]
+    for change in changes:
+        if type(change) is CloseChannels:
+            out.extend(change.cids)
+    return out
 
 
 async def handle_jpip(request: web.Request, target: str | None = None) -> web.StreamResponse:
-    """Serve one JPIP request; `target` is the path form's target, if any."""
+    """Serve one JPIP request; `target` is the path form's target (the URL path), if any."""
     state = _state(request)
     req = await _read_request(request, state.lenient)
-    headers: dict[str, str] = {"Content-Type": JPP_TYPE, "Cache-Control": "no-cache"}
-    if req.qid is not None:
-        headers["JPIP-qid"] = str(req.qid)
-    if req.upload:
-        raise RequestError("upload", "uploads are not supported", status=501)
-    _check_type(req)
+    ex = state.machine.exchange(req)
+    store = state.sessions
+    session = store.load(ex.cid) if ex.cid is not None else None
+    source = path = None
+    if not ex.close_only:
+        path = _target_path(state, ex, target, session)
+        if path is not None:
+            source = await _source(state, path)
+    ex.bind(session, source, str(path) if path is not None else None)
 
-    channel: Channel | None = None
-    sessions = state.sessions
-    if req.cclose and not req.cid and req.cclose != ("*",):
-        # cclose alone names the channels to close.
-        sessions.close(list(req.cclose))
-        return _eor_only(headers, EOR.WINDOW_DONE)
-    if req.cid:
+    if ex.opening is not None:
         try:
-            channel = sessions.get(req.cid)
-        except UnknownChannel as e:
-            raise RequestError("cid", str(e), status=503) from e
-    name = target if target is not None else req.target
-    if channel is not None:
-        path = Path(channel.session.target)
-        if name is not None and _resolve(state, name) != path:
-            raise RequestError("cid", "the channel belongs to another target")
-    else:
-        if name is None:
-            raise RequestError("target", "no target: give target=, a path, or cid=")
-        path = _resolve(state, name)
+            session = store.open(ex.opening)
+        except OverCapacity as e:
+            raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
+    elif ex.arrival:
+        store.apply(session, ex.arrival)
+        await state.turns.notify([ex.channel])  # a waiting request may now be superseded
+    if ex.channel is not None:
+        set_request_cid(request, ex.channel)
+    if ex.queued:
+        turn = await _await_turn(state, ex)
+        session = store.load(ex.cid) or session
+        store.apply(session, turn.changes)
+        await state.turns.notify([ex.channel])  # its qid is taken: the next may go
+        if turn.kind is TurnKind.PREEMPTED:
+            return await _answer(request, state, ex, ex.preempted_reply(), None)
+    if not ex.serving:
+        # Stateless, or cclose alone: no channel of ours to hold while writing.
+        reply = ex.reply(session)
+        if reply.changes and session is not None:
+            store.apply(session, reply.changes)
+            await state.turns.notify(_channels_touched(None, reply.changes))
+        return await _answer(request, state, ex, reply, None)
 
-    source = await state.index_cache.aget(path)
-    await index_requested_frames(source, req)  # a DICOM object's frames, off the event loop
-    current_tid = source.identity.target_id
-    tid_mismatch = req.tid is not None and req.tid not in ("0", current_tid)
-    if req.tid is not None or req.cnew:
-        headers["JPIP-tid"] = current_tid
-
-    if req.cnew:
-        transports = [t.strip() for t in req.cnew]
-        if "http" not in transports:
-            raise RequestError("cnew", "only the http transport is offered", status=501)
-        if channel is not None:
-            channel = sessions.add_channel(channel.session)
-        else:
-            try:
-                channel = sessions.open(str(path), current_tid)
-            except OverCapacity as e:
-                raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
-        headers["JPIP-cnew"] = (f"cid={channel.cid},path={state.jpip_path.lstrip('/')},"
-                                "transport=http")
-    if channel is not None:
-        set_request_cid(request, channel.cid)
-
-    if channel is not None and channel.session.target_id != current_tid:
-        # The file changed on disk: the session's model describes another file.
-        channel.session.model = CacheModel()
-        channel.session.target_id = current_tid
-        headers["JPIP-tid"] = current_tid
-
-    if channel is None:
-        return await _serve(request, state, req, source, None, headers, tid_mismatch)
-
-    # One request at a time per channel, in qid order; a newer request pre-empts older ones
-    # unless it says wait=yes.
-    if channel.lock is None:
-        channel.lock = asyncio.Lock()
-    if not req.wait:
-        channel.generation += 1
-    my_generation = channel.generation
-    channel.busy += 1
+    # The channel is ours (busy) from here: whatever happens, free it and wake the next.
+    progress = _Progress()
+    reply = None
     try:
-        if req.qid is not None:
-            deadline = time.monotonic() + QID_WAIT
-            while channel.last_qid >= 0 and req.qid > channel.last_qid + 1 \
-                    and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-        async with channel.lock:
-            if req.qid is not None:
-                channel.last_qid = max(channel.last_qid, req.qid)
-            if channel.generation != my_generation and not req.wait:
-                return _eor_only(headers, EOR.WINDOW_CHANGE, status=202)
-            resp = await _serve(request, state, req, source, channel, headers, tid_mismatch,
-                                my_generation)
-        if req.cclose:
-            ids = list(channel.session.channels) if req.cclose == ("*",) else list(req.cclose)
-            sessions.close(ids)
-        return resp
+        reply = ex.reply(session)
+        store.apply(session, reply.changes)
+        return await _stream(request, state, ex, reply, session, progress)
     finally:
-        channel.busy -= 1
+        changes = ex.finish(session, progress.sent, progress.complete)
+        store.apply(session, changes)
+        touched = [*(reply.changes if reply is not None else ()), *changes]
+        await state.turns.notify(_channels_touched(ex.channel, touched))
+        _observe(state, ex, reply)
 
 
-def _check_type(req: JPIPRequest) -> None:
-    if not req.type:
-        return
-    for t in req.type:
-        if t == "jpp-stream":
-            return
-    raise RequestError("type", f"cannot serve {','.join(req.type)}; this server sends "
-                       "jpp-stream", status=415)
+async def _await_turn(state: JPIPState, ex: Exchange) -> Turn:
+    """Waits until the machine says this channel request may go (or was superseded). The
+    session is loaded again after every wake-up, as a store shared by processes requires."""
+    turn = _turn(ex, state.sessions.load(ex.cid), False)
+    if turn.kind in (TurnKind.GO, TurnKind.PREEMPTED):
+        return turn
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + QID_WAIT
+    waited_out = False
+    with state.turns.condition(ex.channel) as cond:
+        async with cond:
+            while True:
+                turn = _turn(ex, state.sessions.load(ex.cid), waited_out)
+                if turn.kind is TurnKind.WAIT_BUSY:
+                    await cond.wait()
+                elif turn.kind is TurnKind.WAIT_QID:
+                    remaining = deadline - loop.time()
+                    try:
+                        if remaining <= 0:
+                            raise TimeoutError
+                        async with asyncio.timeout(remaining):
+                            await cond.wait()
+                    except TimeoutError:
+                        waited_out = True  # the missing qid may never come: serve anyway
+                else:
+                    return turn
 
 
-def _eor_only(headers: dict[str, str], reason: int, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=MessageWriter().eor(reason), headers=headers)
+def _turn(ex: Exchange, session: SessionState | None, waited_out: bool) -> Turn:
+    if session is None:  # closed or expired while the request waited
+        raise RequestError("cid", "the channel was closed", 503, headers=dict(ex.headers))
+    return ex.turn(session, waited_out)
 
 
-async def _serve(request: web.Request, state: JPIPState, req: JPIPRequest, source,
-                 channel: Channel | None, headers: dict[str, str], tid_mismatch: bool,
-                 generation: int = 0) -> web.StreamResponse:
-    streams, stream_changed = _codestreams(req, len(source.codestreams))
-    if stream_changed is not None:
-        headers["JPIP-stream"] = stream_changed
-    windows = []
-    for n, cs in enumerate(streams):
-        ix = source.codestreams[cs]
-        fsiz = (req.fsiz.fx, req.fsiz.fy, req.fsiz.round) if req.fsiz is not None else None
-        window = resolve_window(ix, cs, fsiz=fsiz, roff=req.roff, rsiz=req.rsiz,
-                                comps=req.comps, layers=req.layers)
-        if n == 0:
-            headers.update(window.changed)
-        windows.append((ix, window))
+@dataclass
+class _Progress:
+    sent: int = 0            # bytes written
+    complete: bool = False   # every chunk was written
 
-    # A stateless request's model lives for this response only: nothing to record in it.
-    model = channel.session.model if channel is not None else CacheModel()
-    if req.model and not tid_mismatch:
-        apply_model(req.model, source, model, streams[0] if streams else 0)
-    use_need = bool(req.need) and not tid_mismatch
 
-    limit = req.len
-    if limit is None or limit > state.max_response_bytes:
-        limit = state.max_response_bytes if limit is None else min(limit, state.max_response_bytes)
-    metadata_only = (req.metareq is not None and req.metareq.metadata_only) or req.len == 0
-
-    # A client holding nothing gets what every such client gets: maybe a kept response.
-    key = None
-    if state.responses.enabled and not use_need and model.is_empty():
-        key = (source.identity.target_id, limit, metadata_only,
-               tuple((w.codestream, w.discard, w.region, w.comps, w.layers) for _, w in windows))
-    cached = state.responses.get(key) if key is not None else None
-    if key is not None and state.metrics is not None:
-        state.metrics.response_cache.labels(result="miss" if cached is None else "hit").inc()
-    builder = recorder = None
-    if cached is not None:
-        chunks = (Chunk(data, list(updates)) for data, updates in cached.chunks)
-    else:
-        plans = [plan_window(ix, w) for ix, w in windows]
-        if use_need:
-            plans = restrict_to_need(req.need, source, plans, streams[0] if streams else 0)
-        builder = ResponseBuilder(source, plans, model, byte_limit=limit, send_metadata=True,
-                                  metadata_only=metadata_only)
-        chunks = builder.chunks()
-        if key is not None:
-            recorder = state.responses.recorder()
-    skipped = builder.outcome.bytes_skipped if builder is not None else 0
-
-    resp = web.StreamResponse(status=200, headers=headers)
-    resp.enable_chunked_encoding()
-    await resp.prepare(request)
-    if request.method == "HEAD":
-        return resp
-    lift_deadline(request)  # from here on each write is bounded instead
-    delivered = 0
-    complete = False
+async def _answer(request: web.Request, state: JPIPState, ex: Exchange, reply: Reply,
+                  session: SessionState | None) -> web.StreamResponse:
+    progress = _Progress()
     try:
-        for chunk in chunks:
-            if channel is not None and channel.generation != generation and chunk.updates:
+        return await _stream(request, state, ex, reply, session, progress)
+    finally:
+        ex.finish(session, progress.sent, progress.complete)
+        _observe(state, ex, reply)
+
+
+async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: Reply,
+                  session: SessionState | None, progress: _Progress) -> web.StreamResponse:
+    """Writes the reply's chunks; with a session, each chunk's model records are committed
+    once its write returned."""
+    chunks = reply.chunks()
+    try:
+        first = next(chunks)  # builds the first chunk: the headers are final after it
+        headers = {"Content-Type": JPP_TYPE, "Cache-Control": "no-cache", **reply.headers}
+        resp = web.StreamResponse(status=reply.status, headers=headers)
+        if request.version >= HttpVersion11:
+            resp.enable_chunked_encoding()
+        # (HTTP/1.0 has no chunked coding: the body then ends when the connection closes.)
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        deadline = request.get("deadline")
+        if deadline is not None:
+            deadline.reschedule(None)  # from here on each write is bounded instead
+        store = state.sessions
+        chunk = first
+        while chunk is not None:
+            if chunk.records and ex.preempted(session):
                 # A newer request arrived: end this one at a message boundary (EOR 3).
-                await resp.write(MessageWriter().eor(EOR.WINDOW_CHANGE))
+                await resp.write(ex.window_change())
                 break
             async with asyncio.timeout(state.write_timeout):
                 await resp.write(chunk.data)
-            delivered += len(chunk.data)
-            if recorder is not None:
-                recorder.add(chunk.data, chunk.updates)
-            if chunk.updates and channel is not None:
-                model.commit(chunk.updates)
+            progress.sent += len(chunk.data)
+            committed = ex.commit(chunk)
+            if committed and session is not None:
+                store.apply(session, committed)
+            chunk = next(chunks, None)
         else:
-            complete = True
+            progress.complete = True
         await resp.write_eof()
+        return resp
     except (ConnectionResetError, asyncio.CancelledError):
-        log.info("client went away after %d bytes", delivered)
+        log.info("client went away after %d bytes", progress.sent)
         raise
     finally:
-        if channel is not None:
-            channel.session.bytes_sent += delivered
-            channel.session.bytes_saved += skipped
-            state.sessions.check_model_size(channel.session)
-        if state.metrics is not None:
-            state.metrics.bytes_saved(skipped)
-    if recorder is not None and complete:
-        state.responses.put(key, recorder)
-    return resp
+        chunks.close()
+
+
+def _observe(state: JPIPState, ex: Exchange, reply: Reply | None) -> None:
+    """Metrics of one answer, read once it is over (the bytes saved are known only then)."""
+    metrics = state.metrics
+    if metrics is None:
+        return
+    if ex.outcome is not None and ex.outcome.bytes_skipped:
+        metrics.bytes_saved(ex.outcome.bytes_skipped)
+    if reply is not None and reply.cache_result is not None:
+        metrics.response_cache.labels(result=reply.cache_result).inc()

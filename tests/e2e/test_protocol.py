@@ -163,4 +163,4 @@ async def test_first_message_and_content_type_on_every_response(base, http) -> N
     items = check_jpp(body)
     assert {m.csn for m in items if isinstance(m, Message) and m.bin_class == 6} == {1, 2}
     status, h, body = await get(http, f"{base}/jpip?target=heliov.jpx&stream=1-9&fsiz=64,64")
-    assert h["JPIP-stream"] == "1,2"
+    assert h["JPIP-stream"] == "1-2"  # ranges, never one value per codestream

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import aiohttp
-import numpy as np
 import pytest
 
 from client.api import JPIPClient
@@ -163,26 +162,3 @@ async def test_channel_ids_are_bound_to_their_target(interop_server) -> None:
         async with http.get(f"{base}?target=rgb4096.jp2&cid={cid}&fsiz=64,64") as r:
             assert r.status == 400
             assert "another target" in await r.text()
-
-
-def test_sessions_are_capped_and_expire() -> None:
-    from cache.sessions import OverCapacity, SessionStore, UnknownChannel
-    now = [0.0]
-    events = []
-    store = SessionStore(max_sessions=3, idle_timeout=10, clock=lambda: now[0],
-                         on_event=events.append)
-    chans = [store.open("a", "t") for _ in range(3)]
-    chans[0].busy = 1  # in flight: never evicted
-    store.open("a", "t")  # evicts the least recently used idle session (chans[1])
-    assert "evicted" in events
-    with pytest.raises(UnknownChannel):
-        store.get(chans[1].cid)
-    for ch in list(store._channels.values()):
-        ch.busy = 1
-    with pytest.raises(OverCapacity):
-        store.open("a", "t")
-    for ch in list(store._channels.values()):
-        ch.busy = 0
-    now[0] = 100.0
-    assert store.expire() == 3 and len(store) == 0
-    assert np.all([e in ("created", "evicted", "expired") for e in events])

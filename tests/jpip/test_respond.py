@@ -42,8 +42,8 @@ def _planned(src, fsiz, roff, rsiz, layers):
 def _respond(src, plan, model, limit=None) -> tuple[bytes, list]:
     chunks = list(ResponseBuilder(src, [plan], model, byte_limit=limit).chunks())
     for chunk in chunks:
-        if chunk.updates:
-            model.commit(chunk.updates)
+        if chunk.records:
+            model.apply(chunk.records)
     return b"".join(c.data for c in chunks), chunks
 
 

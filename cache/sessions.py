@@ -249,10 +249,12 @@ class MemorySessionStore(SessionStore):
         if sid is None:
             return None
         session = self._sessions[sid]
-        if not session.busy and self._clock() - self._last_used[sid] > self.idle_timeout:
+        now = self._clock()
+        if now - self._last_used[sid] > self.idle_timeout and not session.busy:
             self._drop(sid, "expired")
             return None
-        self._touch(sid)
+        self._last_used[sid] = now
+        self._sessions.move_to_end(sid)
         return session
 
     def open(self, change: OpenSession) -> SessionState:
@@ -268,6 +270,7 @@ class MemorySessionStore(SessionStore):
         return session
 
     def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        # (Use is counted by load(): a session is touched once per request.)
         sid = session.session_id
         live = self._sessions.get(sid) is session
         for change in changes:
@@ -288,8 +291,6 @@ class MemorySessionStore(SessionStore):
                 # Caps a session's memory: the client re-receives data instead.
                 session.model = CacheModel()
                 self._on_event("model_reset")
-        if live:
-            self._touch(sid)
 
     def expire(self) -> int:
         """Sessions are kept in order of last use, so the scan stops at the first one still

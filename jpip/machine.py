@@ -93,11 +93,16 @@ class _Windows:
     default_codestream: int                      # the number model/need descriptors default to
 
 
+_FIRST = [0]  # the codestream index served when a request names none (do not modify)
+
+
 def served_codestreams(req: JPIPRequest, source: Source) -> tuple[list[int], str | None]:
     """The codestream indexes a request names (`stream=`, `context=jpxl<...>`, else the first
     codestream), and the `JPIP-stream` value (sampled ranges of codestream numbers) when the
     served set differs from the requested one. Codestream number n is index
     n - `source.first_codestream`."""
+    if req.stream is None and req.context is None:
+        return _FIRST, None
     first, count = source.first_codestream, len(source.codestreams)
     last = first + count - 1
     ranges: list[SampledRange] = list(req.stream or ())
@@ -105,7 +110,7 @@ def served_codestreams(req: JPIPRequest, source: Source) -> tuple[list[int], str
     if req.context is not None:
         ranges.extend(req.context.jpxl_layers)
     if not ranges:
-        return [0], None
+        return _FIRST, None
     served: set[int] = set()
     kept: list[SampledRange] = []
     changed = False
@@ -221,6 +226,7 @@ class Exchange:
         self.arrival: list[Change] = []
         self.source: Source | None = None
         self.target_path: str | None = None
+        self.target_id: str | None = None
         self.tid_mismatch = False
         self.generation: int | None = None
         self._began = False                   # the channel is busy with this request's reply
@@ -271,7 +277,7 @@ class Exchange:
         if source is None or target_path is None:
             raise RequestError("target", "no target: give target=, a path, or cid=")
         self.source, self.target_path = source, target_path
-        current = source.identity.target_id
+        self.target_id = current = source.identity.target_id  # a hash: computed once
         self.tid_mismatch = req.tid is not None and req.tid not in ("0", current)
         if req.tid is not None or req.cnew:
             self.headers["JPIP-tid"] = current
@@ -351,7 +357,7 @@ class Exchange:
         assert source is not None, "bind() first"
         headers = dict(self.headers)
         changes = []
-        current = source.identity.target_id
+        current = self.target_id
         if session is not None and session.target_id != current:
             # The file changed on disk: the session's model describes another file.
             changes.append(Retarget(current))
@@ -416,7 +422,7 @@ class Exchange:
                  and all(_whole_codestream(source, cs, w) for cs, w in win.windows))
         key = None
         if responses is not None and responses.enabled and need is None and model.is_empty():
-            key = (source.identity.target_id, limit, server_limit, metadata_only,
+            key = (self.target_id, limit, server_limit, metadata_only,
                    tuple((w.codestream, w.discard, w.region, w.comps, w.layers)
                          for w in windows))
         cached = responses.get(key) if key is not None else None

@@ -11,6 +11,7 @@ by one.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,29 @@ def _rect_rows(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, in
     return tcr["prec_base"][i] + np.flatnonzero(mask)
 
 
+PLANS_KEPT = 64  # per index: the windows asked again (a viewer's repeats, other viewers' same)
+
+
 def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
+    """The bins one codestream's window needs (plans are immutable: recent ones are kept)."""
+    key = (window.codestream, window.discard, window.region, window.comps, window.layers)
+    kept = getattr(ix, "_plans", None)
+    if kept is None:
+        kept = ix._plans = OrderedDict()
+    plan = kept.get(key)
+    if plan is not None:
+        kept.move_to_end(key)
+        return plan
+    plan = _plan_window(ix, window)
+    plan.rows.flags.writeable = False
+    plan.tiles.flags.writeable = False
+    kept[key] = plan
+    if len(kept) > PLANS_KEPT:
+        kept.popitem(last=False)
+    return plan
+
+
+def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     if window.empty:
         return Plan(window.codestream, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     siz = ix.siz

@@ -19,9 +19,22 @@ def frame_size(siz: Siz, discard: int) -> tuple[int, int]:
             ceil_div(siz.ysiz, s) - ceil_div(siz.yosiz, s))
 
 
-def choose_discard(siz: Siz, max_discard: int, fx: int, fy: int, rounding: str) -> int:
-    """The discard level the rounding rule picks for a requested frame size (C.4.2)."""
-    sizes = [frame_size(siz, d) for d in range(max_discard + 1)]  # d = 0 is the largest
+def frame_sizes(siz: Siz, max_discard: int) -> tuple[tuple[int, int], ...]:
+    """The frame size at every discard level 0..max_discard (0 is the largest)."""
+    return tuple(frame_size(siz, d) for d in range(max_discard + 1))
+
+
+def _index_frame_sizes(ix: CodestreamIndex) -> tuple[tuple[int, int], ...]:
+    sizes = getattr(ix, "_frame_sizes", None)
+    if sizes is None:
+        sizes = ix._frame_sizes = frame_sizes(ix.siz, ix.max_discard)  # once per index
+    return sizes
+
+
+def choose_discard(sizes: tuple[tuple[int, int], ...], fx: int, fy: int, rounding: str) -> int:
+    """The discard level the rounding rule picks for a requested frame size (C.4.2), given
+    the frame sizes of the levels a client may discard (`frame_sizes`)."""
+    max_discard = len(sizes) - 1
     if rounding == "round-up":
         fits = [d for d, (w, h) in enumerate(sizes) if w >= fx and h >= fy]
         return max(fits) if fits else 0
@@ -44,16 +57,19 @@ class FrameRegion:
     region: tuple[int, int, int, int]  # [X0, X1) x [Y0, Y1) on the reference grid: x0, y0, x1, y1
 
 
-def frame_region(siz: Siz, max_discard: int, fsiz: tuple[int, int, str],
-                 roff: tuple[int, int] | None, rsiz: tuple[int, int] | None) -> FrameRegion:
+def frame_region(siz: Siz, max_discard: int | tuple[tuple[int, int], ...],
+                 fsiz: tuple[int, int, str], roff: tuple[int, int] | None,
+                 rsiz: tuple[int, int] | None) -> FrameRegion:
     """The one mapping of a view-window onto a codestream, used by the server and the client.
 
-    The discard level follows the rounding rule; the region, given in the requested frame, is
-    rescaled into the chosen one (start floored, end ceiled), clipped, and placed on the
-    reference grid."""
+    `max_discard`: the most levels a client may discard, or their `frame_sizes` (the server
+    keeps them per index). The discard level follows the rounding rule; the region, given in
+    the requested frame, is rescaled into the chosen one (start floored, end ceiled),
+    clipped, and placed on the reference grid."""
+    sizes = frame_sizes(siz, max_discard) if isinstance(max_discard, int) else max_discard
     fx, fy, rounding = fsiz
-    d = choose_discard(siz, max_discard, fx, fy, rounding)
-    w, h = frame_size(siz, d)
+    d = choose_discard(sizes, fx, fy, rounding)
+    w, h = sizes[d]
     ox, oy = roff if roff is not None else (0, 0)
     sx, sy = rsiz if rsiz is not None else (fx - ox, fy - oy)
     x0, y0 = min(ox * w // fx, w), min(oy * h // fy, h)
@@ -114,7 +130,7 @@ def resolve_window(ix: CodestreamIndex, codestream: int, *,
     if fsiz is None:  # no image data asked for: headers and metadata only
         return ViewWindow(codestream, 0, frame_size(siz, 0), (0, 0), (0, 0), (0, 0, 0, 0),
                           comp_list, nlayers, changed)
-    fr = frame_region(siz, ix.max_discard, fsiz, roff, rsiz)
+    fr = frame_region(siz, _index_frame_sizes(ix), fsiz, roff, rsiz)
     if fr.frame != (fsiz[0], fsiz[1]):
         changed["JPIP-fsiz"] = "{},{}".format(*fr.frame)
     if roff is not None and fr.offset != tuple(roff):

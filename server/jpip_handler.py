@@ -224,10 +224,10 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     if ex.channel is not None:
         set_request_cid(request, ex.channel)
     if ex.queued:
-        turn = await _await_turn(state, ex)
-        session = store.load(ex.cid) or session
+        turn, session = await _await_turn(state, ex, session)
         store.apply(session, turn.changes)
-        await state.turns.notify([ex.channel])  # its qid is taken: the next may go
+        if ex.req.qid is not None:
+            await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
             return await _answer(request, state, ex, ex.preempted_reply(), None)
     if not ex.serving:
@@ -243,7 +243,8 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     reply = None
     try:
         reply = ex.reply(session)
-        store.apply(session, reply.changes)
+        if reply.changes:
+            store.apply(session, reply.changes)
         return await _stream(request, state, ex, reply, session, progress)
     finally:
         changes = ex.finish(session, progress.sent, progress.complete)
@@ -253,19 +254,21 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         _observe(state, ex, reply)
 
 
-async def _await_turn(state: JPIPState, ex: Exchange) -> Turn:
+async def _await_turn(state: JPIPState, ex: Exchange,
+                      session: SessionState) -> tuple[Turn, SessionState]:
     """Waits until the machine says this channel request may go (or was superseded). The
     session is loaded again after every wake-up, as a store shared by processes requires."""
-    turn = _turn(ex, state.sessions.load(ex.cid), False)
+    turn = ex.turn(session)
     if turn.kind in (TurnKind.GO, TurnKind.PREEMPTED):
-        return turn
+        return turn, session
     loop = asyncio.get_running_loop()
     deadline = loop.time() + QID_WAIT
     waited_out = False
     with state.turns.condition(ex.channel) as cond:
         async with cond:
             while True:
-                turn = _turn(ex, state.sessions.load(ex.cid), waited_out)
+                session = state.sessions.load(ex.cid)
+                turn = _turn(ex, session, waited_out)
                 if turn.kind is TurnKind.WAIT_BUSY:
                     await cond.wait()
                 elif turn.kind is TurnKind.WAIT_QID:
@@ -278,7 +281,7 @@ async def _await_turn(state: JPIPState, ex: Exchange) -> Turn:
                     except TimeoutError:
                         waited_out = True  # the missing qid may never come: serve anyway
                 else:
-                    return turn
+                    return turn, session
 
 
 def _turn(ex: Exchange, session: SessionState | None, waited_out: bool) -> Turn:

@@ -99,6 +99,33 @@ def _codestream_boxes(buf: memoryview | bytes, boxes: list[Box], depth: int = 0)
     return found
 
 
+def _is_box_type(box_type: bytes) -> bool:
+    return all(0x20 <= c <= 0x7E for c in box_type)
+
+
+def _top_boxes(buf: memoryview | bytes, size: int) -> list[Box]:
+    """The top-level boxes. Bytes after the last box that do not form a box (a DICOM
+    fragment's zero pad, junk some writers append) are ignored once a whole codestream box
+    was seen, as OpenJPEG does; a cut codestream box is still an error."""
+    boxes: list[Box] = []
+    pos = 0
+    have_codestream = False
+    while pos < size:
+        try:
+            box = read_box_header(buf, pos, size)
+        except CodestreamError:
+            cut_type = bytes(buf[pos + 4:pos + 8])
+            if have_codestream and cut_type != b"jp2c":
+                break
+            raise
+        if have_codestream and not _is_box_type(box.box_type):
+            break
+        boxes.append(box)
+        have_codestream = have_codestream or box.box_type == b"jp2c"
+        pos = box.end
+    return boxes
+
+
 def read_layout(buf: memoryview | bytes) -> FileLayout:
     """Identifies the file type and finds its codestreams."""
     size = len(buf)
@@ -107,7 +134,7 @@ def read_layout(buf: memoryview | bytes) -> FileLayout:
     if bytes(buf[:12]) != JP2_SIGNATURE:
         raise CodestreamError(0, "neither a JPEG 2000 codestream (SOC) nor a JP2 file "
                               "(signature box)")
-    boxes = walk_boxes(buf, 0, size)
+    boxes = _top_boxes(buf, size)
     brand = b""
     if len(boxes) > 1 and boxes[1].box_type == b"ftyp" and boxes[1].content_length >= 4:
         brand = bytes(buf[boxes[1].content_offset:boxes[1].content_offset + 4])

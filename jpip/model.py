@@ -27,7 +27,7 @@ Extensions, accepted on purpose and documented as such:
   UNCONFIRMED in the note); commas inside brackets never split elements.
 
 `tpmodel`/`tpneed` list tile-parts: `1#(codestream-qualifier / ["-"] tp ["-" tp])` with
-`tp = UINT "." UINT` (tile index "." tile-part index); the qualifier is our extension.
+`tp = UINT "." UINT` (tile index "." tile-part index); they are only checked (JPT-streams).
 """
 from __future__ import annotations
 
@@ -49,13 +49,10 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "SampledRange",
-    "TilePart",
-    "TilePartItem",
-    "TilePartSpec",
+    "check_tp_model",
     "UintRange",
     "parse_model",
     "parse_sampled_range",
-    "parse_tp_model",
     "parse_uint",
     "parse_uint_range",
 ]
@@ -304,62 +301,28 @@ def _implicit(head: str, codestreams: tuple[UintRange, ...] | None, subtractive:
 
 # --- tpmodel / tpneed -----------------------------------------------------------------------
 
-class TilePart(NamedTuple):
-    tile: int
-    part: int
-
-    def __str__(self) -> str:
-        return f"{self.tile}.{self.part}"
+_TILE_PART_ELEMENT = re.compile(r"-?([0-9]{1,5})\.([0-9]{1,3})(?:-([0-9]{1,5})\.([0-9]{1,3}))?")
 
 
-@dataclass(frozen=True, slots=True)
-class TilePartItem:
-    """Tile-parts `first` to `last` inclusive, ordered by (tile, part); one tp has first == last."""
-
-    first: TilePart
-    last: TilePart
-    codestreams: tuple[UintRange, ...] | None = None
-    subtractive: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class TilePartSpec:
-    """A parsed `tpmodel`/`tpneed` value."""
-
-    items: tuple[TilePartItem, ...]
-
-    def __iter__(self) -> Iterator[TilePartItem]:
-        return iter(self.items)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-
-def parse_tp_model(text: str, *, field: str = "tpmodel", max_items: int = MAX_MODEL_ITEMS,
-                   max_length: int = MAX_MODEL_TEXT) -> TilePartSpec:
-    """Parse a `tpmodel` or `tpneed` value (already %-decoded); RequestError(400) if malformed."""
-    items: list[TilePartItem] = []
-    codestreams: tuple[UintRange, ...] | None = None
+def check_tp_model(text: str, *, field: str = "tpmodel", max_items: int = MAX_MODEL_ITEMS,
+                   max_length: int = MAX_MODEL_TEXT) -> None:
+    """Checks a `tpmodel`/`tpneed` value: `1#(codestream-qualifier / ["-"] tp ["-" tp])`,
+    tp = tile "." tile-part. They describe a JPT-stream cache (tile data-bins); this server
+    sends JPP-streams, so the values are checked (400 if malformed) and not kept."""
+    count = 0
     for element in _elements(text, field, max_length, max_items):
         if element.startswith("["):
-            codestreams = _codestream_qualifier(element, field)
+            _codestream_qualifier(element, field)
             continue
-        subtractive = element.startswith("-")
-        body = element[1:] if subtractive else element
-        first_text, dash, last_text = body.partition("-")
-        first = _tile_part(first_text, field)
-        last = _tile_part(last_text, field) if dash else first
-        if last < first:
-            raise RequestError(field, f"{shorten(element)}: range runs backwards")
-        items.append(TilePartItem(first, last, codestreams, subtractive))
-        if len(items) > max_items:
+        m = _TILE_PART_ELEMENT.fullmatch(element)
+        if m is None:
+            raise RequestError(field, f"expected [-]<tile>.<part>[-<tile>.<part>], got "
+                               f"{shorten(element)}")
+        t0, p0, t1, p1 = (int(g) if g is not None else None for g in m.groups())
+        if t0 > MAX_TILE or p0 > MAX_TILE_PART or (t1 is not None and (
+                t1 > MAX_TILE or p1 > MAX_TILE_PART or (t1, p1) < (t0, p0))):
+            raise RequestError(field, f"{shorten(element)}: tile or tile-part out of range, "
+                               "or a range running backwards")
+        count += 1
+        if count > max_items:
             raise RequestError(field, f"more than {max_items} descriptors")
-    return TilePartSpec(tuple(items))
-
-
-def _tile_part(text: str, field: str) -> TilePart:
-    tile_text, dot, part_text = text.partition(".")
-    if not dot:
-        raise RequestError(field, f"expected <tile>.<part>, got {shorten(text)}")
-    return TilePart(parse_uint(tile_text, field, maximum=MAX_TILE, what="tile index"),
-                    parse_uint(part_text, field, maximum=MAX_TILE_PART, what="tile-part index"))

@@ -40,11 +40,10 @@ from .model import (
     MAX_LAYERS,
     ModelSpec,
     SampledRange,
-    TilePartSpec,
     UintRange,
+    check_tp_model,
     parse_model,
     parse_sampled_range,
-    parse_tp_model,
     parse_uint,
     parse_uint_range,
 )
@@ -52,6 +51,7 @@ from .model import (
 __all__ = [
     "DEFAULT_MAX_FIELD_LENGTH",
     "FIELD_NAMES",
+    "CHECKED_ONLY",
     "BoxProp",
     "Context",
     "ContextRange",
@@ -162,26 +162,14 @@ class BoxProp:
     """`box-type [":" (UINT / "r")] ["/" 1*(w/s/g/a)] ["!"]` inside `metareq=[...]`.
 
     `box_type` is the 4 characters as sent, or '*'. `limit` is a byte limit per box, 'r' for
-    headers only, None for none. `qualifiers` is empty when the client gave none; openjpip reads
-    that as "wsg", see `effective_qualifiers`. `priority` is the trailing '!'.
+    headers only, None for none. `qualifiers` is empty when the client gave none (openjpip
+    reads that as "wsg"). `priority` is the trailing '!'.
     """
 
     box_type: str
     limit: int | Literal["r"] | None = None
     qualifiers: frozenset[str] = frozenset()
     priority: bool = False
-
-    @property
-    def effective_qualifiers(self) -> frozenset[str]:
-        return self.qualifiers or frozenset("wsg")
-
-    @property
-    def box_code(self) -> bytes | None:
-        """The 4-byte box type, with '_' read as a space (opj_viewer sends `[xml_]` for the
-        'xml ' box; the convention is UNCONFIRMED); None for '*'."""
-        if self.box_type == "*":
-            return None
-        return self.box_type.replace("_", " ").encode("latin-1", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +203,13 @@ class PrefSet:
 
 @dataclass(frozen=True)
 class JPIPRequest:
-    """Every Annex C request field, typed; None (or False for flags) when absent.
+    """Every Annex C request field the server acts on, typed; None (or False) when absent.
 
-    `present` names the recognised fields the request carried, `ignored_fields` the unknown
-    ones skipped in lenient mode, and `raw` maps each present field to its %-decoded value
-    (for echoing in `JPIP-*` response headers and for logs).
+    The fields in `CHECKED_ONLY` (hints, JPT-stream cache fields, capabilities) are checked
+    against their grammar (400 if malformed) and not kept: nothing acts on them. `present`
+    names the recognised fields the request carried, `ignored_fields` the unknown ones skipped
+    in lenient mode, and `raw` maps each present field to its %-decoded value (for echoing in
+    `JPIP-*` response headers and for logs).
     """
 
     # target (C.2)
@@ -238,8 +228,6 @@ class JPIPRequest:
     comps: tuple[UintRange, ...] | None = None
     stream: tuple[SampledRange, ...] | None = None
     context: Context | None = None
-    srate: float | None = None
-    roi: str | None = None
     layers: int | None = None
     # metadata (C.5)
     metareq: MetaReq | None = None
@@ -247,22 +235,15 @@ class JPIPRequest:
     len: int | None = None
     quality: int | None = None  # 0..100, or -1 (no quality limit)
     # server control (C.7)
-    align: bool = False
     wait: bool = False
     type: tuple[str, ...] | None = None  # normalised, preference order: 'jpp-stream', ...
-    drate: float | None = None
     # cache management (C.8)
     model: ModelSpec | None = None
-    tpmodel: TilePartSpec | None = None
     need: ModelSpec | None = None
-    tpneed: TilePartSpec | None = None
-    mset: tuple[SampledRange, ...] | None = None
     # upload (C.9): recognised so the server can answer 501
     upload: bool = False
     # client capabilities and preferences (C.10)
-    cap: tuple[str, ...] | None = None
     pref: tuple[PrefSet, ...] | None = None
-    csf: str | None = None
     # 2022 edition: the client asks for JPIP-handled
     handled: bool = False
     # bookkeeping
@@ -335,7 +316,9 @@ def _build(values: dict[str, str], ignored: tuple[str, ...]) -> JPIPRequest:
     for name, value in values.items():
         if not value and name not in _EMPTY_OK:
             raise RequestError(name, "empty value")
-        parsed[name] = _PARSERS[name](value)
+        result = _PARSERS[name](value)
+        if name not in CHECKED_ONLY:
+            parsed[name] = result
     for name in ("roff", "rsiz"):
         if name in parsed and "fsiz" not in parsed:
             raise RequestError(name, "only valid together with fsiz")
@@ -652,6 +635,11 @@ def _tagged_uint(value: str, pos: int, tag: str, what: str,
 # --- dispatch -------------------------------------------------------------------------------
 
 _EMPTY_OK = frozenset(("handled", "upload"))
+# Checked, then dropped: `srate` (needs timing: MJ2), `roi` (no ROI descriptions are served),
+# `align`, `drate` (hints), `tpmodel`/`tpneed` (JPT-stream caches), `mset` (every model is
+# kept), `cap`, `csf` (client capabilities).
+CHECKED_ONLY = frozenset(("srate", "roi", "align", "drate", "tpmodel", "tpneed", "mset", "cap",
+                          "csf"))
 
 _PARSERS: dict[str, Callable[[str], object]] = {
     "target": _p_target,
@@ -678,9 +666,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "type": _p_type,
     "drate": partial(_ufloat, name="drate"),
     "model": partial(parse_model, field="model"),
-    "tpmodel": partial(parse_tp_model, field="tpmodel"),
+    "tpmodel": partial(check_tp_model, field="tpmodel"),
     "need": partial(parse_model, field="need"),
-    "tpneed": partial(parse_tp_model, field="tpneed"),
+    "tpneed": partial(check_tp_model, field="tpneed"),
     "mset": partial(_sampled_ranges, name="mset"),
     "upload": _flag,
     "cap": partial(_tokens, name="cap"),

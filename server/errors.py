@@ -66,11 +66,15 @@ def classify(exc: BaseException) -> ErrorAnswer:
         level = logging.INFO if status < 500 else logging.WARNING
         return ErrorAnswer(status, body, headers, level, f"{type(exc).__name__}: {body}")
     if isinstance(getattr(exc, "offset", None), int) and isinstance(reason, str):
-        # A file we cannot index. Valid but unsupported features are "not implemented".
+        # A file we cannot index: the file's fault, not ours (415), and worth a warning for
+        # whoever keeps the files. Valid but unsupported features are "not implemented".
         unsupported = bool(getattr(exc, "unsupported", False))
-        body = _one_line(f"cannot serve target: {reason}")
         where = f" at byte {exc.offset}" if exc.offset >= 0 else ""  # type: ignore[attr-defined]
-        return ErrorAnswer(501 if unsupported else 500, body, {}, logging.ERROR,
+        if unsupported:
+            body = _one_line(f"cannot serve target: {reason}")
+        else:
+            body = _one_line(f"not a JPEG 2000 file this server can read ({reason}{where})")
+        return ErrorAnswer(501 if unsupported else 415, body, {}, logging.WARNING,
                            f"{type(exc).__name__}{where}: {_one_line(reason)}")
     return ErrorAnswer(500, "internal error", {}, logging.ERROR,
                        f"unhandled {type(exc).__name__}: {_one_line(exc)}", traceback=True)

@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jpip.errors import RequestError
-from jpip.model import ModelItem, SampledRange, TilePart, TilePartItem, UintRange
+from jpip.model import ModelItem, SampledRange, UintRange
 from jpip.request import (
+    CHECKED_ONLY,
     FIELD_NAMES,
     BoxProp,
     ContextRange,
@@ -77,8 +78,7 @@ def test_opj_viewer_requests():
     assert req.cnew == ("http",) and req.type == ("jpp-stream",)
     req = parse_query(f"cid={CID}&metareq=[xml_]")
     prop = req.metareq.items[0].props[0]
-    assert prop == BoxProp("xml_") and prop.box_code == b"xml "
-    assert prop.effective_qualifiers == {"w", "s", "g"} and not req.metareq.metadata_only
+    assert prop == BoxProp("xml_") and not req.metareq.metadata_only
     req = parse_query(f"cid={CID}&fsiz=340,340&roff=10,20&rsiz=100,80")
     assert req.roff == Point(10, 20) and req.rsiz == Size(100, 80)
 
@@ -97,7 +97,7 @@ def test_kakadu_style_request():
         ModelItem("P", one(12), codestreams=(R(0, 2),), subtractive=True),
     )
     assert req.pref == (PrefSet("fullwindow", ("fullwindow",), False),)
-    assert req.mset == (S(0, 0),) and req.wait is True and req.qid == 3
+    assert "mset" in req.present and req.wait is True and req.qid == 3
     assert req.cnew == ("http-tcp", "http")
 
 
@@ -135,10 +135,6 @@ VALID = [
     ("context=jpxl<2>[s0i1],mj2t<1+now>", "context.ranges",
      (ContextRange("jpxl", "2", S(2, 2), "s0i1"), ContextRange("mj2t", "1+now"))),
     ("context=jpxl%3C0-9%3A3%3E", "context.jpxl_layers", (S(0, 9, 3),)),
-    ("srate=2.5", "srate", 2.5),
-    ("srate=30", "srate", 30.0),
-    ("srate=.5", "srate", 0.5),
-    ("roi=dynamic", "roi", "dynamic"),
     ("layers=0", "layers", 0),
     ("layers=65535", "layers", 65535),
     ("metareq=[xml_:r/w!;jp2h:1024/sg]R0D3,[*]", "metareq",
@@ -153,8 +149,6 @@ VALID = [
     ("quality=0", "quality", 0),
     ("quality=100", "quality", 100),
     ("quality=-1", "quality", -1),
-    ("align=yes", "align", True),
-    ("align=no", "align", False),
     ("wait=yes", "wait", True),
     ("wait=no", "wait", False),
     ("type=jpp-stream", "type", ("jpp-stream",)),
@@ -162,22 +156,33 @@ VALID = [
     ("type=jpp-stream;ptype=ext,jpt-stream", "type", ("jpp-stream;ptype=ext", "jpt-stream")),
     ("type=image/JPT-stream%3B%20ttype=ext,raw", "type", ("jpt-stream;ttype=ext", "raw")),
     ("type=image/jpeg", "type", ("image/jpeg",)),
-    ("drate=1.5", "drate", 1.5),
     ("model=Hm", "model.items", (ModelItem("Hm", one(0)),)),
     ("need=P1:L2", "need.items", (ModelItem("P", one(1), layers=2),)),
-    ("tpmodel=0.0-2.1", "tpmodel.items", (TilePartItem(TilePart(0, 0), TilePart(2, 1)),)),
-    ("tpneed=-3.0", "tpneed.items", (TilePartItem(TilePart(3, 0), TilePart(3, 0), None, True),)),
-    ("mset=0-5:5", "mset", (S(0, 5, 5),)),
     ("upload=x", "upload", True),
     ("upload", "upload", True),
-    ("cap=mbw:1M,foo", "cap", ("mbw:1M", "foo")),
     ("pref=fullwindow,meta:incr;concise/r", "pref",
      (PrefSet("fullwindow", ("fullwindow",)), PrefSet("meta:incr;concise/r",
                                                        ("meta:incr", "concise"), True))),
-    ("csf=abc", "csf", "abc"),
     ("handled", "handled", True),
     ("handled=", "handled", True),
 ]
+
+
+# Checked and then dropped (nothing acts on them): a valid value is accepted and named in
+# `present`/`raw`, and the request keeps no attribute for it.
+CHECKED = [
+    "srate=2.5", "srate=30", "srate=.5", "roi=dynamic", "align=yes", "align=no", "drate=1.5",
+    "tpmodel=0.0-2.1", "tpmodel=[1],0.0,1.0-3.2,-4.1,[2],5.0", "tpneed=-3.0", "mset=0-5:5",
+    "cap=mbw:1M,foo", "csf=abc",
+]
+
+
+@pytest.mark.parametrize("query", CHECKED)
+def test_checked_only_fields(query):
+    name, _, value = query.partition("=")
+    req = parse_query(query)
+    assert name in CHECKED_ONLY and req.present == {name} and req.raw[name] == value
+    assert not hasattr(req, name)
 
 
 def _get(obj: object, path: str) -> object:
@@ -194,18 +199,19 @@ def test_valid_fields(query, path, expected):
 
 
 def test_every_annex_c_field_has_a_valid_example():
-    covered = {v[1].split(".")[0] for v in VALID}
+    covered = {v[1].split(".")[0] for v in VALID} | {q.partition("=")[0] for q in CHECKED}
     assert covered == set(FIELD_NAMES)
-    assert set(FIELD_NAMES) <= set(JPIPRequest.__dataclass_fields__)
+    assert set(FIELD_NAMES) - CHECKED_ONLY == set(JPIPRequest.__dataclass_fields__) - {
+        "present", "ignored_fields", "raw"}
 
 
 def test_defaults_when_absent():
     req = parse_query("")
     assert req == JPIPRequest()
     assert req.present == frozenset() and req.ignored_fields == () and dict(req.raw) == {}
-    assert not (req.align or req.wait or req.upload or req.handled)
+    assert not (req.wait or req.upload or req.handled)
     assert all(getattr(req, name) is None for name in FIELD_NAMES
-               if name not in ("align", "wait", "upload", "handled"))
+               if name not in ("wait", "upload", "handled") and name not in CHECKED_ONLY)
 
 
 # --- every field, invalid ---------------------------------------------------------------------

@@ -251,7 +251,8 @@ async def test_methods_reach_the_jpip_handler(make_client: MakeClient, monkeypat
     ("bad-cid", 503, "cid: unknown or closed channel\n"),
     ("target", 404, "no such target\n"),
     ("suffix", 415, "'.txt' files are not served\n"),
-    ("codestream", 500, "cannot serve target: SIZ segment ends early\n"),
+    ("codestream", 415, "not a JPEG 2000 file this server can read (SIZ segment ends early at "
+                        "byte 1234)\n"),
     ("unsupported", 501, "cannot serve target: uses a feature we do not serve\n"),
     ("busy", 503, "too many sessions\n"),
     ("bug", 500, "internal error\n"),

@@ -11,6 +11,10 @@ messages, logging, metrics). Workloads, on the 4096^2 RGB interoperability image
 - `pan`: a session (cnew), then a 512^2 window panned by 128 px on every request;
 - `repeat`: a session asking again for a window it holds (the answer is the EOR alone).
 
+One more line: a `model=` of 100,000 explicit precinct descriptors (`P<id>`, ids drawn at
+random), parsed and resolved into cache-model records (what a stateless client describing a
+large cache costs).
+
 Figures are medians of `--rounds` rounds of `--requests` requests, in microseconds per request:
 the process's CPU time (what the server costs, whatever else the machine runs) and, beside it,
 the wall-clock time.
@@ -31,6 +35,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from codestream.source import build_source
+from jpip.model import parse_model
+from jpip.modelspec import model_records
 from server.app import create_app
 from server.config import ServerConfig
 
@@ -159,6 +166,19 @@ async def bench(root: Path, requests: int, rounds: int) -> dict[str, dict[str, f
     return results
 
 
+def model_cost(root: Path, count: int = 100_000) -> tuple[float, float]:
+    """Seconds to parse and to resolve a `model=` of `count` explicit precinct descriptors."""
+    with build_source(root / IMAGE) as src:
+        ids = src.codestreams[0].precincts["id"]
+        rng = random.Random(8)
+        text = ",".join(f"P{int(ids[rng.randrange(len(ids))])}" for _ in range(count))
+        t0 = time.perf_counter()
+        spec = parse_model(text)
+        t1 = time.perf_counter()
+        model_records(spec, src, 0)
+        return t1 - t0, time.perf_counter() - t1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench request", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:8} {r['cpu_us']:6.0f} ({r['wall_us']:5.0f}) "
               f"{r['bare_cpu_us']:6.0f} ({r['bare_wall_us']:5.0f}) "
               f"{r['server_cpu_us']:7.0f} {r['bytes']:8.0f}")
+    parse_s, resolve_s = model_cost(args.root)
+    print(f"model= of 100,000 precinct descriptors: parsed in {parse_s * 1000:.0f} ms, "
+          f"resolved in {resolve_s * 1000:.0f} ms")
     return 0
 
 

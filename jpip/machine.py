@@ -275,7 +275,8 @@ class Exchange:
         if session is not None and target_path is not None and target_path != session.target:
             raise RequestError("cid", "the channel belongs to another target")
         if source is None or target_path is None:
-            raise RequestError("target", "no target: give target=, a path, or cid=")
+            raise RequestError("target", f"no target: name a file with /{self.machine.channel_path}"
+                               "?target=<file> or /<file>, or a channel with cid=")
         self.source, self.target_path = source, target_path
         self.target_id = current = source.identity.target_id  # a hash: computed once
         self.tid_mismatch = req.tid is not None and req.tid not in ("0", current)
@@ -326,7 +327,9 @@ class Exchange:
             return Turn(TurnKind.PREEMPTED, (Skip(self.channel, qid),))
         if ch.busy:
             return Turn(TurnKind.WAIT_BUSY)
-        if qid is not None and ch.last_qid >= 0 and qid > ch.last_qid + 1 and not waited_out:
+        # qid n waits for n - 1 (a channel's first qid may be 0 or 1); the server stops
+        # waiting after a while (`waited_out`), since a lower qid may never come.
+        if qid is not None and qid > max(ch.last_qid + 1, 1) and not waited_out:
             return Turn(TurnKind.WAIT_QID)
         self._began = True
         return Turn(TurnKind.GO, (Begin(self.channel, qid),))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from .errors import RequestError, shorten
@@ -147,13 +147,13 @@ def parse_sampled_range(text: str, field: str | None, *, maximum: int,
 ModelKind = Literal["Hm", "H", "P", "T", "M", "implicit"]
 
 
-@dataclass(frozen=True, slots=True)
-class ModelItem:
+class ModelItem(NamedTuple):
     """One bin descriptor, with the codestream qualifier in force where it appeared.
 
     Explicit forms fill `ids` (None for '*'; `Hm` is always id 0). The implicit form fills
     `tiles`..`precincts`, where None means every index ('*' or the letter left out).
-    `bytes`/`layers` are both None when the descriptor means the whole bin.
+    `bytes`/`layers` are both None when the descriptor means the whole bin. (A tuple: a
+    `model=` may hold 100,000 of them, and tuples are built fastest.)
     """
 
     kind: ModelKind
@@ -185,6 +185,7 @@ class ModelSpec:
         return len(self.items)
 
 
+_PLAIN_PRECINCT = re.compile(r"P([0-9]+)")  # 15 digits stay below MAX_BIN_ID
 _RANGE_OR_STAR = r"\*|[0-9]+(?:-[0-9]*)?"
 _IMPLICIT = re.compile(
     rf"(?:t({_RANGE_OR_STAR}))?(?:c({_RANGE_OR_STAR}))?"
@@ -198,11 +199,17 @@ def parse_model(text: str, *, field: str = "model", max_items: int = MAX_MODEL_I
     """Parse a `model` or `need` value (already %-decoded); RequestError(400) if malformed."""
     items: list[ModelItem] = []
     codestreams: tuple[UintRange, ...] | None = None
+    plain = _PLAIN_PRECINCT.fullmatch
     for element in _elements(text, field, max_length, max_items):
         if element.startswith("["):
             codestreams = _codestream_qualifier(element, field)
             continue
-        items.append(_descriptor(element, codestreams, field))
+        m = plain(element)
+        if m is not None and len(m.group(1)) <= 15:  # the common form, P<id>: no checks left
+            n = int(m.group(1))
+            items.append(ModelItem("P", UintRange(n, n), codestreams))
+        else:
+            items.append(_descriptor(element, codestreams, field))
         if len(items) > max_items:
             raise RequestError(field, f"more than {max_items} descriptors")
     return ModelSpec(tuple(items))
@@ -273,7 +280,7 @@ def _descriptor(element: str, codestreams: tuple[UintRange, ...] | None,
     if layers is not None:
         if kind not in ("P", "implicit"):
             raise RequestError(field, f"{shorten(element)}: :L<n> applies to precinct bins only")
-        item = replace(item, layers=layers)
+        item = item._replace(layers=layers)
     return item
 
 

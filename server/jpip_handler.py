@@ -331,8 +331,15 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
                 # A newer request arrived: end this one at a message boundary (EOR 3).
                 await resp.write(ex.window_change())
                 break
-            async with asyncio.timeout(state.write_timeout):
-                await resp.write(chunk.data)
+            try:
+                async with asyncio.timeout(state.write_timeout):
+                    await resp.write(chunk.data)
+            except TimeoutError:
+                # The client stopped reading: it is gone as far as we are concerned.
+                if request.transport is not None:
+                    request.transport.close()
+                raise ConnectionResetError(f"client read nothing for {state.write_timeout:g} s "
+                                           f"after {progress.sent} bytes") from None
             progress.sent += len(chunk.data)
             committed = ex.commit(chunk)
             if committed and session is not None:

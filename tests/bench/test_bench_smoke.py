@@ -44,3 +44,11 @@ def test_bench_smoke(tmp_path) -> None:
     cold = rep["cold_start"][0]
     assert cold["cold_status"] == 200 and cold["cached_status"] == 200
     assert rep["memory"]["sessions"] == 9 and rep["memory"]["errors"] == 0
+
+
+def test_request_bench_smoke() -> None:
+    cmd = [sys.executable, "-m", "bench", "request", "--rounds", "1", "--requests", "5"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for word in ("fresh", "pan", "repeat", "100,000 precinct descriptors"):
+        assert word in proc.stdout

@@ -1,6 +1,9 @@
 """Sessions: a viewer's pan/zoom sequence never receives a byte twice and decodes exactly."""
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import aiohttp
 import pytest
 
@@ -162,3 +165,60 @@ async def test_channel_ids_are_bound_to_their_target(interop_server) -> None:
         async with http.get(f"{base}?target=rgb4096.jp2&cid={cid}&fsiz=64,64") as r:
             assert r.status == 400
             assert "another target" in await r.text()
+
+
+async def _cnew(http, base: str) -> str:
+    async with http.get(f"{base}?target={IMAGE}&cnew=http&fsiz=64,64") as r:
+        await r.read()
+        return dict(kv.split("=") for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+
+
+async def test_requests_on_a_channel_are_served_in_qid_order(interop_server) -> None:
+    base = str(interop_server.make_url("/jpip"))
+    async with aiohttp.ClientSession() as http:
+        cid = await _cnew(http, base)
+        done: list[int] = []
+
+        async def ask(qid: int, delay: float) -> None:
+            await asyncio.sleep(delay)
+            async with http.get(f"{base}?cid={cid}&qid={qid}&wait=yes&fsiz=512,512") as r:
+                assert r.status == 200 and r.headers["JPIP-qid"] == str(qid)
+                await r.read()
+                done.append(qid)
+
+        # qid 2 arrives first and waits (on the channel's condition) for qid 1.
+        await asyncio.gather(ask(2, 0), ask(1, 0.2))
+        assert done == [1, 2]
+
+
+def _small_receive_buffer(addr_info) -> socket.socket:
+    """A client socket that holds little: the server's writes wait for the client's reads."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def test_a_newer_request_preempts_the_one_in_flight(interop_server) -> None:
+    base = str(interop_server.make_url("/jpip"))
+    slow = aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+    async with aiohttp.ClientSession(connector=slow) as http, aiohttp.ClientSession() as fast:
+        cid = await _cnew(fast, base)
+        async with http.get(f"{base}?cid={cid}&fsiz=2048,2048") as big:  # about 4 MB
+            first = await big.content.read(1000)
+
+            async def newer() -> bytes:
+                async with fast.get(f"{base}?cid={cid}&fsiz=128,128") as small:
+                    assert small.status == 200
+                    return await small.read()
+
+            task = asyncio.create_task(newer())
+            await asyncio.sleep(0.2)  # the newer request has arrived; the big one is writing
+            rest = await big.read()   # ...and ends at its next chunk
+            body = await task
+        items = parse_stream(first + rest)
+        assert items[-1].reason == 3  # window change: ended for the newer request
+        assert parse_stream(body)[-1].reason in (1, 2)
+        # Nothing was lost: the big window now completes, sending only what is missing.
+        async with fast.get(f"{base}?cid={cid}&fsiz=2048,2048") as r:
+            assert parse_stream(await r.read())[-1].reason == 1

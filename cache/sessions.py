@@ -7,9 +7,12 @@ the `SessionStore` (`apply`), so that a store kept elsewhere (e.g. Redis, shared
 worker processes) sees exactly what changed. Nothing here depends on Python object identity:
 a session is named by its `session_id`, a channel by its `cid`, a model by its records.
 
-`MemorySessionStore` is the store of one process: capped in number, idle sessions expire
-(least recently used first), and an oversized cache model is reset. It is synchronous; the
-server serialises what must be serialised (one response at a time per channel) itself.
+The store's interface is asynchronous, so that a store doing I/O (a network round trip per
+operation) plugs into the server unchanged. `MemorySessionStore` is the store of one process:
+capped in number, idle sessions expire (least recently used first), and an oversized cache
+model is reset; its `*_now` methods are the same operations, synchronous, for callers without
+an event loop (the machine's tests). The server serialises what must be serialised (one
+response at a time per channel) itself.
 """
 from __future__ import annotations
 
@@ -195,27 +198,24 @@ class SessionStore(ABC):
     idle_timeout: float
 
     @abstractmethod
-    def load(self, cid: str) -> SessionState | None:
+    async def load(self, cid: str) -> SessionState | None:
         """The session the channel belongs to, or None (unknown, closed or expired)."""
 
     @abstractmethod
-    def open(self, change: OpenSession) -> SessionState:
+    async def open(self, change: OpenSession) -> SessionState:
         """Creates a session; raises OverCapacity when there is no room."""
 
     @abstractmethod
-    def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+    async def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
         """Records changes of a loaded session (and applies them to it)."""
 
     @abstractmethod
-    def expire(self) -> int:
+    async def expire(self) -> int:
         """Drops idle sessions; returns how many."""
 
     @abstractmethod
-    def close_all(self) -> int:
+    async def close_all(self) -> int:
         """Closes every session (server shutdown); returns how many."""
-
-    @abstractmethod
-    def __len__(self) -> int: ...
 
 
 class MemorySessionStore(SessionStore):
@@ -234,6 +234,22 @@ class MemorySessionStore(SessionStore):
         self._on_event = on_event or (lambda name: None)
         self._clock = clock
 
+    # The interface: the in-memory operations never wait.
+    async def load(self, cid: str) -> SessionState | None:
+        return self.load_now(cid)
+
+    async def open(self, change: OpenSession) -> SessionState:
+        return self.open_now(change)
+
+    async def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        self.apply_now(session, changes)
+
+    async def expire(self) -> int:
+        return self.expire_now()
+
+    async def close_all(self) -> int:
+        return self.close_all_now()
+
     def __len__(self) -> int:
         return len(self._sessions)
 
@@ -244,7 +260,7 @@ class MemorySessionStore(SessionStore):
     def sessions(self) -> list[SessionState]:
         return list(self._sessions.values())
 
-    def load(self, cid: str) -> SessionState | None:
+    def load_now(self, cid: str) -> SessionState | None:
         sid = self._channels.get(cid)
         if sid is None:
             return None
@@ -257,8 +273,8 @@ class MemorySessionStore(SessionStore):
         self._sessions.move_to_end(sid)
         return session
 
-    def open(self, change: OpenSession) -> SessionState:
-        self.expire()
+    def open_now(self, change: OpenSession) -> SessionState:
+        self.expire_now()
         if len(self._sessions) >= self.max_sessions:
             self._evict_one()
         session = SessionState(change.session_id, change.target, change.target_id)
@@ -269,7 +285,7 @@ class MemorySessionStore(SessionStore):
         self._on_event("created")
         return session
 
-    def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+    def apply_now(self, session: SessionState, changes: Iterable[Change]) -> None:
         # (Use is counted by load(): a session is touched once per request.)
         sid = session.session_id
         live = self._sessions.get(sid) is session
@@ -292,7 +308,7 @@ class MemorySessionStore(SessionStore):
                 session.model = CacheModel()
                 self._on_event("model_reset")
 
-    def expire(self) -> int:
+    def expire_now(self) -> int:
         """Sessions are kept in order of last use, so the scan stops at the first one still
         fresh: the cost follows the sessions that expire, not the sessions open."""
         now = self._clock()
@@ -306,7 +322,7 @@ class MemorySessionStore(SessionStore):
             self._drop(sid, "expired")
         return len(gone)
 
-    def close_all(self) -> int:
+    def close_all_now(self) -> int:
         count = len(self._sessions)
         for sid in list(self._sessions):
             self._drop(sid, "closed")

@@ -125,7 +125,7 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
         async def sweep() -> None:
             while True:
                 await asyncio.sleep(period)
-                state.sessions.expire()
+                await state.sessions.expire()
 
         task = asyncio.create_task(sweep(), name="jpip-session-sweeper")
         yield
@@ -136,7 +136,7 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
     async def close_state(app: web.Application) -> None:
         # on_cleanup runs after in-flight requests finished (on_shutdown runs before).
         state.index_cache.close()
-        state.sessions.close_all()
+        await state.sessions.close_all()
 
     app.cleanup_ctx.append(sweep_sessions)
     app.on_cleanup.append(close_state)
@@ -205,7 +205,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     req = await _read_request(request, state.lenient)
     ex = state.machine.exchange(req)
     store = state.sessions
-    session = store.load(ex.cid) if ex.cid is not None else None
+    session = await store.load(ex.cid) if ex.cid is not None else None
     source = path = None
     if not ex.close_only:
         path = _target_path(state, ex, target, session)
@@ -215,17 +215,17 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
 
     if ex.opening is not None:
         try:
-            session = store.open(ex.opening)
+            session = await store.open(ex.opening)
         except OverCapacity as e:
             raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
     elif ex.arrival:
-        store.apply(session, ex.arrival)
+        await store.apply(session, ex.arrival)
         await state.turns.notify([ex.channel])  # a waiting request may now be superseded
     if ex.channel is not None:
         set_request_cid(request, ex.channel)
     if ex.queued:
         turn, session = await _await_turn(state, ex, session)
-        store.apply(session, turn.changes)
+        await store.apply(session, turn.changes)
         if ex.req.qid is not None:
             await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
@@ -234,7 +234,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         # Stateless, or cclose alone: no channel of ours to hold while writing.
         reply = ex.reply(session)
         if reply.changes and session is not None:
-            store.apply(session, reply.changes)
+            await store.apply(session, reply.changes)
             await state.turns.notify(_channels_touched(None, reply.changes))
         return await _answer(request, state, ex, reply, None)
 
@@ -244,11 +244,11 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     try:
         reply = ex.reply(session)
         if reply.changes:
-            store.apply(session, reply.changes)
+            await store.apply(session, reply.changes)
         return await _stream(request, state, ex, reply, session, progress)
     finally:
         changes = ex.finish(session, progress.sent, progress.complete)
-        store.apply(session, changes)
+        await store.apply(session, changes)
         touched = [*(reply.changes if reply is not None else ()), *changes]
         await state.turns.notify(_channels_touched(ex.channel, touched))
         _observe(state, ex, reply)
@@ -267,7 +267,7 @@ async def _await_turn(state: JPIPState, ex: Exchange,
     with state.turns.condition(ex.channel) as cond:
         async with cond:
             while True:
-                session = state.sessions.load(ex.cid)
+                session = await state.sessions.load(ex.cid)
                 turn = _turn(ex, session, waited_out)
                 if turn.kind is TurnKind.WAIT_BUSY:
                     await cond.wait()
@@ -343,7 +343,7 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
             progress.sent += len(chunk.data)
             committed = ex.commit(chunk)
             if committed and session is not None:
-                store.apply(session, committed)
+                await store.apply(session, committed)
             chunk = next(chunks, None)
         else:
             progress.complete = True

@@ -65,7 +65,7 @@ async def test_ten_thousand_sessions(aiohttp_server, tmp_path, record_property) 
     base = str(server.make_url("/"))
     # Warm up: the index is built and the code paths are loaded before anything is counted.
     await _open_sessions(base, 1, seed=0)
-    state.sessions.close_all()
+    await state.sessions.close_all()
     fds0, tasks0, rss0 = open_fds(), len(asyncio.all_tasks()), rss_mib()
 
     cids = await _open_sessions(base, SESSIONS, seed=1)
@@ -94,7 +94,7 @@ async def test_ten_thousand_sessions(aiohttp_server, tmp_path, record_property) 
 
     # Expiry: with every session idle past the timeout, one sweep drops them all.
     state.sessions.idle_timeout = 0
-    assert state.sessions.expire() == SESSIONS
+    assert await state.sessions.expire() == SESSIONS
     assert len(state.sessions) == 0 and state.sessions.channel_count == 0
 
     # Nothing is left behind once the client connections are gone.

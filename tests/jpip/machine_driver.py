@@ -75,25 +75,25 @@ class Wire:
     def start(self, query: str) -> Pending:
         """Parses, loads the session, binds and records the arrival (steps 1-2)."""
         ex = self.machine.exchange(parse_query(query))
-        session = self.store.load(ex.cid) if ex.cid is not None else None
+        session = self.store.load_now(ex.cid) if ex.cid is not None else None
         # Target resolution is the server's: a request names one with target= (or is on a
         # channel, whose session has it).
         named = not ex.close_only and (ex.target is not None or session is not None)
         ex.bind(session, self.source if named else None, self.target_path if named else None)
         if ex.opening is not None:
-            session = self.store.open(ex.opening)
+            session = self.store.open_now(ex.opening)
         elif ex.arrival:
-            self.store.apply(session, ex.arrival)
+            self.store.apply_now(session, ex.arrival)
         return Pending(ex, session)
 
     def turn(self, p: Pending, waited_out: bool = False) -> TurnKind:
         """Step 3 once (channel requests): records GO/PREEMPTED changes."""
-        session = self.store.load(p.ex.cid)
+        session = self.store.load_now(p.ex.cid)
         if session is None:
             raise RequestError("cid", "the channel was closed", 503)
         p.session = session
         turn = p.ex.turn(session, waited_out)
-        self.store.apply(session, turn.changes)
+        self.store.apply_now(session, turn.changes)
         if turn.kind is TurnKind.PREEMPTED:
             p.reply = p.ex.preempted_reply()
             p.chunks = iter(p.reply.chunks())
@@ -104,7 +104,7 @@ class Wire:
         if p.reply is None:
             p.reply = p.ex.reply(p.session)
             if p.reply.changes and p.session is not None:
-                self.store.apply(p.session, p.reply.changes)
+                self.store.apply_now(p.session, p.reply.changes)
             p.chunks = iter(p.reply.chunks())
         first = next(p.chunks)
         p.pending_chunk = first
@@ -127,7 +127,7 @@ class Wire:
         p.sent += len(chunk.data)
         changes = p.ex.commit(chunk)
         if changes and session is not None:
-            self.store.apply(session, changes)
+            self.store.apply_now(session, changes)
         return True
 
     def finish(self, p: Pending) -> Answer:
@@ -136,7 +136,7 @@ class Wire:
         session = p.session if p.ex.serving else None
         changes = p.ex.finish(session, p.sent, complete)
         if session is not None:
-            self.store.apply(session, changes)
+            self.store.apply_now(session, changes)
         elif p.ex.close_only and p.reply is not None and p.reply.changes and p.session:
             pass  # recorded in go()
         items = parse_stream(bytes(p.out))
@@ -159,7 +159,7 @@ class Wire:
         return self.finish(p)
 
     def session_of(self, cid: str) -> SessionState | None:
-        return self.store.load(cid)
+        return self.store.load_now(cid)
 
 
 def cnew_cid(answer: Answer) -> str:

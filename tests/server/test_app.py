@@ -21,6 +21,7 @@ from jpip.errors import RequestError
 from server.app import CONFIG_KEY, EXPOSED_HEADERS, METRICS_KEY, app_factory, create_app
 from server.config import ServerConfig
 from server.errors import ServiceUnavailable
+from server.jpip_handler import STATE_KEY
 from server.logs import ACCESS_LOGGER, JsonFormatter, set_request_cid
 from server.metrics import Metrics
 from server.proxy import TrustedProxies
@@ -154,14 +155,28 @@ def test_metrics_hooks() -> None:
         m.session_event(kind)
     m.index_event("miss", 0.2)
     m.index_event("build", 0.1)
-    m.bytes_saved(100)
     text = m.render().decode()
     assert "jpip_sessions 0.0" in text
     assert "jpip_sessions_created_total 3.0" in text
     assert "jpip_sessions_expired_total 1.0" in text and "jpip_sessions_evicted_total 1.0" in text
     assert 'jpip_index_cache_total{result="build"} 1.0' in text
     assert "jpip_index_build_seconds_count 1.0" in text
-    assert "jpip_bytes_saved_by_model_total 100.0" in text
+
+
+async def test_bytes_saved_by_a_real_session(make_client: MakeClient) -> None:
+    """A session asking again for what it holds: the bytes its model saved are counted."""
+    client = await make_client()
+    r = await client.get("/jpip?target=file1.jp2&cnew=http&fsiz=96,64")
+    cid = dict(kv.split("=", 1) for kv in r.headers["JPIP-cnew"].split(","))["cid"]
+    sent = len(await r.read())
+    r = await client.get(f"/jpip?cid={cid}&fsiz=96,64")
+    assert await r.read() == b"\x00\x02\x00"  # nothing new: the EOR alone
+    text = await (await client.get("/metrics")).text()
+    saved = float(next(line.split()[-1] for line in text.splitlines()
+                       if line.startswith("jpip_bytes_saved_by_model_total")))
+    assert 0 < saved < sent
+    state = client.app[STATE_KEY]
+    assert (await state.sessions.load(cid)).bytes_saved == saved
 
 
 # ----- CORS, methods -----

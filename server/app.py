@@ -51,7 +51,8 @@ async def jpip_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 async def jpip_path_form(request: web.Request) -> web.StreamResponse:
-    """/<target path>: the path is the target (already percent-decoded once by aiohttp)."""
+    """/<target path>: the path is the target (already percent-decoded once by aiohttp),
+    unless the request names one with target= (see server.jpip_handler for the rules)."""
     return await handle_jpip(request, target=request.match_info["target"])
 
 

@@ -214,7 +214,7 @@ async def api_info(request: web.Request) -> web.Response:
                        for c in siz.components],
         "bit_depth": max(c.precision for c in siz.components),
         "signed": any(c.signed for c in siz.components),
-        "levels": ix.max_levels,
+        "levels": ix.max_discard,
         "min_levels": int(ix.tcr["levels"].min()) if len(ix.tcr["levels"]) else 0,
         "layers": ix.max_layers,
         "tiles": [siz.tiles_x, siz.tiles_y],

@@ -80,7 +80,7 @@ async def test_info(client, root: Path) -> None:
         ix = src.codestreams[0]
         assert body["target_id"] == src.identity.target_id
     assert (body["width"], body["height"], body["levels"], body["layers"]) == (
-        ix.siz.width, ix.siz.height, ix.max_levels, ix.max_layers)
+        ix.siz.width, ix.siz.height, ix.max_discard, ix.max_layers)
     assert body["codestreams"] == 1 and body["first_codestream"] == 0
     assert body["components"][0] == {"precision": 8, "signed": False, "dx": 1, "dy": 1}
     assert not body["htj2k"] and body["reversible"] and body["mct"]

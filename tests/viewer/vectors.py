@@ -246,8 +246,8 @@ def rebuild_vectors() -> list[dict]:
             for limit in limits:
                 chunks = list(ResponseBuilder(src, [plan], model, byte_limit=limit).chunks())
                 for chunk in chunks:
-                    if chunk.updates:
-                        model.commit(chunk.updates)
+                    if chunk.records:
+                        model.apply(chunk.records)
                 data = b"".join(c.data for c in chunks)
                 for item in StreamParser().feed(data):
                     cache.add(item)
@@ -295,7 +295,7 @@ def window_vectors() -> list[dict]:
                               "rsiz": rsiz and list(rsiz), "discard": w.discard,
                               "frame": list(w.frame), "offset": list(w.offset),
                               "size": list(w.size), "region": list(w.region)})
-            out.append({"file": name, "max_levels": ix.max_levels,
+            out.append({"file": name, "max_levels": ix.max_discard,
                         "siz": {"xsiz": siz.xsiz, "ysiz": siz.ysiz, "xosiz": siz.xosiz,
                                 "yosiz": siz.yosiz},
                         "main_header": b64(src.main_header_bin(0)), "cases": cases})

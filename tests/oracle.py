@@ -69,7 +69,7 @@ def _run(data: bytes, rlevel: int, area: tuple[int, int, int, int] | None, layer
         src = os.path.join(tmp, "in.j2k")
         with open(src, "wb") as f:
             f.write(data)
-        cmd = [OPJ_DECOMPRESS, "-i", src, "-o", os.path.join(tmp, "out.pgx"), "-quiet"]
+        cmd = [OPJ_DECOMPRESS, "-i", src, "-o", os.path.join(tmp, "out.pgx")]
         if rlevel:
             cmd += ["-r", str(rlevel)]
         if layers:
@@ -83,8 +83,11 @@ def _run(data: bytes, rlevel: int, area: tuple[int, int, int, int] | None, layer
         outputs = sorted((f for f in os.listdir(tmp) if f.startswith("out") and
                           f.endswith(".pgx")), key=lambda f: int(f[4:-4] or 0))
         if proc.returncode != 0 or not outputs:
+            # The library's own messages ("[ERROR] Error reading COC marker") name the cause.
+            text = (proc.stderr + proc.stdout).decode(errors="replace")
+            errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
             raise OracleError(f"opj_decompress failed ({proc.returncode}): "
-                              f"{(proc.stderr or proc.stdout)[-500:].decode(errors='replace')}")
+                              + "; ".join(errors or [text.strip()[-500:]]))
         return [read_pgx(os.path.join(tmp, f)) for f in outputs]
 
 

@@ -549,11 +549,12 @@ class IndexCache:
         self._emit("miss", time.perf_counter() - t0)
         return src
 
-    async def aget(self, path: Path | str) -> Source:
+    async def aget(self, path: Path | str, *, resolved: bool = False) -> Source:
         """As `get`, with disk loads and builds in a worker thread; concurrent requests for one
-        path share one load or build."""
+        path share one load or build. `resolved`: the caller resolved the path already (the
+        server's target resolution does), so it is not resolved twice."""
         t0 = time.perf_counter()
-        key = str(_resolved(path))
+        key = str(path) if resolved else str(_resolved(path))
         src = self._lookup(key)
         if src is not None:
             self._emit("hit", time.perf_counter() - t0)

@@ -191,17 +191,18 @@ class ResponseBuilder:
             ix = src.codestreams[cs]
             pr, pk = ix.precincts, ix.packets
             rows = plan.rows
-            starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
             held = self.model.stream(cs).precincts.get(rows)
-            planned_end = np.where(counts > 0, pk["bin_end"][np.maximum(
-                starts + np.minimum(counts, plan.layers) - 1, 0)], 0)
-            self.outcome.bytes_skipped += int(np.minimum(held, planned_end).sum())
-            # Only the precincts the client lacks something of go further (a repeated or
-            # panned window holds most of them already).
-            lacking = np.flatnonzero(held < planned_end)
-            if len(lacking) == 0:
-                continue
-            rows, held = rows[lacking], held[lacking]
+            if held.any():
+                starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
+                planned_end = np.where(counts > 0, pk["bin_end"][np.maximum(
+                    starts + np.minimum(counts, plan.layers) - 1, 0)], 0)
+                self.outcome.bytes_skipped += int(np.minimum(held, planned_end).sum())
+                # Only the precincts the client lacks something of go further (a repeated or
+                # panned window holds most of them already).
+                lacking = np.flatnonzero(held < planned_end)
+                if len(lacking) == 0:
+                    continue
+                rows, held = rows[lacking], held[lacking]
             # Lowest resolution first, then tile, component, position.
             order = np.lexsort((pr["p"][rows], pr["c"][rows], pr["t"][rows], pr["r"][rows]))
             rows, held = rows[order], held[order]

@@ -184,7 +184,8 @@ def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
 
 async def _source(state: JPIPState, path: Path):
     try:
-        return await state.index_cache.aget(path)
+        # resolve_target returns real paths; a session's target is one.
+        return await state.index_cache.aget(path, resolved=True)
     except FileNotFoundError:
         raise TargetError("no such target (it went away)", 404) from None
     except PermissionError:

@@ -659,3 +659,20 @@ def test_corrupt_corpus_files_index_or_raise_codestream_errors(path) -> None:
         outcomes["refused" if isinstance(got, CodestreamError) else "indexed"] += 1
     # Cuts inside the first header are always refused; the intact tail of a flip often is not.
     assert outcomes["refused"] > 0 and sum(outcomes.values()) == len(variants) >= 12, outcomes
+
+
+@pytest.mark.parametrize("tail", [b"\0", b"\0\0\0\x05ju", b"\0" * 100, b"\xff\xff\xff\xffabcd",
+                                  b"JUNK"])
+def test_bytes_after_the_last_box_are_ignored(tail) -> None:
+    data = read("basn6a08.jp2")
+    layout = read_layout(data + tail)
+    assert layout.codestreams == read_layout(data).codestreams
+    assert [b.box_type for b in layout.top_boxes] == [b.box_type for b in
+                                                      read_layout(data).top_boxes]
+
+
+def test_a_cut_codestream_box_after_a_whole_one_is_still_an_error() -> None:
+    data = read("basn6a08.jp2")
+    jp2c = [b for b in read_layout(data).top_boxes if b.box_type == b"jp2c"][0]
+    second = bytes(data[jp2c.offset:jp2c.end])
+    expect_error(data + second[:50], len(data), "runs past")

@@ -18,6 +18,7 @@ from codestream.source import build_source
 from jpip.errors import RequestError
 from jpip.jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
 from jpip.machine import TurnKind
+from jpip.window import frame_size
 from tests.conftest import CORPUS
 from tests.jpip.machine_driver import Answer, Wire, cnew_cid
 
@@ -532,3 +533,14 @@ def test_records_use_typed_kinds(raw) -> None:
         chunk = next(p.chunks, None)
     assert kinds == {BinKind.METADATA, BinKind.MAIN_HEADER, BinKind.TILE_HEADER,
                      BinKind.PRECINCT}
+
+
+def test_defect_7_discard_is_bounded_by_the_fewest_levels() -> None:
+    with build_source(CORPUS / "p0_05.j2k") as src:  # COC: 3 and 6 decomposition levels
+        siz = src.codestreams[0].siz
+        frame = "{},{}".format(*frame_size(siz, 3))
+        run_table(Wire(src), [
+            ("target=x&fsiz=1,1", Expect(headers={"JPIP-fsiz": frame})),
+            ("target=x&fsiz=1,1,round-up", Expect(headers={"JPIP-fsiz": frame})),
+            ("target=x&fsiz=2,2,closest", Expect(headers={"JPIP-fsiz": frame})),
+        ])

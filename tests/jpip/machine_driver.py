@@ -51,6 +51,7 @@ class Pending:
     session: SessionState | None
     reply: Reply | None = None
     chunks: object = None
+    pending_chunk: object = None  # built by go() before the headers are final, not yet written
     out: bytearray = field(default_factory=bytearray)
     sent: int = 0
     done: bool = False
@@ -137,8 +138,6 @@ class Wire:
         changes = p.ex.finish(session, p.sent, complete)
         if session is not None:
             self.store.apply_now(session, changes)
-        elif p.ex.close_only and p.reply is not None and p.reply.changes and p.session:
-            pass  # recorded in go()
         items = parse_stream(bytes(p.out))
         end = items[-1] if items and isinstance(items[-1], EndOfResponse) else None
         p.answer = Answer(p.reply.status, dict(p.reply.headers), bytes(p.out),

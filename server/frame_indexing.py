@@ -7,23 +7,20 @@ from __future__ import annotations
 import asyncio
 
 from codestream.source import Source
+from jpip.errors import RequestError
+from jpip.machine import served_codestreams
 from jpip.request import JPIPRequest
 
 
 def requested_positions(req: JPIPRequest, source: Source) -> list[int]:
     """Positions in `source.codestreams` of the codestreams a request names (stream=,
-    context=jpxl<...>), or of the default one (`first_codestream`)."""
-    first, count = source.first_codestream, len(source.codestreams)
-    ranges = list(req.stream or ())
-    if req.context is not None:
-        ranges.extend(req.context.jpxl_layers)
-    if not ranges:
-        return [0] if count else []
-    out: set[int] = set()
-    for lo, hi, step in ranges:
-        top = first + count - 1 if hi is None else min(hi, first + count - 1)
-        out.update(n - first for n in range(lo, top + 1, max(step or 1, 1)) if n >= first)
-    return sorted(out)
+    context=jpxl<...>), or of the default one (`first_codestream`): the machine's own reading
+    (`jpip.machine.served_codestreams`); none when it names no codestream the target has
+    (the machine answers that request)."""
+    try:
+        return served_codestreams(req, source)[0]
+    except RequestError:
+        return []
 
 
 async def index_requested_frames(source: Source, req: JPIPRequest) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from aiohttp import HttpVersion11, web
@@ -28,11 +29,14 @@ from cache.sessions import (
     OverCapacity,
     SessionState,
     SessionStore,
+    new_channel_id,
 )
 from jpip.errors import RequestError
 from jpip.machine import Exchange, JPIPMachine, Reply, Turn, TurnKind
 from jpip.request import JPIPRequest, parse_form_body, parse_query
+from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
+from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
 from server.targets import TargetError, resolve_target
 
@@ -111,7 +115,9 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
                                     max_model_bytes=config.max_session_bytes,
                                     on_event=session_event),
         machine=JPIPMachine(jpip_path=config.jpip_path,
-                            max_response_bytes=config.max_response_bytes, responses=responses),
+                            max_response_bytes=config.max_response_bytes, responses=responses,
+                            # channel ids name the server (--instance-id) for a routing proxy
+                            new_id=partial(new_channel_id, config.instance_id)),
         responses=responses,
         write_timeout=config.request_timeout,
         metrics=metrics,
@@ -212,6 +218,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         path = _target_path(state, ex, target, session)
         if path is not None:
             source = await _source(state, path)
+            await index_requested_frames(source, req)  # a DICOM object's frames, off the loop
     ex.bind(session, source, str(path) if path is not None else None)
 
     if ex.opening is not None:
@@ -322,9 +329,7 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp
-        deadline = request.get("deadline")
-        if deadline is not None:
-            deadline.reschedule(None)  # from here on each write is bounded instead
+        lift_deadline(request)  # from here on each write is bounded instead
         store = state.sessions
         chunk = first
         while chunk is not None:

@@ -27,7 +27,7 @@ from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.source import metadata_bin0
 from jpip.errors import RequestError
-from jpip.model import parse_model, parse_tp_model
+from jpip.model import check_tp_model, parse_model
 from jpip.plan import plan_window
 from jpip.request import parse_form_body, parse_query
 from jpip.window import resolve_window
@@ -192,20 +192,20 @@ def target_model(data: bytes) -> None:
     tp = bool(mode & 1)
     field = ("tpneed" if mode & 2 else "tpmodel") if tp else ("need" if mode & 2 else "model")
     try:
-        spec = parse_tp_model(text, field=field) if tp else parse_model(text, field=field)
+        spec = check_tp_model(text, field=field) if tp else parse_model(text, field=field)
     except RequestError as e:
         check_request_error(e)
         return
     if tp or not mode & 4:
         return
     from cache.model import CacheModel
-    from jpip.modelspec import apply_model, restrict_to_need
+    from jpip.modelspec import model_records, need_rows, restrict_to_need
 
     for src in _model_sources():
-        apply_model(spec, src, CacheModel())
+        CacheModel().apply(model_records(spec, src, src.first_codestream))
         plans = [plan_window(ix, resolve_window(ix, cs, fsiz=(64, 64, "round-up")))
                  for cs, ix in enumerate(src.codestreams)]
-        restrict_to_need(spec, src, plans)
+        restrict_to_need(plans, need_rows(spec, src, src.first_codestream))
 
 
 def warm_up(name: str) -> None:

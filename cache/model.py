@@ -7,7 +7,9 @@ held once it has an entry of 0, and not before. Precinct holdings are sparse (so
 arrays of rows and byte counts), so an idle session costs memory in proportion to what it was
 sent, not to the image's precinct count, and a model serialises to a few arrays.
 
-Every change to a model is one of four small records, by data-bin kind:
+Every change to a model is one of four small records, by data-bin kind (plain slotted
+dataclasses, not frozen ones: a response makes one per batch of messages, and frozen ones cost
+three times as much to build; nothing changes a record once made):
 `Received`/`ReceivedRows` (the client holds at least a prefix: bytes written, or an additive
 `model=` statement) and `Evicted`/`EvictedRows` (it holds at most a prefix: a subtractive
 statement). Rows are rows of the codestream's precinct index (`codestream.index`), which is the
@@ -35,7 +37,7 @@ class BinKind(IntEnum):
     METADATA = 8
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Received:
     """The client holds at least bytes [0, end) of one bin (for METADATA the codestream is 0)."""
 
@@ -45,7 +47,7 @@ class Received:
     end: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Evicted:
     """The client holds at most bytes [0, keep) of one bin (keep = 0: nothing of it)."""
 
@@ -55,7 +57,7 @@ class Evicted:
     keep: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReceivedRows:
     """`Received` for many bins of one codestream named by index row (PRECINCT, later TILE)."""
 
@@ -65,7 +67,7 @@ class ReceivedRows:
     ends: np.ndarray  # int64
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EvictedRows:
     """`Evicted` for many bins of one codestream named by index row."""
 

@@ -2,10 +2,12 @@
 # Installs the Debian packages the project needs, only those missing.
 # python3-venv: `python3 -m venv` (missing on a fresh Debian; checked on the Python in use,
 # $PYTHON, which may not be Debian's); libopenjp2-7: the OpenJPEG library glymur loads;
+# libopenjp2-tools: opj_compress, the JPEG 2000 encoder of `jpip prepare IN.dcm OUT.dcm` (signed
+# samples and any bit depth, which glymur cannot write), and opj_decompress/opj_dump, the tests'
+# oracles; openjph-tools: ojph_compress, the HTJ2K encoder of `jpip prepare --htj2k`;
 # nodejs, npm: build the browser viewer (`make viewer`; only when node/npm are not there
-# already, e.g. from NodeSource); libopenjp2-tools: opj_decompress/opj_dump used as oracles by
-# the tests; libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and reference server
-# (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
+# already, e.g. from NodeSource); libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and
+# reference server (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
 # chromium: the browser the viewer's tests drive.
 #   --test   also what the tests need
 #   --print  print the missing packages, one a line, and install nothing
@@ -19,9 +21,9 @@ for arg in "$@"; do
     *) echo "usage: $0 [--test] [--print]" >&2; exit 2 ;;
   esac
 done
-packages=(libopenjp2-7)
+packages=(libopenjp2-7 libopenjp2-tools openjph-tools)
 if [ "$test_deps" = 1 ]; then
-  packages+=(curl libopenjp2-tools libopenjpip-dec-server libopenjpip-server nginx-light chromium)
+  packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium)
 fi
 missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

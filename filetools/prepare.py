@@ -428,8 +428,10 @@ def _precincts_arg(text: str) -> tuple[int, int]:
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `jpip prepare INPUT OUTPUT [...]`."""
-    parser.add_argument("input", help="PNG, TIFF, PGM/PPM, .npy or JPEG 2000 image")
-    parser.add_argument("output", help="output .jp2 (or .j2k for a raw codestream)")
+    parser.add_argument("input", help="PNG, TIFF, PGM/PPM, .npy or JPEG 2000 image, or a DICOM "
+                                      "file (any transfer syntax pydicom decodes)")
+    parser.add_argument("output", help="output .jp2 (or .j2k for a raw codestream); a DICOM file "
+                                       "for a DICOM input")
     parser.add_argument("--lossless", action="store_true",
                         help="reversible 5/3 wavelet, last layer lossless (default: lossy 9/7)")
     parser.add_argument("--levels", type=int, default=None, metavar="N",
@@ -450,11 +452,46 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write tile by tile above this many megapixels (default: 64)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="encoder threads (default: all CPUs)")
+    parser.add_argument("--htj2k", action="store_true",
+                        help="DICOM input: HTJ2K (OpenJPH) instead of JPEG 2000 Part 1")
+    parser.add_argument("--offset-table", choices=("auto", "basic", "extended"), default="auto",
+                        help="DICOM input: the offset table written (default: auto, the "
+                             "Extended Offset Table from 2 GiB of uncompressed frames)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+# Options that shape an image's coding: DICOM frames follow fixed rules (filetools/frame_encode).
+IMAGE_ONLY_DEFAULTS = {"levels": None, "layers": None, "precincts": (256, 128), "codeblock": 64,
+                       "progression": "RPCL", "tile_size": 4096,
+                       "tile_threshold": DEFAULT_TILE_THRESHOLD_PIXELS / 1e6}
+
+
+def _dispatch_dicom(args: argparse.Namespace, progress) -> int | None:
+    """Runs `jpip prepare` on a DICOM input (None when the input is not DICOM)."""
+    from dicom.part10 import is_part10_file
+
+    if not is_part10_file(args.input):
+        if getattr(args, "htj2k", False):
+            print("jpip prepare: --htj2k is for DICOM inputs (IN.dcm OUT.dcm)", file=sys.stderr)
+            return 2
+        return None
+    changed = [k for k, v in IMAGE_ONLY_DEFAULTS.items() if getattr(args, k, v) != v]
+    if changed:
+        names = ", ".join("--" + k.replace("_", "-") for k in changed)
+        print(f"jpip prepare: {names}: not for DICOM inputs, whose frames follow fixed rules "
+              "(RPCL, precincts 256/128, >= 5 levels, PLT, TLM)", file=sys.stderr)
+        return 2
+    from .dicom_prepare import run_prepare_dicom
+
+    frames = (lambda done, total: progress(done, total)) if progress else None
+    return run_prepare_dicom(args, frames)
 
 
 def run_prepare(args: argparse.Namespace, progress: ProgressCallback | None = None) -> int:
     """Run `jpip prepare` from parsed arguments; prints the report; returns an exit status."""
+    status = _dispatch_dicom(args, progress)
+    if status is not None:
+        return status
     try:
         report = prepare(
             args.input, args.output, lossless=args.lossless, levels=args.levels,
@@ -475,7 +512,8 @@ def run_prepare(args: argparse.Namespace, progress: ProgressCallback | None = No
 
 def _stderr_progress(done: int, total: int) -> None:
     end = "\n" if done >= total else ""
-    print(f"\rencoding: {done}/{total} tile(s)", end=end, file=sys.stderr, flush=True)
+    print(f"\rencoding: {done}/{total} tile(s) or frame(s)", end=end, file=sys.stderr,
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,3 +166,90 @@ def build_explicit_length(path: Path, codestream: bytes) -> None:
     at = pixel_items_offset(bytes(data)) - 4
     data[at:at + 4] = struct.pack("<I", len(data) - at - 4)
     path.write_bytes(bytes(data))
+
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+MULTIFRAME_TRUE_COLOR = "1.2.840.10008.5.1.4.1.1.7.4"
+
+
+def ct_volume(frames: int, rows: int = 96, columns: int = 128, seed: int = 7) -> np.ndarray:
+    """A CT-like signed 12-bit volume (air, a body ellipse, bone, noise): frames x rows x cols."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    body = ((x - columns / 2) / (columns * 0.42)) ** 2 + ((y - rows / 2) / (rows * 0.4)) ** 2 < 1
+    out = np.empty((frames, rows, columns), np.int16)
+    for f in range(frames):
+        bone = ((x - columns / 2 - 10 * np.sin(f)) / 9) ** 2 + ((y - rows / 2) / 7) ** 2 < 1
+        img = np.where(body, 40, -1000) + np.where(bone, 1200 + 20 * f, 0)
+        out[f] = np.clip(img + rng.normal(0, 12, img.shape), -2048, 2047).astype(np.int16)
+    return out
+
+
+def rgb_frames(frames: int, rows: int = 80, columns: int = 100, seed: int = 3) -> np.ndarray:
+    """8-bit RGB frames (gradients and a coloured square): frames x rows x cols x 3."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:columns]
+    out = np.empty((frames, rows, columns, 3), np.uint8)
+    for f in range(frames):
+        out[f, ..., 0] = (x * 255 // max(1, columns - 1) + 9 * f) % 256
+        out[f, ..., 1] = y * 255 // max(1, rows - 1)
+        out[f, ..., 2] = 128
+        out[f, 20 + f:40 + f, 30:60] = (200, 30, 90)
+        out[f] = np.clip(out[f].astype(int) + rng.integers(-3, 4, out[f].shape), 0, 255)
+    return out
+
+
+def build_native(path: Path, pixels: np.ndarray, *, photometric: str | None = None,
+                 bits_stored: int | None = None, transfer_syntax: str = ExplicitVRLittleEndian,
+                 planar: int = 0, extra: dict | None = None) -> Dataset:
+    """An uncompressed multi-frame object holding `pixels` (frames x rows x cols [x 3]); returns
+    the dataset written (with its pixel data)."""
+    frames, rows, columns = pixels.shape[:3]
+    spp = 1 if pixels.ndim == 3 else pixels.shape[3]
+    ds = Dataset()
+    if spp == 1 and pixels.dtype.itemsize == 2:
+        ds.SOPClassUID = CT_IMAGE_STORAGE if frames == 1 else MULTIFRAME_GREY
+        ds.Modality = "CT"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.RescaleIntercept, ds.RescaleSlope = "0", "1"
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+        ds.PixelSpacing = [0.7, 0.7]
+        ds.ImagePositionPatient = [-50.0, -40.0, 12.5]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SliceThickness = "1.25"
+    else:
+        ds.SOPClassUID = MULTIFRAME_TRUE_COLOR if spp == 3 else SECONDARY_CAPTURE
+        ds.Modality = "OT"
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientName = "Test^Prepare"
+    ds.PatientID = "JPIP-PREPARE"
+    ds.StudyDate = "20260101"
+    ds.ImageComments = "built by tests/data/dicom.py build_native"
+    ds.Rows, ds.Columns = rows, columns
+    ds.SamplesPerPixel = spp
+    ds.PhotometricInterpretation = photometric or ("MONOCHROME2" if spp == 1 else "RGB")
+    if spp > 1:
+        ds.PlanarConfiguration = planar
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    ds.NumberOfFrames = frames
+    if extra:
+        for k, v in extra.items():
+            setattr(ds, k, v)
+    data = pixels
+    if spp > 1 and planar == 1:
+        data = np.moveaxis(pixels, 3, 1)
+    ds.PixelData = np.ascontiguousarray(data).astype(pixels.dtype.newbyteorder("<")).tobytes()
+    ds["PixelData"].VR = "OW" if ds.BitsAllocated > 8 else "OB"
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = UID(transfer_syntax)
+    ds.file_meta = meta
+    ds.save_as(path, enforce_file_format=True)
+    return ds

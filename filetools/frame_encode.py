@@ -40,7 +40,8 @@ OJPH_COMPRESS = "ojph_compress"
 CODEBLOCK = 64
 HTJ2K_RPCL_LOWEST = 64  # PS3.5 10.18.1: base resolution <= 64 wide or high
 MAX_PRECISION = 16      # opj_compress and ojph_compress read at most 16-bit samples
-SIZ_SSIZ = 42           # offset of component 0's Ssiz from SOC: SOC, SIZ marker, Lsiz, Rsiz, 8 x 4, Csiz
+# Offset of component 0's Ssiz from SOC: SOC, SIZ marker, Lsiz, Rsiz, 8 x 4 bytes, Csiz.
+SIZ_SSIZ = 42
 
 
 class EncoderMissing(RuntimeError):
@@ -95,7 +96,10 @@ def _check_samples(frame: np.ndarray, precision: int, signed: bool) -> None:
         raise ValueError(f"{precision}-bit samples: the encoders read at most {MAX_PRECISION} bits")
     if frame.ndim not in (2, 3) or (frame.ndim == 3 and frame.shape[2] not in (1, 3)):
         raise ValueError(f"a frame of shape {frame.shape}: expected rows x columns (x 3)")
-    lo, hi = (-(1 << precision - 1), (1 << precision - 1) - 1) if signed else (0, (1 << precision) - 1)
+    if signed:
+        lo, hi = -(1 << precision - 1), (1 << precision - 1) - 1
+    else:
+        lo, hi = 0, (1 << precision) - 1
     if frame.size and (int(frame.min()) < lo or int(frame.max()) > hi):
         raise ValueError(f"samples from {int(frame.min())} to {int(frame.max())} do not fit "
                          f"{precision}-bit {'signed' if signed else 'unsigned'} samples")

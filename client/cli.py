@@ -318,6 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError:
         pass
     try:
+        from filetools.dicomref import add_dicomref_arguments
+        add_dicomref_arguments(sub.add_parser(
+            "dicom-ref", help="write the JPIP-referenced DICOM object of a served file",
+            description="Write the JPIP-referenced DICOM object (transfer syntax .94, or .204 "
+                        "for HTJ2K) of a served DICOM or JPEG 2000 file: its dataset without "
+                        "pixels, and a Pixel Data Provider URL pointing at this server."))
+    except ImportError:
+        pass
+    try:
         from filetools.addplt import add_addplt_arguments
         add_addplt_arguments(sub.add_parser("add-plt", help="add PLT markers without re-encoding"))
     except ImportError:
@@ -380,6 +389,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             from filetools.inspect import run_inspect
             return run_inspect(args)
+        if args.command == "dicom-ref":
+            from filetools.dicomref import run_dicomref
+            return run_dicomref(args)
         if args.command == "add-plt":
             from filetools.addplt import run_addplt
             return run_addplt(args)

@@ -7,6 +7,12 @@ the time the server's index took. It ends with a verdict: one advice item per ru
 breaks, each naming the `jpip prepare` / `jpip add-plt` option that fixes it. A file with no
 advice is browse-efficient: untiled, >= 5 levels with a lowest resolution <= 256 px, precincts
 of 64..512 at the top resolutions, RPCL/PCRL progression and PLT markers.
+
+DICOM files (Part 10) are reported as the server serves them: transfer syntax, frames,
+fragments per frame and offset table, then each frame's codestream (frames coded alike are
+shown once) and the same advice, naming the frames it applies to (frame N is codestream N).
+A DICOM file the server does not serve (uncompressed, JPEG, RLE...) is reported as such, with
+the `jpip prepare IN.dcm OUT.dcm` that re-encodes it.
 """
 from __future__ import annotations
 
@@ -33,6 +39,9 @@ from codestream.markers import (
 )
 from codestream.parse import CodestreamLayout, parse_codestream, tile_coding
 from codestream.source import Source, build_source
+from dicom.errors import DicomError
+from dicom.part10 import is_part10_file, read_header, syntax_name
+from dicom.source import open_dicom
 
 from .prepare import DEFAULT_TILE_THRESHOLD_PIXELS, choose_levels
 
@@ -271,8 +280,10 @@ def browse_advice(codestreams: list[dict], index_seconds: float) -> list[dict]:
 def inspect_file(path: str | os.PathLike[str]) -> dict:
     """Index `path` as the server would and report on it (a JSON-ready dict).
 
-    Raises CodestreamError or OSError when the file cannot be served."""
+    Raises CodestreamError, DicomError or OSError when the file cannot be served."""
     path = Path(path)
+    if is_part10_file(path):
+        return inspect_dicom(path)
     t0 = time.perf_counter()
     src = build_source(path)
     seconds = time.perf_counter() - t0
@@ -303,6 +314,78 @@ def _file_report(path: Path, src: Source, seconds: float) -> dict:
         "advice": advice,
         "browse_efficient": not advice,
     }
+
+
+# --------------------------------------------------------------------------- DICOM files
+def _offset_table(path: Path, header) -> str:
+    if header.extended_offsets is not None:
+        return "extended"
+    with open(path, "rb") as f:
+        f.seek(header.items_offset + 4)
+        bot_length = int.from_bytes(f.read(4), "little")
+    return "basic" if bot_length else "none"
+
+
+def inspect_dicom(path: Path) -> dict:
+    """A DICOM file as the server serves it: transfer syntax, frames, fragments per frame, and
+    each frame's codestream report and advice (frame N is codestream N). Indexes every frame.
+
+    Raises DicomError when the file is not served (its message names the transfer syntax and,
+    for those `jpip prepare` re-encodes, says so)."""
+    t0 = time.perf_counter()
+    header = read_header(path)
+    src = open_dicom(path)
+    try:
+        streams = []
+        for i in range(len(src.codestreams)):
+            data = src.codestream_bytes(i)
+            try:
+                layout = parse_codestream(data, 0, len(data))
+            except CodestreamError as e:
+                raise DicomError(f"frame {i + 1}: {e}") from None
+            streams.append(_codestream_report(src.codestreams[i], layout))
+        seconds = time.perf_counter() - t0
+        fragments = src.frames.fragments_per_frame().tolist()
+        advice = browse_advice(streams, seconds / max(1, len(streams)))
+        for item in advice:
+            item["frames"] = [n + 1 for n in item["codestreams"]]
+        for cs in streams:
+            for key in [k for k in cs if k.startswith("_")]:
+                del cs[key]
+        return {
+            "path": str(path),
+            "bytes": src.identity.size,
+            "file_type": "DICOM",
+            "brand": None,
+            "boxes": [],
+            "transfer_syntax": header.transfer_syntax,
+            "transfer_syntax_name": syntax_name(header.transfer_syntax),
+            "frames": len(streams),
+            "first_codestream": 1,
+            "fragments_per_frame": fragments,
+            "offset_table": _offset_table(path, header),
+            "servable": True,
+            "index_seconds": seconds,
+            "codestreams": streams,
+            "advice": advice,
+            "browse_efficient": not advice,
+        }
+    finally:
+        src.close()
+
+
+def _dicom_lines(report: dict) -> list[str]:
+    frags = report["fragments_per_frame"]
+    spread = (f"{frags[0]} per frame" if len(set(frags)) == 1
+              else f"{min(frags)} to {max(frags)} per frame ({sum(frags)} in all)")
+    return [f"{report['path']}: DICOM, {report['transfer_syntax_name']}, "
+            f"{report['bytes']:,} bytes",
+            f"  frames      {report['frames']} (frame N is codestream N), fragments {spread}, "
+            f"{report['offset_table']} offset table"]
+
+
+def _frame_runs(numbers: list[int]) -> str:
+    return _runs(numbers).replace(",", ", ")
 
 
 # --------------------------------------------------------------------------- text output
@@ -375,12 +458,30 @@ def format_report(report: dict) -> str:
     """The report as text for a terminal."""
     if not report.get("servable", True):
         return f"{report['path']}: cannot be served: {report.get('error', '')}"
-    kind = report["file_type"] + (f" (brand {report['brand']!r})" if report["brand"] else "")
-    lines = [f"{report['path']}: {kind}, {report['bytes']:,} bytes"]
+    dicom = report["file_type"] == "DICOM"
+    if dicom:
+        lines = _dicom_lines(report)
+    else:
+        kind = report["file_type"] + (f" (brand {report['brand']!r})" if report["brand"] else "")
+        lines = [f"{report['path']}: {kind}, {report['bytes']:,} bytes"]
     if report["boxes"]:
         lines.append(f"  boxes       {' '.join(b.strip() for b in report['boxes'])}")
+    first = report.get("first_codestream", 0)
+    shown: list[tuple[list[str], list[int]]] = []  # frames coded alike are shown once
     for n, cs in enumerate(report["codestreams"]):
-        lines += _codestream_text(n, cs)
+        text = _codestream_text(n + first, cs)
+        if dicom and shown and shown[-1][0][1:] == text[1:]:
+            shown[-1][1].append(n + first)
+            continue
+        shown.append((text, [n + first]))
+    for text, numbers in shown:
+        if dicom:
+            size = f"{report['codestreams'][numbers[0] - first]['length']:,} bytes"
+            if len(numbers) > 1:
+                size = "coded alike"
+            text = [f"  frame{'s' if len(numbers) > 1 else ''} {_frame_runs(numbers)} "
+                    f"({size})"] + text[1:]
+        lines += text
     lines.append(f"  index time  {report['index_seconds']:.3f} s")
     if not report["advice"]:
         lines.append("  verdict     browse-efficient: no advice")
@@ -389,7 +490,9 @@ def format_report(report: dict) -> str:
     for item in report["advice"]:
         mark = "!" if item["severity"] == "high" else "-"
         where = ""
-        if len(report["codestreams"]) > 1:
+        if dicom and len(report["codestreams"]) > 1:
+            where = f" [frame {_frame_runs(item['frames'])}]"
+        elif len(report["codestreams"]) > 1:
             where = f" [codestream {', '.join(map(str, item['codestreams']))}]"
         lines.append(f"    {mark} {item['advice']}{where}")
         lines.append(f"        {item['reason']}")
@@ -399,7 +502,8 @@ def format_report(report: dict) -> str:
 # --------------------------------------------------------------------------- command line
 def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of `jpip inspect FILE... [--json]`."""
-    parser.add_argument("files", nargs="+", metavar="FILE", help="JPEG 2000 file(s) to inspect")
+    parser.add_argument("files", nargs="+", metavar="FILE",
+                        help="JPEG 2000 or DICOM file(s) to inspect")
     parser.add_argument("--json", action="store_true",
                         help="print a JSON array with one report per file")
 
@@ -411,7 +515,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             reports.append(inspect_file(name))
-        except (CodestreamError, OSError) as e:
+        except (CodestreamError, DicomError, OSError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             print(f"{name}: {reason}", file=sys.stderr)
             reports.append({"path": name, "servable": False, "error": reason})

@@ -190,7 +190,8 @@ class JPIPClient:
     async def fetch(self, *, fsiz: tuple[int, int] | None = None, round: str = "round-down",
                     roff: tuple[int, int] | None = None, rsiz: tuple[int, int] | None = None,
                     layers: int | None = None, comps: str | None = None,
-                    length: int | None = None, stream: int = 0, metareq: str | None = None,
+                    length: int | None = None, stream: int | None = None,
+                    metareq: str | None = None,
                     progress: Callable[[int], None] | None = None,
                     abort_after: int | None = None) -> FetchStats:
         """One request for a view-window; the bytes go into `self.cache`."""
@@ -208,7 +209,7 @@ class JPIPClient:
             q.append(f"comps={comps}")
         if length is not None:
             q.append(f"len={length}")
-        if stream:
+        if stream is not None:  # None: the target's first codestream (DICOM: frame 1)
             q.append(f"stream={stream}")
         if metareq is not None:
             q.append(f"metareq={metareq}")
@@ -255,7 +256,8 @@ class JPIPClient:
 
     async def window(self, *, fsiz: tuple[int, int], round: str = "round-down",
                      roff: tuple[int, int] | None = None, rsiz: tuple[int, int] | None = None,
-                     layers: int | None = None, comps: str | None = None, stream: int = 0,
+                     layers: int | None = None, comps: str | None = None,
+                     stream: int | None = None,
                      length: int | None = None) -> list[np.ndarray]:
         """Fetches a window (until complete) and decodes it: one array per component."""
         await self.fetch_all(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, layers=layers,
@@ -263,7 +265,8 @@ class JPIPClient:
         return self.decode(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, layers=layers,
                            stream=stream, comps=comps)
 
-    async def header_info(self, stream: int = 0, metareq: str | None = None) -> HeaderInfo:
+    async def header_info(self, stream: int | None = None,
+                          metareq: str | None = None) -> HeaderInfo:
         """What the main header of codestream `stream` says, asking the server if need be."""
         s = self.cache.streams.get(self.codestream_id(stream))
         if s is None or not s.main_header.complete or metareq is not None:
@@ -274,7 +277,7 @@ class JPIPClient:
         return header_info(bytes(s.main_header.data))
 
     def check_window(self, *, fsiz, round: str = "round-down", roff=None, rsiz=None,
-                     comps: str | None = None, stream: int = 0) -> None:
+                     comps: str | None = None, stream: int | None = None) -> None:
         """Raises WindowError when the window holds no samples (needs the main header).
 
         The server clips a window silently (JPIP-rsiz: 0,0, or no component left) and answers
@@ -298,26 +301,31 @@ class JPIPClient:
             at = f" at {roff[0]},{roff[1]}" if roff is not None else ""
             raise WindowError(f"the region{at} is outside the {fsiz[0]}×{fsiz[1]} frame")
 
-    def codestream_id(self, stream: int = 0) -> int:
+    def codestream_id(self, stream: int | None = None) -> int:
         """The CSn under which the server delivers codestream `stream` of the target.
 
-        Normally `stream` itself. opj_server (OpenJPEG's openjpip) numbers codestreams per
+        Normally `stream` itself. None means the target's first codestream, which the server
+        picks: 0 for a JPEG 2000 file, 1 (frame 1) for a DICOM file; the one codestream the
+        cache holds then. opj_server (OpenJPEG's openjpip) numbers codestreams per
         server process, in the order it first opened targets, so the one codestream of a JP2
         target can arrive as CSn 1, 2, ... although the request means codestream 0. When the
         asked-for id was never received and the cache (one client = one target) holds exactly
         one codestream, that one is meant.
         """
         streams = self.cache.streams
-        if stream in streams or len(streams) != 1:
+        if stream:  # a codestream named by its number is that one
             return stream
+        if 0 in streams or len(streams) != 1:
+            return 0
         return next(iter(streams))
 
-    def region(self, fsiz, round="round-down", roff=None, rsiz=None, stream: int = 0) -> Region:
+    def region(self, fsiz, round="round-down", roff=None, rsiz=None,
+               stream: int | None = None) -> Region:
         info = header_info(bytes(self.cache.stream(self.codestream_id(stream)).main_header.data))
         return window_region(info, (fsiz[0], fsiz[1], round), roff, rsiz)
 
     def decode(self, *, fsiz, round="round-down", roff=None, rsiz=None, layers=None,
-               stream: int = 0, comps: str | None = None) -> list[np.ndarray]:
+               stream: int | None = None, comps: str | None = None) -> list[np.ndarray]:
         self.check_window(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, comps=comps,
                           stream=stream)
         reg = self.region(fsiz, round, roff, rsiz, stream)

@@ -22,7 +22,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
-OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm")
 ROUNDINGS = ("round-down", "round-up", "closest")
 
 
@@ -162,15 +162,25 @@ def save_array(path: Path, arrays: list[np.ndarray]) -> None:
 
 
 # --- commands ---------------------------------------------------------------------------------
+def _start(given: str):
+    """The URL to fetch from, and the dataset of the JPIP-referenced DICOM file it came from
+    (None when a URL was given)."""
+    from .url import parse_url
+
+    if "://" not in given and Path(given).is_file():
+        from .dicom import reference_dataset
+        reference = reference_dataset(given)
+        return parse_url(str(reference.PixelDataProviderURL).strip()), reference
+    return parse_url(given), None
+
+
 async def _fetch(args) -> int:
     from .api import JPIPClient
     from .bincache import BinCache
-    from .url import parse_url
 
-    url = parse_url(args.url)
+    url, reference = _start(args.url)
     _window_from_url(args, url.window)
     args.round = args.round or "round-down"
-    args.stream = args.stream or 0
     _check_output("-o", args.output, OUTPUT_SUFFIXES)
     _check_output("--save-stream", args.save_stream)
     _check_output("--cache", args.cache)
@@ -200,7 +210,9 @@ async def _fetch(args) -> int:
                 break
         progress.done()
         arrays = client.decode(layers=args.layers, **window)
-        if args.output:
+        if args.output and Path(args.output).suffix.lower() == ".dcm":
+            await _save_dicom(Path(args.output), client, url, reference, arrays, args, window)
+        elif args.output:
             save_array(Path(args.output), arrays)
         if args.cache:
             client.cache.save(Path(args.cache))
@@ -221,13 +233,40 @@ async def _fetch(args) -> int:
     return 0
 
 
+async def _save_dicom(path: Path, client, url, reference, arrays, args, window) -> None:
+    """The window as a DICOM file: the attributes of the referenced object, or of the
+    target's DICOM JSON when the target is a DICOM file, or a Secondary Capture."""
+    from .dicom import WindowGeometry, fetch_dataset, save_window, window_dataset
+
+    source = reference if reference is not None else await fetch_dataset(url.target_only())
+    info = await client.header_info(args.stream)
+    reg = client.region(window["fsiz"], args.round, args.roff, args.rsiz, args.stream)
+    siz = info.siz
+    step = 1 << reg.discard
+    x0, y0 = reg.region[:2]
+    column = (-(-x0 // step) - -(-siz.xosiz // step)) * step
+    row = (-(-y0 // step) - -(-siz.yosiz // step)) * step
+    frame = client.codestream_id(args.stream) if source is not None and \
+        int(source.get("NumberOfFrames", 1) or 1) > 1 else 1
+    layers = args.layers if args.layers and args.layers < info.layers else None
+    rows, cols = arrays[0].shape[:2]
+    what = (f"JPIP window of frame {frame}: {cols}x{rows} samples at resolution 1/{step}, "
+            f"from pixel ({column},{row}) of the {siz.width}x{siz.height} frame"
+            + (f", {layers} of {info.layers} quality layers" if layers else "")
+            + " (jpip fetch)")
+    comp = siz.components[0]
+    ds = window_dataset(source, arrays, precision=comp.precision, signed=comp.signed,
+                        geometry=WindowGeometry(reg.discard, column, row, frame),
+                        lossy=layers is not None, description=what)
+    save_window(path, ds)
+
+
 async def _info(args) -> int:
     from .api import JPIPClient
-    from .url import parse_url
 
-    url = parse_url(args.url)  # window fields in the URL do not matter here
+    url, _ = _start(args.url)  # window fields in the URL do not matter here
     async with JPIPClient(url.target_only()) as client:
-        hi = await client.header_info(0, metareq="[*]")
+        hi = await client.header_info(None, metareq="[*]")
         siz = hi.siz
         meta = client.cache.metadata.get(0)
         out = {
@@ -262,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fetch a view-window of a JPEG 2000 image from a JPIP server and save its "
                     "pixels. Window fields may also be written in the URL "
                     "(...&fsiz=640,480&roff=...): the options below win over them.")
-    f.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE")
+    f.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE, "
+                               "or a JPIP-referenced DICOM file (its Pixel Data Provider URL)")
     f.add_argument("--fsiz", type=_size, metavar="W,H",
                    help="frame size: the whole image scaled to about W×H; the resolution level "
                         "is chosen by --round (default: full resolution)")
@@ -279,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--comps", type=_comps_type, metavar="LIST",
                    help="components, e.g. 0-2 or 0,3 (default: all)")
     f.add_argument("--stream", type=_int_type(0), metavar="N",
-                   help="codestream number, for JPX files with several (default: 0)")
+                   help="codestream number (JPX files, from 0) or frame number (DICOM files, "
+                        "from 1) (default: the first: codestream 0, frame 1)")
     f.add_argument("--len", type=_int_type(0), metavar="BYTES",
                    help="byte limit per request (the window then takes several requests)")
     f.add_argument("--once", action="store_true",
@@ -292,8 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the client cache from FILE (when it exists) and save it back: "
                         "what it holds is not sent again")
     f.add_argument("-o", "--output", metavar="FILE",
-                   help="save the pixels as PNG, TIFF or NPY, chosen by the extension "
-                        "(.png, .tif/.tiff, .npy; 16-bit and signed data: TIFF or NPY)")
+                   help="save the pixels as PNG, TIFF, NPY or DICOM, chosen by the extension "
+                        "(.png, .tif/.tiff, .npy, .dcm; 16-bit and signed data: TIFF, NPY or "
+                        "DICOM). A .dcm holds the window with the attributes of the DICOM "
+                        "source (the referenced object, or the target's /dicom-json)")
     f.add_argument("--save-stream", metavar="FILE",
                    help="also save the raw JPP-stream received")
     f.add_argument("--stats", action="store_true",
@@ -305,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print what the main header of a target says (size, "
                                    "components, tiles, levels, layers) as JSON.")
     i.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE "
-                               "(window fields in it are ignored)")
+                               "(window fields in it are ignored), or a JPIP-referenced DICOM "
+                               "file")
 
     try:
         from filetools.prepare import add_prepare_arguments
@@ -342,9 +386,10 @@ def _explain(exc: BaseException) -> tuple[str, int]:
 
     from .api import WindowError
     from .bincache import StreamError
+    from .dicom import DicomClientError
     from .url import URLError
 
-    if isinstance(exc, UsageError | URLError):
+    if isinstance(exc, UsageError | URLError | DicomClientError):
         return str(exc), EXIT_USAGE
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"cannot find the host {exc.host!r}: check the URL", EXIT_FAILED

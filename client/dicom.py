@@ -298,6 +298,6 @@ def save_window(path: str | os.PathLike[str], ds: Dataset) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["DicomClientError", "DicomJSONError", "WindowGeometry", "dicom_json_url", "fetch_dataset",
-           "is_dicom_file", "reference_dataset", "referenced_url", "save_window",
-           "window_dataset"]
+__all__ = ["DicomClientError", "DicomJSONError", "WindowGeometry", "dicom_json_url",
+           "fetch_dataset", "is_dicom_file", "reference_dataset", "referenced_url",
+           "save_window", "window_dataset"]

@@ -253,3 +253,25 @@ def build_native(path: Path, pixels: np.ndarray, *, photometric: str | None = No
     ds.file_meta = meta
     ds.save_as(path, enforce_file_format=True)
     return ds
+
+
+def frame_codestreams(path: Path) -> list[bytes]:
+    """Each frame's codestream of a JPEG 2000 / HTJ2K DICOM file, found as the server finds
+    them (offset tables, fragments, JP2 wrappers and pads)."""
+    import mmap
+
+    from codestream.scattered import read_runs
+    from dicom.frames import frame_table, locate_codestream
+    from dicom.part10 import read_header
+
+    header = read_header(path)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        table = frame_table(mm, header.items_offset, header.number_of_frames,
+                            extended_offsets=header.extended_offsets,
+                            extended_lengths=header.extended_lengths)
+        out = []
+        for i in range(table.number_of_frames):
+            runs = table.frame_runs(i)
+            start, length = locate_codestream(mm, runs)
+            out.append(bytes(read_runs(mm, runs, start, length)))
+    return out

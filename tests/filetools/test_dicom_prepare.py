@@ -19,12 +19,19 @@ from pydicom.uid import UID, generate_uid
 
 from client.cli import main as jpip_main
 from codestream.parse import parse_codestream, tile_coding
-from dicom.frames import frame_table, locate_codestream
+from dicom.frames import frame_table
 from dicom.part10 import read_header
 from filetools import frame_encode
 from filetools.dicom_prepare import DicomPrepareError, prepare_dicom
 from filetools.prepare import add_prepare_arguments, run_prepare
-from tests.data.dicom import build_jpip_referenced, build_native, ct_volume, encapsulate, rgb_frames
+from tests.data.dicom import (
+    build_jpip_referenced,
+    build_native,
+    ct_volume,
+    encapsulate,
+    frame_codestreams,
+    rgb_frames,
+)
 from tests.oracle import decode_codestream
 
 # Attributes a re-encoding may change (PS3.5 8.2.4, PS3.3 C.7.6.1.1.5); all others are kept.
@@ -45,20 +52,14 @@ def inputs(tmp_path_factory):
 
 
 def frames_of(path) -> list[bytes]:
-    """Each frame's codestream, found as the server finds it."""
+    """Each frame's codestream; every frame is one fragment."""
     header = read_header(path)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         table = frame_table(mm, header.items_offset, header.number_of_frames,
                             extended_offsets=header.extended_offsets,
                             extended_lengths=header.extended_lengths)
-        out = []
-        for i in range(table.number_of_frames):
-            runs = table.frame_runs(i)
-            assert len(runs) == 1  # one fragment per frame
-            start, length = locate_codestream(mm, runs)
-            off = int(runs[0, 0]) + start
-            out.append(bytes(mm[off:off + length]))
-    return out
+        assert (table.fragments_per_frame() == 1).all()
+    return frame_codestreams(path)
 
 
 def kept(a: Dataset, b: Dataset) -> None:

@@ -16,6 +16,7 @@ DICOM file for tools that read nothing else.
 """
 from __future__ import annotations
 
+import copy
 import io
 import os
 import zlib
@@ -195,7 +196,7 @@ def window_dataset(source: Dataset | None, arrays: list[np.ndarray], *, precisio
     if len(shapes) != 1:
         raise DicomClientError("the components differ in size (subsampled): a DICOM image "
                                "cannot hold them; save .npy files instead")
-    ds = Dataset() if source is None else source.copy()
+    ds = Dataset() if source is None else copy.deepcopy(source)  # the source stays as it was
     for tag in [t for t in ds.keys() if t >> 16 == 0x7FE0 or 0x6000 <= t >> 16 <= 0x601F]:
         del ds[tag]  # pixels and overlays (their size is the source's)
     for kw in STALE:

@@ -168,7 +168,10 @@ def _start(given: str):
     from .url import parse_url
 
     if "://" not in given and Path(given).is_file():
-        from .dicom import reference_dataset
+        from .dicom import DicomClientError, is_dicom_file, reference_dataset
+        if not is_dicom_file(given):
+            raise DicomClientError(f"{given} is a file, not a URL: give a URL or a "
+                                   "JPIP-referenced DICOM file (jpip dicom-ref writes them)")
         reference = reference_dataset(given)
         return parse_url(str(reference.PixelDataProviderURL).strip()), reference
     return parse_url(given), None

@@ -126,3 +126,14 @@ def test_window_without_a_source_is_secondary_capture() -> None:
     with pytest.raises(DicomClientError, match="differ in size"):
         window_dataset(None, [np.zeros((2, 2)), np.zeros((1, 1))], precision=8, signed=False,
                        geometry=WindowGeometry(0, 0, 0, 1), lossy=False, description="w")
+
+
+def test_command_line_refuses_other_files(tmp_path, capsys) -> None:
+    from client.cli import main
+
+    (tmp_path / "image.jp2").write_bytes(b"\0\0\0\x0cjP  ")
+    build_uncompressed(tmp_path / "plain.dcm")
+    assert main(["fetch", str(tmp_path / "image.jp2"), "-o", str(tmp_path / "a.npy")]) == 2
+    assert "is a file, not a URL" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "plain.dcm")]) == 2
+    assert "not a JPIP-referenced one" in capsys.readouterr().err

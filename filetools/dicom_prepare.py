@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,62 +185,52 @@ def _pixel_options(path: Path, f) -> dict:
     return opts
 
 
-def iter_frames(path: str | os.PathLike[str]) -> tuple[SourcePixels, Iterator[np.ndarray]]:
+@contextmanager
+def open_frames(path: str | os.PathLike[str]
+                ) -> Iterator[tuple[SourcePixels, Iterator[np.ndarray]]]:
     """What the frames are, and an iterator over them, decoded one at a time from the file
-    (colour converted to RGB as pydicom does by default). Deflated files are inflated whole
-    first (pydicom reads them no other way)."""
+    (colour converted to RGB as pydicom does by default); the file is closed on leaving.
+    Deflated files are inflated whole first (pydicom reads them no other way)."""
     from pydicom.pixels import as_pixel_options
 
     path = Path(path)
     uid = str(pydicom.filereader.read_file_meta_info(path).get("TransferSyntaxUID", ""))
     decoder = _decoder(uid)
-    if UID(uid).is_deflated:
-        ds = pydicom.dcmread(path)
-        if "PixelData" not in ds:
-            raise DicomPrepareError(f"{path}: no Pixel Data to re-encode")
-        it = decoder.iter_array(ds, **as_pixel_options(ds))
-        f = None
-    else:
-        f = open(path, "rb")
-        try:
+    with ExitStack() as stack:
+        if UID(uid).is_deflated:
+            ds = pydicom.dcmread(path)
+            if "PixelData" not in ds:
+                raise DicomPrepareError(f"{path}: no Pixel Data to re-encode")
+            opts = as_pixel_options(ds)
+            it = decoder.iter_array(ds, **opts)
+        else:
+            f = stack.enter_context(open(path, "rb"))
             opts = _pixel_options(path, f)
-        except Exception:
-            f.close()
-            raise
-        it = decoder.iter_array(f, **opts)
-    count = int(opts["number_of_frames"]) if f is not None else \
-        int(as_pixel_options(ds)["number_of_frames"])
-    try:
-        first, meta = next(it)
-    except StopIteration:
-        raise DicomPrepareError(f"{path}: the Pixel Data holds no frame") from None
-    except DicomPrepareError:
-        raise
-    except Exception as e:  # the decoder's own errors: the file's pixel data does not decode
-        if f is not None:
-            f.close()
-        raise DicomPrepareError(f"{path}: cannot decode frame 1: {type(e).__name__}: {e}"
-                                ) from None
-    info = SourcePixels(
-        rows=int(meta["rows"]), columns=int(meta["columns"]),
-        samples_per_pixel=int(meta["samples_per_pixel"]),
-        photometric_interpretation=str(meta["photometric_interpretation"]),
-        bits_allocated=int(meta["bits_allocated"]), bits_stored=int(meta["bits_stored"]),
-        signed=bool(meta["pixel_representation"]), frames=count)
-
-    def frames() -> Iterator[np.ndarray]:
+            it = decoder.iter_array(f, **opts)
         try:
-            yield first
-            for arr, _ in it:
-                yield arr
-        except Exception as e:  # as above
-            raise DicomPrepareError(f"{path}: cannot decode a frame: {type(e).__name__}: {e}"
+            first, meta = next(it)
+        except StopIteration:
+            raise DicomPrepareError(f"{path}: the Pixel Data holds no frame") from None
+        except Exception as e:  # the decoder's own errors: the pixel data does not decode
+            raise DicomPrepareError(f"{path}: cannot decode frame 1: {type(e).__name__}: {e}"
                                     ) from None
-        finally:
-            if f is not None:
-                f.close()
+        info = SourcePixels(
+            rows=int(meta["rows"]), columns=int(meta["columns"]),
+            samples_per_pixel=int(meta["samples_per_pixel"]),
+            photometric_interpretation=str(meta["photometric_interpretation"]),
+            bits_allocated=int(meta["bits_allocated"]), bits_stored=int(meta["bits_stored"]),
+            signed=bool(meta["pixel_representation"]), frames=int(opts["number_of_frames"]))
 
-    return info, frames()
+        def frames() -> Iterator[np.ndarray]:
+            yield first
+            try:
+                for arr, _ in it:
+                    yield arr
+            except Exception as e:  # as above
+                raise DicomPrepareError(f"{path}: cannot decode a frame: "
+                                        f"{type(e).__name__}: {e}") from None
+
+        yield info, frames()
 
 
 # --------------------------------------------------------------------------- the new dataset
@@ -402,29 +393,36 @@ def prepare_dicom(input_path: str | os.PathLike[str], output_path: str | os.Path
     if "PixelDataProviderURL" in source:
         raise DicomPrepareError(f"{inp}: a JPIP-referenced object holds no pixel data (its "
                                 f"pixels are at {source.PixelDataProviderURL})")
-    src, frames = iter_frames(inp)
-    _check_source(src)
-    if NUMBER_OF_FRAMES not in source and src.frames != 1:
-        raise DicomPrepareError(f"{inp}: {src.frames} frames without Number of Frames")
-    source_ref = Dataset()
-    for kw in ("SOPClassUID", "SOPInstanceUID"):
-        if kw in source:
-            setattr(source_ref, kw, source[kw].value)
-    syntax = output_syntax(lossless, htj2k)
-    ds, notes = new_dataset(source, src, syntax=syntax, lossless=lossless, htj2k=htj2k,
-                            input_syntax=input_syntax)
-    coding = frame_coding(src.rows, src.columns, lossless=lossless, htj2k=htj2k)
-    raw_total = src.frame_bytes * src.frames
-    extended = offset_table == "extended" or (
-        offset_table == "auto" and raw_total >= BASIC_TABLE_LIMIT // 2)
-    workers = max(1, threads or min(4, os.cpu_count() or 1))
-    encoded = _encoded(frames, src, coding, workers, progress)
-    if not lossless:
-        # The ratio goes into the dataset, which is written before the frames: encode first
-        # into a spool file next to the output, then copy.
-        encoded, ratio = _spool(encoded, raw_total, out)
-        record_lossy(ds, source_ref, ratio, htj2k)
-    layout = write_encapsulated(out, ds, encoded, src.frames, extended=extended)
+    with open_frames(inp) as (src, frames):
+        _check_source(src)
+        if NUMBER_OF_FRAMES not in source and src.frames != 1:
+            raise DicomPrepareError(f"{inp}: {src.frames} frames without Number of Frames")
+        source_ref = Dataset()
+        for kw in ("SOPClassUID", "SOPInstanceUID"):
+            if kw in source:
+                setattr(source_ref, kw, source[kw].value)
+        syntax = output_syntax(lossless, htj2k)
+        ds, notes = new_dataset(source, src, syntax=syntax, lossless=lossless, htj2k=htj2k,
+                                input_syntax=input_syntax)
+        coding = frame_coding(src.rows, src.columns, lossless=lossless, htj2k=htj2k)
+        raw_total = src.frame_bytes * src.frames
+        extended = offset_table == "extended" or (
+            offset_table == "auto" and raw_total >= BASIC_TABLE_LIMIT // 2)
+        workers = max(1, threads or min(4, os.cpu_count() or 1))
+        encoded = _encoded(frames, src, coding, workers, progress)
+        spool = None
+        if not lossless:
+            # The ratio goes into the dataset, which is written before the frames: encode first
+            # into a spool file next to the output, then copy.
+            spool = _Spool(out)
+            ratio = raw_total / max(1, spool.fill(encoded))
+            record_lossy(ds, source_ref, ratio, htj2k)
+            encoded = spool.read()
+        try:
+            layout = write_encapsulated(out, ds, encoded, src.frames, extended=extended)
+        finally:
+            if spool is not None:
+                spool.path.unlink(missing_ok=True)
     pixel_bytes = sum(layout.item_lengths)
     return DicomPrepareReport(
         input=str(inp), output=str(out), input_syntax=syntax_name(input_syntax),
@@ -448,29 +446,21 @@ class _Spool:
         self.sizes: list[int] = []
 
     def fill(self, frames: Iterator[bytes]) -> int:
-        with open(self.path, "wb") as f:
-            for data in frames:
-                f.write(data)
-                self.sizes.append(len(data))
+        """Writes the frames; returns their total size."""
+        try:
+            with open(self.path, "wb") as f:
+                for data in frames:
+                    f.write(data)
+                    self.sizes.append(len(data))
+        except BaseException:
+            self.path.unlink(missing_ok=True)
+            raise
         return sum(self.sizes)
 
     def read(self) -> Iterator[bytes]:
-        try:
-            with open(self.path, "rb") as f:
-                for n in self.sizes:
-                    yield f.read(n)
-        finally:
-            self.path.unlink(missing_ok=True)
-
-
-def _spool(frames: Iterator[bytes], raw_total: int, out: Path) -> tuple[Iterator[bytes], float]:
-    spool = _Spool(out)
-    try:
-        total = spool.fill(frames)
-    except BaseException:
-        spool.path.unlink(missing_ok=True)
-        raise
-    return spool.read(), raw_total / max(1, total)
+        with open(self.path, "rb") as f:
+            for n in self.sizes:
+                yield f.read(n)
 
 
 # --------------------------------------------------------------------------- command line

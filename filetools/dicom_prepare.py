@@ -44,7 +44,7 @@ from pydicom.uid import UID, generate_uid
 
 from dicom.part10 import NUMBER_OF_FRAMES, is_part10_file, syntax_name
 
-from .dicom_write import BASIC_TABLE_LIMIT, write_encapsulated
+from .dicom_write import BASIC_TABLE_LIMIT, drop_group_lengths, write_encapsulated
 from .frame_encode import MAX_PRECISION, FrameCoding, encode_frame, encoder_program, frame_coding
 from .outputs import check_output
 from .prepare import _peak_rss_mb, _reset_peak_rss
@@ -289,6 +289,7 @@ def new_dataset(ds: Dataset, src: SourcePixels, *, syntax: str, lossless: bool, 
     out = ds
     for tag in [t for t in out.keys() if t >> 16 == 0x7FE0]:
         del out[tag]
+    drop_group_lengths(out)
     for tag, name in DROPPED.items():
         if tag in out:
             del out[tag]

@@ -48,6 +48,13 @@ class EncapsulatedLayout:
     bytes: int                   # file size
 
 
+def drop_group_lengths(ds: Dataset) -> None:
+    """Removes (gggg,0000) group lengths (retired outside the file meta): attributes change
+    here, so the lengths written by the source would be wrong."""
+    for tag in [t for t in ds.keys() if t & 0xFFFF == 0 and t >> 16 != 0x0002]:
+        del ds[tag]
+
+
 def _element_header(tag: int, vr: bytes, length: int) -> bytes:
     """Explicit VR Little Endian header of an OB/OV-like element (32-bit length)."""
     return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr, 0, length)

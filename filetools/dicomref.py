@@ -44,6 +44,7 @@ from dicom.errors import DicomError
 from dicom.frames import frame_table, locate_codestream
 from dicom.part10 import HTJ2K_SYNTAXES, PIXEL_DATA_PROVIDER_URL, is_part10_file, read_header
 
+from .dicom_write import drop_group_lengths
 from .outputs import check_output, write_error
 
 JPIP_REFERENCED = "1.2.840.10008.1.2.4.94"
@@ -144,6 +145,7 @@ def _from_dicom(path: Path) -> tuple[Dataset, str, list[str]]:
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     for tag in [t for t in ds.keys() if t >> 16 == 0x7FE0]:
         del ds[tag]
+    drop_group_lengths(ds)  # group 0028 gains the provider URL
     pi = str(ds.get("PhotometricInterpretation", ""))
     _check_photometric(pi, str(path))
     notes = []

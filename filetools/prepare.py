@@ -451,7 +451,8 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
                         default=DEFAULT_TILE_THRESHOLD_PIXELS / 1e6, metavar="MPIXELS",
                         help="write tile by tile above this many megapixels (default: 64)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="encoder threads (default: all CPUs)")
+                        help="encoder threads (default: all CPUs); DICOM input: frames "
+                             "encoded at once (default: up to 4)")
     parser.add_argument("--htj2k", action="store_true",
                         help="DICOM input: HTJ2K (OpenJPH) instead of JPEG 2000 Part 1")
     parser.add_argument("--offset-table", choices=("auto", "basic", "extended"), default="auto",

@@ -62,6 +62,8 @@ class SessionState:
     channels: dict[str, ChannelState] = field(default_factory=dict)
     bytes_sent: int = 0      # bytes written to the client, all responses
     bytes_saved: int = 0     # planned bytes not sent because the model said the client held them
+    owner: str | None = None  # the token subject that opened it (None: access control off)
+    opened_at: float = 0.0   # when the store opened it (the store's clock)
 
     @property
     def busy(self) -> bool:
@@ -86,6 +88,7 @@ class OpenSession:
     target_id: str
     cid: str
     busy: bool = True
+    owner: str | None = None  # the token subject opening it; its requests must carry the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +227,7 @@ class MemorySessionStore(SessionStore):
     def __init__(self, *, max_sessions: int = 10000, idle_timeout: float = 600.0,
                  max_model_bytes: int = 8 << 20,
                  on_event: Callable[[str], None] | None = None,
+                 on_end: Callable[[SessionState, str, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.max_sessions = max_sessions
         self.idle_timeout = idle_timeout
@@ -232,6 +236,8 @@ class MemorySessionStore(SessionStore):
         self._sessions: OrderedDict[str, SessionState] = OrderedDict()  # least recent first
         self._last_used: dict[str, float] = {}
         self._on_event = on_event or (lambda name: None)
+        # Called with each session that ends, why, and how long it lived (the audit log).
+        self._on_end = on_end
         self._clock = clock
 
     # The interface: the in-memory operations never wait.
@@ -277,7 +283,8 @@ class MemorySessionStore(SessionStore):
         self.expire_now()
         if len(self._sessions) >= self.max_sessions:
             self._evict_one()
-        session = SessionState(change.session_id, change.target, change.target_id)
+        session = SessionState(change.session_id, change.target, change.target_id,
+                               owner=change.owner, opened_at=self._clock())
         session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
         self._sessions[change.session_id] = session
         self._channels[change.cid] = change.session_id
@@ -348,3 +355,5 @@ class MemorySessionStore(SessionStore):
             if self._channels.get(cid) == sid:
                 del self._channels[cid]
         self._on_event(why)
+        if self._on_end is not None:
+            self._on_end(session, why, self._clock() - session.opened_at)

@@ -54,10 +54,14 @@ class JPIPClient:
 
     A `cache` loaded from a file (BinCache.load) is described to the server on the first
     request, in a session (with cnew) as without one, so nothing it holds is sent again.
+
+    `token`: an access token for a server with access control, sent with every request as
+    `Authorization: Bearer` (default: an `access_token=` of the URL, if any).
     """
 
     def __init__(self, url: str | JPIPURL, *, stateless: bool = False,
-                 cache: BinCache | None = None, timeout: float = 120.0) -> None:
+                 cache: BinCache | None = None, timeout: float = 120.0,
+                 token: str | None = None) -> None:
         parsed = parse_url(url) if isinstance(url, str) else url
         if parsed.window:
             raise URLError(f"the URL holds view-window fields ({', '.join(parsed.window)}): "
@@ -75,6 +79,8 @@ class JPIPClient:
         self._answered_window: tuple | None = None  # ... and the window it was for
         self._http: aiohttp.ClientSession | None = None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        token = token or parsed.token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._qid = 0
         self.raw_sink: bytearray | None = None  # set to a bytearray to keep the raw JPP-stream
         # After a response broke off, the server's model may claim bytes that never arrived:
@@ -82,7 +88,7 @@ class JPIPClient:
         self._resync = False
 
     async def __aenter__(self) -> JPIPClient:
-        self._http = aiohttp.ClientSession(timeout=self._timeout)
+        self._http = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -192,7 +192,8 @@ async def _fetch(args) -> int:
         cache = BinCache.load(Path(args.cache))
     progress = _Progress(not args.quiet)
     raw = bytearray()
-    async with JPIPClient(url.target_only(), stateless=args.stateless, cache=cache) as client:
+    async with JPIPClient(url.target_only(), stateless=args.stateless, cache=cache,
+                          token=_token(args)) as client:
         if args.save_stream:
             client.raw_sink = raw
         fsiz = args.fsiz
@@ -268,7 +269,7 @@ async def _info(args) -> int:
     from .api import JPIPClient
 
     url, _ = _start(args.url)  # window fields in the URL do not matter here
-    async with JPIPClient(url.target_only()) as client:
+    async with JPIPClient(url.target_only(), token=_token(args)) as client:
         hi = await client.header_info(None, metareq="[*]")
         siz = hi.siz
         meta = client.cache.metadata.get(0)
@@ -284,6 +285,22 @@ async def _info(args) -> int:
         }
         print(json.dumps(out, indent=2))
     return 0
+
+
+TOKEN_ENV = "JPIP_TOKEN"
+
+
+def _token(args) -> str | None:
+    """--token, else $JPIP_TOKEN (kept out of process listings), else none (an access_token
+    in the URL is then used)."""
+    return args.token or os.environ.get(TOKEN_ENV) or None
+
+
+def _add_token_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", metavar="TOKEN",
+                        help="access token for a server with access control, sent as "
+                             f"Authorization: Bearer (default: ${TOKEN_ENV}, which other users "
+                             "cannot see in the process list)")
 
 
 def _version() -> str:
@@ -346,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print requests, bytes, messages, EOR and timings as JSON")
     f.add_argument("-q", "--quiet", action="store_true",
                    help="no progress display on the terminal")
+    _add_token_option(f)
 
     i = sub.add_parser("info", help="what the server says of a target (JSON)",
                        description="Print what the main header of a target says (size, "
@@ -353,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE "
                                "(window fields in it are ignored), or a JPIP-referenced DICOM "
                                "file")
+    _add_token_option(i)
 
     try:
         from filetools.prepare import add_prepare_arguments

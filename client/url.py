@@ -2,13 +2,15 @@
 
 `http://host:port/jpip?target=a.jp2` and `http://host:port/a.jp2` name a target. A URL copied
 from a browser or a curl example may also hold view-window fields (`fsiz=...&roff=...`): they are
-returned apart, for the caller to use as defaults. Fields the client sets itself (`cid`, `model`,
-...) and fields it does not know are refused with a message saying what to do.
+returned apart, for the caller to use as defaults. An `access_token=` (a viewer's URL) is taken
+out too: the client sends it as `Authorization: Bearer`, which proxies do not log. Fields the
+client sets itself (`cid`, `model`, ...) and fields it does not know are refused with a message
+saying what to do.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 TARGET_FIELDS = ("target", "subtarget")
 WINDOW_FIELDS = ("fsiz", "roff", "rsiz", "layers", "comps", "stream", "len")
@@ -16,6 +18,7 @@ WINDOW_FIELDS = ("fsiz", "roff", "rsiz", "layers", "comps", "stream", "len")
 CLIENT_FIELDS = ("cnew", "cid", "cclose", "tid", "qid", "model", "need", "tpmodel", "tpneed",
                  "wait", "metareq")
 JPP_TYPES = ("jpp-stream", "image/jpp-stream")
+TOKEN_FIELD = "access_token"
 
 
 class URLError(ValueError):
@@ -30,6 +33,7 @@ class JPIPURL:
     origin: str               # scheme://host:port
     target_query: str         # the target fields, as given (still percent-encoded)
     window: dict[str, str] = field(default_factory=dict)  # window fields found in the URL
+    token: str | None = field(default=None, repr=False)   # an access_token found in the URL
 
     def target_only(self) -> JPIPURL:
         """The same URL without its window fields."""
@@ -45,6 +49,7 @@ def parse_url(url: str) -> JPIPURL:
         raise URLError(f"{url!r}: only http:// and https:// URLs are supported")
     target_items: list[str] = []
     window: dict[str, str] = {}
+    token = None
     seen: set[str] = set()
     # keep_blank_values: `cid=` is still a cid field the user should hear about.
     raw_items = [item for item in parts.query.split("&") if item]
@@ -57,6 +62,8 @@ def parse_url(url: str) -> JPIPURL:
             target_items.append(item)
         elif name in WINDOW_FIELDS:
             window[name] = value
+        elif name == TOKEN_FIELD:
+            token = unquote(item.partition("=")[2]) or None  # '+' is base64's, not a space
         elif name == "type":
             if value not in JPP_TYPES:
                 raise URLError(f"the URL asks for type={value}: the client reads JPP-streams "
@@ -74,4 +81,5 @@ def parse_url(url: str) -> JPIPURL:
         origin=urlunsplit((parts.scheme, parts.netloc, "", "", "")),
         target_query="&".join(target_items),
         window=window,
+        token=token,
     )

@@ -195,16 +195,20 @@ class JPIPMachine:
         self.responses = responses
         self.new_id = new_id
 
-    def exchange(self, req: JPIPRequest) -> Exchange:
-        return Exchange(self, req)
+    def exchange(self, req: JPIPRequest, owner: str | None = None) -> Exchange:
+        """`owner`: who the request is from (a token's subject), recorded in a session it
+        opens; the server keeps a session's requests to its owner."""
+        return Exchange(self, req, owner)
 
 
 class Exchange:
     """One request's state in the machine (see the module docstring for the steps)."""
 
-    def __init__(self, machine: JPIPMachine, req: JPIPRequest) -> None:
+    def __init__(self, machine: JPIPMachine, req: JPIPRequest,
+                 owner: str | None = None) -> None:
         self.machine = machine
         self.req = req
+        self.owner = owner
         self.headers: dict[str, str] = {}
         if req.qid is not None:
             self.headers["JPIP-qid"] = str(req.qid)
@@ -291,7 +295,8 @@ class Exchange:
         if session is None:
             if req.cnew:
                 cid = self.machine.new_id()
-                self.opening = OpenSession(self.machine.new_id(), target_path, current, cid)
+                self.opening = OpenSession(self.machine.new_id(), target_path, current, cid,
+                                           owner=self.owner)
                 self.channel = cid
                 self._began = True  # the new channel is opened busy with this reply
                 self._announce(cid)

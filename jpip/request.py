@@ -16,7 +16,11 @@ note section 1.1). Rules:
   (measured before decoding);
 - `roff` and `rsiz` are only meaningful in the frame `fsiz` defines (C.4.3, C.4.4), so either
   without `fsiz` is a 400 rather than a guess;
-- `cclose=*` closes the channels of the session named by `cid`, so it needs a `cid` (400).
+- `cclose=*` closes the channels of the session named by `cid`, so it needs a `cid` (400);
+- `access_token` is not a JPIP field but an OAuth bearer token (RFC 6750 2.3), for clients
+  that can only follow a URL: accepted (b64token characters), kept in `access_token` only
+  (never in `raw` or `present`, never in a message: it is a credential); what it grants is
+  the server's business (server/access.py).
 
 What the server does with a well-formed request it cannot serve (501 for `upload`, 415/501
 for an unusable `type`, 503 for an unknown `cid`, ...) is decided by the handler, not here.
@@ -51,6 +55,7 @@ from .model import (
 __all__ = [
     "DEFAULT_MAX_FIELD_LENGTH",
     "FIELD_NAMES",
+    "REQUEST_FIELDS",
     "CHECKED_ONLY",
     "BoxProp",
     "Context",
@@ -93,6 +98,10 @@ FIELD_NAMES: tuple[str, ...] = (
     "cap", "pref", "csf",
     "handled",
 )
+
+# Besides the Annex C fields, a request may carry its credential (RFC 6750 2.3).
+TOKEN_FIELD = "access_token"
+REQUEST_FIELDS: tuple[str, ...] = (*FIELD_NAMES, TOKEN_FIELD)
 
 RoundDirection = Literal["round-down", "round-up", "closest"]
 _ROUND_DIRECTIONS: frozenset[str] = frozenset(("round-down", "round-up", "closest"))
@@ -246,6 +255,8 @@ class JPIPRequest:
     pref: tuple[PrefSet, ...] | None = None
     # 2022 edition: the client asks for JPIP-handled
     handled: bool = False
+    # not JPIP: a bearer token (RFC 6750 2.3), out of every repr, `raw` and `present`
+    access_token: str | None = field(default=None, repr=False)
     # bookkeeping
     present: frozenset[str] = frozenset()
     ignored_fields: tuple[str, ...] = ()
@@ -313,6 +324,9 @@ def _decode(text: str, name: str | None, what: str) -> str:
 
 def _build(values: dict[str, str], ignored: tuple[str, ...]) -> JPIPRequest:
     parsed: dict[str, object] = {}
+    token = values.pop(TOKEN_FIELD, None)
+    if token is not None:
+        parsed[TOKEN_FIELD] = _p_access_token(token)
     for name, value in values.items():
         if not value and name not in _EMPTY_OK:
             raise RequestError(name, "empty value")
@@ -346,6 +360,17 @@ _UFLOAT = re.compile(r"[0-9]{1,15}(?:\.[0-9]{0,15})?|\.[0-9]{1,15}")
 
 
 def _p_target(value: str) -> str:
+    return value
+
+
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]+=*")  # RFC 6750 2.1
+
+
+def _p_access_token(value: str) -> str:
+    # The value is a credential: no message quotes it.
+    if not _B64TOKEN.fullmatch(value):
+        raise RequestError(TOKEN_FIELD, "not a bearer token (letters, digits, -._~+/ then "
+                                        "'=' padding)")
     return value
 
 
@@ -675,5 +700,6 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "pref": _p_pref,
     "csf": _p_csf,
     "handled": _flag,
+    TOKEN_FIELD: _p_access_token,
 }
-assert set(_PARSERS) == set(FIELD_NAMES)
+assert set(_PARSERS) == set(REQUEST_FIELDS)

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from server.access import GUARD_KEY, create_guard
 from server.config import ServerConfig, load_config
 from server.deadline import DEADLINE_KEY
 from server.dicom_http import dicom_json
@@ -35,10 +36,14 @@ EXPOSED_HEADERS = (
     "JPIP-cnew", "JPIP-tid", "JPIP-qid", "JPIP-fsiz", "JPIP-rsiz", "JPIP-roff", "JPIP-comps",
     "JPIP-layers", "JPIP-len", "JPIP-stream", "JPIP-context", "JPIP-metareq", "JPIP-quality",
     "JPIP-type", "JPIP-mset", "JPIP-cap", "JPIP-pref", "JPIP-handled", "JPIP-roi", "JPIP-srate",
+    "WWW-Authenticate",  # why a token was refused (401/403), for a viewer on another origin
 )
 JPIP_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 PREFLIGHT_MAX_AGE = "86400"
+# A browser sends a token in Authorization (a preflighted header); the headers asked for are
+# allowed as they are named, this when none are.
+PREFLIGHT_HEADERS = "Authorization, Content-Type"
 HEALTH_CHECK_TIMEOUT = 2.0
 TIMEOUT_RETRY_AFTER = 2
 
@@ -97,7 +102,7 @@ def _preflight(allowed: Sequence[str]) -> web.Handler:
         if request.app[CONFIG_KEY].cors_origins:
             resp.headers["Access-Control-Allow-Methods"] = allow
             resp.headers["Access-Control-Allow-Headers"] = request.headers.get(
-                "Access-Control-Request-Headers", "Content-Type")
+                "Access-Control-Request-Headers", PREFLIGHT_HEADERS)
             resp.headers["Access-Control-Max-Age"] = PREFLIGHT_MAX_AGE
         return resp
 
@@ -169,6 +174,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     if config is None:
         config = load_config([], os.environ)
     metrics = Metrics()
+    # Access control (None: off); reads the key files (server.tokens.KeyFileError).
+    guard = create_guard(config, on_denial=metrics.auth_denied)
     app = web.Application(
         middlewares=[
             metrics.middleware(),
@@ -189,10 +196,12 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     )
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
+    if guard is not None:
+        app[GUARD_KEY] = guard
     app.on_response_prepare.append(metrics.on_response_prepare)
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(health_pool)
-    setup_jpip(app, config, metrics)  # the JPIP layer's own state: index cache, sessions
+    setup_jpip(app, config, metrics, guard)  # the JPIP layer's state: index cache, sessions
     setup_viewer(app, config, jpip_path_form)  # the browser viewer, the listing, their APIs
 
     router = app.router

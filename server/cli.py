@@ -4,8 +4,9 @@ On SIGTERM aiohttp stops accepting connections, lets in-flight responses finish 
 `shutdown_grace` seconds, then cancels what is left, and main() returns 0.
 
 Exit status: 0 after a clean stop, 2 for a bad configuration (an option's value, an image root
-that is not a readable directory), 1 when the server cannot listen (address in use, an address
-the host does not have). Each failure is one line on stderr, never a traceback.
+that is not a readable directory, an access-control key file that cannot be used), 1 when the
+server cannot listen (address in use, an address the host does not have). Each failure is one
+line on stderr, never a traceback.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from aiohttp import web
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
 from server.logs import ACCESS_LOGGER, AccessLogger, setup_logging
+from server.tokens import KeyFileError
 
 log = logging.getLogger("jpip.server")
 
@@ -101,11 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         if next(entries, None) is None:
             log.warning("the image root %s is empty: mount or copy the images there",
                         config.root.resolve())
+    try:
+        app = create_app(config)  # reads the access-control key files
+    except KeyFileError as exc:
+        print(f"jpip-server: option auth_jwt_key: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if config.auth_jwt_key:
+        log.info("access control on: %d key file(s), audience %s", len(config.auth_jwt_key),
+                 repr(config.auth_audience) if config.auth_audience else "(none)")
     loop = _event_loop()
     banner = _Banner(config, type(loop).__module__.split(".")[0])
     try:
         web.run_app(
-            create_app(config),
+            app,
             host=config.host,
             port=config.port,
             shutdown_timeout=config.shutdown_grace,

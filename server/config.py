@@ -123,6 +123,16 @@ class ServerConfig:
     response_cache_bytes: int = _opt(
         64 << 20, "size", _non_negative,
         "memory for responses kept for clients that hold nothing yet (0 disables)")
+    auth_jwt_key: tuple[Path, ...] = _opt(
+        (), "pathlist", help="access control: a key file verifying JSON Web Tokens (HS256 "
+        "secret, PEM public key or JWKS); repeat the flag (or give a list) for two keys at "
+        "once during a rotation; unset: no access control")
+    auth_audience: str = _opt(
+        "", "str", help="with --auth-jwt-key: the 'aud' claim tokens must carry ('': tokens "
+        "must carry none)")
+    auth_leeway: float = _opt(
+        30.0, "float", _non_negative,
+        "with --auth-jwt-key: clock skew allowed when checking exp, nbf and iat (seconds)")
 
     def __post_init__(self) -> None:
         # Direct construction (tests, embedding) gets the same checks as load_config.
@@ -135,6 +145,10 @@ class ServerConfig:
                 value = Path(value) if value else None
             elif kind == "list" and isinstance(value, list | str):
                 value = _split(value) if isinstance(value, str) else tuple(value)
+            elif kind == "pathlist" and isinstance(value, list | tuple | str | Path):
+                items = _split(value) if isinstance(value, str) else (
+                    (value,) if isinstance(value, Path) else value)
+                value = tuple(Path(v) for v in items)
             elif kind == "level" and isinstance(value, str):
                 value = value.upper()
             object.__setattr__(self, f.name, value)
@@ -199,6 +213,8 @@ def _parse_string(kind: str, text: str, base: Path | None) -> Any:
         raise ValueError(f"expected true or false, got {text!r}")
     if kind == "list":
         return _split(text)
+    if kind == "pathlist":
+        return tuple(_make_path(item, base) for item in _split(text))
     if kind in ("path", "optpath"):
         if not text:
             if kind == "optpath":
@@ -234,6 +250,10 @@ def _parse_toml_value(kind: str, value: Any, base: Path) -> Any:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return tuple(v.strip() for v in value)
         raise ValueError(f"expected a list of strings, got {value!r}")
+    if kind == "pathlist":
+        if isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value):
+            return tuple(_make_path(v.strip(), base) for v in value)
+        raise ValueError(f"expected a path or a list of paths, got {value!r}")
     if kind in ("str", "level"):
         if isinstance(value, str):
             return value.upper() if kind == "level" else value
@@ -284,6 +304,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
         if f.metadata["kind"] == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 help=help_text)
+        elif f.metadata["kind"] == "pathlist":  # repeatable
+            parser.add_argument(flag, dest=f.name, action="append", metavar="FILE",
+                                help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, metavar=f.name.split("_")[-1].upper(),
                                 help=help_text)
@@ -314,6 +337,9 @@ def load_config(argv: list[str] | None, environ: Mapping[str, str]) -> ServerCon
         flag = "--" + name.replace("_", "-")
         if isinstance(raw, bool):
             values[name] = raw
+        elif isinstance(raw, list):  # a repeated flag: each value as if given alone
+            values[name] = tuple(path for item in raw for path in _convert(
+                name, flag, lambda k, r=item: _parse_string(k, r, None)))
         else:
             values[name] = _convert(name, flag, lambda k, r=raw: _parse_string(k, r, None))
 

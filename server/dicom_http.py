@@ -3,8 +3,9 @@
 PS3.18 Annex F, `application/dicom+json`: the dataset's JSON object (tag keys, {"vr", "Value"}
 values), without the pixel data and other bulk data (dicom/json_model.py). 404 for a
 target that is not a DICOM file, 422 for one pydicom cannot read. Viewers read window/level,
-rescale, pixel spacing and the frame count from it. Works for any DICOM file under the root,
-whatever its transfer syntax (its frames are served over JPIP only under JPEG 2000 / HTJ2K).
+rescale, pixel spacing and the frame count from it. Works for any DICOM file under the root
+that the request may see (server/access.py), whatever its transfer syntax (its frames are
+served over JPIP only under JPEG 2000 / HTJ2K).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from dicom.json_model import file_json
 from dicom.part10 import is_part10_file
 from jpip.errors import RequestError
+from server import access
 from server.jpip_handler import STATE_KEY
 from server.targets import TargetError, resolve_target
 
@@ -73,11 +75,14 @@ def _dicom_path(root: Path, target: str) -> Path:
 
 async def dicom_json(request: web.Request) -> web.Response:
     """GET /dicom-json?target=NAME."""
+    access.authenticate(request)
     target = request.query.get("target")
     if not target:
         raise RequestError("target", "give the DICOM file as target=NAME")
+    access.require_target(request, target)
     root = request.app[STATE_KEY].root
     path = await asyncio.to_thread(_dicom_path, root, target)
+    access.require_path(request, path)
     body, etag = await asyncio.to_thread(_JSON_CACHE.body, path)
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
     if request.headers.get("If-None-Match") == etag:

@@ -6,7 +6,9 @@ HTTP request, resolves the target under the image root and loads its index, load
 session state through the `SessionStore`, waits while a channel request's turn has not come
 (on an asyncio.Condition per channel, woken by every change of that channel), streams the
 chunks and commits each one once its write returned, so a client that goes away keeps a model
-of what it really received.
+of what it really received. With access control on (server/access.py), the request's token is
+checked once it is parsed, the target it names before it is looked up, and a session's
+requests are kept to the subject that opened it; off, none of that costs anything.
 """
 from __future__ import annotations
 
@@ -34,11 +36,14 @@ from cache.sessions import (
 from jpip.errors import RequestError
 from jpip.machine import Exchange, JPIPMachine, Reply, Turn, TurnKind
 from jpip.request import JPIPRequest, parse_form_body, parse_query
+from server.access import Guard, owner_denied
+from server.audit import SessionAudit
 from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
 from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
 from server.targets import TargetError, resolve_target
+from server.tokens import Principal
 
 log = logging.getLogger("jpip.request")
 
@@ -88,10 +93,12 @@ class JPIPState:
     responses: ResponseCache
     write_timeout: float = 60.0
     metrics: object | None = None
+    guard: Guard | None = None  # access control (None: off)
     turns: ChannelTurns = field(default_factory=ChannelTurns)
 
 
-def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
+def setup_jpip(app: web.Application, config, metrics=None,
+               guard: Guard | None = None) -> JPIPState:
     """Creates the JPIP state (index cache, sessions, the machine) for an app built from
     `config`, with a background task that expires idle sessions while the app runs."""
 
@@ -113,7 +120,8 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
         sessions=MemorySessionStore(max_sessions=config.max_sessions,
                                     idle_timeout=config.session_idle_timeout,
                                     max_model_bytes=config.max_session_bytes,
-                                    on_event=session_event),
+                                    on_event=session_event,
+                                    on_end=SessionAudit(config.root)),
         machine=JPIPMachine(jpip_path=config.jpip_path,
                             max_response_bytes=config.max_response_bytes, responses=responses,
                             # channel ids name the server (--instance-id) for a routing proxy
@@ -121,6 +129,7 @@ def setup_jpip(app: web.Application, config, metrics=None) -> JPIPState:
         responses=responses,
         write_timeout=config.request_timeout,
         metrics=metrics,
+        guard=guard,
     )
     app[STATE_KEY] = state
 
@@ -168,13 +177,28 @@ async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
 
 
 def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
-                 session: SessionState | None) -> Path | None:
+                 session: SessionState | None, principal: Principal | None) -> Path | None:
     """The file a request is for. `target=` wins over the URL path (clients that send every
     request to one script URL, e.g. OpenJPEG's viewer at /myFCGI?target=x.jp2); a channel
-    request whose path names no file is served from its session's target."""
+    request whose path names no file is served from its session's target. With access control
+    on, the name must be allowed before it is looked up, and so must the file it leads to."""
+    path = _named_target(state, ex, path_target, principal)
+    if path is None and session is not None:
+        path = Path(session.target)
+    if principal is not None and path is not None:
+        state.guard.check_path(principal, path)
+    return path
+
+
+def _named_target(state: JPIPState, ex: Exchange, path_target: str | None,
+                  principal: Principal | None) -> Path | None:
     if ex.target is not None:
+        if principal is not None:
+            state.guard.check_target(principal, ex.target)
         return resolve_target(state.root, ex.target)
     if path_target is not None:
+        if principal is not None:
+            state.guard.check_target(principal, path_target)
         try:
             return resolve_target(state.root, path_target)
         except TargetError as e:
@@ -183,8 +207,6 @@ def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
                     f"{e.reason}: {path_target[:200]!r} is not a file served here; request "
                     f"{state.jpip_path}?target=<file>, or /<file> for a file under the root",
                     404) from None
-    if session is not None:
-        return Path(session.target)
     return None
 
 
@@ -210,12 +232,17 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     """Serve one JPIP request; `target` is the path form's target (the URL path), if any."""
     state = _state(request)
     req = await _read_request(request, state.lenient)
-    ex = state.machine.exchange(req)
+    principal = None
+    if state.guard is not None:  # access control: the one check when it is off
+        principal = state.guard.principal(request, req.access_token)
+    ex = state.machine.exchange(req, principal.subject if principal is not None else None)
     store = state.sessions
     session = await store.load(ex.cid) if ex.cid is not None else None
+    if session is not None and session.owner != ex.owner:
+        raise owner_denied(state.guard)  # another subject's session (cclose too)
     source = path = None
     if not ex.close_only:
-        path = _target_path(state, ex, target, session)
+        path = _target_path(state, ex, target, session, principal)
         if path is not None:
             source = await _source(state, path)
             await index_requested_frames(source, req)  # a DICOM object's frames, off the loop

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 
 ACCESS_LOGGER = "jpip.access"
 _MAX_QUERY_LOGGED = 512
+SECRET_FIELDS = frozenset(("access_token",))  # query fields whose values are never logged
+REDACTED = "[redacted]"
 
 
 @dataclass
@@ -90,6 +93,20 @@ def setup_logging(config: ServerConfig) -> None:
 
 # ----- access log -----
 
+def redact_query(query: str) -> str:
+    """The raw query string with the value of every credential field replaced: a field is one
+    when its name, %-decoded and in any case, is in SECRET_FIELDS (as the JPIP parser would
+    read `acc%65ss_token`)."""
+    if "%" not in query and not any(name in query.lower() for name in SECRET_FIELDS):
+        return query  # the usual case: nothing to look at
+    pairs = query.split("&")
+    for i, pair in enumerate(pairs):
+        name, eq, _ = pair.partition("=")
+        if eq and unquote(name, errors="replace").lower() in SECRET_FIELDS:
+            pairs[i] = f"{name}={REDACTED}"
+    return "&".join(pairs)
+
+
 def _cid_of(request: web.BaseRequest, response: web.StreamResponse,
             info: RequestInfo | None) -> str | None:
     if info is not None and info.cid:
@@ -113,7 +130,7 @@ class AccessLogger(AbstractAccessLogger):
         info = request_info(request)
         if info is not None:  # finer than aiohttp's loop clock (1 ms with uvloop)
             time_taken = time.perf_counter() - info.start
-        query = request.rel_url.raw_query_string
+        query = redact_query(request.rel_url.raw_query_string)
         fields: dict[str, Any] = {
             "method": request.method,
             "path": request.rel_url.raw_path,

@@ -18,6 +18,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from server.access import DENIAL_REASONS
 from server.logs import INFO_KEY, RequestInfo, request_info
 
 # 1 ms .. 10 s: a cached thumbnail answers in a few ms, a large region in seconds.
@@ -62,6 +63,11 @@ class Metrics:
             ["result"], registry=r)
         for result in ("hit", "miss"):
             self.response_cache.labels(result=result)
+        self.auth_denials = Counter(
+            "jpip_auth_denials", "Requests refused by access control, by reason", ["reason"],
+            registry=r)
+        for reason in DENIAL_REASONS:
+            self.auth_denials.labels(reason=reason)
         self.session_model_resets = Counter(
             "jpip_session_model_resets", "Session cache models reset for exceeding the cap",
             registry=r)
@@ -88,6 +94,10 @@ class Metrics:
             self.index_cache.labels(result=kind).inc()
         if kind == "build":
             self.index_build_seconds.observe(seconds)
+
+    def auth_denied(self, reason: str) -> None:
+        """A request refused by access control (reason: one of access.DENIAL_REASONS)."""
+        self.auth_denials.labels(reason=reason).inc()
 
     def bytes_saved(self, count: int) -> None:
         """Bytes a client's cache model spared us from sending."""

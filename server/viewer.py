@@ -102,12 +102,21 @@ async def _on_disk(request: web.Request, fn, *args):
 
 
 def _target_field(request: web.Request) -> str:
+    """The `target` a page or API request names, once the request may see it (401/403)."""
+    access.authenticate(request)
     target = request.query.get("target")
     if not target:
         raise web.HTTPBadRequest(text="target: missing (give ?target=NAME)\n")
-    if not access.may_see(request, target):
-        raise web.HTTPForbidden(text="target: not allowed\n")
+    access.require_target(request, target)
     return target
+
+
+async def _resolve(request: web.Request, target: str) -> Path:
+    """The file `target` names (404/415 for what is not served), if the request may see it
+    (a link: where it leads)."""
+    path = await _on_disk(request, resolve_target, request.app[STATE_KEY].root, target)
+    access.require_path(request, path)
+    return path
 
 
 # ----- the page and its files ------------------------------------------------------------------
@@ -160,9 +169,7 @@ async def viewer_page(request: web.Request) -> web.StreamResponse:
     target = request.query.get("target")
     if not target:
         raise web.HTTPFound("/")
-    _target_field(request)
-    state = request.app[STATE_KEY]
-    await _on_disk(request, resolve_target, state.root, target)  # 404/415 for what is not served
+    await _resolve(request, _target_field(request))
     page = _static("index.html")
     if page is None:
         return _not_built()
@@ -192,7 +199,7 @@ def _is_dicom(source) -> bool:
 async def api_info(request: web.Request) -> web.Response:
     target = _target_field(request)
     state = request.app[STATE_KEY]
-    path = await _on_disk(request, resolve_target, state.root, target)
+    path = await _resolve(request, target)
     source = await state.index_cache.aget(path)
     ix = source.codestreams[0]
     siz = ix.siz
@@ -237,6 +244,7 @@ def _page_number(request: web.Request) -> int:
 
 
 async def _page(request: web.Request, folder: str, number: int) -> Page:
+    access.authenticate(request)  # here, not in the listing's thread
     lister = request.app[LISTER_KEY]
     try:
         return await _on_disk(request, lister.page, folder, number,
@@ -315,5 +323,6 @@ async def _listing_page(request: web.Request, folder: str, number: int) -> web.R
 <p class="about">Served over JPIP (ISO/IEC 15444-9); click an image to view it.</p>
 </main></body></html>
 """
-    return web.Response(text=body, content_type="text/html", charset="utf-8",
-                        headers=PAGE_SECURITY)
+    # A page whose links carry the token is kept by no cache.
+    headers = {**PAGE_SECURITY, "Cache-Control": "no-store"} if extra else PAGE_SECURITY
+    return web.Response(text=body, content_type="text/html", charset="utf-8", headers=headers)

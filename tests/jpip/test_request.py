@@ -15,6 +15,7 @@ from jpip.model import ModelItem, SampledRange, UintRange
 from jpip.request import (
     CHECKED_ONLY,
     FIELD_NAMES,
+    REQUEST_FIELDS,
     BoxProp,
     ContextRange,
     FrameSize,
@@ -202,7 +203,7 @@ def test_every_annex_c_field_has_a_valid_example():
     covered = {v[1].split(".")[0] for v in VALID} | {q.partition("=")[0] for q in CHECKED}
     assert covered == set(FIELD_NAMES)
     assert set(FIELD_NAMES) - CHECKED_ONLY == set(JPIPRequest.__dataclass_fields__) - {
-        "present", "ignored_fields", "raw"}
+        "present", "ignored_fields", "raw", "access_token"}
 
 
 def test_defaults_when_absent():
@@ -516,6 +517,45 @@ def test_messages_cut_long_input():
     assert len(str(info.value)) < 120
 
 
+# --- access_token: a credential, accepted and never shown -------------------------------------
+
+JWT = ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlLXNpZ25hdHVyZS1zaWduYXR1cmU"
+       "tc2ln")
+
+
+@pytest.mark.parametrize("query", [
+    f"access_token={JWT}&target=a.jp2&fsiz=8,8",
+    f"target=a.jp2&fsiz=8,8&access_token={JWT}",
+    f"target=a.jp2&fsiz=8,8&acc%65ss_token={JWT}",  # names are %-decoded
+])
+def test_access_token_is_kept_apart(query):
+    req = parse_query(query)
+    assert req.access_token == JWT and req.target == "a.jp2"
+    assert req.present == {"target", "fsiz"} and "access_token" not in req.raw
+    assert JWT not in repr(req) and JWT not in str(dict(req.raw))
+    assert REQUEST_FIELDS == (*FIELD_NAMES, "access_token")
+
+
+def test_access_token_other_b64token_forms():
+    for token in ("abc", "a+b/c==", "A-._~+/z="):
+        assert parse_query(f"access_token={token.replace('+', '%2B')}").access_token == token
+    assert parse_query("access_token=a+b").access_token == "a+b"  # '+' stays '+'
+    assert parse_query("fsiz=1,1").access_token is None
+
+
+@pytest.mark.parametrize("query", [
+    "access_token=", "access_token=ab%20cd", "access_token=a=b", "access_token=%C3%A9t%C3%A9",
+    "access_token=secretA&access_token=secretB", "access_token=secretA,secretB",
+    "access_token=" + "s" * 70000,
+])
+def test_bad_access_token_is_refused_without_quoting_it(query):
+    with pytest.raises(RequestError) as info:
+        parse_query(query)
+    assert info.value.status == 400 and info.value.field == "access_token"
+    assert "secret" not in str(info.value) and "cd" not in str(info.value)
+    assert "sss" not in str(info.value) and "t\xe9" not in str(info.value)
+
+
 # --- fuzzing ----------------------------------------------------------------------------------
 
 def _parse_or_request_error(query: str, lenient: bool) -> None:
@@ -539,7 +579,7 @@ def test_random_text_raises_only_request_error(query, lenient):
 _value_chars = st.sampled_from(list("0123456789,-:;[]!*<>/.%+=&_ rRDLHmPTMtcpswgaxyeno")
                                + ["%5B", "%5D", "%2C", "%3A", "%ff", "%C3", "%00", "%"])
 _values = st.lists(_value_chars, max_size=25).map("".join)
-_names = st.one_of(st.sampled_from(FIELD_NAMES), st.text("abcdefz%", max_size=6))
+_names = st.one_of(st.sampled_from(REQUEST_FIELDS), st.text("abcdefz%", max_size=6))
 _pairs = st.tuples(_names, st.sampled_from(["=", "", "=="]), _values).map("".join)
 
 

@@ -116,7 +116,7 @@ def _keys_of_file(path: Path) -> list[VerificationKey]:
     text = data.lstrip()
     if text.startswith(b"-----BEGIN"):
         return [_pem_key(data, where)]
-    if text.startswith(b"{"):
+    if text.startswith((b"{", b"[")):
         return _jwk_keys(data, where)
     secret = data[:-1] if data.endswith(b"\n") else data
     if secret.endswith(b"\r"):

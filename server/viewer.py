@@ -1,8 +1,8 @@
 """The browser viewer, served by the server itself, and what it needs around JPIP.
 
 Routes (set up by `setup_viewer`, before the path-form catch-all of server/app.py):
-- `GET /` without a query: the targets under the root (HTML, folder by folder, paged); `GET /`
-  with a query stays a JPIP request (`root_or_jpip`).
+- `GET /` without a query (or with an `access_token` only): the targets under the root (HTML,
+  folder by folder, paged); `GET /` with JPIP fields stays a JPIP request (`root_or_jpip`).
 - `GET /viewer/browse?dir=D&page=N`: the same listing for any folder and page.
 - `GET /viewer?target=NAME[&fsiz=&roff=&rsiz=&stream=]`: the viewer page (the built bundle's
   index.html; the page reads its parameters itself).
@@ -74,11 +74,17 @@ def root_or_jpip(jpip: web.Handler) -> web.Handler:
     """`/`: the listing when asked without a query (GET, HEAD), else a JPIP request."""
 
     async def root(request: web.Request) -> web.StreamResponse:
-        if request.method in ("GET", "HEAD") and not request.rel_url.raw_query_string:
+        if request.method in ("GET", "HEAD") and _no_jpip_fields(
+                request.rel_url.raw_query_string):
             return await _listing_page(request, "", 1)
         return await jpip(request)
 
     return root
+
+
+def _no_jpip_fields(query: str) -> bool:
+    """No query, or only an access token (a listing's URL with its token)."""
+    return all(pair.partition("=")[0] == "access_token" for pair in query.split("&") if pair)
 
 
 async def _pool(app: web.Application) -> AsyncIterator[None]:

@@ -108,3 +108,20 @@ async def test_the_async_interface_is_the_same_store() -> None:
     await store.apply(s, [AddChannel("d")])
     assert await store.load("d") is s and await store.expire() == 0
     assert await store.close_all() == 1 and await store.load("c") is None
+
+
+def test_the_owner_is_part_of_the_record_and_each_end_is_reported() -> None:
+    now = [100.0]
+    ended: list[tuple[str, str | None, str, int, float]] = []
+    store = MemorySessionStore(idle_timeout=10, clock=lambda: now[0],
+                               on_end=lambda s, why, secs: ended.append(
+                                   (s.session_id, s.owner, why, s.bytes_sent, secs)))
+    s = store.open_now(OpenSession("s", "/img/a.jp2", "tid", "c", busy=False, owner="alice"))
+    assert s.owner == "alice" and s.opened_at == 100.0
+    assert store.open_now(OpenSession("t", "/img/b.jp2", "tid", "d", busy=False)).owner is None
+    store.apply_now(s, [Begin("c", None), End("c", sent=1234)])
+    now[0] = 104.5
+    store.apply_now(s, [CloseChannels(("c",))])
+    assert ended == [("s", "alice", "closed", 1234, 4.5)]
+    now[0] = 200.0
+    assert store.expire_now() == 1 and ended[-1][:3] == ("t", None, "expired")

@@ -36,10 +36,11 @@ def base(server) -> str:
     return server.url
 
 
-async def jpip(*args: str) -> tuple[int, str, str]:
+async def jpip(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "client.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None})
     out, err = await asyncio.wait_for(proc.communicate(), 120)
     return proc.returncode, out.decode(), err.decode()
 
@@ -246,3 +247,41 @@ async def test_version_and_help_for_every_option() -> None:
     for name, sub in commands.choices.items():
         for action in sub._actions:
             assert action.help, f"jpip {name} {'/'.join(action.option_strings) or action.dest}"
+
+
+# --- a server with access control -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    from tests.tokens import hs_secret
+    keys = tmp_path_factory.mktemp("keys")
+    secret = hs_secret(keys / "hs.key")
+    with running_server(INTEROP.parent, "--auth-jwt-key", str(keys / "hs.key"),
+                        index_cache=tmp_path_factory.mktemp("index-cache")) as proc:
+        yield proc, secret
+
+
+async def test_fetch_and_info_with_a_token(guarded, tmp_path) -> None:
+    from tests.tokens import mint
+    proc, secret = guarded
+    token = mint(secret, aud=None, targets=["corpus/file1.jp2"])
+    url = f"{proc.url}/jpip?target=corpus/file1.jp2"
+    no_token = {"JPIP_TOKEN": None}
+    code, _, err = await jpip("fetch", url, "--fsiz", "64,64", env=no_token)
+    assert code == 1 and "401" in err and "access token is required" in err, err
+    _one_clean_line(err)
+    for args, env in ((["--token", token], no_token), ([], {"JPIP_TOKEN": token})):
+        out = tmp_path / "t.png"
+        code, _, err = await jpip("fetch", url, "--fsiz", "64,64", "-o", str(out), *args,
+                                  env=env)
+        assert code == 0 and out.is_file(), err
+        code, stdout, err = await jpip("info", url, *args, env=env)
+        assert code == 0 and json.loads(stdout)["width"] == 768, err
+    # A viewer's URL with its token works as it is (the client sends it as a header).
+    code, _, err = await jpip("fetch", f"{url}&access_token={token}", "--fsiz", "64,64",
+                              "-o", str(tmp_path / "u.png"), env=no_token)
+    assert code == 0, err
+    code, _, err = await jpip("fetch", f"{proc.url}/jpip?target=corpus/p0_01.j2k", "--token",
+                              token, "--fsiz", "8,8", env=no_token)
+    assert code == 1 and "403" in err and "does not allow" in err and token not in err
+    assert token not in proc.log.read_text()  # nor in the server's log

@@ -187,6 +187,15 @@ def test_a_channel_is_bound_to_its_target(raw) -> None:
         ex.bind(wire.session_of(names["c0"]), raw, "/images/other")
 
 
+def test_a_session_records_the_owner_of_the_request_opening_it(raw) -> None:
+    from jpip.request import parse_query
+    wire = Wire(raw)
+    for owner in ("alice", None):
+        ex = wire.machine.exchange(parse_query(f"target=x&cnew=http&{THUMB}"), owner=owner)
+        ex.bind(None, raw, "/images/target")
+        assert ex.opening is not None and ex.opening.owner == owner and ex.owner == owner
+
+
 # --- target ids -------------------------------------------------------------------------------
 
 def test_tid_and_a_stale_tid_ignores_the_model(raw) -> None:

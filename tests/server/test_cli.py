@@ -114,3 +114,22 @@ def test_version() -> None:
     done = run_server("--version")
     assert done.returncode == 0
     assert done.stdout.strip() == f"jpip-server {importlib.metadata.version('jpip-server')}"
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot read"),
+    (b"short\n", "at least 32 bytes"),
+    (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "private key"),
+    (b'{"keys": []}', "holds no keys"),
+])
+def test_a_key_file_that_cannot_be_used(image_root: Path, tmp_path: Path, content: bytes | None,
+                                        says: str) -> None:
+    key = tmp_path / "jwt.key"
+    if content is not None:
+        key.write_bytes(content)
+    done = run_server("--root", str(image_root), "--port", str(free_port()),
+                      "--auth-jwt-key", str(key))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("jpip-server: option auth_jwt_key: "), done.stderr
+    assert says in done.stderr
+    assert_one_line(done.stderr)

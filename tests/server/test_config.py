@@ -148,3 +148,29 @@ def test_index_cache_dir_default(tmp_path: Path) -> None:
     c = ServerConfig()
     assert c.effective_index_cache_dir({"XDG_CACHE_HOME": "/c"}) == Path("/c/jpip-server")
     assert ServerConfig(index_cache_dir=tmp_path).effective_index_cache_dir({}) == tmp_path
+
+
+def test_access_control_options(tmp_path: Path) -> None:
+    c = load_config([], {})
+    assert c.auth_jwt_key == () and c.auth_audience == "" and c.auth_leeway == 30
+    c = load_config(["--auth-jwt-key", "old.key", "--auth-jwt-key", "new.pem",
+                     "--auth-audience", "pacs", "--auth-leeway", "5"], {})
+    assert c.auth_jwt_key == (Path("old.key"), Path("new.pem"))
+    assert (c.auth_audience, c.auth_leeway) == ("pacs", 5)
+    env = {"JPIP_AUTH_JWT_KEY": "/k/old.key, /k/new.pem", "JPIP_AUTH_AUDIENCE": "pacs"}
+    assert load_config([], env).auth_jwt_key == (Path("/k/old.key"), Path("/k/new.pem"))
+    # In a file: one path or a list, relative to the file.
+    cfg = write_toml(tmp_path, 'auth_jwt_key = ["keys/a.key", "/etc/b.pem"]\n'
+                               'auth_audience = "pacs"\n')
+    c = load_config(["--config", str(cfg)], {})
+    assert c.auth_jwt_key == (tmp_path / "keys/a.key", Path("/etc/b.pem"))
+    cfg = write_toml(tmp_path, 'auth-jwt-key = "a.key"\n')
+    assert load_config(["--config", str(cfg)], {}).auth_jwt_key == (tmp_path / "a.key",)
+    # The command line wins over the environment, as for every option.
+    assert load_config(["--auth-jwt-key", "x"], env).auth_jwt_key == (Path("x"),)
+    assert ServerConfig(auth_jwt_key=["a", "b"]).auth_jwt_key == (Path("a"), Path("b"))
+    with pytest.raises(ConfigError, match="auth_leeway.*must not be negative"):
+        load_config(["--auth-leeway", "-1"], {})
+    cfg = write_toml(tmp_path, "auth_jwt_key = [1]\n")
+    with pytest.raises(ConfigError, match="auth_jwt_key.*list of paths"):
+        load_config(["--config", str(cfg)], {})

@@ -28,6 +28,7 @@ from codestream.source import build_source
 from jpip.window import resolve_window
 from tests.conftest import CORPUS, INTEROP, PROJECT_ROOT
 from tests.oracle import decode_codestream, window_crops
+from tests.tokens import hs_secret, mint
 from tests.viewer.conftest import require_viewer_build
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -44,17 +45,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`jpip-server` serving tests/data (lenient: the viewer passes `access_token` on, which the
-    JPIP grammar only knows once access control lands)."""
+def _serve(tmp_path_factory, *extra: str):
+    """`jpip-server` serving tests/data, strict (the JPIP grammar accepts `access_token`, which
+    the viewer passes on); yields its URL and its log file."""
     require_viewer_build()
     if not (PROJECT_ROOT / "server" / "viewer_static" / "viewer.js").is_file():
         pytest.fail("the viewer bundle is not built: run `make viewer`")
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     cmd = [sys.executable, "-m", "server.cli", "--root", str(DATA), "--host", "127.0.0.1",
-           "--port", str(port), "--index-cache-dir", str(log.parent / "ix"), "--lenient"]
+           "--port", str(port), "--index-cache-dir", str(log.parent / "ix"), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -68,7 +68,7 @@ def server(tmp_path_factory):
                 assert proc.poll() is None, log.read_text()
                 assert time.monotonic() < deadline, "the server did not start"
                 time.sleep(0.1)
-        yield base
+        yield base, log
     finally:
         proc.terminate()
         try:
@@ -76,6 +76,21 @@ def server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    for base, _ in _serve(tmp_path_factory):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """The same with access control on: (URL, log file, HMAC secret)."""
+    keys = tmp_path_factory.mktemp("keys")
+    secret = hs_secret(keys / "hs.key")
+    for base, log in _serve(tmp_path_factory, "--auth-jwt-key", str(keys / "hs.key")):
+        yield base, log, secret
 
 
 @pytest.fixture(scope="module")
@@ -380,14 +395,15 @@ def test_window_level_with_the_right_button_and_from_dicom_attributes(server, br
     page.close()
 
 
-def test_access_token_goes_with_every_request_and_the_session_closes(server, browser) -> None:
-    page = Page(browser, f"{server}/viewer?target=corpus/p0_04.j2k&fsiz=64,48&access_token=t0k3n")
+def _token_goes_with_every_request(server: str, browser, token: str,
+                                    target: str = "corpus/p0_04.j2k") -> None:
+    page = Page(browser, f"{server}/viewer?target={target}&fsiz=64,48&access_token={token}")
     page.ready()
     page.view(fsiz=[640, 480], roff=[100, 100], rsiz=[200, 150])  # a second JPIP request
     ours = [u for u in page.requests if "/viewer/" not in u and not u.startswith("data:")]
     asked = [u for u in ours if "/jpip" in u or "/api/" in u]
     assert len([u for u in asked if "/jpip" in u]) >= 2 and any("/api/info" in u for u in asked)
-    assert all("access_token=t0k3n" in u for u in ours), ours
+    assert all(f"access_token={token}" in u for u in ours), ours
     sessions = _gauge(server, "jpip_sessions")
     # The cclose beacon leaves as the page goes away, out of Playwright's sight: the page notes
     # what it sends in its storage, read back from the next page of the same origin.
@@ -399,15 +415,44 @@ def test_access_token_goes_with_every_request_and_the_session_closes(server, bro
         return send(url, data);
       };
     }""")
-    page.page.goto(f"{server}/")  # pagehide: cclose by beacon
+    page.page.goto(f"{server}/?access_token={token}")  # pagehide: cclose by beacon
     beacons = page.page.evaluate("JSON.parse(localStorage.getItem('beacons') || '[]')")
     deadline = time.monotonic() + 5
     while _gauge(server, "jpip_sessions") >= sessions and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _gauge(server, "jpip_sessions") == sessions - 1
+    assert _gauge(server, "jpip_sessions") == sessions - 1  # the owner's cclose was accepted
     closes = [u for u in beacons if "cclose=" in u]
-    assert closes and all("access_token=t0k3n" in u for u in closes), beacons
+    assert closes and all(f"access_token={token}" in u for u in closes), beacons
     page.close()
+
+
+def test_access_token_goes_with_every_request_and_the_session_closes(server, browser) -> None:
+    # A server without access control takes the field and ignores it (strict grammar).
+    _token_goes_with_every_request(server, browser, "t0k3n")
+
+
+def test_the_viewer_with_a_real_token_against_access_control(guarded, browser) -> None:
+    server, log, secret = guarded
+    target = "corpus/p0_04.j2k"
+    token = mint(secret, aud=None, targets=["corpus/p0_0*.j2k"])
+    _token_goes_with_every_request(server, browser, token, target)
+    # Without a token, or with one for other targets, the page itself is refused.
+    context = browser.new_context()
+    try:
+        tab = context.new_page()
+        assert tab.goto(f"{server}/viewer?target={target}").status == 401
+        other = mint(secret, aud=None, targets=["interop/*"])
+        assert tab.goto(f"{server}/viewer?target={target}&access_token={other}").status == 403
+        # The listing shows what the token allows, and nothing else.
+        tab.goto(f"{server}/viewer/browse?dir=corpus&access_token={token}")
+        names = tab.locator("tbody a").all_inner_texts()
+        assert "p0_04.j2k" in names and "file1.jp2" not in names and len(names) >= 3
+    finally:
+        context.close()
+    time.sleep(0.2)  # the last access-log lines
+    text = log.read_text()
+    assert "access_token=[redacted]" in text and "subject=alice" in text
+    assert token not in text and other not in text
 
 
 def _gauge(server: str, name: str) -> float:

@@ -52,3 +52,11 @@ def test_request_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for word in ("fresh", "pan", "repeat", "100,000 precinct descriptors"):
         assert word in proc.stdout
+
+
+def test_auth_bench_smoke() -> None:
+    cmd = [sys.executable, "-m", "bench", "auth", "--rounds", "1", "--requests", "5"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for words in ("repeat", "stateless", "verify RS256", "a request's whole check"):
+        assert words in proc.stdout

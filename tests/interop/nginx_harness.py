@@ -70,7 +70,7 @@ def rewrite_conf(text: str, tmp: Path, listen: int, backends: Mapping[str, int])
         (r"listen 8080;", f"listen 127.0.0.1:{listen};"),
         (r"pid [^;]+;", f"pid {tmp}/nginx.pid;"),
         (r"error_log [^;]+;", f"error_log {tmp}/error.log info;"),
-        (r"access_log [^;]+;", f"access_log {tmp}/access.log;"),
+        (r"access_log /dev/stdout", f"access_log {tmp}/access.log"),  # its format kept
         (r"worker_processes [^;]+;", "worker_processes 1;"),
         (r"http \{", "http {\n" + "".join(
             f"    {kind}_temp_path {tmp}/{kind};\n"
@@ -99,6 +99,10 @@ class Nginx:
 
     def error_log(self) -> str:
         path = self.directory / "error.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def access_log(self) -> str:
+        path = self.directory / "access.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
 

@@ -11,12 +11,13 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
+import yarl
 from aiohttp import web
 
 from server.app import EXPOSED_HEADERS, create_app
@@ -38,6 +39,7 @@ class Stack:
     stream_done: list[float]
     first_seen: asyncio.Event
     written: list[int]
+    access_log: Callable[[], str] = str  # nginx's access log as written so far
 
 
 async def stream_big(request: web.Request) -> web.StreamResponse:
@@ -124,7 +126,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     try:
         with running_nginx(backends) as nginx:
             yield Stack(nginx.url, f"http://127.0.0.1:{upstream}", nginx.port,
-                        app[DONE_KEY], app[SEEN_KEY], app[WRITTEN_KEY])
+                        app[DONE_KEY], app[SEEN_KEY], app[WRITTEN_KEY], nginx.access_log)
     finally:
         await runner.cleanup()
 
@@ -234,3 +236,27 @@ async def test_backpressure_reaches_the_server(stack: Stack) -> None:
         total = len(first) + len(await r.read())
     assert total == FIREHOSE_BYTES
     assert stalled_at < FIREHOSE_BYTES // 2, f"{stalled_at >> 20} MiB written while paused"
+
+
+async def test_nginx_access_log_holds_no_access_token(stack: Stack) -> None:
+    window = f"target={SAMPLE}&fsiz=8,8&type=jpp-stream"
+    queries = {
+        f"{window}&access_token=SECRET1": f"?{window}&access_token=[redacted]",
+        f"access_token=SECRET2&{window}": f"?access_token=[redacted]&{window}",
+        f"access_token=SECRET3&{window}&access_token=SECRET4":
+            f"?access_token=[redacted]&{window}&access_token=[redacted]",
+        f"{window}&acc%65ss_token=SECRET5": "?[query not logged]",
+        f"{window}&Access_Token=SECRET6": "?[query not logged]",
+        window: f"?{window}",
+    }
+    async with aiohttp.ClientSession() as s:
+        for query in queries:
+            async with s.get(yarl.URL(f"{stack.nginx}/jpip?{query}", encoded=True)) as r:
+                await r.read()
+    deadline = time.monotonic() + 5
+    while stack.access_log().count("\n") < len(queries) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    log = stack.access_log()
+    assert "SECRET" not in log, log
+    for logged in queries.values():
+        assert f"/jpip{logged} HTTP/1.1" in log, (logged, log)

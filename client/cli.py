@@ -242,7 +242,8 @@ async def _save_dicom(path: Path, client, url, reference, arrays, args, window) 
     target's DICOM JSON when the target is a DICOM file, or a Secondary Capture."""
     from .dicom import WindowGeometry, fetch_dataset, save_window, window_dataset
 
-    source = reference if reference is not None else await fetch_dataset(url.target_only())
+    source = reference if reference is not None else await fetch_dataset(
+        url.target_only(), token=_token(args))
     info = await client.header_info(args.stream)
     reg = client.region(window["fsiz"], args.round, args.roff, args.rsiz, args.stream)
     siz = info.siz

@@ -121,12 +121,17 @@ def dicom_json_url(url: JPIPURL) -> str:
     return f"{folder}/dicom-json?target={quote(target, safe='/')}"
 
 
-async def fetch_dataset(url: JPIPURL, timeout: float = DICOM_JSON_TIMEOUT) -> Dataset | None:
+async def fetch_dataset(url: JPIPURL, timeout: float = DICOM_JSON_TIMEOUT, *,
+                        token: str | None = None) -> Dataset | None:
     """The target's dataset from the server's DICOM JSON; None when the target is not DICOM
-    (404) or the server has no such route."""
+    (404) or the server has no such route. `token` (default: the URL's access_token) goes as
+    `Authorization: Bearer` to a server with access control."""
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http:
+    token = token or url.token
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout),
+                                     headers=headers) as http:
         async with http.get(dicom_json_url(url)) as resp:
             if resp.status in (400, 404, 405, 501):  # not DICOM, or no such route
                 return None

@@ -428,3 +428,33 @@ async def test_a_hostile_root_link_never_reaches_a_scope(client, root) -> None:
     resp = await client.get(f"/jpip?target=open/passwd&{WINDOW}",
                             headers=bearer(alice(targets=["**"])))
     assert resp.status == 404
+
+
+# ----- the Python client -----
+
+async def test_the_client_sends_its_token(aiohttp_server, root, keyfile, tmp_path) -> None:
+    from client.api import JPIPClient
+    from client.bincache import StreamError
+    from client.dicom import DicomJSONError, fetch_dataset
+    from client.url import parse_url
+
+    config = ServerConfig(root=root, index_cache_dir=tmp_path / "ix", auth_jwt_key=(keyfile,),
+                          auth_audience=AUDIENCE)
+    server = await aiohttp_server(create_app(config))
+    base = str(server.make_url("")).rstrip("/")
+    url = parse_url(f"{base}/jpip?target=studies/123/ct.dcm")
+    token = alice()
+    with pytest.raises(DicomJSONError, match="401"):
+        await fetch_dataset(url)
+    assert (await fetch_dataset(url, token=token)).PatientName == "Test^Frames"
+    in_url = parse_url(f"{base}/jpip?target=studies/123/ct.dcm&access_token={token}")
+    assert (await fetch_dataset(in_url)).PatientName == "Test^Frames"
+    for client_url, kw in ((url, {"token": token}), (in_url, {})):
+        async with JPIPClient(client_url, **kw) as client:
+            stats = await client.fetch(fsiz=(16, 16))
+            assert stats.status == 200 and stats.bytes > 0
+            assert client.cid is not None  # its session: closed with the same token on exit
+        assert len(server.app[STATE_KEY].sessions) == 0
+    async with JPIPClient(url) as client:
+        with pytest.raises(StreamError, match="401"):
+            await client.fetch(fsiz=(16, 16))

@@ -8,7 +8,7 @@ its data asks here: the JPIP handler (`Guard`, held in its state), the listing, 
 and its APIs, DICOM JSON (`authenticate`, `may_see`, `require_target`, `require_path`).
 
 Refusals are `AccessDenied` (server/errors.py answers them): 400 `invalid_request` (the token
-given twice, a malformed Authorization header), 401 (no token; a token missing, expired,
+given twice, a malformed Authorization header), 401 (no token; a token malformed, expired,
 tampered, for another audience: `invalid_token`), 403 `insufficient_scope` (a target the token
 does not allow, a session another subject opened), each with a one-line reason and a
 `WWW-Authenticate: Bearer` challenge, and counted by reason in `jpip_auth_denials_total`. No

@@ -50,8 +50,8 @@ def _keys(folder: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    secret = secrets.token_bytes(32)
-    (folder / "hs.key").write_bytes(secret)
+    secret = secrets.token_hex(32).encode()  # as `openssl rand -hex 32` writes it
+    (folder / "hs.key").write_bytes(secret + b"\n")
     signers = {"HS256": secret, "RS256": rsa.generate_private_key(65537, 2048),
                "ES256": ec.generate_private_key(ec.SECP256R1())}
     files = [folder / "hs.key"]

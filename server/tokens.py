@@ -8,7 +8,8 @@ are both given). A file is one of:
 - a JWKS (`{"keys": [...]}`) or a single JWK (`{"kty": ...}`): RSA, EC or `oct` keys, each
   with its `kid` and `alg` when given;
 - anything else is an HMAC secret for HS256: the file's bytes, one trailing newline ignored,
-  at least 32 bytes (RFC 7518 3.2).
+  at least 32 bytes (RFC 7518 3.2). Text that starts like PEM or JSON is never a secret (a
+  broken JWKS is an error, not a secret anyone holding the public keys could sign with).
 
 Each key verifies one algorithm only, fixed by its type (the token's header does not choose):
 no `none`, no HMAC with a public key. A token is tried against the keys of its header's `alg`
@@ -113,10 +114,12 @@ def _keys_of_file(path: Path) -> list[VerificationKey]:
         data = path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read {where}: {e.strerror}") from None
+    # Text that reads as a PEM block or JSON is never taken for a secret: a public key or a
+    # JWKS (published data) used as an HMAC secret would let anyone sign tokens.
     text = data.lstrip()
     if text.startswith(b"-----BEGIN"):
         return [_pem_key(data, where)]
-    if text.startswith((b"{", b"[")):
+    if text.startswith((b"{", b"[")) and _is_utf8(data):
         return _jwk_keys(data, where)
     secret = data[:-1] if data.endswith(b"\n") else data
     if secret.endswith(b"\r"):
@@ -125,6 +128,14 @@ def _keys_of_file(path: Path) -> list[VerificationKey]:
         raise KeyFileError(f"{where}: an HMAC secret must be at least {MIN_HMAC_BYTES} bytes "
                            f"(it has {len(secret)}); e.g. `openssl rand -hex 32 > {where}`")
     return [VerificationKey(secret, "HS256", None, where)]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False  # binary: random secret bytes may well start with '{'
+    return True
 
 
 def _public_algorithm(key: Any, where: str) -> str:

@@ -120,19 +120,20 @@ async def test_a_link_to_a_file_not_allowed_is_403(client) -> None:
     assert resp.status == 403
 
 
-@pytest.mark.parametrize("token, status, error, says", [
-    (None, 401, None, "an access token is required"),
-    (mint(SECRET, targets=["studies/123/*"], exp_in=-3600), 401, "invalid_token", "expired"),
-    (tamper(mint(SECRET, targets=["studies/123/*"]), jpip_targets=["**"]), 401,
-     "invalid_token", "signature does not verify"),
-    (mint(b"x" * 48, targets=["**"]), 401, "invalid_token", "signature does not verify"),
-    (mint(SECRET, targets=["**"], aud="another-service"), 401, "invalid_token",
+# Tokens are made when the test runs (made at collection, they could expire before it does).
+@pytest.mark.parametrize("make, status, error, says", [
+    (lambda: None, 401, None, "an access token is required"),
+    (lambda: alice(exp_in=-3600), 401, "invalid_token", "expired"),
+    (lambda: tamper(alice(), jpip_targets=["**"]), 401, "invalid_token",
+     "signature does not verify"),
+    (lambda: mint(b"x" * 48, targets=["**"]), 401, "invalid_token", "signature does not verify"),
+    (lambda: mint(SECRET, targets=["**"], aud="another-service"), 401, "invalid_token",
      "not meant for this server"),
-    (mint(SECRET, targets=["**"], aud=None), 401, "invalid_token", "no aud claim"),
-    ("garbage", 401, "invalid_token", "not a JSON Web Token"),
-])
-async def test_refused_tokens(client, token: str | None, status: int, error: str | None,
-                              says: str) -> None:
+    (lambda: mint(SECRET, targets=["**"], aud=None), 401, "invalid_token", "no aud claim"),
+    (lambda: "garbage", 401, "invalid_token", "not a JSON Web Token"),
+], ids=["none", "expired", "tampered", "other-key", "wrong-aud", "no-aud", "garbage"])
+async def test_refused_tokens(client, make, status: int, error: str | None, says: str) -> None:
+    token = make()
     for headers, query in (({}, f"&access_token={token}"), (bearer(token or ""), "")):
         if token is None:
             headers, query = {}, ""

@@ -50,6 +50,16 @@ def test_hs_secret_file_bytes_one_trailing_newline_ignored(tmp_path: Path) -> No
     assert verifier(tmp_path / "k").verify(mint(secret)).subject == "alice"
 
 
+def test_binary_secrets_and_text_that_is_no_secret(tmp_path: Path) -> None:
+    binary = b"{\xff\xfe" + bytes(range(40))  # random bytes may start like JSON
+    (tmp_path / "bin").write_bytes(binary)
+    assert load_keys([tmp_path / "bin"])[0].key == binary
+    # A JWKS or PEM file with a typo is an error, never an HMAC secret (its content is public).
+    (tmp_path / "typo.json").write_text('{"keys": [' + json.dumps(jwk_of(ec_private(0))) + "")
+    with pytest.raises(KeyFileError, match="not valid JSON"):
+        load_keys([tmp_path / "typo.json"])
+
+
 def test_short_or_missing_key_files_are_refused(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"x" * 31 + b"\n")
     for path, says in ((tmp_path / "short", "at least 32 bytes"),

@@ -131,7 +131,8 @@ class ResponseBuilder:
     def _flush(self) -> Chunk | None:
         if not self._parts:
             return None
-        chunk = Chunk(b"".join(self._parts), self._records)
+        parts = self._parts
+        chunk = Chunk(parts[0] if len(parts) == 1 else b"".join(parts), self._records)
         self._parts, self._size, self._records = [], 0, []
         return chunk
 
@@ -160,12 +161,11 @@ class ResponseBuilder:
                     break
                 yield from self._headers(plan)
             yield from self._precinct_data()
-        last = self._flush()
-        if last is not None:
-            yield last
         if self.outcome.reason == EOR.WINDOW_DONE and self.whole_target and not self._stopped:
             self.outcome.reason = EOR.IMAGE_DONE
-        yield Chunk(self.writer.eor(self.outcome.reason))
+        # The EOR ends the last chunk: a small response is one chunk, written at once.
+        self._parts.append(self.writer.eor(self.outcome.reason))
+        yield self._flush()
 
     def _headers(self, plan: Plan) -> Iterator[Chunk]:
         src, cs = self.source, plan.codestream

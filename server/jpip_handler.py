@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,6 +51,7 @@ JPP_TYPE = "image/jpp-stream"
 STATE_KEY = web.AppKey("jpip_state", object)
 QID_WAIT = 2.0  # seconds a request waits for a missing lower qid on its channel
 SWEEP_PERIOD = 30.0  # seconds between sweeps for idle sessions (at most)
+WHOLE_BYTES = 1 << 20  # responses up to this size go out in one write (Content-Length)
 
 
 class ChannelTurns:
@@ -344,11 +345,28 @@ async def _answer(request: web.Request, state: JPIPState, ex: Exchange, reply: R
 async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: Reply,
                   session: SessionState | None, progress: _Progress) -> web.StreamResponse:
     """Writes the reply's chunks; with a session, each chunk's model records are committed
-    once its write returned."""
+    once its write returned.
+
+    A response of up to WHOLE_BYTES (a thumbnail, a pan, a window; an EOR alone) is built
+    whole and goes out with its headers and Content-Length in one write; a larger one is
+    streamed in chunked coding, chunk by chunk (the headers are sent with the first)."""
     chunks = reply.chunks()
     try:
-        first = next(chunks)  # builds the first chunk: the headers are final after it
+        held = [next(chunks)]  # builds the first chunk: the headers are final after it
+        size = len(held[0].data)
+        whole = True
+        while size <= WHOLE_BYTES:
+            chunk = next(chunks, None)
+            if chunk is None:
+                break
+            held.append(chunk)
+            size += len(chunk.data)
+        else:
+            whole = False
         headers = {"Content-Type": JPP_TYPE, "Cache-Control": "no-cache", **reply.headers}
+        if whole:
+            return await _send_whole(request, state, ex, reply, session, progress, headers,
+                                     held)
         resp = web.StreamResponse(status=reply.status, headers=headers)
         if request.version >= HttpVersion11:
             resp.enable_chunked_encoding()
@@ -358,26 +376,19 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
             return resp
         lift_deadline(request)  # from here on each write is bounded instead
         store = state.sessions
-        chunk = first
+        pending = iter(held)
+        chunk = next(pending)
         while chunk is not None:
             if chunk.records and ex.preempted(session):
                 # A newer request arrived: end this one at a message boundary (EOR 3).
                 await resp.write(ex.window_change())
                 break
-            try:
-                async with asyncio.timeout(state.write_timeout):
-                    await resp.write(chunk.data)
-            except TimeoutError:
-                # The client stopped reading: it is gone as far as we are concerned.
-                if request.transport is not None:
-                    request.transport.close()
-                raise ConnectionResetError(f"client read nothing for {state.write_timeout:g} s "
-                                           f"after {progress.sent} bytes") from None
+            await _bounded(request, state, progress, resp.write(chunk.data))
             progress.sent += len(chunk.data)
             committed = ex.commit(chunk)
             if committed and session is not None:
                 await store.apply(session, committed)
-            chunk = next(chunks, None)
+            chunk = next(pending, None) or next(chunks, None)
         else:
             progress.complete = True
         await resp.write_eof()
@@ -387,6 +398,44 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
         raise
     finally:
         chunks.close()
+
+
+async def _send_whole(request: web.Request, state: JPIPState, ex: Exchange, reply: Reply,
+                      session: SessionState | None, progress: _Progress,
+                      headers: dict[str, str], held: list) -> web.StreamResponse:
+    """One write for the whole response; its records are committed once it returned."""
+    if any(c.records for c in held) and ex.preempted(session):
+        # A newer request arrived while this one was built: the EOR 3 alone.
+        body, held = ex.window_change(), []
+    else:
+        body = held[0].data if len(held) == 1 else b"".join(c.data for c in held)
+    resp = web.Response(status=reply.status, headers=headers, body=body)
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return resp
+    lift_deadline(request)
+    await _bounded(request, state, progress, resp.write_eof())
+    progress.sent = len(body) if held else 0
+    progress.complete = bool(held)
+    changes = []
+    for chunk in held:
+        changes.extend(ex.commit(chunk))
+    if changes and session is not None:
+        await state.sessions.apply(session, changes)
+    return resp
+
+
+async def _bounded(request: web.Request, state: JPIPState, progress: _Progress,
+                   write: Awaitable[None]) -> None:
+    """Awaits one write, for at most the write timeout: a client that stops reading is gone."""
+    try:
+        async with asyncio.timeout(state.write_timeout):
+            await write
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.close()
+        raise ConnectionResetError(f"client read nothing for {state.write_timeout:g} s "
+                                   f"after {progress.sent} bytes") from None
 
 
 def _observe(state: JPIPState, ex: Exchange, reply: Reply | None) -> None:

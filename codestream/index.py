@@ -10,6 +10,7 @@ import logging
 import struct
 from array import array
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class CodestreamIndex:
     def num_components(self) -> int:
         return self.siz.num_components
 
-    @property
+    @cached_property
     def max_layers(self) -> int:
         return int(self.layers.max()) if len(self.layers) else 0
 

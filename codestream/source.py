@@ -10,6 +10,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from .errors import CodestreamError
 from .index import SPLIT, CodestreamIndex, index_codestream
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FileIdentity:
     """What must not change for a cached index (and a JPIP target id) to stay valid."""
 
@@ -29,8 +30,8 @@ class FileIdentity:
     inode: int
     header_hash: str  # sha256 of the first 64 KiB: catches rewrites that keep size and mtime
 
-    @property
-    def target_id(self) -> str:
+    @cached_property
+    def target_id(self) -> str:  # a hash: computed once per identity
         key = f"{self.path}|{self.size}|{self.mtime_ns}|{self.inode}|{self.header_hash}"
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 

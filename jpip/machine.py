@@ -57,7 +57,7 @@ from .model import SampledRange
 from .modelspec import model_records, need_rows, restrict_to_need
 from .plan import plan_window
 from .request import JPIPRequest
-from .respond import Chunk, Outcome, ResponseBuilder
+from .respond import WHOLE_BINS_BYTES, Chunk, Outcome, ResponseBuilder
 from .window import ViewWindow, resolve_window
 
 __all__ = ["Exchange", "JPIPMachine", "Reply", "Turn", "TurnKind", "served_codestreams"]
@@ -447,7 +447,7 @@ class Exchange:
             plans = restrict_to_need(plans, need)
         builder = ResponseBuilder(source, plans, model, byte_limit=limit,
                                   server_limit=server_limit, metadata_only=metadata_only,
-                                  whole_target=whole)
+                                  whole_target=whole, whole_bins_up_to=WHOLE_BINS_BYTES)
         self.outcome = builder.outcome
         if key is not None:
             self._recorder = responses.recorder()

@@ -30,6 +30,7 @@ class Plan:
     tiles: np.ndarray      # tile indexes whose header bins are needed (sorted)
     rows: np.ndarray       # precinct rows (into the index arrays), in delivery-independent order
     layers: int
+    ends: np.ndarray | None = None  # per row, the bin length up to `layers` (None: not known)
 
 
 class _TcrTable:
@@ -103,12 +104,46 @@ def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
         kept.move_to_end(key)
         return plan
     plan = _plan_window(ix, window)
-    plan.rows.flags.writeable = False
-    plan.tiles.flags.writeable = False
+    plan = Plan(plan.codestream, plan.tiles, plan.rows, plan.layers,
+                planned_ends(ix, plan.rows, plan.layers))
+    for a in (plan.rows, plan.tiles, plan.ends):
+        a.flags.writeable = False
     kept[key] = plan
     if len(kept) > PLANS_KEPT:
         kept.popitem(last=False)
     return plan
+
+
+def planned_ends(ix: CodestreamIndex, rows: np.ndarray, layers: int) -> np.ndarray:
+    """Per precinct row, the length of its bin up to `layers` quality layers (0: nothing)."""
+    if layers <= 0 or len(rows) == 0 or len(ix.packets["bin_end"]) == 0:
+        return np.zeros(len(rows), np.int64)
+    pr = ix.precincts
+    starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
+    last = starts + np.minimum(counts, layers) - 1
+    return np.where(counts > 0, ix.packets["bin_end"][np.maximum(last, 0)], 0)
+
+
+def bin_runs(ix: CodestreamIndex) -> np.ndarray:
+    """Per precinct row: True when its whole bin is one run of the file (its packets follow
+    each other with nothing between, no packed headers, no SOP markers, no split packets), so
+    any byte range of the bin is a slice of the file. Computed once per index."""
+    runs = getattr(ix, "_bin_runs", None)
+    if runs is None:
+        pk = ix.packets
+        nprec = len(ix.precincts["id"])
+        owner = pk["precinct"]
+        # packed_offset is -1 for a packet whose header is in the file with its body (>= 0:
+        # packed in PPM/PPT; SPLIT: across file runs).
+        own_bytes = (pk["packed_offset"] == -1) & (pk["packed_length"] == 0)
+        bad = np.bincount(owner[~own_bytes], minlength=nprec)
+        if len(owner) > 1:
+            same = owner[1:] == owner[:-1]
+            gap = pk["offset"][1:] != pk["offset"][:-1] + pk["length"][:-1]
+            bad += np.bincount(owner[:-1][same & gap], minlength=nprec)
+        runs = ix._bin_runs = bad == 0  # cached on the index, like its tcr table
+        runs.flags.writeable = False
+    return runs
 
 
 def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:

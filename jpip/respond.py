@@ -14,7 +14,8 @@ request makes progress; `len=0` is never raised (it asks for no data at all).
 
 Order: metadata-bin 0, then per codestream the main header and the tile headers, then image
 data quality layer by quality layer (all precincts' layer 0, lowest resolution first, before any
-layer 1), so a response cut by `len` shows the whole window at a lower quality.
+layer 1), so a response cut by `len` shows the whole window at a lower quality. Small responses
+no byte limit can cut carry each precinct's bytes in one message instead (`whole_bins_up_to`).
 """
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ from cache.model import BinKind, CacheModel, Received, ReceivedRows
 from codestream.source import Source
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
-from .plan import Plan
+from .plan import Plan, bin_runs, planned_ends
 
 CHUNK_TARGET = 256 * 1024
 MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
 RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at most)
+# A response of up to this much image data goes out in one write (server/), so its layer
+# order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
+WHOLE_BINS_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -59,12 +63,15 @@ class ResponseBuilder:
     `server_limit`: the byte limit is the server's own cap (EOR 7 when reached), not the
     client's `len` (EOR 4). `whole_target`: the plans cover everything the target holds, so a
     completed response ends with EOR 1 (image done) rather than 2 (window done).
+    `whole_bins_up_to`: a plan whose precinct data still to send is at most this many bytes,
+    and that no byte limit can cut, goes one message per precinct (all its layers) instead of
+    layer by layer (WHOLE_BINS_BYTES is what the server uses; 0: always layer by layer).
     """
 
     def __init__(self, source: Source, plans: list[Plan], model: CacheModel, *,
                  byte_limit: int | None = None, server_limit: bool = False,
                  send_metadata: bool = True, metadata_only: bool = False,
-                 whole_target: bool = False) -> None:
+                 whole_target: bool = False, whole_bins_up_to: int = 0) -> None:
         self.source = source
         self.plans = plans
         self.model = model
@@ -73,6 +80,7 @@ class ResponseBuilder:
         self.send_metadata = send_metadata
         self.metadata_only = metadata_only
         self.whole_target = whole_target
+        self.whole_bins_up_to = whole_bins_up_to
         self.first = source.first_codestream
         self.writer = MessageWriter()
         self.outcome = Outcome()
@@ -191,24 +199,32 @@ class ResponseBuilder:
             ix = src.codestreams[cs]
             pr, pk = ix.precincts, ix.packets
             rows = plan.rows
+            planned_end = (plan.ends if plan.ends is not None
+                           else planned_ends(ix, rows, plan.layers))
             held = self.model.stream(cs).precincts.get(rows)
             if held.any():
-                starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
-                planned_end = np.where(counts > 0, pk["bin_end"][np.maximum(
-                    starts + np.minimum(counts, plan.layers) - 1, 0)], 0)
                 self.outcome.bytes_skipped += int(np.minimum(held, planned_end).sum())
                 # Only the precincts the client lacks something of go further (a repeated or
                 # panned window holds most of them already).
                 lacking = np.flatnonzero(held < planned_end)
                 if len(lacking) == 0:
                     continue
-                rows, held = rows[lacking], held[lacking]
+                rows, held, planned_end = rows[lacking], held[lacking], planned_end[lacking]
             # Lowest resolution first, then tile, component, position.
             order = np.lexsort((pr["p"][rows], pr["c"][rows], pr["t"][rows], pr["r"][rows]))
-            rows, held = rows[order], held[order]
+            rows, held, planned_end = rows[order], held[order], planned_end[order]
             ids = pr["id"][rows]
-            starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
             bin_len = pr["bin_length"][rows]
+            if self._whole_bins(rows, held, planned_end):
+                # One message per precinct: [held, planned end) of its bin.
+                sel = np.flatnonzero(held < planned_end)
+                frm, ends = held[sel], planned_end[sel]
+                runs = np.where(bin_runs(ix)[rows[sel]],
+                                pk["offset"][pr["pkt_start"][rows[sel]]] + frm, -1)
+                yield from self._send_layer(cs, rows, held, sel, ids[sel], frm, ends, runs,
+                                            ends == bin_len[sel])
+                continue
+            starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
             for layer in range(plan.layers):
                 live = np.nonzero(counts > layer)[0]
                 if len(live) == 0:
@@ -230,6 +246,17 @@ class ResponseBuilder:
                                             ends[todo], file_from, ends[todo] == bin_len[sel])
                 if self._stopped:
                     return
+
+    def _whole_bins(self, rows: np.ndarray, held: np.ndarray, planned_end: np.ndarray) -> bool:
+        """Whether a plan's precinct data goes one message per precinct rather than layer by
+        layer: when it is small (`whole_bins_up_to`) and no byte limit can cut it, the layer
+        order buys nothing, and one message per bin costs far fewer headers."""
+        if self.whole_bins_up_to <= 0:
+            return False
+        total = int(planned_end.sum()) - int(held.sum())
+        if total > self.whole_bins_up_to:
+            return False
+        return self.limit is None or total + len(rows) * MAX_HEADER_BYTES <= self._room()
 
     def _send_layer(self, cs: int, rows: np.ndarray, held: np.ndarray, sel: np.ndarray,
                     ids: np.ndarray, frm: np.ndarray, ends: np.ndarray, runs: np.ndarray,

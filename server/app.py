@@ -8,6 +8,7 @@ on_response_prepare signal, so they reach streamed responses and error answers a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,7 @@ from server.deadline import DEADLINE_KEY
 from server.dicom_http import dicom_json
 from server.errors import ServiceUnavailable, error_middleware
 from server.jpip_handler import handle_jpip, setup_jpip
-from server.logs import ACCESS_LOGGER, AccessLogger
+from server.logs import ACCESS_FLUSH_PERIOD, ACCESS_LOGGER, AccessLogger, flush_logs
 from server.metrics import Metrics
 from server.proxy import TrustedProxies, proxy_middleware
 from server.viewer import root_or_jpip, setup_viewer
@@ -167,6 +168,21 @@ async def health_pool(app: web.Application) -> AsyncIterator[None]:
     pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead mount: leave it
 
 
+async def log_flusher(app: web.Application) -> AsyncIterator[None]:
+    """Writes the access lines the log handler holds, every ACCESS_FLUSH_PERIOD."""
+    async def flush() -> None:
+        while True:
+            await asyncio.sleep(ACCESS_FLUSH_PERIOD)
+            flush_logs()
+
+    task = asyncio.create_task(flush(), name="jpip-log-flusher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    flush_logs()
+
+
 # ----- the application -----
 
 def create_app(config: ServerConfig | None = None) -> web.Application:
@@ -201,6 +217,7 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(metrics.on_response_prepare)
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(health_pool)
+    app.cleanup_ctx.append(log_flusher)
     setup_jpip(app, config, metrics, guard)  # the JPIP layer's state: index cache, sessions
     setup_viewer(app, config, jpip_path_form)  # the browser viewer, the listing, their APIs
 

@@ -42,7 +42,7 @@ from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
 from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
-from server.targets import TargetError, resolve_target
+from server.targets import TargetCache, TargetError
 from server.tokens import Principal
 
 log = logging.getLogger("jpip.request")
@@ -96,6 +96,11 @@ class JPIPState:
     metrics: object | None = None
     guard: Guard | None = None  # access control (None: off)
     turns: ChannelTurns = field(default_factory=ChannelTurns)
+    targets: TargetCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.targets is None:
+            self.targets = TargetCache(self.root)
 
 
 def setup_jpip(app: web.Application, config, metrics=None,
@@ -196,12 +201,12 @@ def _named_target(state: JPIPState, ex: Exchange, path_target: str | None,
     if ex.target is not None:
         if principal is not None:
             state.guard.check_target(principal, ex.target)
-        return resolve_target(state.root, ex.target)
+        return state.targets.resolve(ex.target)
     if path_target is not None:
         if principal is not None:
             state.guard.check_target(principal, path_target)
         try:
-            return resolve_target(state.root, path_target)
+            return state.targets.resolve(path_target)
         except TargetError as e:
             if ex.cid is None:
                 raise TargetError(
@@ -446,4 +451,4 @@ def _observe(state: JPIPState, ex: Exchange, reply: Reply | None) -> None:
     if ex.outcome is not None and ex.outcome.bytes_skipped:
         metrics.bytes_saved(ex.outcome.bytes_skipped)
     if reply is not None and reply.cache_result is not None:
-        metrics.response_cache.labels(result=reply.cache_result).inc()
+        metrics.response_cache_lookup(reply.cache_result)

@@ -3,10 +3,18 @@
 The observing middleware is the outermost one: it sees every request, including errors and the
 router's 404/405, finishes the response itself (so the byte count and duration are exact), and
 counts it by status.
+
+What happens on every request (its status, duration, time to first byte, bytes, index and
+response cache lookups, bytes a model saved) is counted in plain numbers by `RequestStats`, on
+the event loop, and turned into Prometheus metric families only when /metrics is scraped: a
+request costs a few additions, not a lock and a label lookup per metric. Rare events (sessions,
+index builds) use prometheus_client's own metrics.
 """
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import (
@@ -17,6 +25,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from server.access import DENIAL_REASONS
 from server.logs import INFO_KEY, RequestInfo, request_info
@@ -26,21 +36,79 @@ REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 INDEX_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
 
+class _Buckets:
+    """A histogram's counts as plain numbers (one bisect and two additions per value)."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            total += n
+            cumulative.append((bound, total))
+        return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.sum)
+
+
+class RequestStats(Collector):
+    """What every request adds to the metrics, as plain numbers; exported at scrape time."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[int, int] = {}
+        self.response_bytes = 0
+        self.duration = _Buckets(REQUEST_BUCKETS)
+        self.first_byte = _Buckets(REQUEST_BUCKETS)
+        self.index_cache = {"hit": 0, "miss": 0, "build": 0}
+        self.response_cache = {"hit": 0, "miss": 0}
+        self.bytes_saved = 0
+
+    def request(self, status: int, seconds: float, nbytes: int) -> None:
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        self.duration.observe(seconds)
+        self.response_bytes += nbytes
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("jpip_requests", "HTTP requests answered, by status",
+                                       labels=["status"])
+        for status, n in sorted(self.statuses.items()):
+            requests.add_metric([str(status)], n)
+        yield requests
+        yield CounterMetricFamily("jpip_response_bytes",
+                                  "Bytes written in responses (headers included)",
+                                  value=self.response_bytes)
+        yield self.duration.family("jpip_request_duration_seconds",
+                                   "Time from request to the response's end")
+        yield self.first_byte.family("jpip_time_to_first_byte_seconds",
+                                     "Time from request to the response headers")
+        yield CounterMetricFamily(
+            "jpip_bytes_saved_by_model",
+            "Data-bin bytes not sent because the client's cache model held them",
+            value=self.bytes_saved)
+        for name, doc, counts in (
+                ("jpip_index_cache", "Index cache lookups by result", self.index_cache),
+                ("jpip_response_cache", "Lookups of responses kept for fresh clients, by result",
+                 self.response_cache)):
+            family = CounterMetricFamily(name, doc, labels=["result"])
+            for result, n in counts.items():
+                family.add_metric([result], n)
+            yield family
+
+
 class Metrics:
     """The server's metrics. Attribute names are what the rest of the server increments."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter(
-            "jpip_requests", "HTTP requests answered, by status", ["status"], registry=r)
-        self.response_bytes = Counter(
-            "jpip_response_bytes", "Bytes written in responses (headers included)", registry=r)
-        self.request_duration = Histogram(
-            "jpip_request_duration_seconds", "Time from request to the response's end",
-            buckets=REQUEST_BUCKETS, registry=r)
-        self.time_to_first_byte = Histogram(
-            "jpip_time_to_first_byte_seconds", "Time from request to the response headers",
-            buckets=REQUEST_BUCKETS, registry=r)
+        self.stats = RequestStats()
+        r.register(self.stats)
         self.sessions = Gauge("jpip_sessions", "JPIP sessions open", registry=r)
         self.sessions_created = Counter(
             "jpip_sessions_created", "JPIP sessions created", registry=r)
@@ -48,21 +116,9 @@ class Metrics:
             "jpip_sessions_expired", "JPIP sessions closed for being idle", registry=r)
         self.sessions_evicted = Counter(
             "jpip_sessions_evicted", "JPIP sessions closed to make room", registry=r)
-        self.bytes_saved_by_model = Counter(
-            "jpip_bytes_saved_by_model",
-            "Data-bin bytes not sent because the client's cache model held them", registry=r)
-        self.index_cache = Counter(
-            "jpip_index_cache", "Index cache lookups by result", ["result"], registry=r)
-        for result in ("hit", "miss", "build"):
-            self.index_cache.labels(result=result)  # export zeros before the first lookup
         self.index_build_seconds = Histogram(
             "jpip_index_build_seconds", "Time to index a file", buckets=INDEX_BUCKETS,
             registry=r)
-        self.response_cache = Counter(
-            "jpip_response_cache", "Lookups of responses kept for fresh clients, by result",
-            ["result"], registry=r)
-        for result in ("hit", "miss"):
-            self.response_cache.labels(result=result)
         self.auth_denials = Counter(
             "jpip_auth_denials", "Requests refused by access control, by reason", ["reason"],
             registry=r)
@@ -89,9 +145,12 @@ class Metrics:
             self.session_model_resets.inc()
 
     def index_event(self, kind: str, seconds: float) -> None:
-        """IndexCache events: hit, miss (with the wait), build (with the build time)."""
-        if kind in ("hit", "miss", "build"):
-            self.index_cache.labels(result=kind).inc()
+        """IndexCache events: hit, miss (with the wait), build (with the build time). Index
+        builds end in worker threads: a plain += is atomic enough under the GIL for a count
+        that only grows (a lost increment in a race would be the worst case)."""
+        counts = self.stats.index_cache
+        if kind in counts:
+            counts[kind] += 1
         if kind == "build":
             self.index_build_seconds.observe(seconds)
 
@@ -102,7 +161,11 @@ class Metrics:
     def bytes_saved(self, count: int) -> None:
         """Bytes a client's cache model spared us from sending."""
         if count > 0:
-            self.bytes_saved_by_model.inc(count)
+            self.stats.bytes_saved += count
+
+    def response_cache_lookup(self, result: str) -> None:
+        """A lookup in the cache of whole responses: "hit" or "miss"."""
+        self.stats.response_cache[result] += 1
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -112,6 +175,8 @@ class Metrics:
 
     def middleware(self) -> web.Middleware:
         """Outermost middleware: request info, status counts, durations, bytes."""
+
+        stats = self.stats
 
         @web.middleware
         async def observe(request: web.Request, handler: web.Handler) -> web.StreamResponse:
@@ -137,10 +202,9 @@ class Metrics:
                     return resp
                 raise
             finally:
-                self.requests.labels(status=str(status)).inc()
-                self.request_duration.observe(time.perf_counter() - info.start)
-                if resp is not None:
-                    self.response_bytes.inc(resp.body_length or request.writer.output_size)
+                stats.request(status, time.perf_counter() - info.start,
+                              (resp.body_length or request.writer.output_size)
+                              if resp is not None else 0)
 
         return observe
 
@@ -153,4 +217,4 @@ class Metrics:
         now = time.perf_counter()
         info.response = response
         info.first_byte = now
-        self.time_to_first_byte.observe(now - info.start)
+        self.stats.first_byte.observe(now - info.start)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 
 from dicom.part10 import is_part10_file
@@ -89,3 +90,28 @@ def _suffix_problem(name: str, allowed: tuple[str, ...]) -> str | None:
         return None
     shown = f"'{suffix}' files are" if suffix else "files without a suffix are"
     return f"{shown} not served (served: {', '.join(allowed)})"
+
+
+class TargetCache:
+    """Targets resolved in the last `ttl` seconds, by name: a request for a target named a
+    moment ago skips `resolve_target`'s realpath and stat calls. Only successes are kept. A
+    kept path is a real path that was inside the root when resolved, so whatever changes on
+    disk meanwhile, nothing outside the root is served; whether the file itself changed is
+    the index cache's check (size, mtime, inode) on every request."""
+
+    def __init__(self, root: Path, ttl: float = 1.0, max_entries: int = 4096) -> None:
+        self.root = root
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Path, float]] = {}
+
+    def resolve(self, target: str) -> Path:
+        now = time.monotonic()
+        kept = self._entries.get(target)
+        if kept is not None and kept[1] > now:
+            return kept[0]
+        path = resolve_target(self.root, target)
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # names seen once each (a crawl): start over
+        self._entries[target] = (path, now + self.ttl)
+        return path

@@ -116,13 +116,28 @@ class SparseHoldings:
             return
         rows = np.asarray(rows, np.int32)
         values = np.asarray(values, np.int64)
-        all_rows = np.concatenate([self.rows, rows])
-        all_vals = np.concatenate([self.held, values])
-        order = np.lexsort((-all_vals, all_rows))  # per row, the largest value first
-        all_rows, all_vals = all_rows[order], all_vals[order]
-        first = np.ones(len(all_rows), bool)
-        first[1:] = all_rows[1:] != all_rows[:-1]
-        self.rows, self.held = all_rows[first], all_vals[first]
+        if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            # Sorted, one value per row (the largest): what the merge below needs.
+            order = np.lexsort((-values, rows))
+            rows, values = rows[order], values[order]
+            first = np.ones(len(rows), bool)
+            first[1:] = rows[1:] != rows[:-1]
+            rows, values = rows[first], values[first]
+        # Merged into the sorted holdings (a session's model grows by a window at a time:
+        # no sort of everything held, only a search for the new rows).
+        pos = np.searchsorted(self.rows, rows)
+        found = pos < len(self.rows)
+        found[found] = self.rows[pos[found]] == rows[found]
+        held = self.held
+        if found.any():
+            held = held.copy()  # the arrays may be shared (a snapshot): never changed in place
+            at = pos[found]
+            held[at] = np.maximum(held[at], values[found])
+        new = ~found
+        if new.any():
+            self.rows = np.insert(self.rows, pos[new], rows[new])
+            held = np.insert(held, pos[new], values[new])
+        self.held = held
 
     def lower_to(self, rows: np.ndarray, values: np.ndarray) -> None:
         """held[row] = min(held[row], value) for each pair; rows left with 0 are dropped."""

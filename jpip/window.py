@@ -6,6 +6,7 @@ ceiled) and clipped. Every change is reported back as a JPIP-* response header v
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from codestream.index import CodestreamIndex
@@ -96,6 +97,7 @@ class ViewWindow:
     comps: tuple[int, ...]
     layers: int
     changed: dict[str, str] = field(default_factory=dict)  # response header name -> value
+    # (read only: windows are kept and shared, see resolve_window)
 
     @property
     def empty(self) -> bool:
@@ -113,13 +115,33 @@ def _format_ranges(values: tuple[int, ...]) -> str:
     return ",".join(out)
 
 
+WINDOWS_KEPT = 64  # per index: the windows asked again (repeats, several viewers' thumbnails)
+
+
 def resolve_window(ix: CodestreamIndex, codestream: int, *,
                    fsiz: tuple[int, int, str] | None,
                    roff: tuple[int, int] | None = None,
                    rsiz: tuple[int, int] | None = None,
                    comps: tuple[tuple[int, int | None], ...] | None = None,
                    layers: int | None = None) -> ViewWindow:
-    """Resolves the request's view-window fields against one codestream."""
+    """Resolves the request's view-window fields against one codestream (windows are
+    immutable: the recent ones are kept on the index)."""
+    key = (codestream, fsiz, roff, rsiz, comps, layers)
+    kept = getattr(ix, "_windows", None)
+    if kept is None:
+        kept = ix._windows = OrderedDict()
+    window = kept.get(key)
+    if window is None:
+        window = kept[key] = _resolve_window(ix, codestream, fsiz, roff, rsiz, comps, layers)
+        if len(kept) > WINDOWS_KEPT:
+            kept.popitem(last=False)
+    return window
+
+
+def _resolve_window(ix: CodestreamIndex, codestream: int, fsiz: tuple[int, int, str] | None,
+                    roff: tuple[int, int] | None, rsiz: tuple[int, int] | None,
+                    comps: tuple[tuple[int, int | None], ...] | None,
+                    layers: int | None) -> ViewWindow:
     siz = ix.siz
     changed: dict[str, str] = {}
     max_layers = ix.max_layers

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -171,15 +172,33 @@ def _state(request: web.Request) -> JPIPState:
     return state
 
 
+_parsed: OrderedDict[tuple[str, bool], JPIPRequest] = OrderedDict()
+QUERIES_KEPT = 1024      # parsed requests kept by query string (a JPIPRequest is immutable)
+QUERY_KEPT_CHARS = 1024  # longer queries (a long model=) are parsed every time
+
+
+def _parse_query(query: str, lenient: bool) -> JPIPRequest:
+    """parse_query, with the recent queries' results kept: a repeated request (a viewer's
+    thumbnail, a window asked again) is not parsed again. Errors are not kept."""
+    if len(query) > QUERY_KEPT_CHARS:
+        return parse_query(query, lenient=lenient)
+    key = (query, lenient)
+    req = _parsed.get(key)
+    if req is None:
+        req = _parsed[key] = parse_query(query, lenient=lenient)
+        if len(_parsed) > QUERIES_KEPT:
+            _parsed.popitem(last=False)
+    return req
+
+
 async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
     if request.method == "POST":
         body = await request.read()
         query = request.rel_url.raw_query_string
         if query and body:
             raise RequestError(None, "fields in both the URL and the POST body")
-        return parse_form_body(body, lenient=lenient) if body else parse_query(query,
-                                                                                lenient=lenient)
-    return parse_query(request.rel_url.raw_query_string, lenient=lenient)
+        return parse_form_body(body, lenient=lenient) if body else _parse_query(query, lenient)
+    return _parse_query(request.rel_url.raw_query_string, lenient)
 
 
 def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,

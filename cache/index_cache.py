@@ -435,10 +435,11 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
 # --------------------------------------------------------------------------- opening
 def open_source(path: Path, *, use_plt: bool = True) -> Source:
     """Opens a target from scratch: a DICOM Part 10 file (by its 'DICM' magic, whatever its
-    name) as a lazily indexed DicomSource, anything else as a JPEG 2000 file, indexed whole."""
+    name) as a lazily indexed DicomSource, anything else as a JPEG 2000 file (lazily for its
+    resolutions where it has no PLT and an RLCP/RPCL order: codestream.index)."""
     if is_part10_file(path):
         return open_dicom(path, use_plt=use_plt)
-    return build_source(path, use_plt=use_plt)
+    return build_source(path, use_plt=use_plt, lazy=True)
 
 
 class _Completer:
@@ -581,13 +582,14 @@ class IndexCache:
             if src is None:
                 return None
         for i in src.unindexed():
-            with self._lock:
-                if self._entries.get(key) is not src:
-                    return None  # evicted or replaced: its work is not needed
-            if stop():
-                return None
-            src.index_codestreams([i])
-            time.sleep(0)  # let request threads have the interpreter between frames
+            for step in src.index_steps(i):
+                with self._lock:
+                    if self._entries.get(key) is not src:
+                        return None  # evicted or replaced: its work is not needed
+                if stop():
+                    return None
+                src.index_codestreams([i], step)
+                time.sleep(0)  # let request threads have the interpreter between steps
         with self._lock:
             current = self._entries.get(key) is src
         if src.complete and self.cache_dir is not None and current:

@@ -3,6 +3,14 @@
 Packets are located from PLT marker segments when they are present and add up exactly to the
 tile data; otherwise by decoding packet headers (packets.py), with headers taken from PPM/PPT
 when the file packs them there.
+
+Decoding every packet header of a large file without PLT takes seconds (a 16384² RGB image in
+64² precincts has 2.1M packets). When the resolution is the outermost loop of a tile's
+progression (RLCP, RPCL, no POC), the packets of its lowest resolutions come first: an index
+can then be built for the lowest `resolutions` only (`index_codestream(..., resolutions=n)`),
+decoding that prefix of each tile and skipping the rest of it (tile-part lengths say where the
+next tile starts). Such an index says so (`resolutions_indexed`); serving a window that needs
+more resolutions first indexes further (`codestream.source.Source.index_codestreams`).
 """
 from __future__ import annotations
 
@@ -80,6 +88,9 @@ class CodestreamIndex:
     # (m, 3) packet row, where, length: the pieces of the packets marked SPLIT, in order;
     # `where` >= 0 is a file offset, < 0 a run of packed_headers starting at -1 - where.
     split_spans: np.ndarray | None = None
+    # The packets of the lowest `resolutions_indexed` resolutions of every tile are located,
+    # those above are not (their precincts show no packets yet); None: every packet is.
+    resolutions_indexed: int | None = None
 
     @property
     def num_tiles(self) -> int:
@@ -170,8 +181,11 @@ def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
 class _Builder:
     """Accumulates the arrays of one codestream tile by tile."""
 
-    def __init__(self, buf, layout: CodestreamLayout, *, use_plt: bool, verify_plt: bool) -> None:
+    def __init__(self, buf, layout: CodestreamLayout, *, use_plt: bool, verify_plt: bool,
+                 resolutions: int | None = None) -> None:
         self.buf = buf
+        self.resolutions = resolutions
+        self.cut = False  # a tile's packets above `resolutions` were left out
         self.layout = layout
         self.use_plt = use_plt
         self.verify_plt = verify_plt
@@ -222,7 +236,12 @@ class _Builder:
                     raise CodestreamError(th.parts[0].sot_offset,
                                           f"tile {t}: PLT lengths disagree with packet headers")
         if located is None:
-            located = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p, seq_l)
+            keep = self._resolution_prefix(prec, seq_p, cod, pocs)
+            if keep is not None:
+                seq_p, seq_l = seq_p[:keep], seq_l[:keep]
+                self.cut = True
+            located = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
+                                           seq_l, partial=keep is not None)
             self.sources.add("headers")
         else:
             self.sources.add("plt")
@@ -246,6 +265,15 @@ class _Builder:
             column[dest] = np.asarray(values)
             self.pk[name].append(column)
         return cod.layers, cod.mct
+
+    def _resolution_prefix(self, prec, seq_p: np.ndarray, cod: Cod, pocs) -> int | None:
+        """How many packets of the tile's sequence belong to its lowest `resolutions`
+        resolutions, when they come first (RLCP, RPCL without POC) and are not all of them;
+        None when the whole tile is to be decoded."""
+        if self.resolutions is None or pocs or cod.progression not in (1, 2):
+            return None
+        higher = np.flatnonzero(prec.res[seq_p] >= self.resolutions)
+        return int(higher[0]) if len(higher) else None
 
     def _claim(self, t: int, rows: int) -> None:
         """Counts the precinct and resolution rows tile t adds, and refuses (as malformed, not
@@ -328,7 +356,10 @@ class _Builder:
         minus = np.full(n, -1, np.int64)
         return offsets, lengths, minus, minus, np.zeros(n, np.int64), sops
 
-    def _decode_headers(self, t, th, cod: Cod, styles, grids_by_comp, prec, seq_p, seq_l):
+    def _decode_headers(self, t, th, cod: Cod, styles, grids_by_comp, prec, seq_p, seq_l,
+                        partial: bool = False):
+        """Locates the packets of `seq_p`/`seq_l` by decoding their headers; `partial`: the
+        sequence is a prefix of the tile's (the tile's data goes on after it)."""
         buf = self.buf
         siz = self.siz
         packed_stream = None
@@ -404,7 +435,7 @@ class _Builder:
             sops.append(sop)
             if seq_l[k] == last_layer:
                 del states[local]  # the precinct's last packet: its state is not needed again
-        if pos < end or part_no + 1 < len(parts):
+        if not partial and (pos < end or part_no + 1 < len(parts)):
             left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
             if left > 0 and len(offsets) < len(seq_p):
                 raise CodestreamError(pos, f"tile {t}: {left} bytes of tile data after its last "
@@ -461,12 +492,16 @@ class _Builder:
             packed_headers=bytes(self.packed), source=src,
             markers=tuple(sorted(layout.markers_seen)), progression=layout.main.cod.progression,
             cod_scod=layout.main.cod.scod, tile_data_bytes=self.data_bytes,
-            padding_bytes=self.padding_bytes)
+            padding_bytes=self.padding_bytes,
+            resolutions_indexed=self.resolutions if self.cut else None)
 
 
 def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
-                     verify_plt: bool = False) -> CodestreamIndex:
-    """Indexes the codestream at buf[offset:offset+length]."""
+                     verify_plt: bool = False, resolutions: int | None = None
+                     ) -> CodestreamIndex:
+    """Indexes the codestream at buf[offset:offset+length]; with `resolutions`, only the
+    packets of that many lowest resolutions where the rest can be skipped (see the module
+    docstring)."""
     layout = parse_codestream(buf, offset, length)
     siz = layout.siz
     # Every tile of a complete codestream has a tile-part. A few missing ones (a cut file) are
@@ -478,7 +513,8 @@ def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
     if siz.num_tiles * siz.num_components > 4_000_000:
         raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
                               "more than we serve", unsupported=True)
-    builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt)
+    builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt,
+                       resolutions=resolutions)
     layers, mct = [], []
     for t in range(siz.num_tiles):
         nl, m = builder.add_tile(t)

@@ -9,6 +9,7 @@ import hashlib
 import mmap
 import os
 import struct
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -90,7 +91,8 @@ class Source:
     first_codestream: int = 0
 
     def __init__(self, path: Path, identity: FileIdentity, layout: FileLayout,
-                 codestreams: list[CodestreamIndex], meta0: bytes) -> None:
+                 codestreams: list[CodestreamIndex], meta0: bytes, *,
+                 use_plt: bool = True) -> None:
         self.path = path
         self.identity = identity
         self.layout = layout
@@ -106,6 +108,8 @@ class Source:
             self.close()
             raise CodestreamError(-1, "file changed while it was being opened")
         self.view = memoryview(self._map)
+        self._use_plt = use_plt
+        self._index_lock = threading.Lock()
         self._main_bins: dict[int, bytes] = {}
         self._tile_bins: dict[tuple[int, int], bytes] = {}
 
@@ -127,19 +131,50 @@ class Source:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # --- lazily indexed sources (DICOM multi-frame objects) ------------------------------
+    # --- lazily indexed sources -----------------------------------------------------------
+    # A DICOM object indexes its frames when they are first read (dicom.source); a JPEG 2000
+    # codestream without PLT in RLCP/RPCL order may be indexed for its lowest resolutions
+    # first (codestream.index). Either way: `unindexed` says what is left, `index_codestreams`
+    # does it (blocking: from a worker thread), `index_steps` splits it into steps a request
+    # may wait between, `complete` says when nothing is left.
     def unindexed(self, positions: list[int] | None = None) -> list[int]:
-        """Which codestreams (positions in `codestreams`, all when None) are not indexed yet;
-        reading one of them indexes it first. Always none here: a file is indexed whole."""
-        return []
+        """Which codestreams (positions in `codestreams`, all when None) are not wholly
+        indexed yet."""
+        pick = range(len(self.codestreams)) if positions is None else positions
+        return [i for i in pick if self.codestreams[i].resolutions_indexed is not None]
 
-    def index_codestreams(self, positions: list[int]) -> None:
-        """Indexes the given codestreams now (blocking: call it from a worker thread)."""
+    def index_codestreams(self, positions: list[int], resolutions: int | None = None) -> None:
+        """Indexes the given codestreams now, wholly or (`resolutions`) for at least that many
+        lowest resolutions; one call at a time per source (a second waits, then finds the
+        work done)."""
+        with self._index_lock:
+            for i in positions:
+                old = self.codestreams[i]
+                have = old.resolutions_indexed
+                if have is None or (resolutions is not None and have >= resolutions):
+                    continue
+                off, ln = self.layout.codestreams[i]
+                # A new index replaces the old one whole: a request still reading the old one
+                # reads a consistent (if partial) index.
+                self.codestreams[i] = index_codestream(self._map, off, ln,
+                                                       use_plt=self._use_plt,
+                                                       resolutions=resolutions)
+
+    def index_steps(self, position: int) -> list[int | None]:
+        """The `resolutions` arguments that index codestream `position` a resolution at a
+        time (None: the rest), so that a request for a low resolution waits for one step of
+        the background work, not for all of it."""
+        ix = self.codestreams[position]
+        have = ix.resolutions_indexed
+        if have is None:
+            return []
+        top = int(ix.tcr["levels"].max()) + 1 if len(ix.tcr["levels"]) else 1
+        return [*range(have + 1, top), None]
 
     @property
     def complete(self) -> bool:
-        """True once every codestream has been indexed (or has failed to)."""
-        return True
+        """True once every codestream has been wholly indexed (or has failed to)."""
+        return not self.unindexed()
 
     # --- data-bins -------------------------------------------------------------------------
     def codestream_bytes(self, cs: int) -> bytes:
@@ -239,8 +274,13 @@ class Source:
         return out
 
 
-def build_source(path: Path | str, *, use_plt: bool = True) -> Source:
-    """Opens and indexes a file from scratch (no cache)."""
+FIRST_RESOLUTIONS = 1  # what a lazily built index holds at first (codestream.index)
+
+
+def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) -> Source:
+    """Opens and indexes a file from scratch (no cache). `lazy`: a codestream whose packet
+    headers must be decoded in RLCP/RPCL order is indexed for its lowest resolution only;
+    `Source.index_codestreams` does the rest."""
     path = Path(path)
     identity = file_identity(path)
     with open(path, "rb") as f:
@@ -249,12 +289,13 @@ def build_source(path: Path | str, *, use_plt: bool = True) -> Source:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             layout = read_layout(mm)
-            streams = [index_codestream(mm, off, ln, use_plt=use_plt)
+            first = FIRST_RESOLUTIONS if lazy else None
+            streams = [index_codestream(mm, off, ln, use_plt=use_plt, resolutions=first)
                        for off, ln in layout.codestreams]
             meta0 = metadata_bin0(mm, layout)
         finally:
             mm.close()
-    return Source(path, identity, layout, streams, meta0)
+    return Source(path, identity, layout, streams, meta0, use_plt=use_plt)
 
 
 def size_of(path: str | os.PathLike) -> int:

@@ -119,13 +119,17 @@ class DicomSource(Source):
         pick = range(len(self._indexes)) if positions is None else positions
         return [i for i in pick if self._indexes[i] is None and i not in self._failures]
 
-    def index_codestreams(self, positions: list[int]) -> None:
-        """Indexes these frames now; a frame that fails keeps its error for when it is read."""
+    def index_codestreams(self, positions: list[int], resolutions: int | None = None) -> None:
+        """Indexes these frames now (each whole: `resolutions` does not apply to frames); a
+        frame that fails keeps its error for when it is read."""
         for i in positions:
             try:
                 self.frame_index(i)
             except DicomError:
                 pass
+
+    def index_steps(self, position: int) -> list[int | None]:
+        return [None] if self.unindexed([position]) else []
 
     @property
     def complete(self) -> bool:

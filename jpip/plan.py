@@ -146,7 +146,21 @@ def bin_runs(ix: CodestreamIndex) -> np.ndarray:
     return runs
 
 
+def resolutions_needed(ix: CodestreamIndex, window: ViewWindow) -> int:
+    """How many of the lowest resolutions a window reaches in some tile-component (0 for an
+    empty window): what an index built for its lowest resolutions must hold to serve it."""
+    if window.empty or len(ix.tcr["levels"]) == 0:
+        return 0
+    return max(int(ix.tcr["levels"].max()) - window.discard, 0) + 1
+
+
 def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
+    have = ix.resolutions_indexed
+    if have is not None and resolutions_needed(ix, window) > have:
+        # The server indexes what a window needs before planning it (server.frame_indexing):
+        # planning from a shorter index would leave precincts out.
+        raise RuntimeError(f"window needs {resolutions_needed(ix, window)} resolutions, the "
+                           f"index holds {have}")
     if window.empty:
         return Plan(window.codestream, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
     siz = ix.siz

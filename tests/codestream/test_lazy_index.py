@@ -1,0 +1,80 @@
+"""Indexes built for the lowest resolutions first (RLCP/RPCL without PLT): every packet they
+locate is where the whole index says, the rest are left for later, and indexing further gives
+the whole index exactly; other files are indexed whole at once."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from codestream.source import build_source
+from jpip.plan import plan_window, resolutions_needed
+from jpip.window import resolve_window
+from tests.conftest import CORPUS
+
+LAZY = ["HTJ2KLossless_08_RGB.j2k", "p0_01.j2k", "p0_04.j2k",   # RPCL, RLCP, RLCP
+        "test-card-lossy-tiled.jp2"]                              # RLCP, 20 tiles
+
+
+def _packets_by_precinct(ix) -> dict[int, list[tuple[int, int]]]:
+    pr, pk = ix.precincts, ix.packets
+    out = {}
+    for row in range(len(pr["id"])):
+        a, n = int(pr["pkt_start"][row]), int(pr["pkt_count"][row])
+        out[row] = list(zip(pk["offset"][a:a + n].tolist(), pk["length"][a:a + n].tolist(),
+                            strict=True))
+    return out
+
+
+@pytest.mark.parametrize("name", LAZY)
+def test_a_resolution_prefix_locates_what_the_whole_index_does(name) -> None:
+    with build_source(CORPUS / name) as whole:
+        full = whole.codestreams[0]
+        assert full.resolutions_indexed is None
+        want = _packets_by_precinct(full)
+        top = int(full.tcr["levels"].max()) + 1
+        cut_any = False
+        for k in range(1, top + 1):
+            with build_source(CORPUS / name, lazy=True) as lazy:
+                lazy.index_codestreams([0], k)
+                ix = lazy.codestreams[0]
+                if ix.resolutions_indexed is None:
+                    assert k == top or _packets_by_precinct(ix) == want
+                    continue
+                cut_any = True
+                assert ix.resolutions_indexed == k and not lazy.complete
+                got = _packets_by_precinct(ix)
+                res = full.precincts["r"]
+                for row, packets in want.items():
+                    assert got[row] == (packets if res[row] < k else []), (k, row)
+                # The geometry is all there: the same precinct table.
+                for col in ("id", "t", "c", "r", "p", "x0", "y0", "x1", "y1"):
+                    assert np.array_equal(ix.precincts[col], full.precincts[col])
+                # Indexing the rest gives the whole index.
+                lazy.index_codestreams([0])
+                assert lazy.complete and lazy.codestreams[0].resolutions_indexed is None
+                assert _packets_by_precinct(lazy.codestreams[0]) == want
+        assert cut_any
+
+
+def test_the_steps_go_a_resolution_at_a_time_and_plans_wait_for_them() -> None:
+    with build_source(CORPUS / "p0_04.j2k", lazy=True) as src:
+        ix = src.codestreams[0]
+        assert ix.resolutions_indexed == 1 and src.unindexed() == [0]
+        steps = src.index_steps(0)
+        assert steps[-1] is None and steps[:-1] == list(range(2, len(steps) + 1))
+        full = resolve_window(ix, 0, fsiz=(ix.siz.xsiz, ix.siz.ysiz, "round-down"))
+        assert resolutions_needed(ix, full) > 1
+        with pytest.raises(RuntimeError, match="resolutions"):
+            plan_window(ix, full)  # never planned from too short an index
+        thumb = resolve_window(ix, 0, fsiz=(8, 8, "round-down"))
+        assert resolutions_needed(ix, thumb) == 1 and len(plan_window(ix, thumb).rows)
+        for step in steps:
+            src.index_codestreams([0], step)
+        assert src.complete and src.index_steps(0) == []
+        assert len(plan_window(src.codestreams[0], full).rows)
+
+
+@pytest.mark.parametrize("name", ["p0_05.j2k", "nemo.jp2"])
+def test_other_files_are_indexed_whole(name) -> None:
+    with build_source(CORPUS / name, lazy=True) as src:
+        assert src.complete and src.codestreams[0].resolutions_indexed is None

@@ -68,26 +68,40 @@ def _table(ix: CodestreamIndex) -> _TcrTable:
 def _rect_rows(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, int, int]],
                band_shift: int) -> np.ndarray:
     """Rows of the precincts at tcr row i whose cells meet any rectangle (x0, y0, x1, y1) given
-    in that resolution's band coordinates (band_shift = 1 above resolution 0)."""
+    in that resolution's band coordinates (band_shift = 1 above resolution 0), sorted."""
     npw, nph = tcr["npw"][i], tcr["nph"][i]
     if npw == 0 or nph == 0:
-        return np.zeros(0, np.int64)
+        return _NONE
     ppx, ppy = tcr["ppx"][i] - band_shift, tcr["ppy"][i] - band_shift
     ox, oy = tcr["x0"][i] >> tcr["ppx"][i], tcr["y0"][i] >> tcr["ppy"][i]
-    mask = None
+    cells = []  # the rectangles in precinct cells, non-empty ones
     for x0, y0, x1, y1 in rects:
         if x1 <= x0 or y1 <= y0:
             continue
         px0, px1 = max((x0 >> ppx) - ox, 0), min(_cdiv(x1, 1 << ppx) - ox, npw)
         py0, py1 = max((y0 >> ppy) - oy, 0), min(_cdiv(y1, 1 << ppy) - oy, nph)
-        if px1 <= px0 or py1 <= py0:
-            continue
-        if mask is None:
-            mask = np.zeros((nph, npw), bool)
+        if px1 > px0 and py1 > py0:
+            cells.append((px0, py0, px1, py1))
+    if not cells:
+        return _NONE
+    # The bands' rectangles mostly fall in the same precincts: when one holds the others,
+    # its rows are a grid, no mask needed.
+    bx0, by0 = min(c[0] for c in cells), min(c[1] for c in cells)
+    bx1, by1 = max(c[2] for c in cells), max(c[3] for c in cells)
+    if (bx0, by0, bx1, by1) in cells:
+        base = tcr["prec_base"][i]
+        if bx1 - bx0 == npw:  # whole rows of the grid: one range
+            return np.arange(base + by0 * npw, base + by1 * npw, dtype=np.int64)
+        return (base + np.arange(by0, by1, dtype=np.int64)[:, None] * npw
+                + np.arange(bx0, bx1, dtype=np.int64)).ravel()
+    mask = np.zeros((nph, npw), bool)
+    for px0, py0, px1, py1 in cells:
         mask[py0:py1, px0:px1] = True
-    if mask is None:
-        return np.zeros(0, np.int64)
     return tcr["prec_base"][i] + np.flatnonzero(mask)
+
+
+_NONE = np.zeros(0, np.int64)
+_NONE.flags.writeable = False
 
 
 PLANS_KEPT = 64  # per index: the windows asked again (a viewer's repeats, other viewers' same)
@@ -197,7 +211,10 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
                                             siz.components[c].dy, d, (rx0, ry0, rx1, ry1))
                 done[shape] = (base, rows)
                 parts.extend(rows)
-    rows = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    # Each part is sorted and lies in the precinct range of its own tile-component-resolution
+    # (and the tiles do not overlap): ordered by their first rows, they join sorted, unique.
+    parts = sorted((p for p in parts if len(p)), key=lambda p: int(p[0]))
+    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
 
 

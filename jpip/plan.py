@@ -65,16 +65,22 @@ def _table(ix: CodestreamIndex) -> _TcrTable:
     return tab
 
 
-def _rect_rows(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, int, int]],
-               band_shift: int) -> np.ndarray:
-    """Rows of the precincts at tcr row i whose cells meet any rectangle (x0, y0, x1, y1) given
-    in that resolution's band coordinates (band_shift = 1 above resolution 0), sorted."""
+# A rectangle of one precinct grid: (first row of the grid, grid width, px0, py0, px1, py1).
+Cells = tuple[int, int, int, int, int, int]
+
+
+def _cells(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, int, int]],
+           band_shift: int, out: list[Cells]) -> bool:
+    """Adds to `out` the precinct cells at tcr row i that meet any rectangle (x0, y0, x1, y1)
+    given in that resolution's band coordinates (band_shift = 1 above resolution 0). The bands'
+    rectangles mostly fall in the same precincts: when one holds the others, it alone is
+    added. Returns True when rectangles that may overlap were added (rows to deduplicate)."""
     npw, nph = tcr["npw"][i], tcr["nph"][i]
     if npw == 0 or nph == 0:
-        return _NONE
+        return False
     ppx, ppy = tcr["ppx"][i] - band_shift, tcr["ppy"][i] - band_shift
     ox, oy = tcr["x0"][i] >> tcr["ppx"][i], tcr["y0"][i] >> tcr["ppy"][i]
-    cells = []  # the rectangles in precinct cells, non-empty ones
+    cells = []
     for x0, y0, x1, y1 in rects:
         if x1 <= x0 or y1 <= y0:
             continue
@@ -83,25 +89,34 @@ def _rect_rows(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, in
         if px1 > px0 and py1 > py0:
             cells.append((px0, py0, px1, py1))
     if not cells:
-        return _NONE
-    # The bands' rectangles mostly fall in the same precincts: when one holds the others,
-    # its rows are a grid, no mask needed.
-    bx0, by0 = min(c[0] for c in cells), min(c[1] for c in cells)
-    bx1, by1 = max(c[2] for c in cells), max(c[3] for c in cells)
-    if (bx0, by0, bx1, by1) in cells:
-        base = tcr["prec_base"][i]
-        if bx1 - bx0 == npw:  # whole rows of the grid: one range
-            return np.arange(base + by0 * npw, base + by1 * npw, dtype=np.int64)
-        return (base + np.arange(by0, by1, dtype=np.int64)[:, None] * npw
-                + np.arange(bx0, bx1, dtype=np.int64)).ravel()
-    mask = np.zeros((nph, npw), bool)
-    for px0, py0, px1, py1 in cells:
-        mask[py0:py1, px0:px1] = True
-    return tcr["prec_base"][i] + np.flatnonzero(mask)
+        return False
+    base = tcr["prec_base"][i]
+    box = (min(c[0] for c in cells), min(c[1] for c in cells), max(c[2] for c in cells),
+           max(c[3] for c in cells))
+    if len(cells) == 1 or box in cells:
+        out.append((base, npw, *box))
+        return False
+    out.extend((base, npw, *c) for c in cells)
+    return True
 
 
-_NONE = np.zeros(0, np.int64)
-_NONE.flags.writeable = False
+def _cell_rows(cells: list[Cells], dedupe: bool) -> np.ndarray:
+    """The precinct rows of every rectangle, sorted (one vectorised step for all of them)."""
+    if not cells:
+        return np.zeros(0, np.int64)
+    cells.sort()
+    c = np.array(cells, np.int64)
+    base, npw, px0, py0, px1, py1 = c.T
+    w, h = px1 - px0, py1 - py0
+    counts = w * h
+    total = int(counts.sum())
+    which = np.repeat(np.arange(len(c)), counts)
+    k = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    wk = w[which]
+    rows = base[which] + (py0[which] + k // wk) * npw[which] + px0[which] + k % wk
+    # Rectangles of different grids occupy disjoint, ordered row ranges; within one grid the
+    # rows of a rectangle ascend. Only overlapping rectangles of one grid need np.unique.
+    return np.unique(rows) if dedupe else rows
 
 
 PLANS_KEPT = 64  # per index: the windows asked again (a viewer's repeats, other viewers' same)
@@ -187,7 +202,9 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     p1 = min(_cdiv(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
     q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
     q1 = min(_cdiv(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
-    tiles, parts = [], []
+    tiles: list[int] = []
+    cells: list[Cells] = []
+    dedupe = False
     for q in range(q0, q1):
         for p in range(p0, p1):
             t = q * siz.tiles_x + p
@@ -196,25 +213,24 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
             rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
             if rx1 <= rx0 or ry1 <= ry0:
                 continue
-            done: dict[tuple, tuple[int, list[np.ndarray]]] = {}  # shape -> (base, rows)
+            done: dict[tuple, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
             for c in window.comps:
                 base = table.first.get((t, c))
                 if base is None:
                     continue
                 shape = table.shape[(t, c)]
                 if shape in done:  # the same precincts as an earlier component, shifted
-                    other, rows = done[shape]
+                    other, theirs = done[shape]
                     shift = tcr["prec_base"][base] - tcr["prec_base"][other]
-                    parts.extend(r + shift for r in rows)
+                    cells.extend((b + shift, *rest) for b, *rest in theirs)
                     continue
-                rows = _tile_component_rows(tcr, base, siz.components[c].dx,
-                                            siz.components[c].dy, d, (rx0, ry0, rx1, ry1))
-                done[shape] = (base, rows)
-                parts.extend(rows)
-    # Each part is sorted and lies in the precinct range of its own tile-component-resolution
-    # (and the tiles do not overlap): ordered by their first rows, they join sorted, unique.
-    parts = sorted((p for p in parts if len(p)), key=lambda p: int(p[0]))
-    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+                mine: list[Cells] = []
+                dedupe |= _tile_component_cells(tcr, base, siz.components[c].dx,
+                                                siz.components[c].dy, d, (rx0, ry0, rx1, ry1),
+                                                mine)
+                done[shape] = (base, mine)
+                cells.extend(mine)
+    rows = _cell_rows(cells, dedupe)
     return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
 
 
@@ -228,8 +244,9 @@ def _high_range(lo: int, hi: int) -> tuple[int, int]:
     return lo >> 1, hi >> 1
 
 
-def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
-                         region: tuple[int, int, int, int]) -> list[np.ndarray]:
+def _tile_component_cells(tcr, base: int, dx: int, dy: int, d: int,
+                          region: tuple[int, int, int, int], out: list[Cells]) -> bool:
+    """Adds the precinct cells one tile-component needs to `out` (see `_cells`)."""
     nl = tcr["levels"][base]
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
@@ -240,9 +257,9 @@ def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
     i = base + top
     a, b = max(_cdiv(rx0, sx), tcr["x0"][i]), min(_cdiv(rx1, sx), tcr["x1"][i])
     c0, c1 = max(_cdiv(ry0, sy), tcr["y0"][i]), min(_cdiv(ry1, sy), tcr["y1"][i])
-    out = []
+    overlap = False
     if b <= a or c1 <= c0:
-        return out
+        return overlap
     for n in range(top, 0, -1):
         i = base + n
         x0, x1, y0, y1 = (tcr[k][i] for k in ("x0", "x1", "y0", "y1"))
@@ -255,9 +272,8 @@ def _tile_component_rows(tcr, base: int, dx: int, dy: int, d: int,
         rects = [(high_x[0], low_y[0], high_x[1], low_y[1]),    # HL
                  (low_x[0], high_y[0], low_x[1], high_y[1]),    # LH
                  (high_x[0], high_y[0], high_x[1], high_y[1])]  # HH
-        out.append(_rect_rows(tcr, i, rects, 1))
+        overlap |= _cells(tcr, i, rects, 1, out)
         a, b, c0, c1 = low_x[0], low_x[1], low_y[0], low_y[1]
         if b <= a or c1 <= c0:
-            return out
-    out.append(_rect_rows(tcr, base, [(a, c0, b, c1)], 0))
-    return out
+            return overlap
+    return _cells(tcr, base, [(a, c0, b, c1)], 0, out) or overlap

@@ -42,10 +42,14 @@ class _TcrTable:
         self.first: dict[tuple[int, int], int] = {}
         # Tile-components with the same geometry (all components of an image without
         # subsampling, say) need the same precincts: one shape key per (tile, component).
-        self.shape: dict[tuple[int, int], tuple] = {}
+        self.shape: dict[tuple[int, int], int] = {}  # a small number per distinct geometry
+        shape_ids: dict[tuple, int] = {}
         t, c, r = self.tcr["t"], self.tcr["c"], self.tcr["r"]
         geometry = [self.tcr[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
                                           "levels", "reversible")]
+        # Per tcr row, what the planner reads of it, as one tuple (one lookup per row).
+        self.geo = list(zip(*(self.tcr[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy",
+                                                    "npw", "nph", "prec_base")), strict=True))
         dx = [comp.dx for comp in ix.siz.components]
         dy = [comp.dy for comp in ix.siz.components]
         for i, r_i in enumerate(r):
@@ -53,8 +57,8 @@ class _TcrTable:
                 key = (t[i], c[i])
                 self.first[key] = i
                 last = i + self.tcr["levels"][i]
-                self.shape[key] = (dx[c[i]], dy[c[i]]) + tuple(
-                    tuple(col[i:last + 1]) for col in geometry)
+                shape = (dx[c[i]], dy[c[i]]) + tuple(tuple(col[i:last + 1]) for col in geometry)
+                self.shape[key] = shape_ids.setdefault(shape, len(shape_ids))
 
 
 def _table(ix: CodestreamIndex) -> _TcrTable:
@@ -69,35 +73,40 @@ def _table(ix: CodestreamIndex) -> _TcrTable:
 Cells = tuple[int, int, int, int, int, int]
 
 
-def _cells(tcr: dict[str, list[int]], i: int, rects: list[tuple[int, int, int, int]],
-           band_shift: int, out: list[Cells]) -> bool:
-    """Adds to `out` the precinct cells at tcr row i that meet any rectangle (x0, y0, x1, y1)
-    given in that resolution's band coordinates (band_shift = 1 above resolution 0). The bands'
-    rectangles mostly fall in the same precincts: when one holds the others, it alone is
-    added. Returns True when rectangles that may overlap were added (rows to deduplicate)."""
-    npw, nph = tcr["npw"][i], tcr["nph"][i]
+def _span(lo: int, hi: int, shift: int, origin: int, count: int) -> tuple[int, int]:
+    """The precinct cells [c0, c1) of a grid of `count` cells of 2**shift that meet [lo, hi)."""
+    if hi <= lo:
+        return 0, 0
+    c0, c1 = (lo >> shift) - origin, -(-hi >> shift) - origin
+    return (c0 if c0 > 0 else 0), (c1 if c1 < count else count)
+
+
+def _band_cells(g: tuple, xs: tuple[tuple[int, int], tuple[int, int]],
+                ys: tuple[tuple[int, int], tuple[int, int]], out: list[Cells]) -> bool:
+    """Adds to `out` the precinct cells of a resolution above 0 (tcr geometry `g`) that meet
+    its HL, LH and HH bands' ranges: xs = (low, high) x-ranges and ys likewise, in band
+    coordinates. Mostly the high ranges' cells hold the low ones' (precincts are far larger
+    than the filters' reach): then one rectangle. Returns True when rectangles that may
+    overlap were added (rows to deduplicate)."""
+    x0, y0, _, _, ppx, ppy, npw, nph, base = g
     if npw == 0 or nph == 0:
         return False
-    ppx, ppy = tcr["ppx"][i] - band_shift, tcr["ppy"][i] - band_shift
-    ox, oy = tcr["x0"][i] >> tcr["ppx"][i], tcr["y0"][i] >> tcr["ppy"][i]
-    cells = []
-    for x0, y0, x1, y1 in rects:
-        if x1 <= x0 or y1 <= y0:
-            continue
-        px0, px1 = max((x0 >> ppx) - ox, 0), min(_cdiv(x1, 1 << ppx) - ox, npw)
-        py0, py1 = max((y0 >> ppy) - oy, 0), min(_cdiv(y1, 1 << ppy) - oy, nph)
-        if px1 > px0 and py1 > py0:
-            cells.append((px0, py0, px1, py1))
-    if not cells:
+    ox, oy = x0 >> ppx, y0 >> ppy
+    (lx0, lx1), (hx0, hx1) = (_span(a, b, ppx - 1, ox, npw) for a, b in xs)
+    (ly0, ly1), (hy0, hy1) = (_span(a, b, ppy - 1, oy, nph) for a, b in ys)
+    high_x, high_y = hx1 > hx0, hy1 > hy0
+    low_x, low_y = lx1 > lx0, ly1 > ly0
+    if high_x and high_y and (not low_x or hx0 <= lx0 and lx1 <= hx1) and (
+            not low_y or hy0 <= ly0 and ly1 <= hy1):
+        out.append((base, npw, hx0, hy0, hx1, hy1))  # HH holds HL and LH
         return False
-    base = tcr["prec_base"][i]
-    box = (min(c[0] for c in cells), min(c[1] for c in cells), max(c[2] for c in cells),
-           max(c[3] for c in cells))
-    if len(cells) == 1 or box in cells:
-        out.append((base, npw, *box))
-        return False
-    out.extend((base, npw, *c) for c in cells)
-    return True
+    added = 0
+    for (a0, a1), (b0, b1) in (((hx0, hx1), (ly0, ly1)), ((lx0, lx1), (hy0, hy1)),
+                               ((hx0, hx1), (hy0, hy1))):
+        if a1 > a0 and b1 > b0:
+            out.append((base, npw, a0, b0, a1, b1))
+            added += 1
+    return added > 1
 
 
 def _cell_rows(cells: list[Cells], dedupe: bool) -> np.ndarray:
@@ -213,7 +222,7 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
             rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
             if rx1 <= rx0 or ry1 <= ry0:
                 continue
-            done: dict[tuple, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
+            done: dict[int, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
             for c in window.comps:
                 base = table.first.get((t, c))
                 if base is None:
@@ -225,7 +234,7 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
                     cells.extend((b + shift, *rest) for b, *rest in theirs)
                     continue
                 mine: list[Cells] = []
-                dedupe |= _tile_component_cells(tcr, base, siz.components[c].dx,
+                dedupe |= _tile_component_cells(table, base, siz.components[c].dx,
                                                 siz.components[c].dy, d, (rx0, ry0, rx1, ry1),
                                                 mine)
                 done[shape] = (base, mine)
@@ -234,19 +243,10 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
 
 
-def _low_range(lo: int, hi: int) -> tuple[int, int]:
-    """Low-pass coefficients k with 2k in [lo, hi)."""
-    return _cdiv(lo, 2), _cdiv(hi, 2)
-
-
-def _high_range(lo: int, hi: int) -> tuple[int, int]:
-    """High-pass coefficients k with 2k + 1 in [lo, hi)."""
-    return lo >> 1, hi >> 1
-
-
-def _tile_component_cells(tcr, base: int, dx: int, dy: int, d: int,
+def _tile_component_cells(table: _TcrTable, base: int, dx: int, dy: int, d: int,
                           region: tuple[int, int, int, int], out: list[Cells]) -> bool:
-    """Adds the precinct cells one tile-component needs to `out` (see `_cells`)."""
+    """Adds the precinct cells one tile-component needs to `out` (see `_band_cells`)."""
+    tcr, geo = table.tcr, table.geo
     nl = tcr["levels"][base]
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
@@ -254,26 +254,34 @@ def _tile_component_cells(tcr, base: int, dx: int, dy: int, d: int,
     reach_low, reach_high = (1, 2) if tcr["reversible"][base] else (3, 4)
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
-    i = base + top
-    a, b = max(_cdiv(rx0, sx), tcr["x0"][i]), min(_cdiv(rx1, sx), tcr["x1"][i])
-    c0, c1 = max(_cdiv(ry0, sy), tcr["y0"][i]), min(_cdiv(ry1, sy), tcr["y1"][i])
+    x0, y0, x1, y1 = geo[base + top][:4]
+    a, b = max(-(-rx0 // sx), x0), min(-(-rx1 // sx), x1)
+    c0, c1 = max(-(-ry0 // sy), y0), min(-(-ry1 // sy), y1)
     overlap = False
     if b <= a or c1 <= c0:
         return overlap
     for n in range(top, 0, -1):
-        i = base + n
-        x0, x1, y0, y1 = (tcr[k][i] for k in ("x0", "x1", "y0", "y1"))
-        # Low-pass coefficient k sits at 2k, high-pass k at 2k+1; both ranges are clipped to
-        # the resolution (boundary extension mirrors inside, never further than the reach).
-        low_x = _low_range(max(a - reach_low, x0), min(b + reach_low, x1))
-        high_x = _high_range(max(a - reach_high, x0), min(b + reach_high, x1))
-        low_y = _low_range(max(c0 - reach_low, y0), min(c1 + reach_low, y1))
-        high_y = _high_range(max(c0 - reach_high, y0), min(c1 + reach_high, y1))
-        rects = [(high_x[0], low_y[0], high_x[1], low_y[1]),    # HL
-                 (low_x[0], high_y[0], low_x[1], high_y[1]),    # LH
-                 (high_x[0], high_y[0], high_x[1], high_y[1])]  # HH
-        overlap |= _cells(tcr, i, rects, 1, out)
-        a, b, c0, c1 = low_x[0], low_x[1], low_y[0], low_y[1]
+        g = geo[base + n]
+        x0, y0, x1, y1 = g[:4]
+        # Low-pass coefficient k sits at 2k (k in [ceil(lo/2), ceil(hi/2))), high-pass k at
+        # 2k+1 (k in [lo>>1, hi>>1)); both ranges are clipped to the resolution (boundary
+        # extension mirrors inside, never further than the reach).
+        lo, hi = max(a - reach_low, x0), min(b + reach_low, x1)
+        low_x = (-(-lo >> 1), -(-hi >> 1))
+        high_x = (max(a - reach_high, x0) >> 1, min(b + reach_high, x1) >> 1)
+        lo, hi = max(c0 - reach_low, y0), min(c1 + reach_low, y1)
+        low_y = (-(-lo >> 1), -(-hi >> 1))
+        high_y = (max(c0 - reach_high, y0) >> 1, min(c1 + reach_high, y1) >> 1)
+        overlap |= _band_cells(g, (low_x, high_x), (low_y, high_y), out)
+        a, b = low_x
+        c0, c1 = low_y
         if b <= a or c1 <= c0:
             return overlap
-    return _cells(tcr, base, [(a, c0, b, c1)], 0, out) or overlap
+    # Resolution 0: the LL band, one rectangle in the resolution's own coordinates.
+    x0, y0, _, _, ppx, ppy, npw, nph, prec_base = geo[base]
+    if npw and nph:
+        px0, px1 = _span(a, b, ppx, x0 >> ppx, npw)
+        py0, py1 = _span(c0, c1, ppy, y0 >> ppy, nph)
+        if px1 > px0 and py1 > py0:
+            out.append((prec_base, npw, px0, py0, px1, py1))
+    return overlap

@@ -53,6 +53,9 @@ STATE_KEY = web.AppKey("jpip_state", object)
 QID_WAIT = 2.0  # seconds a request waits for a missing lower qid on its channel
 SWEEP_PERIOD = 30.0  # seconds between sweeps for idle sessions (at most)
 WHOLE_BYTES = 1 << 20  # responses up to this size go out in one write (Content-Length)
+# A write that leaves less than this in the transport's buffer never waits for the client
+# (asyncio's default high-water mark is 64 KiB): it needs no write timeout.
+NO_WAIT_BYTES = 16 << 10
 
 
 class ChannelTurns:
@@ -202,21 +205,22 @@ async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
 
 
 def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
-                 session: SessionState | None, principal: Principal | None) -> Path | None:
-    """The file a request is for. `target=` wins over the URL path (clients that send every
-    request to one script URL, e.g. OpenJPEG's viewer at /myFCGI?target=x.jp2); a channel
-    request whose path names no file is served from its session's target. With access control
-    on, the name must be allowed before it is looked up, and so must the file it leads to."""
+                 session: SessionState | None, principal: Principal | None) -> str | None:
+    """The real path of the file a request is for. `target=` wins over the URL path
+    (clients that send every request to one script URL, e.g. OpenJPEG's viewer at
+    /myFCGI?target=x.jp2); a channel request whose path names no file is served from its
+    session's target. With access control on, the name must be allowed before it is looked
+    up, and so must the file it leads to."""
     path = _named_target(state, ex, path_target, principal)
     if path is None and session is not None:
-        path = Path(session.target)
+        path = session.target
     if principal is not None and path is not None:
         state.guard.check_path(principal, path)
     return path
 
 
 def _named_target(state: JPIPState, ex: Exchange, path_target: str | None,
-                  principal: Principal | None) -> Path | None:
+                  principal: Principal | None) -> str | None:
     if ex.target is not None:
         if principal is not None:
             state.guard.check_target(principal, ex.target)
@@ -235,7 +239,7 @@ def _named_target(state: JPIPState, ex: Exchange, path_target: str | None,
     return None
 
 
-async def _source(state: JPIPState, path: Path):
+async def _source(state: JPIPState, path: str):
     try:
         # resolve_target returns real paths; a session's target is one.
         return await state.index_cache.aget(path, resolved=True)
@@ -271,7 +275,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         if path is not None:
             source = await _source(state, path)
             await index_requested_frames(source, req)  # a DICOM object's frames, off the loop
-    ex.bind(session, source, str(path) if path is not None else None)
+    ex.bind(session, source, path)
 
     if ex.opening is not None:
         try:
@@ -438,7 +442,11 @@ async def _send_whole(request: web.Request, state: JPIPState, ex: Exchange, repl
     if request.method == "HEAD":
         return resp
     lift_deadline(request)
-    await _bounded(request, state, progress, resp.write_eof())
+    transport = request.transport
+    if transport is not None and transport.get_write_buffer_size() + len(body) < NO_WAIT_BYTES:
+        await resp.write_eof()  # the transport takes it all without pausing: nothing to bound
+    else:
+        await _bounded(request, state, progress, resp.write_eof())
     progress.sent = len(body) if held else 0
     progress.complete = bool(held)
     changes = []

@@ -103,14 +103,15 @@ class TargetCache:
         self.root = root
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[Path, float]] = {}
+        self._entries: dict[str, tuple[str, float]] = {}
 
-    def resolve(self, target: str) -> Path:
+    def resolve(self, target: str) -> str:
+        """`resolve_target`'s real path, as a string."""
         now = time.monotonic()
         kept = self._entries.get(target)
         if kept is not None and kept[1] > now:
             return kept[0]
-        path = resolve_target(self.root, target)
+        path = str(resolve_target(self.root, target))
         if len(self._entries) >= self.max_entries:
             self._entries.clear()  # names seen once each (a crawl): start over
         self._entries[target] = (path, now + self.ttl)

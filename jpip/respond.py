@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain, pairwise
 
 import numpy as np
 
@@ -36,6 +37,7 @@ RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at 
 # A response of up to this much image data goes out in one write (server/), so its layer
 # order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
 WHOLE_BINS_BYTES = 1 << 20
+PACKED_HEADERS = 32  # a batch of at least this many messages has its headers made by numpy
 
 
 @dataclass(slots=True)
@@ -292,14 +294,21 @@ class ResponseBuilder:
             stop = int(np.searchsorted(reach, before + max(CHUNK_TARGET - self._size, 1))) + 1
             stop = min(stop, len(sel))
             span = slice(start, stop)
-            offsets, sizes, froms = frm[span].tolist(), lengths[span].tolist(), runs[span].tolist()
-            headers = self.writer.next_headers(ids[span].tolist(), offsets, sizes,
-                                               last[span].tolist())
-            parts = self._parts  # a new list after every flush
-            for header, run, size in zip(headers, froms, sizes, strict=True):
-                parts.append(header)
-                parts.append(view[run:run + size])
-            total = sum(map(len, headers)) + int(reach[stop - 1]) - before
+            sizes, froms = lengths[span].tolist(), runs[span].tolist()
+            bodies = [view[run:run + size] for run, size in zip(froms, sizes, strict=True)]
+            if stop - start >= PACKED_HEADERS:
+                blob, hend = self.writer.next_headers_packed(ids[span], frm[span],
+                                                             lengths[span], last[span])
+                marks = [0, *hend.tolist()]
+                headers = [blob[a:b] for a, b in pairwise(marks)]
+                header_bytes = len(blob)
+            else:
+                headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(),
+                                                   sizes, last[span].tolist())
+                header_bytes = sum(map(len, headers))
+            # header, body, header, body, ... (self._parts is a new list after every flush)
+            self._parts.extend(chain.from_iterable(zip(headers, bodies, strict=True)))
+            total = header_bytes + int(reach[stop - 1]) - before
             self._size += total
             out = self.outcome
             out.bytes_sent += total

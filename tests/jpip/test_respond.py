@@ -130,3 +130,30 @@ def test_len_cut_responses_continue_where_they_stopped(path, fsiz, roff, rsiz, l
         assert reason == 2 and (pieces > 1 or len(whole) <= limit)
         total = sum(len(m.data) for m in parse_stream(whole)[:-1])
         assert total > 0 and sum(held.values()) == total
+
+
+@pytest.mark.parametrize("path,fsiz,roff,rsiz,layers", CASES, ids=lambda v: getattr(v, "name",
+                                                                                     None))
+def test_small_responses_carry_one_message_per_precinct(path, fsiz, roff, rsiz, layers) -> None:
+    with build_source(path) as src:
+        ix, w, plan = _planned(src, fsiz, roff, rsiz, layers)
+        model = CacheModel()
+        builder = ResponseBuilder(src, [plan], model, whole_bins_up_to=1 << 30)
+        chunks = list(builder.chunks())
+        for chunk in chunks:
+            model.apply(chunk.records)
+        messages = parse_stream(b"".join(c.data for c in chunks))
+        held: dict = {}
+        counts: dict = {}
+        assert _check(src, ix, plan, messages, held, counts) == 2
+        wanted = {int(ix.precincts["id"][r]): int(e)
+                  for r, e in zip(plan.rows.tolist(), plan.ends.tolist(), strict=True) if e}
+        assert {k[1]: v for k, v in held.items() if k[0] == PRECINCT} == wanted
+        assert counts[PRECINCT] == len(wanted)  # one message per precinct
+        # The same window again, over the model: the EOR alone.
+        again = list(ResponseBuilder(src, [plan], model, whole_bins_up_to=1 << 30).chunks())
+        assert b"".join(c.data for c in again) == b"\x00\x02\x00"
+        # A byte limit that cuts the response: layer by layer again (what a cut shows first).
+        cut = list(ResponseBuilder(src, [plan], CacheModel(), byte_limit=5000,
+                                   whole_bins_up_to=1 << 30).chunks())
+        assert _check(src, ix, plan, parse_stream(b"".join(c.data for c in cut)), {}) == 4

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
-import numpy as np
-
 from .vbas import SMALL_LIMIT, SMALL_VBAS, JPPError, encode_vbas, read_vbas
 
 __all__ = [
@@ -193,40 +191,6 @@ class MessageWriter:
             self._before_cls, self._before_csn = self._cls, self._csn
             self._last_id, self._last_off = bin_ids[-1], offsets[-1]
         return out
-
-    def next_headers_packed(self, bin_ids: np.ndarray, offsets: np.ndarray,
-                            lengths: np.ndarray, lasts: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """`next_headers()` for many messages at once, encoded with numpy: every header one
-        after the other in one bytes object, and where each one ends in it."""
-        ids = np.asarray(bin_ids, np.int64)
-        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= BIN_ID_LIMIT):
-            raise ValueError(f"bin id must be in [0, 2**53), got {int(ids.max())}")
-        flags = np.where(np.asarray(lasts, bool), 0x30, 0x20).astype(np.int64)
-        # A k-byte Bin-ID holds 7k - 3 id bits below the flags (bb, c).
-        k_id = np.ones(len(ids), np.int64)
-        for k in range(1, MAX_BIN_ID_BYTES):
-            k_id += ids >= 1 << (7 * k - 3)
-        fields = [(ids | (flags << (7 * (k_id - 1))), k_id)]
-        for values in (offsets, lengths):
-            v = np.asarray(values, np.int64)
-            k = np.ones(len(v), np.int64)
-            for n in range(1, 9):
-                k += v >= 1 << (7 * n)
-            fields.append((v, k))
-        columns, valid = [], []
-        for v, k in fields:
-            width = int(k.max()) if len(k) else 1
-            place = np.arange(width)
-            shift = 7 * (k[:, None] - 1 - place)  # the value's bits that byte j carries
-            byte = (v[:, None] >> np.maximum(shift, 0)) & 0x7F
-            columns.append(byte | np.where(place < k[:, None] - 1, 0x80, 0))
-            valid.append(shift >= 0)
-        blob = np.concatenate(columns, axis=1)[np.concatenate(valid, axis=1)]
-        ends = np.cumsum(fields[0][1] + fields[1][1] + fields[2][1])
-        if len(ids):
-            self._before_cls, self._before_csn = self._cls, self._csn
-            self._last_id, self._last_off = int(ids[-1]), int(offsets[-1])
-        return blob.astype(np.uint8).tobytes(), ends
 
     def discard(self) -> None:
         """Forgets the last header returned by `header()`: it was not sent."""

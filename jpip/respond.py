@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain, pairwise
+from itertools import chain
 
 import numpy as np
 
@@ -37,7 +37,6 @@ RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at 
 # A response of up to this much image data goes out in one write (server/), so its layer
 # order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
 WHOLE_BINS_BYTES = 1 << 20
-PACKED_HEADERS = 32  # a batch of at least this many messages has its headers made by numpy
 
 
 @dataclass(slots=True)
@@ -296,16 +295,9 @@ class ResponseBuilder:
             span = slice(start, stop)
             sizes, froms = lengths[span].tolist(), runs[span].tolist()
             bodies = [view[run:run + size] for run, size in zip(froms, sizes, strict=True)]
-            if stop - start >= PACKED_HEADERS:
-                blob, hend = self.writer.next_headers_packed(ids[span], frm[span],
-                                                             lengths[span], last[span])
-                marks = [0, *hend.tolist()]
-                headers = [blob[a:b] for a, b in pairwise(marks)]
-                header_bytes = len(blob)
-            else:
-                headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(),
-                                                   sizes, last[span].tolist())
-                header_bytes = sum(map(len, headers))
+            headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(), sizes,
+                                               last[span].tolist())
+            header_bytes = sum(map(len, headers))
             # header, body, header, body, ... (self._parts is a new list after every flush)
             self._parts.extend(chain.from_iterable(zip(headers, bodies, strict=True)))
             total = header_bytes + int(reach[stop - 1]) - before

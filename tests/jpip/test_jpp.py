@@ -521,23 +521,3 @@ def test_corrupted_streams_only_raise_jpperror(msgs: list[Message], end: EndOfRe
     for pos, value in flips:
         data[pos % len(data)] = value
     _parse_chunks(_split(bytes(data), cuts), 1 << 31)
-
-
-_sizes = st.one_of(st.integers(0, 20), st.integers(0, 1 << 14), st.integers(0, 1 << 40))
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.one_of(st.integers(0, 2100), st.integers(0, (1 << 53) - 1)),
-                          _sizes, _sizes, st.booleans()), min_size=1, max_size=40))
-def test_packed_headers_are_the_headers_one_by_one(messages) -> None:
-    ids, offsets, lengths, lasts = (list(col) for col in zip(*messages, strict=True))
-    one, packed = MessageWriter(), MessageWriter()
-    for w in (one, packed):
-        w.header(PRECINCT, 0, 0, 0, 1, False)  # the run's first message sets class and CSn
-    want = one.next_headers(ids, offsets, lengths, lasts)
-    blob, ends = packed.next_headers_packed(np.array(ids), np.array(offsets),
-                                            np.array(lengths), np.array(lasts))
-    assert blob == b"".join(want)
-    assert ends.tolist() == list(np.cumsum([len(h) for h in want]))
-    # Both writers go on the same way.
-    assert one.header(PRECINCT, 0, 5, 0, 1, True) == packed.header(PRECINCT, 0, 5, 0, 1, True)

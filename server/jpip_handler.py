@@ -274,7 +274,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         path = _target_path(state, ex, target, session, principal)
         if path is not None:
             source = await _source(state, path)
-            await index_requested_frames(source, req)  # a DICOM object's frames, off the loop
+            await index_requested_frames(source, req)  # what a lazy index lacks, off the loop
     ex.bind(session, source, path)
 
     if ex.opening is not None:

@@ -29,7 +29,7 @@ from .geometry import (
     resolution_grids,
     tile_component_bounds,
 )
-from .markers import Cod, CodingStyle, Siz
+from .markers import Cod, CodingStyle, PocEntry, Siz
 from .packets import BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
 from .progression import packet_sequence, tile_precincts
@@ -216,13 +216,22 @@ class _Builder:
         if th is None or len(prec.comp) == 0:
             return cod.layers, cod.mct
         pocs = th.markers.pocs or self.layout.main.pocs
-        seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, pocs)
         for part in th.parts:
             self.data_bytes += part.data_end - part.header_end
         # With packed headers (PPM/PPT) the headers must be decoded anyway to split the packed
         # stream packet by packet, and decoding them also gives the body lengths PLT would.
         packed = bool(th.ppt) or bool(self.ppm)
-        plt = _plt_lengths(self.buf, th) if (self.use_plt and th.plt and not packed) else None
+        may_use_plt = self.use_plt and bool(th.plt) and not packed
+        prefix = self._resolution_prefix(prec, cod, pocs) if not may_use_plt else False
+        if prefix:
+            # Resolution outermost: the lowest resolutions' packets are the sequence's prefix,
+            # which is the sequence of those resolutions alone (a POC-like restriction).
+            only = [PocEntry(0, 0, cod.layers, self.resolutions, 1 << 30, cod.progression)]
+            seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, only)
+            self.cut = True
+        else:
+            seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, pocs)
+        plt = _plt_lengths(self.buf, th) if may_use_plt else None
         located = None
         if plt is not None:
             located = self._locate_with_plt(th, plt, len(seq_p), cod)
@@ -236,12 +245,8 @@ class _Builder:
                     raise CodestreamError(th.parts[0].sot_offset,
                                           f"tile {t}: PLT lengths disagree with packet headers")
         if located is None:
-            keep = self._resolution_prefix(prec, seq_p, cod, pocs)
-            if keep is not None:
-                seq_p, seq_l = seq_p[:keep], seq_l[:keep]
-                self.cut = True
             located = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
-                                           seq_l, partial=keep is not None)
+                                           seq_l, partial=prefix)
             self.sources.add("headers")
         else:
             self.sources.add("plt")
@@ -266,14 +271,12 @@ class _Builder:
             self.pk[name].append(column)
         return cod.layers, cod.mct
 
-    def _resolution_prefix(self, prec, seq_p: np.ndarray, cod: Cod, pocs) -> int | None:
-        """How many packets of the tile's sequence belong to its lowest `resolutions`
-        resolutions, when they come first (RLCP, RPCL without POC) and are not all of them;
-        None when the whole tile is to be decoded."""
+    def _resolution_prefix(self, prec, cod: Cod, pocs) -> bool:
+        """True when only the tile's lowest `resolutions` resolutions are to be located: they
+        come first in its sequence (RLCP, RPCL without POC) and some precinct is above them."""
         if self.resolutions is None or pocs or cod.progression not in (1, 2):
-            return None
-        higher = np.flatnonzero(prec.res[seq_p] >= self.resolutions)
-        return int(higher[0]) if len(higher) else None
+            return False
+        return bool((prec.res >= self.resolutions).any())
 
     def _claim(self, t: int, rows: int) -> None:
         """Counts the precinct and resolution rows tile t adds, and refuses (as malformed, not

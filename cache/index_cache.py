@@ -588,7 +588,7 @@ class IndexCache:
                         return None  # evicted or replaced: its work is not needed
                 if stop():
                     return None
-                src.index_codestreams([i], step)
+                src.index_codestreams([i], step, background=True)
                 time.sleep(0)  # let request threads have the interpreter between steps
         with self._lock:
             current = self._entries.get(key) is src

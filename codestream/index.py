@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import struct
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # Bounds on what a header may claim beyond the data present (see _Builder._claim and
 # index_codestream): rows of the precinct and resolution tables, and tiles without tile-parts.
 ROW_MARGIN = 1 << 16
+PAUSE_EVERY = (1 << 12) - 1  # `pause` is called once per 4096 packet headers decoded
 ABSENT_TILE_FACTOR = 4
 ABSENT_TILE_MARGIN = 1024
 
@@ -182,8 +184,10 @@ class _Builder:
     """Accumulates the arrays of one codestream tile by tile."""
 
     def __init__(self, buf, layout: CodestreamLayout, *, use_plt: bool, verify_plt: bool,
-                 resolutions: int | None = None) -> None:
+                 resolutions: int | None = None,
+                 pause: Callable[[], None] | None = None) -> None:
         self.buf = buf
+        self.pause = pause
         self.resolutions = resolutions
         self.cut = False  # a tile's packets above `resolutions` were left out
         self.layout = layout
@@ -384,7 +388,10 @@ class _Builder:
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end
         comp_arr, res_arr, idx_arr = prec.comp, prec.res, prec.index
+        pause = self.pause
         for k in range(len(seq_p)):
+            if pause is not None and not k & PAUSE_EVERY:
+                pause()
             while pos >= end and part_no + 1 < len(parts):
                 part_no += 1
                 pos, end = parts[part_no].header_end, parts[part_no].data_end
@@ -500,11 +507,12 @@ class _Builder:
 
 
 def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
-                     verify_plt: bool = False, resolutions: int | None = None
-                     ) -> CodestreamIndex:
+                     verify_plt: bool = False, resolutions: int | None = None,
+                     pause: Callable[[], None] | None = None) -> CodestreamIndex:
     """Indexes the codestream at buf[offset:offset+length]; with `resolutions`, only the
     packets of that many lowest resolutions where the rest can be skipped (see the module
-    docstring)."""
+    docstring). `pause` is called every few thousand packet headers decoded (background
+    work yields there)."""
     layout = parse_codestream(buf, offset, length)
     siz = layout.siz
     # Every tile of a complete codestream has a tile-part. A few missing ones (a cut file) are
@@ -517,7 +525,7 @@ def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
         raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
                               "more than we serve", unsupported=True)
     builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt,
-                       resolutions=resolutions)
+                       resolutions=resolutions, pause=pause)
     layers, mct = [], []
     for t in range(siz.num_tiles):
         nl, m = builder.add_tile(t)

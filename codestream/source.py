@@ -109,7 +109,8 @@ class Source:
             raise CodestreamError(-1, "file changed while it was being opened")
         self.view = memoryview(self._map)
         self._use_plt = use_plt
-        self._index_lock = threading.Lock()
+        self._urgent = threading.Condition()  # requests' indexing under way (_urgent_count)
+        self._urgent_count = 0
         self._main_bins: dict[int, bytes] = {}
         self._tile_bins: dict[tuple[int, int], bytes] = {}
 
@@ -135,35 +136,52 @@ class Source:
     # A DICOM object indexes its frames when they are first read (dicom.source); a JPEG 2000
     # codestream without PLT in RLCP/RPCL order may be indexed for its lowest resolutions
     # first (codestream.index). Either way: `unindexed` says what is left, `index_codestreams`
-    # does it (blocking: from a worker thread), `index_steps` splits it into steps a request
-    # may wait between, `complete` says when nothing is left.
+    # does it (blocking: from a worker thread), `index_steps` splits the background work into
+    # steps, `complete` says when nothing is left.
     def unindexed(self, positions: list[int] | None = None) -> list[int]:
         """Which codestreams (positions in `codestreams`, all when None) are not wholly
         indexed yet."""
         pick = range(len(self.codestreams)) if positions is None else positions
         return [i for i in pick if self.codestreams[i].resolutions_indexed is not None]
 
-    def index_codestreams(self, positions: list[int], resolutions: int | None = None) -> None:
+    def index_codestreams(self, positions: list[int], resolutions: int | None = None, *,
+                          background: bool = False) -> None:
         """Indexes the given codestreams now, wholly or (`resolutions`) for at least that many
-        lowest resolutions; one call at a time per source (a second waits, then finds the
-        work done)."""
-        with self._index_lock:
-            for i in positions:
-                old = self.codestreams[i]
-                have = old.resolutions_indexed
-                if have is None or (resolutions is not None and have >= resolutions):
-                    continue
-                off, ln = self.layout.codestreams[i]
-                # A new index replaces the old one whole: a request still reading the old one
-                # reads a consistent (if partial) index.
-                self.codestreams[i] = index_codestream(self._map, off, ln,
-                                                       use_plt=self._use_plt,
-                                                       resolutions=resolutions)
+        lowest resolutions. A request's indexing (`background` False) goes first: background
+        work pauses while one runs, so a request never waits for a larger step than its own.
+        A result replaces the codestream's index only if it holds more (a request still
+        reading the old index reads a consistent, if partial, one)."""
+        for i in positions:
+            if _holds(self.codestreams[i], resolutions):
+                continue
+            off, ln = self.layout.codestreams[i]
+            if background:
+                ix = index_codestream(self._map, off, ln, use_plt=self._use_plt,
+                                      resolutions=resolutions, pause=self._yield_to_requests)
+            else:
+                with self._urgent:
+                    self._urgent_count += 1
+                try:
+                    ix = index_codestream(self._map, off, ln, use_plt=self._use_plt,
+                                          resolutions=resolutions)
+                finally:
+                    with self._urgent:
+                        self._urgent_count -= 1
+                        self._urgent.notify_all()
+            with self._urgent:
+                if not _holds(self.codestreams[i], ix.resolutions_indexed):
+                    self.codestreams[i] = ix
+
+    def _yield_to_requests(self) -> None:
+        """Background indexing's pause point: waits while a request's indexing runs."""
+        with self._urgent:
+            while self._urgent_count:
+                self._urgent.wait(0.5)
 
     def index_steps(self, position: int) -> list[int | None]:
         """The `resolutions` arguments that index codestream `position` a resolution at a
-        time (None: the rest), so that a request for a low resolution waits for one step of
-        the background work, not for all of it."""
+        time (None: the rest): the background work's steps, after each of which a request for
+        those resolutions finds its index ready."""
         ix = self.codestreams[position]
         have = ix.resolutions_indexed
         if have is None:
@@ -275,6 +293,12 @@ class Source:
 
 
 FIRST_RESOLUTIONS = 1  # what a lazily built index holds at first (codestream.index)
+
+
+def _holds(ix: CodestreamIndex, resolutions: int | None) -> bool:
+    """Whether an index holds (at least) that many lowest resolutions (None: all)."""
+    have = ix.resolutions_indexed
+    return have is None or (resolutions is not None and have >= resolutions)
 
 
 def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) -> Source:

@@ -119,7 +119,8 @@ class DicomSource(Source):
         pick = range(len(self._indexes)) if positions is None else positions
         return [i for i in pick if self._indexes[i] is None and i not in self._failures]
 
-    def index_codestreams(self, positions: list[int], resolutions: int | None = None) -> None:
+    def index_codestreams(self, positions: list[int], resolutions: int | None = None, *,
+                          background: bool = False) -> None:
         """Indexes these frames now (each whole: `resolutions` does not apply to frames); a
         frame that fails keeps its error for when it is read."""
         for i in positions:

@@ -78,3 +78,25 @@ def test_the_steps_go_a_resolution_at_a_time_and_plans_wait_for_them() -> None:
 def test_other_files_are_indexed_whole(name) -> None:
     with build_source(CORPUS / name, lazy=True) as src:
         assert src.complete and src.codestreams[0].resolutions_indexed is None
+
+
+def test_background_indexing_waits_while_a_request_indexes() -> None:
+    import threading
+
+    with build_source(CORPUS / "p0_04.j2k", lazy=True) as src:
+        src._urgent_count = 1  # as while a request's indexing runs
+        done = threading.Event()
+        worker = threading.Thread(
+            target=lambda: (src.index_codestreams([0], background=True), done.set()))
+        worker.start()
+        assert not done.wait(0.3), "background work went on beside a request's"
+        with src._urgent:
+            src._urgent_count = 0
+            src._urgent.notify_all()
+        assert done.wait(30)
+        worker.join()
+        assert src.complete
+        # A request's indexing never replaces an index with a shorter one.
+        whole = src.codestreams[0]
+        src.index_codestreams([0], 2)
+        assert src.codestreams[0] is whole

@@ -217,14 +217,23 @@ class ResponseBuilder:
             ids = pr["id"][rows]
             bin_len = pr["bin_length"][rows]
             if self._whole_bins(rows, held, planned_end):
-                # One message per precinct: [held, planned end) of its bin.
-                sel = np.flatnonzero(held < planned_end)
-                frm, ends = held[sel], planned_end[sel]
-                runs = np.where(bin_runs(ix)[rows[sel]],
-                                pk["offset"][pr["pkt_start"][rows[sel]]] + frm, -1)
-                yield from self._send_layer(cs, rows, held, sel, ids[sel], frm, ends, runs,
-                                            ends == bin_len[sel])
-                continue
+                # One message per precinct whose bin is one run of the file: [held, planned
+                # end) of it. (A bin in pieces, e.g. the layers of an LRCP/RLCP file, keeps a
+                # message per packet below: clients such as OpenJPEG's JPIP transcoder rebuild
+                # those packets from the message boundaries.)
+                whole = bin_runs(ix)[rows]
+                sel = np.flatnonzero(whole & (held < planned_end))
+                if len(sel):
+                    frm, ends = held[sel], planned_end[sel]
+                    runs = pk["offset"][pr["pkt_start"][rows[sel]]] + frm
+                    yield from self._send_layer(cs, rows, held, sel, ids[sel], frm, ends, runs,
+                                                ends == bin_len[sel])
+                    if self._stopped:
+                        return
+                if whole.all():
+                    continue
+                rest = np.flatnonzero(~whole)
+                rows, held, ids, bin_len = rows[rest], held[rest], ids[rest], bin_len[rest]
             starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
             for layer in range(plan.layers):
                 live = np.nonzero(counts > layer)[0]

@@ -126,7 +126,9 @@ def resolve_window(ix: CodestreamIndex, codestream: int, *,
                    layers: int | None = None) -> ViewWindow:
     """Resolves the request's view-window fields against one codestream (windows are
     immutable: the recent ones are kept on the index)."""
-    key = (codestream, fsiz, roff, rsiz, comps, layers)
+    # (Callers may pass lists: the key is made of tuples.)
+    key = (codestream, _tuple(fsiz), _tuple(roff), _tuple(rsiz),
+           None if comps is None else tuple(map(_tuple, comps)), layers)
     kept = getattr(ix, "_windows", None)
     if kept is None:
         kept = ix._windows = OrderedDict()
@@ -136,6 +138,10 @@ def resolve_window(ix: CodestreamIndex, codestream: int, *,
         if len(kept) > WINDOWS_KEPT:
             kept.popitem(last=False)
     return window
+
+
+def _tuple(value):
+    return value if value is None or type(value) is tuple else tuple(value)
 
 
 def _resolve_window(ix: CodestreamIndex, codestream: int, fsiz: tuple[int, int, str] | None,

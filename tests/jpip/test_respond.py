@@ -13,7 +13,7 @@ import pytest
 from cache.model import CacheModel
 from codestream.source import build_source
 from jpip.jpp import MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, EndOfResponse, parse_stream
-from jpip.plan import plan_window
+from jpip.plan import bin_runs, plan_window
 from jpip.respond import CHUNK_TARGET, ResponseBuilder
 from jpip.window import resolve_window
 from tests.conftest import CORPUS, INTEROP
@@ -149,7 +149,26 @@ def test_small_responses_carry_one_message_per_precinct(path, fsiz, roff, rsiz, 
         wanted = {int(ix.precincts["id"][r]): int(e)
                   for r, e in zip(plan.rows.tolist(), plan.ends.tolist(), strict=True) if e}
         assert {k[1]: v for k, v in held.items() if k[0] == PRECINCT} == wanted
-        assert counts[PRECINCT] == len(wanted)  # one message per precinct
+        # One message per precinct whose bin is one run of the file; a message per packet
+        # (with data) for the others (PPM, SOP markers, LRCP/RLCP layers apart in the file).
+        runs = bin_runs(ix)
+        per_bin: dict[int, int] = {}
+        for m in messages[:-1]:
+            if m.bin_class == PRECINCT:
+                per_bin[m.bin_id] = per_bin.get(m.bin_id, 0) + 1
+        pr = ix.precincts
+        for r, e in zip(plan.rows.tolist(), plan.ends.tolist(), strict=True):
+            if not e:
+                continue
+            first = int(pr["pkt_start"][r])
+            sizes = np.diff(ix.packets["bin_end"][first:first + min(int(pr["pkt_count"][r]),
+                                                                    w.layers)], prepend=0)
+            want = 1 if runs[r] else int((sizes > 0).sum())
+            assert per_bin[int(pr["id"][r])] == want, (r, runs[r])
+        if path.name == "rgb4096.jp2":  # RPCL with PLT: every bin is one run
+            assert runs[plan.rows].all()
+        if path.name == "p1_05.j2k":    # headers in PPM: no bin is
+            assert not runs[plan.rows].any()
         # The same window again, over the model: the EOR alone.
         again = list(ResponseBuilder(src, [plan], model, whole_bins_up_to=1 << 30).chunks())
         assert b"".join(c.data for c in again) == b"\x00\x02\x00"

@@ -82,6 +82,7 @@ class ServerProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     health_path: str = "/healthz"
+    cwd: Path = ROOT
     proc: subprocess.Popen | None = None
     _log: object = None
 
@@ -99,7 +100,7 @@ class ServerProcess:
         self._log = open(self.log_path, "ab")  # a file, not a pipe: a full pipe would stall it
         env = {**os.environ, **self.env}
         env.setdefault("PYTHONPATH", str(ROOT))
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:

@@ -1,7 +1,7 @@
 """Speed per request against a bare aiohttp server, the workloads of issue 14 (not a test).
 
     python -m bench speed [--requests N] [--seconds S] [--clients C] [--profile]
-                          [--workloads thumbnail,pan,fresh,repeat]
+                          [--workloads thumbnail,pan,fresh,repeat] [--compare CHECKOUT]
 
 The server is started as a user would start it (`jpip-server --root DIR`, every other option
 at its default; its index cache goes to a temporary XDG_CACHE_HOME), serving the 4096² RGB
@@ -23,6 +23,10 @@ same clients and connections; "x bare" is our req/s over its req/s. The issue's 
 workload >= 0.5x, above the best open C++ JPIP server's ratios measured with the same harness
 (thumbnail 0.68, pan 0.44, fresh 0.42), fresh p99 <= 10 ms, repeat >= 0.6x; bytes sent <= 1.01x
 what the windows strictly need (bench/workloads.py), nothing resent in sessions.
+
+--compare CHECKOUT also runs each workload, in the same run, against the server of another
+checkout (`python -m server.cli` from there, its own index cache), e.g. a worktree of main:
+its rows are marked * and left out of the goals (before/after in one run).
 
 --profile runs the server under pyinstrument (bench/profiled_server.py; sampling starts once it
 is warm) and prints the top of each workload's profile. Results go to bench/results/speed-*.json.
@@ -138,11 +142,17 @@ def repeat_traces(needs: Needs, clients: int, steps: int) -> list[Trace]:
 
 
 # --------------------------------------------------------------------------- servers
-def our_server(root: Path, cache_home: Path, log: Path, profile: Path | None) -> ServerProcess:
-    """`jpip-server --root DIR` with its defaults (the port is ours to pick)."""
+def our_server(root: Path, cache_home: Path, log: Path, profile: Path | None,
+               code: Path | None = None) -> ServerProcess:
+    """`jpip-server --root DIR` with its defaults (the port is ours to pick); `code`: the
+    server of another checkout (`python -m server.cli` run from there)."""
     port = free_port()
     args = ["--root", str(root), "--host", "127.0.0.1", "--port", str(port)]
     exe = Path(sys.executable).with_name("jpip-server")
+    if code is not None:
+        return ServerProcess([sys.executable, "-m", "server.cli", *args], port, log,
+                             env={"XDG_CACHE_HOME": str(cache_home), "PYTHONPATH": str(code)},
+                             cwd=code)
     if profile is not None:
         argv = [sys.executable, "-m", "bench.profiled_server", "--profile-out", str(profile),
                 "--on-signal", "--", *args]
@@ -231,14 +241,20 @@ class SpeedBench:
                     for name in a.workloads:
                         profile = (self.results.parent / f"speed-{self.stamp}-profile-{name}"
                                    if a.profile else None)
-                        with our_server(root, cache_home, self.logs / f"{name}.log",
-                                        profile) as srv:
-                            self.warm(srv, target, warmup)
-                            if profile is not None:
-                                srv.signal(signal.SIGUSR1)
-                                time.sleep(0.1)
-                            reqs, traces = plan[name]
-                            self.cell(name, srv, base, target, reqs, traces)
+                        for code in [None, *([a.compare] if a.compare else [])]:
+                            # each checkout its own index cache (their formats may differ)
+                            home = cache_home if code is None else cache_home.with_name(
+                                "xdg-cache-compare")
+                            log = self.logs / f"{name}{'' if code is None else '-compare'}.log"
+                            with our_server(root, home, log, profile, code) as srv:
+                                self.warm(srv, target, warmup)
+                                if profile is not None and code is None:
+                                    srv.signal(signal.SIGUSR1)
+                                    time.sleep(0.1)
+                                reqs, traces = plan[name]
+                                row = self.cell(name, srv, base, target, reqs, traces)
+                                if code is not None:
+                                    row["server"] = str(code)
                 finally:
                     base.stop()
         report = {"meta": {"when": time.strftime("%Y-%m-%dT%H:%M:%S"), "image": str(image),
@@ -268,7 +284,8 @@ HEADER = ("workload     n   req/s  p50 ms  p99 ms  KB/req  sent/need resent  srv
 
 def format_row(r: dict[str, Any]) -> str:
     b = r["baseline"]
-    return (f"{r['workload']:<9} {r['requests']:>5} {r['rps']:7.0f} {r['p50_ms']:7.2f} "
+    name = r["workload"] + ("*" if "server" in r else "")
+    return (f"{name:<9} {r['requests']:>5} {r['rps']:7.0f} {r['p50_ms']:7.2f} "
             f"{r['p99_ms']:7.2f} {r['sent_per_req'] / 1e3:7.1f} "
             f"{r['sent_over_needed']:10.4f} {r['resent_bytes']:>6} "
             f"{r['server_cpu_us_per_req']:11.0f} | {b['rps']:8.0f} "
@@ -283,6 +300,8 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"goal": goal, "measured": value, "verdict": "met" if ok else "NOT met"})
 
     for r in rows:
+        if "server" in r:
+            continue  # a comparison, not this checkout
         wl, ratio = r["workload"], r["rps_ratio"]
         bar = max(MIN_RATIO, CPP_RATIOS.get(wl, 0.0), REPEAT_RATIO if wl == "repeat" else 0.0)
         add(f"{wl}: req/s >= {bar:.2f}x bare aiohttp", f"{ratio:.2f}", ratio >= bar)
@@ -307,6 +326,8 @@ def render(rep: dict[str, Any]) -> str:
              "x bare = our req/s / bare aiohttp req/s (same sequence and sizes, same run); "
              "cpu x = bare server CPU per request / ours", HEADER]
     lines += [format_row(r) for r in rep["cells"]]
+    if any("server" in r for r in rep["cells"]):
+        lines.append("* the server of " + next(r["server"] for r in rep["cells"] if "server" in r))
     lines += ["", "goals (issue 14):"]
     lines += [f"  {v['verdict']:>7}  {v['goal']}: {v['measured']}" for v in rep["verdicts"]]
     return "\n".join(lines)
@@ -330,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", type=Path, help=f"another {WINDOW}+ px image than {IMAGE}")
     ap.add_argument("--seed", type=int, default=14)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--compare", type=Path, help="also run each workload against the server "
+                    "of another checkout (e.g. a worktree of main), in the same run")
     ap.add_argument("--results", type=Path)
     args = ap.parse_args(argv)
     return SpeedBench(args).run()

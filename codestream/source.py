@@ -154,6 +154,7 @@ class Source:
         for i in positions:
             if _holds(self.codestreams[i], resolutions):
                 continue
+            self._check_intact()
             off, ln = self.layout.codestreams[i]
             if background:
                 ix = index_codestream(self._map, off, ln, use_plt=self._use_plt,
@@ -173,10 +174,19 @@ class Source:
                     self.codestreams[i] = ix
 
     def _yield_to_requests(self) -> None:
-        """Background indexing's pause point: waits while a request's indexing runs."""
+        """Background indexing's pause point: waits while a request's indexing runs, and
+        stops on a file cut shorter meanwhile."""
         with self._urgent:
             while self._urgent_count:
                 self._urgent.wait(0.5)
+        self._check_intact()
+
+    def _check_intact(self) -> None:
+        """Reading a mapped page the file no longer has kills the process (SIGBUS), and
+        indexing reads the map for seconds: it checks, before each step and at each pause,
+        that the file (this open file, replaced or not) is still as long as its map."""
+        if self._file.closed or os.fstat(self._file.fileno()).st_size < len(self._map):
+            raise CodestreamError(-1, "the file was cut shorter while it was being indexed")
 
     def index_steps(self, position: int) -> list[int | None]:
         """The `resolutions` arguments that index codestream `position` a resolution at a

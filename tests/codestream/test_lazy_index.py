@@ -100,3 +100,20 @@ def test_background_indexing_waits_while_a_request_indexes() -> None:
         whole = src.codestreams[0]
         src.index_codestreams([0], 2)
         assert src.codestreams[0] is whole
+
+
+def test_indexing_stops_on_a_file_cut_shorter(tmp_path) -> None:
+    """Reading the lost part of the map would kill the process (SIGBUS): indexing checks the
+    file's length before each step and at each pause, and fails with an error instead."""
+    from codestream.errors import CodestreamError
+
+    path = tmp_path / "p0_04.j2k"
+    path.write_bytes((CORPUS / "p0_04.j2k").read_bytes())
+    with build_source(path, lazy=True) as src:
+        assert not src.complete
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        with pytest.raises(CodestreamError, match="cut shorter"):
+            src.index_codestreams([0], background=True)
+        with pytest.raises(CodestreamError, match="cut shorter"):
+            src._yield_to_requests()

@@ -60,3 +60,26 @@ def test_auth_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for words in ("repeat", "stateless", "verify RS256", "a request's whole check"):
         assert words in proc.stdout
+
+
+def test_speed_bench_smoke(tmp_path) -> None:
+    """Issue 14's workloads, and --compare running them against a checkout's server (this
+    one, as `python -m server.cli` from there) in the same run."""
+    results = tmp_path / "speed.json"
+    cmd = [sys.executable, "-m", "bench", "speed", "--image", str(IMAGE), "--clients", "2",
+           "--requests", "12", "--seconds", "2", "--workloads", "pan,fresh",
+           "--compare", str(PROJECT_ROOT), "--results", str(results)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "goals (issue 14):" in proc.stdout
+    rep = json.loads(results.read_text())
+    cells = rep["cells"]
+    assert [(c["workload"], "server" in c) for c in cells] == [
+        ("pan", False), ("pan", True), ("fresh", False), ("fresh", True)]
+    for c in cells:
+        assert c["errors"] == 0 and c["requests"] > 0, c
+        assert c["baseline"]["requests"] == c["requests"]
+        assert c["sent_over_needed"] >= 1.0
+    assert all(c["resent_bytes"] == 0 for c in cells if c["workload"] == "pan")
+    # The comparison's rows are not judged against the goals.
+    assert len([v for v in rep["verdicts"] if v["goal"].startswith("pan: req/s")]) == 1

@@ -3,7 +3,9 @@
 On disk there is one file per target, named by a sha256 of the resolved path and written
 atomically (temp file + os.replace). It holds a fixed prefix, a JSON header (format version,
 file identity, box layout, the scalar fields and SIZ of each codestream, an offset table) and
-then the raw bytes of every numpy array, each aligned to 64 bytes:
+then the raw bytes of every numpy array, each aligned to 64 bytes. The metadata-bins (the
+partition of the boxes, codestream.metabins) are stored as arrays too, so a loaded index gives
+clients exactly the partition they were given before:
 
     prefix  magic "JPIPIDX\\0", version u32, header length u32, data length u64,
             crc32 of the header u32, crc32 of the data u32             (little-endian, 32 bytes)
@@ -48,6 +50,7 @@ import numpy as np
 from codestream.boxes import Box, FileLayout
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
+from codestream.metabins import MetadataBins
 from codestream.source import FileIdentity, Source, build_source, file_identity
 from dicom.errors import DicomError
 from dicom.frames import FrameTable
@@ -56,7 +59,7 @@ from dicom.source import DicomSource, open_dicom
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: metadata-bins (the box partition), not metadata-bin 0 alone
 MAGIC = b"JPIPIDX\x00"
 _PREFIX = struct.Struct("<8sIIQII")
 _ALIGN = 64
@@ -322,7 +325,7 @@ def save_index(source: Source, cache_dir: Path) -> Path:
         "key": str(_resolved(source.path)),
         "identity": _identity_dict(source.identity),
         "layout": _encode_layout(source.layout),
-        "metadata0": arrays.add(np.frombuffer(bytes(source.metadata0), np.uint8)),
+        "metadata": {k: arrays.add(v) for k, v in source.metadata.to_arrays().items()},
         "codestreams": streams,
         "arrays": arrays.table,
     }
@@ -408,7 +411,8 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
             _remove(entry)
             return None
         layout = _decode_layout(header["layout"])
-        meta0 = arrays[header["metadata0"]].tobytes()
+        metadata = MetadataBins.from_arrays({k: arrays[i]
+                                             for k, i in header["metadata"].items()})
         streams = [CodestreamIndex(**{k: _decode_value(v, arrays) for k, v in cs.items()})
                    for cs in header["codestreams"]]
         dicom = header.get("dicom")
@@ -426,7 +430,7 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
         if dicom is not None:
             return DicomSource(path, ident, dicom["transfer_syntax"], frames, stored=stored,
                                failures=failures)
-        return Source(path, ident, layout, streams, meta0)
+        return Source(path, ident, layout, streams, metadata)
     except Exception as e:  # e.g. the file changed between stat and map
         log.info("index cache: cannot open %s from its cached index: %s", path, e)
         return None

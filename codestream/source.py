@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import struct
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +18,7 @@ import numpy as np
 from .boxes import FileLayout, read_layout
 from .errors import CodestreamError
 from .index import SPLIT, CodestreamIndex, index_codestream
+from .metabins import MetadataBins, partition_metadata
 
 
 @dataclass(frozen=True)
@@ -45,41 +45,6 @@ def file_identity(path: Path) -> FileIdentity:
                         hashlib.sha256(head).hexdigest())
 
 
-def placeholder_box(orig_header: bytes, codestream: int) -> bytes:
-    """A 'phld' box standing for a jp2c box whose codestream lives in header/precinct bins."""
-    body = (struct.pack(">IQ", 4, 0) + orig_header + struct.pack(">QQQ", 0, 0, codestream))
-    return struct.pack(">I4s", 8 + len(body), b"phld") + body
-
-
-def metadata_bin0(buf, layout: FileLayout) -> bytes:
-    """Metadata-bin 0: the top-level boxes, each jp2c replaced by a codestream placeholder.
-
-    Superboxes holding jp2c boxes (JPX) are rebuilt the same way one level down.
-    """
-    if not layout.is_jp2:
-        return b""
-    starts = {off: n for n, (off, _) in enumerate(layout.codestreams)}
-    from .boxes import SUPERBOXES, walk_boxes
-
-    def emit(boxes, depth: int) -> bytes:
-        out = bytearray()
-        for box in boxes:
-            if box.box_type == b"jp2c" and box.content_offset in starts:
-                out += placeholder_box(bytes(buf[box.offset:box.content_offset]),
-                                       starts[box.content_offset])
-            elif box.box_type in SUPERBOXES and depth < 8 and _holds_codestream(box):
-                kids = emit(walk_boxes(buf, box.content_offset, box.end), depth + 1)
-                out += struct.pack(">I4s", 8 + len(kids), box.box_type) + kids
-            else:
-                out += buf[box.offset:box.end]
-        return bytes(out)
-
-    def _holds_codestream(box) -> bool:
-        return any(box.offset < off < box.end for off in starts)
-
-    return emit(layout.top_boxes, 0)
-
-
 class Source:
     """An open, indexed file. Close it (or use it as a context manager) to release the map.
 
@@ -91,13 +56,13 @@ class Source:
     first_codestream: int = 0
 
     def __init__(self, path: Path, identity: FileIdentity, layout: FileLayout,
-                 codestreams: list[CodestreamIndex], meta0: bytes, *,
+                 codestreams: list[CodestreamIndex], metadata: MetadataBins, *,
                  use_plt: bool = True) -> None:
         self.path = path
         self.identity = identity
         self.layout = layout
         self.codestreams = codestreams
-        self.metadata0 = meta0
+        self.metadata = metadata  # the box structure as metadata-bins (codestream.metabins)
         self._file = open(path, "rb")
         try:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -205,6 +170,15 @@ class Source:
         return not self.unindexed()
 
     # --- data-bins -------------------------------------------------------------------------
+    def metadata_pieces(self, bin_id: int, start: int = 0, end: int | None = None) -> list:
+        """Bytes [start, end) of metadata-bin `bin_id`, as buffers."""
+        return self.metadata.pieces_of(bin_id, self.view, start, end)
+
+    @property
+    def metadata0(self) -> bytes:
+        """Metadata-bin 0 (the top-level boxes), whole."""
+        return self.metadata.bin_bytes(0, self.view)
+
     def codestream_bytes(self, cs: int) -> bytes:
         """The whole codestream `cs` (position in `codestreams`) as one bytes object: for
         tools and tests; serving never copies a codestream."""
@@ -326,10 +300,10 @@ def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) 
             first = FIRST_RESOLUTIONS if lazy else None
             streams = [index_codestream(mm, off, ln, use_plt=use_plt, resolutions=first)
                        for off, ln in layout.codestreams]
-            meta0 = metadata_bin0(mm, layout)
+            metadata = partition_metadata(mm, layout)
         finally:
             mm.close()
-    return Source(path, identity, layout, streams, meta0, use_plt=use_plt)
+    return Source(path, identity, layout, streams, metadata, use_plt=use_plt)
 
 
 def size_of(path: str | os.PathLike) -> int:

@@ -16,6 +16,7 @@ from pathlib import Path
 from codestream.boxes import FileLayout
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
+from codestream.metabins import MetadataBins
 from codestream.scattered import index_runs
 from codestream.source import FileIdentity, Source, file_identity
 
@@ -61,7 +62,7 @@ class DicomSource(Source):
                  stored: Callable[[int], CodestreamIndex | None] | None = None,
                  failures: dict[int, DicomError] | None = None, use_plt: bool = True) -> None:
         self._lock = threading.Lock()  # one frame indexed at a time per file
-        super().__init__(path, identity, DICOM_LAYOUT, [], b"")
+        super().__init__(path, identity, DICOM_LAYOUT, [], MetadataBins.empty())
         self.first_codestream = 1  # also as an instance attribute, whatever the base sets
         self.transfer_syntax = transfer_syntax
         self.frames = frames

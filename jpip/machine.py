@@ -53,6 +53,7 @@ from codestream.source import Source
 
 from .errors import RequestError
 from .jpp import EOR, MessageWriter
+from .metareq import plan_metadata
 from .model import SampledRange
 from .modelspec import model_records, need_rows, restrict_to_need
 from .plan import plan_window
@@ -431,6 +432,7 @@ class Exchange:
         key = None
         if responses is not None and responses.enabled and need is None and model.is_empty():
             key = (self.target_id, limit, server_limit, metadata_only,
+                   self.req.raw.get("metareq"),
                    tuple((w.codestream, w.discard, w.region, w.comps, w.layers)
                          for w in windows))
         cached = responses.get(key) if key is not None else None
@@ -445,9 +447,11 @@ class Exchange:
         plans = [plan_window(source.codestreams[cs], w) for cs, w in win.windows]
         if need is not None:
             plans = restrict_to_need(plans, need)
+        meta_plan = plan_metadata(source.metadata, self.req.metareq, windows, metadata_only)
         builder = ResponseBuilder(source, plans, model, byte_limit=limit,
-                                  server_limit=server_limit, metadata_only=metadata_only,
-                                  whole_target=whole, whole_bins_up_to=WHOLE_BINS_BYTES)
+                                  server_limit=server_limit, meta_plan=meta_plan,
+                                  metadata_only=metadata_only, whole_target=whole,
+                                  whole_bins_up_to=WHOLE_BINS_BYTES)
         self.outcome = builder.outcome
         if key is not None:
             self._recorder = responses.recorder()

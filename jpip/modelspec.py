@@ -178,11 +178,13 @@ def model_records(spec: ModelSpec, source: Source, default_codestream: int) -> l
             continue
         i += 1
         if item.kind == "M":
-            # Metadata-bins belong to the target, not to a codestream. Only bin 0 exists.
-            if item.ids is None or item.ids.covers(0):
-                value = _bin_value(item, len(source.metadata0))
-                out.append(Evicted(BinKind.METADATA, 0, 0, value) if item.subtractive
-                           else Received(BinKind.METADATA, 0, 0, value))
+            # Metadata-bins belong to the target, not to a codestream.
+            lengths = source.metadata.bins["length"]
+            ids = np.flatnonzero(_range_mask(np.arange(len(lengths)), item.ids))
+            for k in ids.tolist():
+                value = _bin_value(item, int(lengths[k]))
+                out.append(Evicted(BinKind.METADATA, 0, k, value) if item.subtractive
+                           else Received(BinKind.METADATA, 0, k, value))
             continue
         for cs in _indexes(item, source, default_codestream):
             ix = source.codestreams[cs]

@@ -12,10 +12,12 @@ with EOR 7 (response limit). A client limit so small that the first message cann
 byte of its body is raised (`raised_limit`, for `JPIP-len`) so that a client repeating the
 request makes progress; `len=0` is never raised (it asks for no data at all).
 
-Order: metadata-bin 0, then per codestream the main header and the tile headers, then image
-data quality layer by quality layer (all precincts' layer 0, lowest resolution first, before any
-layer 1), so a response cut by `len` shows the whole window at a lower quality. Small responses
-no byte limit can cut carry each precinct's bytes in one message instead (`whole_bins_up_to`).
+Order: the metadata the image needs (`meta_plan.first`, see jpip.metareq: metadata-bin 0 and
+what it leads to), then per codestream the main header and the tile headers, then image data
+quality layer by quality layer (all precincts' layer 0, lowest resolution first, before any
+layer 1), so a response cut by `len` shows the whole window at a lower quality; then the
+metadata asked for without priority (`meta_plan.last`). Small responses no byte limit can cut
+carry each precinct's bytes in one message instead (`whole_bins_up_to`).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from cache.model import BinKind, CacheModel, Received, ReceivedRows
 from codestream.source import Source
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
+from .metareq import MetaPlan
 from .plan import Plan, bin_runs, planned_ends
 
 CHUNK_TARGET = 256 * 1024
@@ -63,7 +66,8 @@ class ResponseBuilder:
 
     `server_limit`: the byte limit is the server's own cap (EOR 7 when reached), not the
     client's `len` (EOR 4). `whole_target`: the plans cover everything the target holds, so a
-    completed response ends with EOR 1 (image done) rather than 2 (window done).
+    completed response ends with EOR 1 (image done) rather than 2 (window done). `meta_plan`:
+    the metadata-bin prefixes to send (None: metadata-bin 0 whole).
     `whole_bins_up_to`: a plan whose precinct data still to send is at most this many bytes,
     and that no byte limit can cut, goes one message per precinct (all its layers) instead of
     layer by layer (WHOLE_BINS_BYTES is what the server uses; 0: always layer by layer).
@@ -71,14 +75,14 @@ class ResponseBuilder:
 
     def __init__(self, source: Source, plans: list[Plan], model: CacheModel, *,
                  byte_limit: int | None = None, server_limit: bool = False,
-                 send_metadata: bool = True, metadata_only: bool = False,
+                 meta_plan: MetaPlan | None = None, metadata_only: bool = False,
                  whole_target: bool = False, whole_bins_up_to: int = 0) -> None:
         self.source = source
         self.plans = plans
         self.model = model
         self.limit = byte_limit
         self.server_limit = server_limit
-        self.send_metadata = send_metadata
+        self.meta_plan = meta_plan or MetaPlan(((0, source.metadata.length(0)),))
         self.metadata_only = metadata_only
         self.whole_target = whole_target
         self.whole_bins_up_to = whole_bins_up_to
@@ -159,22 +163,48 @@ class ResponseBuilder:
         if n is not None:
             self._records.append(Received(kind, cs, bin_id, start + n))
 
+    def _metadata(self, wanted: tuple[tuple[int, int], ...]) -> Iterator[Chunk]:
+        """Queues what the client lacks of metadata-bin prefixes (bin id, bytes wanted)."""
+        held = self.model.metadata
+        meta = self.source.metadata
+        for bin_id, end in wanted:
+            if self._stopped:
+                return
+            have = held.get(bin_id)
+            if have is not None and have >= end:
+                self.outcome.bytes_skipped += end
+                continue
+            start = have or 0
+            # Metadata-bins belong to the target, not to a codestream: their messages say CSn 0.
+            n = self._message(METADATA, 0, bin_id, start,
+                              self.source.metadata_pieces(bin_id, start, end), end - start,
+                              end == meta.length(bin_id))
+            if n is not None:
+                self._records.append(Received(BinKind.METADATA, 0, bin_id, start + n))
+            if self._size >= CHUNK_TARGET:
+                chunk = self._flush()
+                if chunk:
+                    yield chunk
+
     # --- the response ----------------------------------------------------------------------
     def chunks(self) -> Iterator[Chunk]:
-        if self.send_metadata:
-            self._bin(BinKind.METADATA, METADATA, 0, 0, self.source.metadata0,
-                      self.model.metadata.get(0))
+        yield from self._metadata(self.meta_plan.first)
         if not self.metadata_only:
-            for plan in self.plans:
-                if self._stopped:
-                    break
-                yield from self._headers(plan)
-            yield from self._precinct_data()
+            yield from self._image_data()
+        yield from self._metadata(self.meta_plan.last)
         if self.outcome.reason == EOR.WINDOW_DONE and self.whole_target and not self._stopped:
             self.outcome.reason = EOR.IMAGE_DONE
         # The EOR ends the last chunk: a small response is one chunk, written at once.
         self._parts.append(self.writer.eor(self.outcome.reason))
         yield self._flush()
+
+    def _image_data(self) -> Iterator[Chunk]:
+        """Header bins and precinct data of the plans (JPT-streams send tile data instead)."""
+        for plan in self.plans:
+            if self._stopped:
+                break
+            yield from self._headers(plan)
+        yield from self._precinct_data()
 
     def _headers(self, plan: Plan) -> Iterator[Chunk]:
         src, cs = self.source, plan.codestream

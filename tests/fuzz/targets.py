@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from client.metadata import box_bytes, box_tree
 from codestream.boxes import read_layout, walk_boxes
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
-from codestream.source import metadata_bin0
+from codestream.metabins import MetadataBins, partition_metadata
 from jpip.errors import RequestError
 from jpip.model import check_tp_model, parse_model
 from jpip.plan import plan_window
@@ -104,34 +105,50 @@ def target_codestream(data: bytes) -> CodestreamError | None:
     try:
         layout = read_layout(data)
         indexes = [index_codestream(data, off, ln) for off, ln in layout.codestreams]
-        meta0 = metadata_bin0(data, layout)
+        meta = partition_metadata(data, layout)
     except CodestreamError as e:
         check_codestream_error(e, len(data))
         return e
-    check_meta0(meta0)
+    check_metadata(meta, data, layout)
     for cs, ix in enumerate(indexes):
         check_index(ix, len(data))
         _plan_windows(ix, cs)
     return None
 
 
-def check_meta0(meta0: bytes) -> None:
-    """Metadata-bin 0 is itself a well-formed run of boxes."""
+def check_metadata(meta: MetadataBins, data: bytes, layout) -> None:
+    """Metadata-bin 0 is a well-formed run of boxes, and the boxes a client reads back from
+    the metadata-bins are the file's top-level boxes, byte for byte (codestreams aside)."""
     try:
-        walk_boxes(meta0, 0, len(meta0))
+        meta.check()
+    except ValueError as e:
+        raise Violation(f"inconsistent metadata-bins: {e}") from None
+    bins = {k: meta.bin_bytes(k, data) for k in range(meta.count)}
+    try:
+        walk_boxes(bins[0], 0, len(bins[0]))
     except CodestreamError as e:
         raise Violation(f"metadata-bin 0 is not a run of boxes: {e}") from None
+    tree = box_tree(bins)
+    if len(tree) != len(layout.top_boxes):
+        raise Violation(f"{len(tree)} top-level boxes read back, the file has "
+                        f"{len(layout.top_boxes)}")
+    for got, box in zip(tree, layout.top_boxes, strict=True):
+        if got.box_type != box.box_type:
+            raise Violation(f"box {box.box_type!r} read back as {got.box_type!r}")
+        whole = box_bytes(got)
+        if whole is not None and whole != bytes(data[box.offset:box.end]):
+            raise Violation(f"box {box.box_type!r} at {box.offset} read back differently")
 
 
 def target_boxes(data: bytes) -> None:
     """The JP2/JPX box walk and metadata-bin 0 alone (no codestream is parsed)."""
     try:
         layout = read_layout(data)
-        meta0 = metadata_bin0(data, layout)
+        meta = partition_metadata(data, layout)
     except CodestreamError as e:
         check_codestream_error(e, len(data))
         return
-    check_meta0(meta0)
+    check_metadata(meta, data, layout)
     for off, ln in layout.codestreams:
         if not (0 <= off and ln >= 0 and off + ln <= len(data)):
             raise Violation(f"codestream ({off}, {ln}) outside the {len(data)}-byte file")

@@ -482,7 +482,7 @@ def test_jpx_codestreams_by_number(jpx) -> None:
     hold = model_of(wire, names).streams
     assert sorted(k for k, h in hold.items() if h.main_header) == [1, 2]
     # model= qualifiers name codestream numbers.
-    answer = wire.request("target=x&fsiz=16,16&stream=1&model=[1],Hm,H*,P*,M0")
+    answer = wire.request("target=x&fsiz=16,16&stream=1&model=[1],Hm,H*,P*,M*")
     assert answer.messages == []
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from cache.model import CacheModel
 from client.bincache import BinCache, DataBin, StreamError
+from client.metadata import box_tree, find_boxes
 from codestream.rebuild import rebuild_codestream
 from codestream.source import build_source
 from jpip.jpp import (
@@ -34,6 +35,7 @@ from jpip.jpp import (
     StreamParser,
     message_bytes,
 )
+from jpip.metareq import plan_metadata
 from jpip.plan import plan_window
 from jpip.respond import ResponseBuilder
 from jpip.window import resolve_window
@@ -302,6 +304,39 @@ def window_vectors() -> list[dict]:
     return out
 
 
+# ----- metadata-bins: the colour space the viewer reads through placeholders -------------------
+
+COLOUR_FILES = ["file3.jp2", "nemo.jp2", "MAROTECH_CT_JP2Lossy.jp2", "basn6a08.jp2",
+                "test-card-lossy-tiled.jp2", "heliov.jpx", "p0_12.j2k"]
+
+
+def _colour_space(bins: dict[int, bytes]):
+    """The enumerated colour space of the first `colr` of the JP2 header box, as the
+    viewer's jp2.js names it (None: none)."""
+    for box in find_boxes(box_tree(bins), b"jp2h"):
+        for colr in find_boxes(box.children or [], b"colr"):
+            c = colr.contents
+            if c is None or len(c) < 7 or c[0] != 1:
+                continue
+            value = int.from_bytes(c[3:7], "big")
+            return {16: "srgb", 17: "grey", 18: "sycc"}.get(value, value)
+    return None
+
+
+def colour_vectors() -> list[dict]:
+    """The metadata-bins of a first answer (bin 0 and the boxes the image needs)."""
+    out = []
+    for name in COLOUR_FILES:
+        with build_source(CORPUS / name) as src:
+            ix = src.codestreams[0]
+            window = resolve_window(ix, 0, fsiz=(64, 64, "round-down"), roff=None, rsiz=None)
+            plan = plan_metadata(src.metadata, None, [window], False)
+            bins = {k: src.metadata.bin_bytes(k, src.view)[:end] for k, end in plan.first}
+            out.append({"file": name, "bins": {str(k): b64(v) for k, v in bins.items()},
+                        "colour": _colour_space(bins)})
+    return out
+
+
 def build_vectors() -> dict:
     return {
         "about": "Made by tests/viewer/vectors.py from the Python implementation; "
@@ -311,6 +346,7 @@ def build_vectors() -> dict:
         "bincache": bincache_vectors(),
         "rebuild": rebuild_vectors(),
         "window": window_vectors(),
+        "colour": colour_vectors(),
     }
 
 

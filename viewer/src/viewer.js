@@ -509,8 +509,7 @@ export class Viewer {
   }
 
   _colour() {
-    const meta = this.client.cache.metadata.get(0);
-    return meta && meta.complete ? colourSpace(meta.data) : null;
+    return colourSpace(this.client.cache.metadata);
   }
 
   _rerender() {

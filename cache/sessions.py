@@ -64,6 +64,7 @@ class SessionState:
     bytes_saved: int = 0     # planned bytes not sent because the model said the client held them
     owner: str | None = None  # the token subject that opened it (None: access control off)
     opened_at: float = 0.0   # when the store opened it (the store's clock)
+    stream_type: str = "jpp-stream"  # the return type of requests that name none (C.7.3)
 
     @property
     def busy(self) -> bool:
@@ -81,7 +82,9 @@ def new_channel_id(prefix: str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class OpenSession:
-    """A new session with its first channel (busy when the opening request is served on it)."""
+    """A new session with its first channel (busy when the opening request is served on it);
+    `stream_type` is the return type the opening request got, which later requests naming
+    none get too."""
 
     session_id: str
     target: str
@@ -89,6 +92,7 @@ class OpenSession:
     cid: str
     busy: bool = True
     owner: str | None = None  # the token subject opening it; its requests must carry the same
+    stream_type: str = "jpp-stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +288,8 @@ class MemorySessionStore(SessionStore):
         if len(self._sessions) >= self.max_sessions:
             self._evict_one()
         session = SessionState(change.session_id, change.target, change.target_id,
-                               owner=change.owner, opened_at=self._clock())
+                               owner=change.owner, opened_at=self._clock(),
+                               stream_type=change.stream_type)
         session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
         self._sessions[change.session_id] = session
         self._channels[change.cid] = change.session_id

@@ -1,7 +1,9 @@
 """JPIPClient: asks a JPIP server for view-windows and returns pixels.
 
 Works in a session (cnew=http, then cid=...) or stateless (each request describes the cache
-with model=). Responses are parsed incrementally as they arrive.
+with model=). Responses are parsed incrementally as they arrive. Image data comes as a
+JPP-stream (precinct data-bins, the default) or a JPT-stream (tile data-bins:
+`stream_type="jpt-stream"`).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .bincache import BinCache, StreamError
 from .decode import HeaderInfo, Region, decode_region, header_info, window_region
 from .url import JPIPURL, URLError, parse_url
 
+STREAM_TYPES = {"jpp-stream": "image/jpp-stream", "jpt-stream": "image/jpt-stream"}
 # The smallest window there is (one sample of the lowest resolution, one layer): it brings the
 # main header at the cost of a few precinct bytes, which every larger window needs anyway.
 SMALLEST_WINDOW = {"fsiz": (1, 1), "rsiz": (1, 1), "layers": 1}
@@ -54,6 +57,7 @@ class JPIPClient:
 
     A `cache` loaded from a file (BinCache.load) is described to the server on the first
     request, in a session (with cnew) as without one, so nothing it holds is sent again.
+    `stream_type` is the return type asked for: "jpp-stream" or "jpt-stream".
 
     `token`: an access token for a server with access control, sent with every request as
     `Authorization: Bearer` (default: an `access_token=` of the URL, if any).
@@ -61,7 +65,10 @@ class JPIPClient:
 
     def __init__(self, url: str | JPIPURL, *, stateless: bool = False,
                  cache: BinCache | None = None, timeout: float = 120.0,
-                 token: str | None = None) -> None:
+                 token: str | None = None, stream_type: str = "jpp-stream") -> None:
+        if stream_type not in STREAM_TYPES:
+            raise ValueError(f"stream_type must be one of {', '.join(STREAM_TYPES)}")
+        self.stream_type = stream_type
         parsed = parse_url(url) if isinstance(url, str) else url
         if parsed.window:
             raise URLError(f"the URL holds view-window fields ({', '.join(parsed.window)}): "
@@ -131,7 +138,7 @@ class JPIPClient:
                 text = (await resp.text(errors="replace"))[:300]
                 raise StreamError(f"server answered {resp.status}: {text.strip()}")
             ctype = resp.headers.get("Content-Type", "")
-            if ctype != "image/jpp-stream":
+            if ctype not in STREAM_TYPES.values():
                 raise StreamError(f"unexpected Content-Type {ctype!r}")
             self._check_target(stats.headers)
             first = True
@@ -219,7 +226,7 @@ class JPIPClient:
             q.append(f"stream={stream}")
         if metareq is not None:
             q.append(f"metareq={metareq}")
-        q.append("type=jpp-stream")
+        q.append(f"type={self.stream_type}")
         use_channel = False
         if self.stateless or self.cid is None:
             # Without a session, and on the request opening one, the model says what is held
@@ -240,7 +247,8 @@ class JPIPClient:
             if self._resync:
                 cs = self.codestream_id(stream)
                 held = self.cache.model_string(cs)
-                restate = f"[{cs}],-Hm,-H*,-P*" + ("," + held.split(",", 1)[1] if held else "")
+                restate = f"[{cs}],-Hm,-H*,-P*,-T*,-M*" + (
+                    "," + held.split(",", 1)[1] if held else "")
                 q.append("model=" + quote(restate, safe="[],:-*"))
                 self._resync = False
         self._qid += 1

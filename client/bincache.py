@@ -1,4 +1,4 @@
-"""The client's data-bin cache: what a JPP-stream delivered, per codestream and bin.
+"""The client's data-bin cache: what JPP- and JPT-streams delivered, per codestream and bin.
 
 Bytes are kept per bin as a contiguous prefix plus any pieces that arrived ahead of it; a bin is
 complete once its last byte (the message with the completeness bit) and everything before it
@@ -13,9 +13,11 @@ from pathlib import Path
 
 from jpip.jpp import (
     EXT_PRECINCT,
+    EXT_TILE,
     MAIN_HEADER,
     METADATA,
     PRECINCT,
+    TILE,
     TILE_HEADER,
     EndOfResponse,
     Message,
@@ -86,6 +88,7 @@ class CodestreamBins:
     main_header: DataBin = field(default_factory=DataBin)
     tile_headers: dict[int, DataBin] = field(default_factory=dict)
     precincts: dict[int, DataBin] = field(default_factory=dict)
+    tiles: dict[int, DataBin] = field(default_factory=dict)  # tile data-bins (JPT-streams)
 
 
 class BinCache:
@@ -126,10 +129,12 @@ class BinCache:
             if item.bin_id != 0:
                 raise StreamError(f"main header bin id {item.bin_id} (only 0 exists)")
             b = self.stream(item.csn).main_header
+        elif cls in (TILE, EXT_TILE):
+            b = self.stream(item.csn).tiles.setdefault(item.bin_id, DataBin())
         elif cls == METADATA:
             b = self.metadata.setdefault(item.bin_id, DataBin())
         else:
-            raise StreamError(f"data-bin class {cls} is not part of a JPP-stream")
+            raise StreamError(f"data-bin class {cls} is not part of a JPP- or JPT-stream")
         self.duplicate_bytes += b.add(item.offset, bytes(item.data), item.is_last)
 
     # --- what the client tells a stateless server --------------------------------------------
@@ -152,6 +157,8 @@ class BinCache:
                 describe(f"H{t}", b)
             for i, b in sorted(s.precincts.items()):
                 describe(f"P{i}", b)
+            for t, b in sorted(s.tiles.items()):
+                describe(f"T{t}", b)
         if not items:
             return ""
         return f"[{cs}]," + ",".join(items)
@@ -174,6 +181,8 @@ class BinCache:
                 put("H", cs, t, b)
             for i, b in s.precincts.items():
                 put("P", cs, i, b)
+            for t, b in s.tiles.items():
+                put("T", cs, t, b)
         for i, b in self.metadata.items():
             put("m", 0, i, b)
         head = json.dumps({"version": 1, "tid": self.tid, "bins": index}).encode()
@@ -202,6 +211,8 @@ class BinCache:
                 cache.stream(cs).tile_headers[ident] = b
             elif kind == "P":
                 cache.stream(cs).precincts[ident] = b
+            elif kind == "T":
+                cache.stream(cs).tiles[ident] = b
             else:
                 cache.metadata[ident] = b
         return cache

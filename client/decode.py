@@ -14,7 +14,7 @@ from glymur.lib.openjp2 import OpenJPEGLibraryError
 from codestream.intmath import ceil_div
 from codestream.markers import Siz
 from codestream.parse import parse_codestream, tile_coding
-from codestream.rebuild import rebuild_codestream
+from codestream.rebuild import rebuild_codestream, rebuild_from_tiles
 from jpip.window import FrameRegion, frame_region
 
 from .bincache import BinCache, StreamError
@@ -61,9 +61,14 @@ def window_region(info: HeaderInfo, fsiz: tuple[int, int, str] | None,
 
 
 def rebuild(cache: BinCache, cs: int = 0, layers: int | None = None) -> bytes:
+    """A codestream from what the cache holds of codestream `cs`: its tile data-bins when it
+    came as a JPT-stream, else its header and precinct data-bins."""
     s = cache.streams.get(cs)
     if s is None or not s.main_header.complete:
         raise StreamError(f"codestream {cs}: the main header has not been received")
+    if s.tiles:
+        return rebuild_from_tiles(bytes(s.main_header.data),
+                                  {t: bytes(b.data) for t, b in s.tiles.items()})
     tiles = {t: bytes(b.data) for t, b in s.tile_headers.items() if b.complete}
     bins = {i: bytes(b.data) for i, b in s.precincts.items()}
     return rebuild_codestream(bytes(s.main_header.data), tiles, bins, max_layers=layers)

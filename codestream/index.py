@@ -56,6 +56,11 @@ PACKET_FIELDS = ("precinct", "layer", "offset", "length", "header_length", "pack
 # rows of `CodestreamIndex.split_spans` for that packet, its `length` is 0 and its
 # `packed_length` is its whole size (so servers take the assembled path, never one file run).
 SPLIT = -2
+# Columns of the tile-part table (`CodestreamIndex.tile_parts`), offsets relative to the
+# codestream's first byte (SOC): where the SOT marker is, where the tile-part header ends (just
+# after SOD) and where its data ends; `packed` is 1 for a tile whose packet headers are packed
+# in PPM/PPT marker segments.
+TILE_PART_FIELDS = ("tile", "tpsot", "tnsot", "sot", "header_end", "data_end", "packed")
 PACKET_DTYPES = {"precinct": np.int32, "layer": np.int32, "offset": np.int64, "length": np.int64,
                  "header_length": np.int32, "packed_offset": np.int64, "packed_length": np.int32,
                  "sop": np.uint8, "bin_end": np.int64}
@@ -73,6 +78,7 @@ class CodestreamIndex:
     main_header_ranges: np.ndarray   # (n, 2) offset, length
     tile_header_ranges: np.ndarray   # (n, 3) tile, offset, length (in order per tile)
     tiles_present: np.ndarray    # per tile: 1 if it has tile-parts
+    tile_parts: np.ndarray       # (n, 7) TILE_PART_FIELDS per tile-part, in file order
     tcr: dict[str, np.ndarray]
     precincts: dict[str, np.ndarray]
     packets: dict[str, np.ndarray]
@@ -203,6 +209,7 @@ class _Builder:
         self.ppm = _ppm_chunks(buf, layout)
         self.data_bytes = 0
         self.padding_bytes = 0
+        self.packed_tiles: set[int] = set()
         self.rows_claimed = 0
         self.row_budget = ROW_MARGIN + (layout.end - layout.offset)
 
@@ -225,6 +232,8 @@ class _Builder:
         # With packed headers (PPM/PPT) the headers must be decoded anyway to split the packed
         # stream packet by packet, and decoding them also gives the body lengths PLT would.
         packed = bool(th.ppt) or bool(self.ppm)
+        if packed:
+            self.packed_tiles.add(t)
         may_use_plt = self.use_plt and bool(th.plt) and not packed
         prefix = self._resolution_prefix(prec, cod, pocs) if not may_use_plt else False
         if prefix:
@@ -491,6 +500,11 @@ class _Builder:
                         th_rows.append((t, seg.offset, seg.length))
         present = np.zeros(self.siz.num_tiles, np.uint8)
         present[list(layout.tiles)] = 1
+        base = layout.offset
+        parts = np.asarray([(p.tile, p.index, self.buf[p.sot_offset + 11], p.sot_offset - base,
+                             p.header_end - base, p.data_end - base,
+                             int(p.tile in self.packed_tiles or bool(self.ppm)))
+                            for p in layout.tile_parts], np.int64).reshape(-1, 7)
         src = "mixed" if len(self.sources) > 1 else (next(iter(self.sources)) if self.sources
                                                        else "none")
         return CodestreamIndex(
@@ -498,7 +512,7 @@ class _Builder:
             layers=np.asarray(layers, np.int32), tile_mct=np.asarray(mct, np.uint8),
             main_header_ranges=np.asarray(layout.main_bin_ranges, np.int64).reshape(-1, 2),
             tile_header_ranges=np.asarray(th_rows, np.int64).reshape(-1, 3),
-            tiles_present=present, tcr=tcr, precincts=precincts, packets=pk,
+            tiles_present=present, tile_parts=parts, tcr=tcr, precincts=precincts, packets=pk,
             packed_headers=bytes(self.packed), source=src,
             markers=tuple(sorted(layout.markers_seen)), progression=layout.main.cod.progression,
             cod_scod=layout.main.cod.scod, tile_data_bytes=self.data_bytes,

@@ -12,7 +12,7 @@ import struct
 
 from .errors import CodestreamError
 from .geometry import precinct_band_grids, precinct_id, resolution_grids
-from .markers import COD, EOC, POC, SOC, SOD, SOT, read_segment
+from .markers import COD, EOC, POC, SOC, SOD, SOP, SOT, read_segment
 from .packets import BitReader, PrecinctState
 from .parse import LAYOUT_MARKERS, parse_codestream, tile_coding
 from .progression import packet_sequence, tile_precincts
@@ -146,3 +146,59 @@ def _packets_end(state: PrecinctState, data: bytes, eph: bool, count: int) -> in
             end += 2
         pos = end + body
     return pos
+
+
+def whole_tile_parts(data: bytes, t: int) -> list[bytes]:
+    """The whole tile-parts at the start of tile data-bin `t` (a prefix may end inside one)."""
+    parts = []
+    pos = 0
+    while pos + _SOT_BODY.size + 2 <= len(data):
+        marker = (data[pos] << 8) | data[pos + 1]
+        lsot, isot, psot, _, _ = _SOT_BODY.unpack_from(data, pos + 2)
+        if marker != SOT or lsot != 10 or isot != t or psot < 14:
+            raise CodestreamError(pos, f"tile data-bin {t}: no SOT of tile {t} at byte {pos}")
+        if pos + psot > len(data):
+            break
+        parts.append(data[pos:pos + psot])
+        pos += psot
+    return parts
+
+
+def _empty_tile(layout, t: int) -> bytes:
+    """A tile-part of tile t whose every packet is empty (a tile the client holds nothing of),
+    coded as the main header says."""
+    siz = layout.siz
+    cod, styles = tile_coding(layout, t)
+    count = sum(g.num_precincts for c in range(siz.num_components)
+                for g in resolution_grids(siz, t, c, styles[c])) * cod.layers
+    empty = b"\x00\xff\x92" if cod.eph else b"\x00"
+    if cod.sop:  # the main header says packets start with SOP: give them one (Nsop counts)
+        body = b"".join(struct.pack(">HHH", SOP, 4, n & 0xFFFF) + empty for n in range(count))
+    else:
+        body = empty * count
+    return struct.pack(">HHHIBB", SOT, 10, t, 14 + len(body), 0, 1) + struct.pack(">H", SOD) + body
+
+
+def rebuild_from_tiles(main_header: bytes, tile_bins: dict[int, bytes]) -> bytes:
+    """A codestream from a main header data-bin and tile data-bins (JPT-streams, by tile
+    index; each bin may be a prefix): every tile's whole tile-parts, in order. A tile of which
+    only some tile-parts are held says so (TNsot 0: the count is not given), and a tile held
+    not at all gets one tile-part of empty packets, so the decoder sees every tile."""
+    if main_header[:2] != b"\xff\x4f":
+        raise CodestreamError(0, "main header bin does not start with SOC")
+    # The main header alone says how a tile is coded when nothing of it is held.
+    skeleton = bytes(main_header) + struct.pack(">HHHIBBHH", SOT, 10, 0, 14, 0, 1, SOD, EOC)
+    layout = parse_codestream(skeleton, 0, len(skeleton))
+    out = bytearray(main_header)
+    for t in range(layout.siz.num_tiles):
+        parts = whole_tile_parts(tile_bins.get(t, b""), t)
+        if not parts:
+            out += _empty_tile(layout, t)
+            continue
+        tnsot = parts[0][11]
+        if tnsot and len(parts) < tnsot:
+            parts = [p[:11] + b"\x00" + p[12:] for p in parts]
+        for p in parts:
+            out += p
+    out += struct.pack(">H", EOC)
+    return bytes(out)

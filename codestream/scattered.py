@@ -103,7 +103,8 @@ def _split_ranges(runs: np.ndarray, vstart: np.ndarray, off: int, n: int) -> lis
 
 def to_file(ix: CodestreamIndex, runs: np.ndarray) -> CodestreamIndex:
     """The index `ix` of a codestream held at offset 0 of a contiguous copy, with its offsets
-    moved to the file runs `runs` that really hold it."""
+    moved to the file runs `runs` that really hold it (the tile-part table stays relative to
+    the codestream's start)."""
     vstart = run_starts(runs)
     main = [r for o, n in ix.main_header_ranges.tolist() for r in _split_ranges(runs, vstart, o, n)]
     tiles = [(t, *r) for t, o, n in ix.tile_header_ranges.tolist()
@@ -136,7 +137,8 @@ def to_file(ix: CodestreamIndex, runs: np.ndarray) -> CodestreamIndex:
         tile_mct=ix.tile_mct,
         main_header_ranges=np.asarray(main, np.int64).reshape(-1, 2),
         tile_header_ranges=np.asarray(tiles, np.int64).reshape(-1, 3),
-        tiles_present=ix.tiles_present, tcr=ix.tcr, precincts=ix.precincts, packets=pk,
+        tiles_present=ix.tiles_present, tile_parts=ix.tile_parts, tcr=ix.tcr,
+        precincts=ix.precincts, packets=pk,
         packed_headers=ix.packed_headers, source=ix.source, markers=ix.markers,
         progression=ix.progression, cod_scod=ix.cod_scod, tile_data_bytes=ix.tile_data_bytes,
         padding_bytes=ix.padding_bytes, runs=np.asarray(runs, np.int64).reshape(-1, 2),

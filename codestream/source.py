@@ -19,6 +19,7 @@ from .boxes import FileLayout, read_layout
 from .errors import CodestreamError
 from .index import SPLIT, CodestreamIndex, index_codestream
 from .metabins import MetadataBins, partition_metadata
+from .scattered import select_runs
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,13 @@ class Source:
         if ix.runs is None:
             return bytes(self.view[ix.offset:ix.offset + ix.length])
         return b"".join(bytes(self.view[o:o + n]) for o, n in ix.runs.tolist())
+
+    def codestream_pieces(self, cs: int, start: int, end: int) -> list:
+        """Bytes [start, end) of codestream `cs` (offsets from its SOC) as views of the file."""
+        ix = self.codestreams[cs]
+        if ix.runs is None:
+            return [self.view[ix.offset + start:ix.offset + end]]
+        return [self.view[o:o + n] for o, n in select_runs(ix.runs, start, end - start).tolist()]
 
     def _split_pieces(self, ix: CodestreamIndex, k: int, a: int, b: int) -> list:
         """Bytes [a, b) of SPLIT packet k (see CodestreamIndex.split_spans), as buffers."""

@@ -55,21 +55,28 @@ from .errors import RequestError
 from .jpp import EOR, MessageWriter
 from .metareq import plan_metadata
 from .model import SampledRange
-from .modelspec import model_records, need_rows, restrict_to_need
+from .modelspec import model_records, need_rows, need_tiles, restrict_to_need, tile_part_records
 from .plan import plan_window
 from .request import JPIPRequest
 from .respond import WHOLE_BINS_BYTES, Chunk, Outcome, ResponseBuilder
+from .respond_jpt import TileResponseBuilder
+from .tileplan import plan_tiles, restrict_tiles
 from .window import ViewWindow, resolve_window
 
 __all__ = ["Exchange", "JPIPMachine", "Reply", "Turn", "TurnKind", "served_codestreams"]
 
 JPP_STREAM = "jpp-stream"
+JPT_STREAM = "jpt-stream"
+JPT_EXTENDED = "jpt-stream;ttype=ext"
+# The media type of each return type (HTTP Content-Type; exactly this, no parameters).
+CONTENT_TYPES = {JPP_STREAM: "image/jpp-stream", JPT_STREAM: "image/jpt-stream",
+                 JPT_EXTENDED: "image/jpt-stream"}
 # Fields whose effect this server gives, listed in JPIP-handled when a request asks (`handled`).
 # The others are recognised and checked, and then ignored as the standard allows (hints,
-# JPT-stream cache fields, quality), so they are not claimed as handled.
+# quality), so they are not claimed as handled.
 HANDLED_FIELDS = ("target", "subtarget", "tid", "cid", "cnew", "cclose", "qid", "fsiz", "roff",
                   "rsiz", "comps", "stream", "context", "layers", "metareq", "len", "wait",
-                  "type", "model", "need", "pref", "handled")
+                  "type", "model", "tpmodel", "need", "tpneed", "pref", "handled")
 
 
 class TurnKind(Enum):
@@ -135,21 +142,30 @@ def served_codestreams(req: JPIPRequest, source: Source) -> tuple[list[int], str
     return sorted(served), (",".join(str(r) for r in kept) if changed else None)
 
 
-def _negotiate_type(types: tuple[str, ...] | None) -> None:
-    """The first acceptable return type wins; 415 when none can be produced."""
+def _negotiate_type(types: tuple[str, ...] | None) -> str | None:
+    """The first acceptable return type wins (None: the request names none); 415 when none
+    can be produced."""
     if not types:
-        return
+        return None
     problems = []
     for t in types:
         base, *params = t.split(";")
-        if base != JPP_STREAM:
-            problems.append(f"{t}: this server sends {JPP_STREAM} only")
-        elif params == ["ptype=ext"]:
-            problems.append(f"{t}: extended precinct messages (class 1) are not supported")
-        elif params:
-            problems.append(f"{t}: unknown parameters")
+        if base == JPP_STREAM:
+            if params == ["ptype=ext"]:
+                problems.append(f"{t}: extended precinct messages (class 1) are not supported")
+            elif params:
+                problems.append(f"{t}: unknown parameters")
+            else:
+                return JPP_STREAM
+        elif base == JPT_STREAM:
+            if params == ["ttype=ext"]:
+                return JPT_EXTENDED
+            if params:
+                problems.append(f"{t}: unknown parameters")
+            else:
+                return JPT_STREAM
         else:
-            return
+            problems.append(f"{t}: this server sends {JPP_STREAM} and {JPT_STREAM}")
     raise RequestError("type", "; ".join(problems), 415)
 
 
@@ -170,6 +186,7 @@ class Reply:
     status: int
     headers: dict[str, str]
     changes: list[Change] = field(default_factory=list)
+    content_type: str = CONTENT_TYPES[JPP_STREAM]
     cache_result: str | None = None  # "hit"/"miss" when the response cache was consulted
     _chunks: Callable[[], Iterator[Chunk]] | None = None
     body: bytes = b""
@@ -225,6 +242,7 @@ class Exchange:
         if self.close_only:
             self.cid = req.cclose[0] if req.cclose != ("*",) else None
         self.target: str | None = req.target
+        self.stream_type: str | None = self.requested_type  # the session's, if None
         # Set by bind().
         self.channel: str | None = None       # the channel this request is served on
         self.opening: OpenSession | None = None
@@ -254,7 +272,7 @@ class Exchange:
         req = self.req
         if req.upload:
             raise RequestError("upload", "uploads are not supported", 501)
-        _negotiate_type(req.type)
+        self.requested_type = _negotiate_type(req.type)
         _check_prefs(req)
         if req.cnew is not None and "http" not in req.cnew:
             raise RequestError("cnew", f"transport {','.join(req.cnew)} is not offered; "
@@ -297,7 +315,8 @@ class Exchange:
             if req.cnew:
                 cid = self.machine.new_id()
                 self.opening = OpenSession(self.machine.new_id(), target_path, current, cid,
-                                           owner=self.owner)
+                                           owner=self.owner,
+                                           stream_type=self.stream_type or JPP_STREAM)
                 self.channel = cid
                 self._began = True  # the new channel is opened busy with this reply
                 self._announce(cid)
@@ -346,9 +365,16 @@ class Exchange:
         return e
 
     # --- step 4 -------------------------------------------------------------------------------
-    def preempted_reply(self) -> Reply:
+    def _return_type(self, session: SessionState | None) -> str:
+        """The request's return type, else its session's (C.7.3), else JPP-stream."""
+        if self.stream_type is not None:
+            return self.stream_type
+        return session.stream_type if session is not None else JPP_STREAM
+
+    def preempted_reply(self, session: SessionState | None = None) -> Reply:
         """202: superseded before it started (15444-9 Annex F), EOR 3."""
-        return Reply(202, dict(self.headers), body=MessageWriter().eor(EOR.WINDOW_CHANGE))
+        return Reply(202, dict(self.headers), body=MessageWriter().eor(EOR.WINDOW_CHANGE),
+                     content_type=CONTENT_TYPES[self._return_type(session)])
 
     def reply(self, session: SessionState | None) -> Reply:
         return self._guard(self._reply, session)
@@ -383,14 +409,22 @@ class Exchange:
         if win.windows:
             headers.update(win.windows[0][1].changed)
 
+        return_type = self._return_type(session)
+        tiles = return_type != JPP_STREAM
         statements: list[ModelRecord] = []
-        if req.model and not self.tid_mismatch:
-            statements = model_records(req.model, source, win.default_codestream)
+        if (req.model or req.tpmodel) and not self.tid_mismatch:
+            if req.model:
+                statements = model_records(req.model, source, win.default_codestream)
+            if req.tpmodel:
+                statements += tile_part_records(req.tpmodel, source, win.default_codestream)
             if session is not None and statements:
                 changes.append(ModelChange(tuple(statements)))
         need = None
-        if req.need and not self.tid_mismatch:
-            need = need_rows(req.need, source, win.default_codestream)
+        if not self.tid_mismatch:
+            if tiles and (req.need or req.tpneed):
+                need = need_tiles(req.need, req.tpneed, source, win.default_codestream)
+            elif not tiles and req.need:
+                need = need_rows(req.need, source, win.default_codestream)
 
         limit, server_limit = req.len, False
         if limit is None:
@@ -399,7 +433,7 @@ class Exchange:
             limit = self.machine.max_response_bytes
             headers["JPIP-len"] = str(limit)
         metadata_only = req.metareq is not None and req.metareq.metadata_only
-        reply = Reply(200, headers, changes)
+        reply = Reply(200, headers, changes, content_type=CONTENT_TYPES[return_type])
 
         def build() -> Iterator[Chunk]:
             if session is not None:
@@ -408,7 +442,7 @@ class Exchange:
                 model = CacheModel()   # a stateless request's model lives for this response
                 model.apply(statements)
             yield from self._build(reply, source, win, model, limit, server_limit,
-                                   metadata_only, need)
+                                   metadata_only, need, return_type)
 
         reply._chunks = build
         return reply
@@ -423,15 +457,16 @@ class Exchange:
         return _Windows(windows, stream_header, indexes[0] + source.first_codestream)
 
     def _build(self, reply: Reply, source: Source, win: _Windows, model: CacheModel,
-               limit: int, server_limit: bool, metadata_only: bool, need) -> Iterator[Chunk]:
+               limit: int, server_limit: bool, metadata_only: bool, need,
+               return_type: str) -> Iterator[Chunk]:
         responses = self.machine.responses
         windows = [w for _, w in win.windows]
+        whole_streams = [_whole_codestream(source, cs, w) for cs, w in win.windows]
         whole = (need is None and not metadata_only
-                 and len(windows) == len(source.codestreams)
-                 and all(_whole_codestream(source, cs, w) for cs, w in win.windows))
+                 and len(windows) == len(source.codestreams) and all(whole_streams))
         key = None
         if responses is not None and responses.enabled and need is None and model.is_empty():
-            key = (self.target_id, limit, server_limit, metadata_only,
+            key = (self.target_id, return_type, limit, server_limit, metadata_only,
                    self.req.raw.get("metareq"),
                    tuple((w.codestream, w.discard, w.region, w.comps, w.layers)
                          for w in windows))
@@ -445,13 +480,23 @@ class Exchange:
             self._complete = True
             return
         plans = [plan_window(source.codestreams[cs], w) for cs, w in win.windows]
-        if need is not None:
-            plans = restrict_to_need(plans, need)
         meta_plan = plan_metadata(source.metadata, self.req.metareq, windows, metadata_only)
-        builder = ResponseBuilder(source, plans, model, byte_limit=limit,
-                                  server_limit=server_limit, meta_plan=meta_plan,
-                                  metadata_only=metadata_only, whole_target=whole,
-                                  whole_bins_up_to=WHOLE_BINS_BYTES)
+        if return_type == JPP_STREAM:
+            if need is not None:
+                plans = restrict_to_need(plans, need)
+            builder = ResponseBuilder(source, plans, model, byte_limit=limit,
+                                      server_limit=server_limit, meta_plan=meta_plan,
+                                      metadata_only=metadata_only, whole_target=whole,
+                                      whole_bins_up_to=WHOLE_BINS_BYTES)
+        else:
+            tile_plans = [plan_tiles(source.codestreams[p.codestream], p, w)
+                          for p, w in zip(plans, whole_streams, strict=True)]
+            if need is not None:
+                tile_plans = restrict_tiles(tile_plans, need, source.codestreams)
+            builder = TileResponseBuilder(source, tile_plans, model, byte_limit=limit,
+                                          server_limit=server_limit, meta_plan=meta_plan,
+                                          metadata_only=metadata_only, whole_target=whole,
+                                          extended=return_type == JPT_EXTENDED)
         self.outcome = builder.outcome
         if key is not None:
             self._recorder = responses.recorder()

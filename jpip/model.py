@@ -27,7 +27,7 @@ Extensions, accepted on purpose and documented as such:
   UNCONFIRMED in the note); commas inside brackets never split elements.
 
 `tpmodel`/`tpneed` list tile-parts: `1#(codestream-qualifier / ["-"] tp ["-" tp])` with
-`tp = UINT "." UINT` (tile index "." tile-part index); they are only checked (JPT-streams).
+`tp = UINT "." UINT` (tile index "." tile-part index), the cache of JPT-stream tile data-bins.
 """
 from __future__ import annotations
 
@@ -49,7 +49,10 @@ __all__ = [
     "ModelKind",
     "ModelSpec",
     "SampledRange",
+    "TilePartRange",
+    "TpSpec",
     "check_tp_model",
+    "parse_tp_model",
     "UintRange",
     "parse_model",
     "parse_sampled_range",
@@ -308,28 +311,60 @@ def _implicit(head: str, codestreams: tuple[UintRange, ...] | None, subtractive:
 
 # --- tpmodel / tpneed -----------------------------------------------------------------------
 
-_TILE_PART_ELEMENT = re.compile(r"-?([0-9]{1,5})\.([0-9]{1,3})(?:-([0-9]{1,5})\.([0-9]{1,3}))?")
+_TILE_PART_ELEMENT = re.compile(r"(-?)([0-9]{1,5})\.([0-9]{1,3})(?:-([0-9]{1,5})\.([0-9]{1,3}))?")
 
 
-def check_tp_model(text: str, *, field: str = "tpmodel", max_items: int = MAX_MODEL_ITEMS,
-                   max_length: int = MAX_MODEL_TEXT) -> None:
-    """Checks a `tpmodel`/`tpneed` value: `1#(codestream-qualifier / ["-"] tp ["-" tp])`,
-    tp = tile "." tile-part. They describe a JPT-stream cache (tile data-bins); this server
-    sends JPP-streams, so the values are checked (400 if malformed) and not kept."""
-    count = 0
+class TilePartRange(NamedTuple):
+    """One `["-"] tp ["-" tp]` of tpmodel/tpneed: tile-parts `first` .. `last` (tile, TPsot),
+    in (tile, tile-part) order, with the codestream qualifier in force where it appeared."""
+
+    first: tuple[int, int]
+    last: tuple[int, int]
+    subtractive: bool = False
+    codestreams: tuple[UintRange, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TpSpec:
+    """A parsed `tpmodel`/`tpneed` value, ranges in request order."""
+
+    items: tuple[TilePartRange, ...]
+
+    def __iter__(self) -> Iterator[TilePartRange]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def parse_tp_model(text: str, *, field: str = "tpmodel", max_items: int = MAX_MODEL_ITEMS,
+                   max_length: int = MAX_MODEL_TEXT) -> TpSpec:
+    """Parses a `tpmodel`/`tpneed` value: `1#(codestream-qualifier / ["-"] tp ["-" tp])`,
+    tp = tile "." tile-part (the tile-parts of JPT-stream tile data-bins)."""
+    items: list[TilePartRange] = []
+    codestreams: tuple[UintRange, ...] | None = None
     for element in _elements(text, field, max_length, max_items):
         if element.startswith("["):
-            _codestream_qualifier(element, field)
+            codestreams = _codestream_qualifier(element, field)
             continue
         m = _TILE_PART_ELEMENT.fullmatch(element)
         if m is None:
             raise RequestError(field, f"expected [-]<tile>.<part>[-<tile>.<part>], got "
                                f"{shorten(element)}")
-        t0, p0, t1, p1 = (int(g) if g is not None else None for g in m.groups())
-        if t0 > MAX_TILE or p0 > MAX_TILE_PART or (t1 is not None and (
-                t1 > MAX_TILE or p1 > MAX_TILE_PART or (t1, p1) < (t0, p0))):
+        minus, t0, p0, t1, p1 = m.groups()
+        t0, p0 = int(t0), int(p0)
+        t1, p1 = (t0, p0) if t1 is None else (int(t1), int(p1))
+        if t0 > MAX_TILE or p0 > MAX_TILE_PART or t1 > MAX_TILE or p1 > MAX_TILE_PART or \
+                (t1, p1) < (t0, p0):
             raise RequestError(field, f"{shorten(element)}: tile or tile-part out of range, "
                                "or a range running backwards")
-        count += 1
-        if count > max_items:
+        items.append(TilePartRange((t0, p0), (t1, p1), bool(minus), codestreams))
+        if len(items) > max_items:
             raise RequestError(field, f"more than {max_items} descriptors")
+    return TpSpec(tuple(items))
+
+
+def check_tp_model(text: str, *, field: str = "tpmodel", max_items: int = MAX_MODEL_ITEMS,
+                   max_length: int = MAX_MODEL_TEXT) -> None:
+    """Checks a `tpmodel`/`tpneed` value (RequestError(400) if malformed)."""
+    parse_tp_model(text, field=field, max_items=max_items, max_length=max_length)

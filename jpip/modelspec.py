@@ -24,11 +24,12 @@ import numpy as np
 from cache.model import BinKind, Evicted, EvictedRows, ModelRecord, Received, ReceivedRows
 from codestream.index import CodestreamIndex
 from codestream.source import Source
+from codestream.tilebins import tile_bins
 
-from .model import ModelItem, ModelSpec, UintRange
+from .model import ModelItem, ModelSpec, TilePartRange, TpSpec, UintRange
 from .plan import Plan
 
-__all__ = ["model_records", "need_rows", "restrict_to_need"]
+__all__ = ["model_records", "need_rows", "need_tiles", "restrict_to_need", "tile_part_records"]
 
 _WHOLE, _BYTES, _LAYERS = 0, 1, 2  # qualifier kinds, per descriptor
 
@@ -205,8 +206,95 @@ def model_records(spec: ModelSpec, source: Source, default_codestream: int) -> l
                     kinds, amounts = _qualifiers([item])
                     out.append(_rows_record(ix, cs, rows, np.repeat(kinds, len(rows)),
                                             np.repeat(amounts, len(rows)), item.subtractive))
-            # 'T' (tile data-bins) describes a JPT-stream cache; this server sends JPP-streams.
+            elif item.kind == "T":
+                out.extend(_tile_records(ix, cs, item))
     return out
+
+
+def _tile_records(ix: CodestreamIndex, cs: int, item: ModelItem) -> list[ModelRecord]:
+    """A T descriptor (tile data-bins, JPT-streams): the whole bin, nothing of it
+    (subtractive), or its first N bytes."""
+    lengths = tile_bins(ix).bin_length
+    tiles = np.flatnonzero(_range_mask(np.arange(ix.num_tiles), item.ids))
+    if item.bytes is not None:
+        values = np.minimum(lengths[tiles], item.bytes)
+    else:
+        values = np.zeros(len(tiles), np.int64) if item.subtractive else lengths[tiles]
+    if not item.subtractive:
+        keep = values > 0
+        tiles, values = tiles[keep], values[keep]
+    if len(tiles) == 0:
+        return []
+    record = EvictedRows if item.subtractive else ReceivedRows
+    return [record(BinKind.TILE, cs, tiles.astype(np.int32), values.astype(np.int64))]
+
+
+def _tile_part_span(ix: CodestreamIndex, rng: TilePartRange) -> tuple[np.ndarray, np.ndarray,
+                                                                       np.ndarray]:
+    """The tiles a tile-part range names, and per tile the first and last part position it
+    names (positions of codestream.tilebins; tiles where it names no existing part left out)."""
+    tb = tile_bins(ix)
+    (t0, p0), (t1, p1) = rng.first, rng.last
+    t1 = min(t1, ix.num_tiles - 1)
+    tiles = np.arange(t0, t1 + 1, dtype=np.int64)
+    if len(tiles) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    first, count = tb.first[tiles], tb.first[tiles + 1] - tb.first[tiles]
+    lo = np.zeros(len(tiles), np.int64)
+    hi = count - 1
+    lo[0] = p0
+    if tiles[-1] == rng.last[0]:
+        hi[-1] = min(int(hi[-1]), p1)
+    ok = lo <= hi
+    return tiles[ok], (first + lo)[ok], (first + hi)[ok]
+
+
+def tile_part_records(spec: TpSpec, source: Source, default_codestream: int
+                      ) -> list[ModelRecord]:
+    """Cache-model records for a `tpmodel=` list. A tile data-bin is held as a prefix, so an
+    additive range says the client holds each tile's bin up to the end of the last tile-part
+    it names, a subtractive one that it holds at most what comes before the first."""
+    out: list[ModelRecord] = []
+    for rng in spec:
+        for cs in _indexes(rng, source, default_codestream):
+            ix = source.codestreams[cs]
+            tb = tile_bins(ix)
+            tiles, lo, hi = _tile_part_span(ix, rng)
+            if len(tiles) == 0:
+                continue
+            if rng.subtractive:
+                out.append(EvictedRows(BinKind.TILE, cs, tiles.astype(np.int32), tb.start[lo]))
+            else:
+                out.append(ReceivedRows(BinKind.TILE, cs, tiles.astype(np.int32), tb.end[hi]))
+    return out
+
+
+def need_tiles(need: ModelSpec | None, tpneed: TpSpec | None, source: Source,
+               default_codestream: int) -> dict[int, dict[int, int]]:
+    """Per codestream index, the tiles `need=` (T descriptors) and `tpneed=` name and the
+    bytes of each tile data-bin they name (the end of the last tile-part named)."""
+    wanted: dict[int, dict[int, int]] = {}
+
+    def add(cs: int, tiles: np.ndarray, ends: np.ndarray) -> None:
+        into = wanted.setdefault(cs, {})
+        for t, e in zip(tiles.tolist(), ends.tolist(), strict=True):
+            into[t] = max(into.get(t, 0), e)
+
+    for item in need or ():
+        if item.kind != "T" or item.subtractive:
+            continue
+        for cs in _indexes(item, source, default_codestream):
+            for rec in _tile_records(source.codestreams[cs], cs, item):
+                add(cs, rec.rows.astype(np.int64), rec.ends)
+    for rng in tpneed or ():
+        if rng.subtractive:
+            continue
+        for cs in _indexes(rng, source, default_codestream):
+            ix = source.codestreams[cs]
+            tiles, _, hi = _tile_part_span(ix, rng)
+            add(cs, tiles, tile_bins(ix).end[hi])
+    return wanted
 
 
 def _rows_record(ix: CodestreamIndex, cs: int, rows: np.ndarray, kinds: np.ndarray,

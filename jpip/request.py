@@ -44,10 +44,11 @@ from .model import (
     MAX_LAYERS,
     ModelSpec,
     SampledRange,
+    TpSpec,
     UintRange,
-    check_tp_model,
     parse_model,
     parse_sampled_range,
+    parse_tp_model,
     parse_uint,
     parse_uint_range,
 )
@@ -214,7 +215,7 @@ class PrefSet:
 class JPIPRequest:
     """Every Annex C request field the server acts on, typed; None (or False) when absent.
 
-    The fields in `CHECKED_ONLY` (hints, JPT-stream cache fields, capabilities) are checked
+    The fields in `CHECKED_ONLY` (hints, capabilities) are checked
     against their grammar (400 if malformed) and not kept: nothing acts on them. `present`
     names the recognised fields the request carried, `ignored_fields` the unknown ones skipped
     in lenient mode, and `raw` maps each present field to its %-decoded value (for echoing in
@@ -248,7 +249,9 @@ class JPIPRequest:
     type: tuple[str, ...] | None = None  # normalised, preference order: 'jpp-stream', ...
     # cache management (C.8)
     model: ModelSpec | None = None
+    tpmodel: TpSpec | None = None
     need: ModelSpec | None = None
+    tpneed: TpSpec | None = None
     # upload (C.9): recognised so the server can answer 501
     upload: bool = False
     # client capabilities and preferences (C.10)
@@ -605,12 +608,13 @@ def _p_metareq(value: str) -> MetaReq:
 
 
 def _box_props(value: str, pos: int) -> tuple[tuple[BoxProp, ...], int]:
-    """The `1$req-box-prop "]"` after a '['; returns the props and the position after ']'."""
+    """The `1$req-box-prop "]"` after a '['; returns the props and the position after ']'.
+    A ',' between props is taken as a ';' (Kakadu's parser does the same)."""
     props = []
     while True:
         prop, pos = _box_prop(value, pos)
         props.append(prop)
-        if pos < len(value) and value[pos] == ";":
+        if pos < len(value) and value[pos] in ";,":
             pos += 1
         elif pos < len(value) and value[pos] == "]":
             return tuple(props), pos + 1
@@ -661,10 +665,8 @@ def _tagged_uint(value: str, pos: int, tag: str, what: str,
 
 _EMPTY_OK = frozenset(("handled", "upload"))
 # Checked, then dropped: `srate` (needs timing: MJ2), `roi` (no ROI descriptions are served),
-# `align`, `drate` (hints), `tpmodel`/`tpneed` (JPT-stream caches), `mset` (every model is
-# kept), `cap`, `csf` (client capabilities).
-CHECKED_ONLY = frozenset(("srate", "roi", "align", "drate", "tpmodel", "tpneed", "mset", "cap",
-                          "csf"))
+# `align`, `drate` (hints), `mset` (every model is kept), `cap`, `csf` (client capabilities).
+CHECKED_ONLY = frozenset(("srate", "roi", "align", "drate", "mset", "cap", "csf"))
 
 _PARSERS: dict[str, Callable[[str], object]] = {
     "target": _p_target,
@@ -691,9 +693,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "type": _p_type,
     "drate": partial(_ufloat, name="drate"),
     "model": partial(parse_model, field="model"),
-    "tpmodel": partial(check_tp_model, field="tpmodel"),
+    "tpmodel": partial(parse_tp_model, field="tpmodel"),
     "need": partial(parse_model, field="need"),
-    "tpneed": partial(check_tp_model, field="tpneed"),
+    "tpneed": partial(parse_tp_model, field="tpneed"),
     "mset": partial(_sampled_ranges, name="mset"),
     "upload": _flag,
     "cap": partial(_tokens, name="cap"),

@@ -105,10 +105,12 @@ class ResponseBuilder:
         self.outcome.reason = EOR.RESPONSE_LIMIT if self.server_limit else EOR.BYTE_LIMIT
 
     def _message(self, cls: int, csn: int, bin_id: int, offset: int, pieces: list, length: int,
-                 is_last: bool) -> int | None:
+                 is_last: bool, aux: tuple[int, int] | None = None) -> int | None:
         """Queues one message (CSn as sent); returns the body bytes queued (may be cut by the
-        byte limit), or None when not even its header fit."""
-        header = self.writer.header(cls, csn, bin_id, offset, length, is_last)
+        byte limit), or None when not even its header fit. `aux` (extended classes): the Aux
+        value of the whole message and of one cut short."""
+        whole_aux, cut_aux = aux if aux is not None else (None, None)
+        header = self.writer.header(cls, csn, bin_id, offset, length, is_last, whole_aux)
         room = self._room()
         if (len(header) + length > room and self.outcome.messages == 0 and room > 0
                 and room - len(header) < min(length, 1) and self.limit):
@@ -125,12 +127,12 @@ class ResponseBuilder:
                 self.writer.discard()
                 return None
             # The shorter message cannot hold the bin's last byte; re-encode its header.
-            header = self.writer.header(cls, csn, bin_id, offset, cut, False)
+            header = self.writer.header(cls, csn, bin_id, offset, cut, False, cut_aux)
             cut = min(cut, room - len(header))
             if cut <= 0:
                 self.writer.discard()
                 return None
-            header = self.writer.header(cls, csn, bin_id, offset, cut, False)
+            header = self.writer.header(cls, csn, bin_id, offset, cut, False, cut_aux)
             pieces = _take(pieces, cut)
             length = cut
         self._parts.append(header)

@@ -293,7 +293,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
         if ex.req.qid is not None:
             await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
-            return await _answer(request, state, ex, ex.preempted_reply(), None)
+            return await _answer(request, state, ex, ex.preempted_reply(session), None)
     if not ex.serving:
         # Stateless, or cclose alone: no channel of ours to hold while writing.
         reply = ex.reply(session)
@@ -391,7 +391,8 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
             size += len(chunk.data)
         else:
             whole = False
-        headers = {"Content-Type": JPP_TYPE, "Cache-Control": "no-cache", **reply.headers}
+        headers = {"Content-Type": reply.content_type, "Cache-Control": "no-cache",
+                   **reply.headers}
         if whole:
             return await _send_whole(request, state, ex, reply, session, progress, headers,
                                      held)

@@ -1,5 +1,6 @@
-"""End to end: our server's JPP-streams, rebuilt by our client, decode exactly like OpenJPEG
-decodes the original file, for every corpus file and a matrix of windows.
+"""End to end: our server's JPP-streams and JPT-streams, rebuilt by our client (from precinct
+data-bins, or from tile data-bins), decode exactly like OpenJPEG decodes the original file, for
+every corpus file and a matrix of windows.
 
 Every window is compared: OpenJPEG decodes every corpus file at every level used here, so a
 reference decode that fails is a failure, not a skipped case. Each file counts the windows in
@@ -33,13 +34,15 @@ def expected(src, cs, fsiz, roff, rsiz, layers=None, comps=None):
     return window_crops(ref, ix.siz, w.discard, w.region, w.comps if comps else None)
 
 
+@pytest.mark.parametrize("stream_type", ["jpp-stream", "jpt-stream"])
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
-async def test_windows_through_the_server_are_pixel_exact(corpus_server, path) -> None:
+async def test_windows_through_the_server_are_pixel_exact(corpus_server, path,
+                                                          stream_type) -> None:
     url = str(corpus_server.make_url("/jpip")) + f"?target={path.name}"
     compared = 0
     with build_source(path) as src:
         for cs, ix in enumerate(src.codestreams):
-            async with JPIPClient(url) as client:
+            async with JPIPClient(url, stream_type=stream_type) as client:
                 max_d = min(int(ix.tcr["levels"].min()), 3)
                 for d in range(max_d + 1):
                     fw, fh = frame_size(ix.siz, d)
@@ -58,6 +61,11 @@ async def test_windows_through_the_server_are_pixel_exact(corpus_server, path) -
                                            f"layers={layers}")
                             compared += samples > 0
                 assert client.cache.duplicate_bytes == 0
+                held = client.cache.streams[client.codestream_id(cs)]
+                if stream_type == "jpt-stream":
+                    assert held.tiles and not held.precincts and not held.tile_headers
+                else:
+                    assert not held.tiles
                 if ix.num_components > 1:
                     fw, fh = frame_size(ix.siz, 0)
                     last = ix.num_components - 1

@@ -96,7 +96,7 @@ class Wire:
         turn = p.ex.turn(session, waited_out)
         self.store.apply_now(session, turn.changes)
         if turn.kind is TurnKind.PREEMPTED:
-            p.reply = p.ex.preempted_reply()
+            p.reply = p.ex.preempted_reply(session)
             p.chunks = iter(p.reply.chunks())
         return turn.kind
 

@@ -184,7 +184,6 @@ def bincache_vectors() -> list[dict]:
         "length changes": [(PRECINCT, 0, 1, 0, b"abc", True), (PRECINCT, 0, 1, 0, b"abcd", True)],
         "beyond the end": [(PRECINCT, 0, 1, 0, b"abc", True), (PRECINCT, 0, 1, 3, b"d", False)],
         "main header id": [(MAIN_HEADER, 0, 1, 0, b"x", True)],
-        "tile data class": [(TILE, 0, 1, 0, b"x", True)],
     }
     out = []
     for name, responses in cases.items():

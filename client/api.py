@@ -20,6 +20,7 @@ from jpip.jpp import StreamParser
 
 from .bincache import BinCache, StreamError
 from .decode import HeaderInfo, Region, decode_region, header_info, window_region
+from .metadata import MetaBox, box_tree
 from .url import JPIPURL, URLError, parse_url
 
 STREAM_TYPES = {"jpp-stream": "image/jpp-stream", "jpt-stream": "image/jpt-stream"}
@@ -57,7 +58,8 @@ class JPIPClient:
 
     A `cache` loaded from a file (BinCache.load) is described to the server on the first
     request, in a session (with cnew) as without one, so nothing it holds is sent again.
-    `stream_type` is the return type asked for: "jpp-stream" or "jpt-stream".
+    `stream_type` is the return type asked for: "jpp-stream" or "jpt-stream" (default: the
+    URL's type=, else "jpp-stream").
 
     `token`: an access token for a server with access control, sent with every request as
     `Authorization: Bearer` (default: an `access_token=` of the URL, if any).
@@ -65,11 +67,12 @@ class JPIPClient:
 
     def __init__(self, url: str | JPIPURL, *, stateless: bool = False,
                  cache: BinCache | None = None, timeout: float = 120.0,
-                 token: str | None = None, stream_type: str = "jpp-stream") -> None:
+                 token: str | None = None, stream_type: str | None = None) -> None:
+        parsed = parse_url(url) if isinstance(url, str) else url
+        stream_type = stream_type or parsed.stream_type or "jpp-stream"
         if stream_type not in STREAM_TYPES:
             raise ValueError(f"stream_type must be one of {', '.join(STREAM_TYPES)}")
         self.stream_type = stream_type
-        parsed = parse_url(url) if isinstance(url, str) else url
         if parsed.window:
             raise URLError(f"the URL holds view-window fields ({', '.join(parsed.window)}): "
                            "pass them to fetch() or window() instead")
@@ -278,6 +281,17 @@ class JPIPClient:
                              comps=comps, stream=stream, length=length)
         return self.decode(fsiz=fsiz, round=round, roff=roff, rsiz=rsiz, layers=layers,
                            stream=stream, comps=comps)
+
+    async def boxes(self, metareq: str = "[*:0/a]", *, stream: int | None = None,
+                    max_requests: int = 100) -> list[MetaBox]:
+        """The box tree the server exposes (client.metadata), after fetching the metadata
+        `metareq` names (metadata only: `!!` is added). The default asks for every box with
+        none of its contents beyond what leads to the others: the tree, not the payloads."""
+        for _ in range(max_requests):
+            st = await self.fetch(metareq=f"{metareq}!!", stream=stream)
+            if st.eor in (1, 2):
+                break
+        return box_tree(self.cache.metadata)
 
     async def header_info(self, stream: int | None = None,
                           metareq: str | None = None) -> HeaderInfo:

@@ -193,7 +193,7 @@ async def _fetch(args) -> int:
     progress = _Progress(not args.quiet)
     raw = bytearray()
     async with JPIPClient(url.target_only(), stateless=args.stateless, cache=cache,
-                          token=_token(args)) as client:
+                          token=_token(args), stream_type=args.type) as client:
         if args.save_stream:
             client.raw_sink = raw
         fsiz = args.fsiz
@@ -227,7 +227,8 @@ async def _fetch(args) -> int:
             print(json.dumps({
                 "requests": len(stats), "bytes": total,
                 "messages": sum(s.messages for s in stats),
-                "bins": sum(len(s.precincts) for s in client.cache.streams.values()),
+                "bins": sum(len(s.precincts) + len(s.tiles)
+                            for s in client.cache.streams.values()),
                 "eor": int(stats[-1].eor) if stats[-1].eor is not None else None,
                 "ttfb_ms": round(stats[0].ttfb * 1000, 2),
                 "seconds": round(sum(s.seconds for s in stats), 4),
@@ -273,7 +274,6 @@ async def _info(args) -> int:
     async with JPIPClient(url.target_only(), token=_token(args)) as client:
         hi = await client.header_info(None, metareq="[*]")
         siz = hi.siz
-        meta = client.cache.metadata.get(0)
         out = {
             "width": siz.width, "height": siz.height, "components": siz.num_components,
             "bit_depths": [c.precision for c in siz.components],
@@ -281,7 +281,7 @@ async def _info(args) -> int:
             "subsampling": [[c.dx, c.dy] for c in siz.components],
             "tiles": siz.num_tiles, "levels": hi.levels, "layers": hi.layers,
             "progression": ["LRCP", "RLCP", "RPCL", "PCRL", "CPRL"][hi.progression],
-            "metadata_bytes": len(meta.data) if meta else 0,
+            "metadata_bytes": sum(len(b.data) for b in client.cache.metadata.values()),
             "target_id": client.tid,
         }
         print(json.dumps(out, indent=2))
@@ -302,6 +302,69 @@ def _add_token_option(parser: argparse.ArgumentParser) -> None:
                         help="access token for a server with access control, sent as "
                              f"Authorization: Bearer (default: ${TOKEN_ENV}, which other users "
                              "cannot see in the process list)")
+
+
+def _box_type(text: str) -> bytes:
+    """A box type as typed: 'xml', 'xml ' and 'xml_' all name the XML box."""
+    raw = text.replace("_", " ")
+    if not 1 <= len(raw) <= 4 or not raw.isascii() or not raw.isprintable():
+        raise UsageError(f"--box {text!r}: a box type is up to 4 printable ASCII characters "
+                         "(e.g. xml, uuid, 'res ')")
+    return raw.ljust(4).encode("ascii")
+
+
+def _tree_lines(boxes, depth: int = 0) -> list[str]:
+    out = []
+    for box in boxes:
+        where = []
+        if box.codestream is not None:
+            where.append(f"codestream {box.codestream}")
+        elif box.contents_bin is not None:
+            held = "" if box.complete or box.children is not None else ", not fetched"
+            where.append(f"contents in metadata-bin {box.contents_bin}{held}")
+        length = "to the end" if box.length == 0 else f"{box.length} bytes"
+        line = f"{'  ' * depth}{box.type_name!r:8} {length}"
+        out.append(line + (f"  ({'; '.join(where)})" if where else ""))
+        out.extend(_tree_lines(box.children or [], depth + 1))
+    return out
+
+
+async def _meta(args) -> int:
+    from .api import JPIPClient
+    from .bincache import StreamError
+    from .metadata import box_bytes, find_boxes
+
+    url, _ = _start(args.url)
+    _check_output("-o", args.output)
+    async with JPIPClient(url.target_only(), token=_token(args)) as client:
+        if args.box is None:
+            tree = await client.boxes()
+            if not tree:
+                print("(no boxes: the target is a raw codestream)")
+            for line in _tree_lines(tree):
+                print(line)
+            return 0
+        box_type = _box_type(args.box)
+        code = box_type.decode("ascii").replace(" ", "_")
+        tree = await client.boxes(f"[{code}/a]")
+        found = find_boxes(tree, box_type)
+        if args.index >= len(found):
+            have = f"{len(found)} such box{'es' if len(found) != 1 else ''}"
+            raise UsageError(f"--box {args.box!r} --index {args.index}: the target has {have}")
+        box = found[args.index]
+        if box.codestream is not None:
+            raise UsageError(f"--box {args.box!r}: that box is codestream {box.codestream}; "
+                             "fetch its pixels with jpip fetch --stream")
+        whole = box_bytes(box)
+        if whole is None:
+            raise StreamError(f"the server did not send all of the {box.type_name!r} box")
+        contents = whole[len(box.header):]
+        if args.output:
+            Path(args.output).write_bytes(contents)
+        else:
+            sys.stdout.buffer.write(contents)
+            sys.stdout.flush()
+    return 0
 
 
 def _version() -> str:
@@ -348,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --len: one request only (the window may stay incomplete)")
     f.add_argument("--max-requests", type=_int_type(1), default=100, metavar="N",
                    help="give up after N requests (default: 100)")
+    f.add_argument("--type", choices=("jpp-stream", "jpt-stream"), default=None,
+                   help="the image data asked for: precinct data-bins (jpp-stream, the "
+                        "default) or tile data-bins (jpt-stream)")
     f.add_argument("--stateless", action="store_true",
                    help="no session: every request describes the cache with model=")
     f.add_argument("--cache", metavar="FILE",
@@ -359,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "DICOM). A .dcm holds the window with the attributes of the DICOM "
                         "source (the referenced object, or the target's /dicom-json)")
     f.add_argument("--save-stream", metavar="FILE",
-                   help="also save the raw JPP-stream received")
+                   help="also save the raw JPP-stream (or JPT-stream) received")
     f.add_argument("--stats", action="store_true",
                    help="print requests, bytes, messages, EOR and timings as JSON")
     f.add_argument("-q", "--quiet", action="store_true",
@@ -373,6 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
                                "(window fields in it are ignored), or a JPIP-referenced DICOM "
                                "file")
     _add_token_option(i)
+
+    m = sub.add_parser(
+        "meta", help="the boxes of a target, or one box's contents",
+        description="Print the box tree the server exposes for a target (JP2/JPX boxes, as "
+                    "its metadata-bins and placeholders deliver them), or with --box write "
+                    "the contents of a box (the first of that type, or --index N).")
+    m.add_argument("url", help="http://HOST:PORT/jpip?target=FILE or http://HOST:PORT/FILE")
+    m.add_argument("--box", metavar="TYPE",
+                   help="write the contents of a box of this type, e.g. xml, uuid, colr")
+    m.add_argument("--index", type=_int_type(0), default=0, metavar="N",
+                   help="with --box: the N-th box of that type in file order (default: 0)")
+    m.add_argument("-o", "--output", metavar="FILE",
+                   help="with --box: write to FILE (default: standard output)")
+    _add_token_option(m)
 
     try:
         from filetools.prepare import add_prepare_arguments
@@ -451,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_fetch(args))
         if args.command == "info":
             return asyncio.run(_info(args))
+        if args.command == "meta":
+            return asyncio.run(_meta(args))
         if args.command == "prepare":
             from filetools.prepare import run_prepare
             return run_prepare(args)

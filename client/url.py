@@ -17,7 +17,9 @@ WINDOW_FIELDS = ("fsiz", "roff", "rsiz", "layers", "comps", "stream", "len")
 # Fields whose value the client decides (sessions, cache models, request order, the stream type).
 CLIENT_FIELDS = ("cnew", "cid", "cclose", "tid", "qid", "model", "need", "tpmodel", "tpneed",
                  "wait", "metareq")
-JPP_TYPES = ("jpp-stream", "image/jpp-stream")
+# The return types the client reads, as a URL may name them.
+STREAM_TYPES = {"jpp-stream": "jpp-stream", "image/jpp-stream": "jpp-stream",
+                "jpt-stream": "jpt-stream", "image/jpt-stream": "jpt-stream"}
 TOKEN_FIELD = "access_token"
 
 
@@ -34,6 +36,7 @@ class JPIPURL:
     target_query: str         # the target fields, as given (still percent-encoded)
     window: dict[str, str] = field(default_factory=dict)  # window fields found in the URL
     token: str | None = field(default=None, repr=False)   # an access_token found in the URL
+    stream_type: str | None = None  # type= in the URL: "jpp-stream" or "jpt-stream"
 
     def target_only(self) -> JPIPURL:
         """The same URL without its window fields."""
@@ -50,6 +53,7 @@ def parse_url(url: str) -> JPIPURL:
     target_items: list[str] = []
     window: dict[str, str] = {}
     token = None
+    stream_type = None
     seen: set[str] = set()
     # keep_blank_values: `cid=` is still a cid field the user should hear about.
     raw_items = [item for item in parts.query.split("&") if item]
@@ -65,9 +69,10 @@ def parse_url(url: str) -> JPIPURL:
         elif name == TOKEN_FIELD:
             token = unquote(item.partition("=")[2]) or None  # '+' is base64's, not a space
         elif name == "type":
-            if value not in JPP_TYPES:
-                raise URLError(f"the URL asks for type={value}: the client reads JPP-streams "
-                               "only (remove type=)")
+            stream_type = STREAM_TYPES.get(value)
+            if stream_type is None:
+                raise URLError(f"the URL asks for type={value}: the client reads jpp-stream "
+                               "and jpt-stream (remove type= or name one of them)")
         elif name in CLIENT_FIELDS:
             raise URLError(f"the URL carries {name}=, which the client sets itself: remove it")
         else:
@@ -82,4 +87,5 @@ def parse_url(url: str) -> JPIPURL:
         target_query="&".join(target_items),
         window=window,
         token=token,
+        stream_type=stream_type,
     )

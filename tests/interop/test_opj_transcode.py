@@ -16,7 +16,11 @@ Two variants of each stream:
   (nothing else touched). This isolates the transcoder's other limits and checks our main
   header, precinct bins, bin ids and message layout against an independent reconstruction.
 
-The 128 cases (32 files x 2 windows x 2 variants) run in one test, which asserts the exact set
+JPT-streams (tile data-bins) are read as served: the second test runs every file, both
+windows and both tile message classes (4, and 5 with Aux), and every case decodes exactly but
+the JPT_LIMITS documented with it.
+
+The 128 JPP cases (32 files x 2 windows x 2 variants) run in one test, which asserts the exact set
 of cases the transcoder reads correctly (READS_CORRECTLY: 14, each an exact pixel match), so a
 case that starts or stops working fails it, and that every other case fails as its documented
 reason says (TOOL_LIMITS, AS_SERVED: each with the signature of its failure). The failures were
@@ -28,11 +32,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 
 from client.api import JPIPClient
 from codestream.source import build_source
-from jpip.window import frame_size
+from jpip.window import frame_size, resolve_window
 from server.app import create_app
 from server.config import ServerConfig
 from tests.conftest import INTEROP, corpus_files
@@ -215,3 +220,86 @@ async def test_the_transcoder_reads_exactly_the_known_cases(aiohttp_server, tmp_
         if limit is not None and limit.signature not in str(outcome):
             wrong_kind[case] = (outcome, limit.signature)
     assert not wrong_kind, f"failures of another kind than documented: {wrong_kind}"
+
+
+# --- JPT-streams ---------------------------------------------------------------------------------
+# opj_jpip_transcode rebuilds a codestream from a JPT-stream by appending each tile's data-bin
+# messages in offset order after the main header (jp2k_encoder.c, recons_codestream_from_
+# JPTstream), which is what a tile data-bin is: our tile-parts go through as they are. Limits:
+JPT_TYPES = ("jpt-stream", "jpt-stream;ttype=ext")
+JPT_LIMITS: dict[tuple[str, str | None, str | None], Limit] = {
+    ("p0_13.j2k", None, None): Limit(
+        "SIGABRT, '*** stack smashing detected ***': 257 components, but SIZmarker_param_t "
+        "holds Ssiz/XRsiz/YRsiz in 3-entry arrays", "stack smashing detected"),
+    **{(name, None, "jpt-stream;ttype=ext"): Limit(
+        "wrong codestream, OpenJPEG 'Failed to decode tile': the transcoder keeps an "
+        "extended tile message only when Aux > the levels it discards (0 here), reading Aux "
+        "as openjpip's own count of the tile-parts left; our Aux is the quality layers the "
+        "tile's bin completes (0 until the tile-part holding the last packet of layer 0), so "
+        "it drops the first tile-parts of these files (several per tile)",
+        "Failed to decode tile") for name in (
+            "small_world_non_consecutive_tilepart_tlm.jp2", "test-card-lossy-tiled.jp2")},
+}
+
+
+def jpt_limit(name: str, window: str, stream_type: str) -> Limit | None:
+    for key in ((name, window, stream_type), (name, window, None), (name, None, stream_type),
+                (name, None, None)):
+        if key in JPT_LIMITS:
+            return JPT_LIMITS[key]
+    return None
+
+
+async def fetch_jpt(aiohttp_server, index_dir: Path, path: Path, window: str,
+                    stream_type: str) -> tuple[bytes, int]:
+    """One stateless JPT request: (raw JPT-stream, discard level of the window)."""
+    config = ServerConfig(root=path.parent, index_cache_dir=index_dir / path.parent.name, port=0)
+    server = await aiohttp_server(create_app(config))
+    with build_source(path) as src:
+        ix = src.codestreams[0]
+        fw, fh = frame_size(ix.siz, 0)
+        fsiz = (fw, fh) if window == "full" else (max(1, fw // 4), max(1, fh // 4))
+        discard = resolve_window(ix, 0, fsiz=(*fsiz, "round-down")).discard
+    url = (f"{server.make_url('/jpip')}?target={path.name}&fsiz={fsiz[0]},{fsiz[1]}"
+           f"&type={stream_type}")
+    async with aiohttp.ClientSession() as http, http.get(url) as r:
+        assert r.status == 200 and r.headers["Content-Type"] == "image/jpt-stream"
+        raw = await r.read()
+    assert raw[-3:-1] in (b"\x00\x01", b"\x00\x02"), "window not complete in one response"
+    return raw, discard
+
+
+async def test_the_transcoder_reads_our_jpt_streams(aiohttp_server, tmp_path: Path) -> None:
+    """Every file, both windows, both tile message classes: out.j2k decodes exactly like the
+    original at that reduction, except the documented JPT_LIMITS (which must fail as said)."""
+    require_binary(OPJ_TRANSCODE, "libopenjpip-dec-server")
+    outcomes: dict[tuple[str, str, str], str | None] = {}
+    for path in FILES:
+        for window in WINDOWS:
+            for stream_type in JPT_TYPES:
+                raw, discard = await fetch_jpt(aiohttp_server, tmp_path / "ix", path, window,
+                                               stream_type)
+                want = reference(path, discard)
+                jpt, out = tmp_path / "in.jpt", tmp_path / "out.j2k"
+                out.unlink(missing_ok=True)
+                jpt.write_bytes(raw)
+                proc = run_transcode(jpt, out)
+                if proc.returncode != 0 or not out.exists():
+                    outcomes[(path.name, window, stream_type)] = \
+                        f"opj_jpip_transcode failed: {describe_exit(proc)}"
+                    continue
+                try:
+                    got = decode_codestream(out.read_bytes(), rlevel=discard)
+                    assert_same_pixels(want, got)
+                    outcomes[(path.name, window, stream_type)] = None
+                except Exception as e:  # a wrong codestream or wrong pixels
+                    outcomes[(path.name, window, stream_type)] = f"{type(e).__name__}: {e}"
+    assert len(outcomes) == len(FILES) * len(WINDOWS) * len(JPT_TYPES) == 128
+    wrong = {}
+    for case, outcome in outcomes.items():
+        limit = jpt_limit(*case)
+        if limit is None and outcome is not None:
+            wrong[case] = outcome
+        elif limit is not None and limit.signature not in str(outcome):
+            wrong[case] = (outcome, limit.signature)
+    assert not wrong, wrong

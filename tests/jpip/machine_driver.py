@@ -28,6 +28,7 @@ class Answer:
     body: bytes = b""
     messages: list[Message] = field(default_factory=list)
     eor: int | None = None
+    content_type: str = "image/jpp-stream"
 
     @property
     def bins(self) -> dict[tuple[int, int, int], tuple[int, int]]:
@@ -142,7 +143,7 @@ class Wire:
         end = items[-1] if items and isinstance(items[-1], EndOfResponse) else None
         p.answer = Answer(p.reply.status, dict(p.reply.headers), bytes(p.out),
                           [m for m in items if isinstance(m, Message)],
-                          end.reason if end is not None else None)
+                          end.reason if end is not None else None, p.reply.content_type)
         return p.answer
 
     # --- whole requests -----------------------------------------------------------------------

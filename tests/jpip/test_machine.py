@@ -16,7 +16,7 @@ import pytest
 from cache.model import BinKind
 from codestream.source import build_source
 from jpip.errors import RequestError
-from jpip.jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
+from jpip.jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE, TILE_HEADER, MessageWriter
 from jpip.machine import TurnKind
 from jpip.window import frame_size
 from tests.conftest import CORPUS
@@ -454,7 +454,10 @@ def test_defect_10_fields_honoured_or_refused(raw, jpx) -> None:
         (f"target=x&{THUMB}&subtarget=[0]", Expect(status=501, error="subtarget")),
         (f"target=x&{THUMB}&type=jpp-stream;ptype=ext", Expect(
             status=415, error="extended precinct messages")),
-        (f"target=x&{THUMB}&type=jpt-stream", Expect(status=415, error="jpp-stream only")),
+        (f"target=x&{THUMB}&type=jpt-stream", Expect(classes={METADATA, MAIN_HEADER, TILE})),
+        (f"target=x&{THUMB}&type=jpt-stream;ttype=foo", Expect(
+            status=415, error="unknown parameters")),
+        (f"target=x&{THUMB}&type=raw", Expect(status=415, error="jpp-stream and jpt-stream")),
         (f"target=x&{THUMB}&type=jpp-stream;ptype=ext,jpp-stream", Expect()),
         (f"target=x&{THUMB}&type=image/jpp-stream", Expect()),
     ])

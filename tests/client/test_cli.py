@@ -144,7 +144,7 @@ async def test_window_fields_in_the_url_are_used(base, tmp_path) -> None:
     ("target=corpus/file1.jp2&cid=abc", "cid=, which the client sets itself"),
     ("target=corpus/file1.jp2&quality=5", "quality= is not used by the client"),
     ("target=corpus/file1.jp2&fsiz=0,10", "the URL's fsiz=0,10"),
-    ("target=corpus/file1.jp2&type=jpt-stream", "JPP-streams only"),
+    ("target=corpus/file1.jp2&type=raw", "the client reads jpp-stream and jpt-stream"),
 ])
 async def test_url_fields_the_client_cannot_use_are_refused(base, tmp_path, query, says) -> None:
     code, _, err = await jpip("fetch", f"{base}/jpip?{query}", "-o", str(tmp_path / "x.png"))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jpip.errors import RequestError
-from jpip.model import ModelItem, SampledRange, UintRange
+from jpip.model import ModelItem, SampledRange, TilePartRange, UintRange
 from jpip.request import (
     CHECKED_ONLY,
     FIELD_NAMES,
@@ -158,6 +158,13 @@ VALID = [
     ("type=image/JPT-stream%3B%20ttype=ext,raw", "type", ("jpt-stream;ttype=ext", "raw")),
     ("type=image/jpeg", "type", ("image/jpeg",)),
     ("model=Hm", "model.items", (ModelItem("Hm", one(0)),)),
+    ("tpmodel=0.0-2.1", "tpmodel.items", (TilePartRange((0, 0), (2, 1)),)),
+    ("tpmodel=[1],0.0,1.0-3.2,-4.1,[2],5.0", "tpmodel.items",
+     (TilePartRange((0, 0), (0, 0), False, (R(1, 1),)),
+      TilePartRange((1, 0), (3, 2), False, (R(1, 1),)),
+      TilePartRange((4, 1), (4, 1), True, (R(1, 1),)),
+      TilePartRange((5, 0), (5, 0), False, (R(2, 2),)))),
+    ("tpneed=-3.0", "tpneed.items", (TilePartRange((3, 0), (3, 0), True),)),
     ("need=P1:L2", "need.items", (ModelItem("P", one(1), layers=2),)),
     ("upload=x", "upload", True),
     ("upload", "upload", True),
@@ -173,8 +180,7 @@ VALID = [
 # `present`/`raw`, and the request keeps no attribute for it.
 CHECKED = [
     "srate=2.5", "srate=30", "srate=.5", "roi=dynamic", "align=yes", "align=no", "drate=1.5",
-    "tpmodel=0.0-2.1", "tpmodel=[1],0.0,1.0-3.2,-4.1,[2],5.0", "tpneed=-3.0", "mset=0-5:5",
-    "cap=mbw:1M,foo", "csf=abc",
+    "mset=0-5:5", "cap=mbw:1M,foo", "csf=abc",
 ]
 
 

@@ -36,7 +36,7 @@ associations reaches every frame it groups).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -139,6 +139,8 @@ class MetadataBins:
     nodes: dict[str, np.ndarray]
     streams: np.ndarray  # int64
     regions: np.ndarray  # (m, 4) int64
+    # What users of the partition derive from it and keep (jpip.metareq's default plans).
+    derived: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def empty(cls) -> MetadataBins:

@@ -54,6 +54,20 @@ def type_code(box_type: str) -> int:
 
 def plan_metadata(meta: MetadataBins, metareq: MetaReq | None,
                   windows: Sequence[ViewWindow], metadata_only: bool) -> MetaPlan:
+    if metareq is not None:
+        return _plan(meta, metareq, windows, metadata_only)
+    # Without metareq the plan depends on the window's codestreams alone: kept per target.
+    key = ("default", metadata_only, tuple(sorted({w.codestream for w in windows})))
+    found = meta.derived.get(key)
+    if found is None:
+        found = meta.derived[key] = _plan(meta, None, windows, metadata_only)
+        if len(meta.derived) > 256:  # many codestreams asked one by one: keep the recent
+            meta.derived.pop(next(iter(meta.derived)))
+    return found
+
+
+def _plan(meta: MetadataBins, metareq: MetaReq | None, windows: Sequence[ViewWindow],
+          metadata_only: bool) -> MetaPlan:
     n = meta.count
     first = np.zeros(n, np.int64)
     last = np.zeros(n, np.int64)

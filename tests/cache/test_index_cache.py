@@ -15,6 +15,7 @@ import pytest
 
 from cache.index_cache import IndexCache, entry_path, load_index, save_index
 from codestream.source import Source, build_source
+from codestream.tilebins import tile_bins, tile_part_pieces
 from tests.conftest import CORPUS
 
 ROUND_TRIP = [
@@ -30,6 +31,13 @@ def assert_same_index(a: Source, b: Source) -> None:
     assert a.identity == b.identity
     assert a.layout == b.layout
     assert a.metadata0 == b.metadata0
+    # The whole partition of the boxes into metadata-bins: clients see the same bins.
+    ma, mb = a.metadata.to_arrays(), b.metadata.to_arrays()
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert ma[k].dtype == mb[k].dtype and np.array_equal(ma[k], mb[k]), k
+    for k in range(a.metadata.count):
+        assert a.metadata.bin_bytes(k, a.view) == b.metadata.bin_bytes(k, b.view)
     assert len(a.codestreams) == len(b.codestreams)
     for x, y in zip(a.codestreams, b.codestreams, strict=True):
         for f in dataclasses.fields(x):
@@ -49,6 +57,12 @@ def assert_same_index(a: Source, b: Source) -> None:
 def assert_same_bins(a: Source, b: Source) -> None:
     for cs, ix in enumerate(a.codestreams):
         assert a.main_header_bin(cs) == b.main_header_bin(cs)
+        ta, tb = tile_bins(ix), tile_bins(b.codestreams[cs])
+        assert np.array_equal(ta.bin_length, tb.bin_length)
+        for q in range(len(ta.rows)):  # tile data-bins (JPT), tile-part by tile-part
+            n = int(ta.end[q] - ta.start[q])
+            assert b"".join(bytes(p) for p in tile_part_pieces(a, cs, ta, q, 0, n)) == \
+                b"".join(bytes(p) for p in tile_part_pieces(b, cs, tb, q, 0, n))
         for t in range(ix.num_tiles):
             assert a.tile_header_bin(cs, t) == b.tile_header_bin(cs, t)
         for row in range(len(ix.precincts["id"])):

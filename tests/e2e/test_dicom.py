@@ -113,6 +113,30 @@ async def test_every_frame_window_is_pixel_exact(server, served, name) -> None:
     assert checked >= 4 * len(case.files)
 
 
+@pytest.mark.parametrize("name", PIXEL_CASES)
+async def test_frames_as_jpt_streams_are_pixel_exact(server, served, name) -> None:
+    """Tile data-bins of frames, also of frames split over fragments (tile-parts cut
+    anywhere): the whole frame and a region at one level down."""
+    root, cases = served
+    case = cases[name]
+    url = str(server.make_url("/jpip")) + f"?target={name}"
+    source = await server.app[STATE_KEY].index_cache.aget(root / name)
+    for i in range(len(case.files)):
+        ix = source.codestreams[i]
+        async with JPIPClient(url, stream_type="jpt-stream") as client:
+            d = min(int(ix.tcr["levels"].min()), 1)
+            fw, fh = frame_size(ix.siz, d)
+            for roff, rsiz in ((None, None), ((fw // 4, fh // 4), (fw // 2, fh // 3))):
+                want = expected(case, i, ix, (fw, fh), roff, rsiz, None)
+                await client.fetch_all(fsiz=(fw, fh), roff=roff, rsiz=rsiz, stream=i + 1)
+                if want is not None:
+                    got = client.decode(fsiz=(fw, fh), roff=roff, rsiz=rsiz, stream=i + 1)
+                    assert_same_pixels(want, got, f"{name} frame {i + 1} {roff} {rsiz} (JPT)")
+            held = client.cache.streams[i + 1]
+            assert held.tiles and not held.precincts and client.cache.duplicate_bytes == 0
+            assert [k for k, b in client.cache.metadata.items()] == [0]  # no boxes: one empty
+
+
 async def test_without_stream_the_first_frame_is_served(server, served) -> None:
     url = str(server.make_url("/jpip")) + "?target=ct_bot.dcm"
     async with JPIPClient(url) as client:

@@ -27,8 +27,9 @@ from codestream.boxes import read_layout, walk_boxes
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.metabins import MetadataBins, partition_metadata
+from codestream.tilebins import tile_bins
 from jpip.errors import RequestError
-from jpip.model import check_tp_model, parse_model
+from jpip.model import parse_model, parse_tp_model
 from jpip.plan import plan_window
 from jpip.request import parse_form_body, parse_query
 from jpip.window import resolve_window
@@ -82,6 +83,23 @@ def check_index(ix: CodestreamIndex, size: int) -> None:
         raise Violation("precinct packet run past the packet table")
     if len(pr["bin_length"]) and int(pr["bin_length"].min()) < 0:
         raise Violation("negative precinct bin length")
+    check_tile_bins(ix)
+
+
+def check_tile_bins(ix: CodestreamIndex) -> None:
+    """Tile data-bins: tile-parts of the codestream, each in one tile's bin, bins adding up."""
+    tp = ix.tile_parts
+    if len(tp) and (int(tp[:, 3].min()) < 0 or int(tp[:, 5].max()) > ix.length
+                    or (tp[:, 4] > tp[:, 5]).any() or (tp[:, 3] >= tp[:, 4]).any()):
+        raise Violation("a tile-part outside its codestream, or ending before its header")
+    tb = tile_bins(ix)
+    if (tb.end < tb.start).any() or len(tb.bin_length) != ix.num_tiles:
+        raise Violation("tile data-bin parts out of order")
+    if len(tb.packet_part) and int(tb.packet_part.max()) >= len(tb.rows):
+        raise Violation("a packet in a tile-part that does not exist")
+    sizes = np.bincount(tb.tile, weights=tb.end - tb.start, minlength=ix.num_tiles)
+    if not np.array_equal(sizes.astype(np.int64), tb.bin_length):
+        raise Violation("tile data-bin lengths are not the sums of their tile-parts")
 
 
 def _plan_windows(ix: CodestreamIndex, cs: int) -> None:
@@ -209,20 +227,34 @@ def target_model(data: bytes) -> None:
     tp = bool(mode & 1)
     field = ("tpneed" if mode & 2 else "tpmodel") if tp else ("need" if mode & 2 else "model")
     try:
-        spec = check_tp_model(text, field=field) if tp else parse_model(text, field=field)
+        spec = parse_tp_model(text, field=field) if tp else parse_model(text, field=field)
     except RequestError as e:
         check_request_error(e)
         return
-    if tp or not mode & 4:
+    if not mode & 4:
         return
     from cache.model import CacheModel
-    from jpip.modelspec import model_records, need_rows, restrict_to_need
+    from jpip.modelspec import (
+        model_records,
+        need_rows,
+        need_tiles,
+        restrict_to_need,
+        tile_part_records,
+    )
+    from jpip.tileplan import plan_tiles, restrict_tiles
 
     for src in _model_sources():
-        CacheModel().apply(model_records(spec, src, src.first_codestream))
+        first = src.first_codestream
         plans = [plan_window(ix, resolve_window(ix, cs, fsiz=(64, 64, "round-up")))
                  for cs, ix in enumerate(src.codestreams)]
-        restrict_to_need(plans, need_rows(spec, src, src.first_codestream))
+        tiles = [plan_tiles(src.codestreams[p.codestream], p) for p in plans]
+        if tp:
+            CacheModel().apply(tile_part_records(spec, src, first))
+            restrict_tiles(tiles, need_tiles(None, spec, src, first), src.codestreams)
+            continue
+        CacheModel().apply(model_records(spec, src, first))
+        restrict_to_need(plans, need_rows(spec, src, first))
+        restrict_tiles(tiles, need_tiles(spec, None, src, first), src.codestreams)
 
 
 def warm_up(name: str) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from codestream.boxes import SUPERBOXES
+from codestream.errors import CodestreamError
 from codestream.metabins import PHLD_CODESTREAM, PHLD_CONTENTS, parse_placeholder
 
 __all__ = ["MetaBox", "box_bytes", "box_tree", "find_boxes", "walk_tree"]
@@ -34,7 +35,6 @@ class MetaBox:
     contents: bytes | None = None  # contents of a box held whole (not a superbox's)
     complete: bool = False         # every byte of the box is held
     path: str = ""                 # e.g. "/asoc[0]/xml [1]"
-    extra: dict = field(default_factory=dict)
 
     @property
     def type_name(self) -> str:
@@ -71,12 +71,12 @@ def _parse_bin(held: dict[int, _Held], bin_id: int, prefix: str, depth: int,
     got = held.get(bin_id)
     if got is None or bin_id in seen or depth > MAX_DEPTH:
         return None
-    return _parse_boxes(held, got.data, 0, len(got.data), got.complete, bin_id, prefix, depth,
+    return _parse_boxes(held, got.data, 0, len(got.data), bin_id, prefix, depth,
                         seen | {bin_id})
 
 
-def _parse_boxes(held, data: bytes, start: int, end: int, whole: bool, bin_id: int,
-                 prefix: str, depth: int, seen: set[int]) -> list[MetaBox]:
+def _parse_boxes(held, data: bytes, start: int, end: int, bin_id: int, prefix: str,
+                 depth: int, seen: set[int]) -> list[MetaBox]:
     out: list[MetaBox] = []
     counts: dict[bytes, int] = {}
     pos = start
@@ -108,7 +108,7 @@ def _parse_boxes(held, data: bytes, start: int, end: int, whole: bool, bin_id: i
             box = MetaBox(tbox, bytes(data[pos:pos + hlen]), lbox, bin_id,
                           path=f"{prefix}/{tbox.decode('latin-1')}[{n}]")
             if tbox in SUPERBOXES:
-                box.children = _parse_boxes(held, data, pos + hlen, pos + length, True, bin_id,
+                box.children = _parse_boxes(held, data, pos + hlen, pos + length, bin_id,
                                             box.path, depth + 1, seen)
                 box.complete = all(c.complete for c in box.children)
             else:
@@ -124,8 +124,8 @@ def _from_placeholder(held, body: bytes, bin_id: int, prefix: str, counts: dict,
                       depth: int, seen: set[int]) -> MetaBox | None:
     try:
         ph = parse_placeholder(body)
-    except ValueError:
-        return None
+    except CodestreamError:
+        return None  # not a placeholder we can read: left out of the tree
     n = counts.get(ph.box_type, 0)
     counts[ph.box_type] = n + 1
     box = MetaBox(ph.box_type, ph.orig_header, ph.box_length, bin_id,

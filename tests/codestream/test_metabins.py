@@ -179,3 +179,15 @@ def test_check_refuses_arrays_that_describe_no_partition() -> None:
     arrays["node_bin"] = arrays["node_bin"] + 100
     with pytest.raises(ValueError, match="out of range"):
         MetadataBins.from_arrays(arrays)
+
+
+def test_the_client_survives_bins_that_lie() -> None:
+    """A placeholder pointing at its own bin, one cut short, a box running past its bin: the
+    tree stops there instead of looping or failing."""
+    loop = placeholder_box(struct.pack(">I4s", 100, b"asoc"), contents_bin=0)
+    cut = struct.pack(">I4s", 16, b"phld") + b"\x00" * 8
+    past = struct.pack(">I4s", 500, b"xml ") + b"abc"
+    tree = box_tree({0: loop + cut + past})
+    assert [b.box_type for b in tree] == [b"asoc", b"xml "]
+    assert tree[0].children is None and not tree[0].complete
+    assert box_bytes(tree[1]) is None

@@ -39,19 +39,21 @@ class TilePlan:
 def plan_tiles(ix: CodestreamIndex, plan: Plan, whole: bool = False) -> TilePlan:
     """The tile plan of a precinct plan (`whole`: the window is the whole codestream with
     every layer, so every tile data-bin is needed whole). Recent plans are kept per index."""
-    key = (plan.codestream, plan.tiles.tobytes(), plan.rows.tobytes(), plan.layers, whole)
+    # Precinct plans are immutable and kept per window (jpip.plan): the same window gives the
+    # same plan object, so it names its tile plan (kept beside it: its id cannot be reused).
+    key = (id(plan), whole)
     kept = getattr(ix, "_tile_plans", None)
     if kept is None:
         kept = ix._tile_plans = OrderedDict()
     found = kept.get(key)
-    if found is not None:
+    if found is not None and found[0] is plan:
         kept.move_to_end(key)
-        return found
-    found = _plan_tiles(ix, plan, whole)
-    kept[key] = found
+        return found[1]
+    tile_plan = _plan_tiles(ix, plan, whole)
+    kept[key] = (plan, tile_plan)
     if len(kept) > PLANS_KEPT:
         kept.popitem(last=False)
-    return found
+    return tile_plan
 
 
 def _plan_tiles(ix: CodestreamIndex, plan: Plan, whole: bool) -> TilePlan:

@@ -21,8 +21,8 @@ Layout written (the one opj_server 2.5 accepts, as OpenJPEG 1.5's encoder wrote 
     of the codestream) and LEN (2: the Lmar value, 0 for a marker without a segment);
   - `tpix` (tile-part index): one `faix` of (offset of SOT, Psot) per tile-part, a row per tile;
   - `thix` (tile header index): a `manf` listing one `mhix` per tile, then those mhix boxes:
-    TLEN from the SOT marker up to and including SOD, and entries for SOT, the tile-part's
-    marker segments and SOD;
+    TLEN from the SOT marker up to and including SOD, and entries for SOT, the marker segments
+    and SOD of the tile's first tile-part (the only one openjpip reads: its tile header bin);
   - `ppix` (precinct packet index): a `manf` listing one `faix` per component, then those faix
     boxes: a row per tile, element s x L + l the (offset, length) of the packet of layer l of
     precinct s (the precinct's sequence number within its tile-component, resolution by
@@ -43,8 +43,13 @@ convention) and the ppix tables; iptr, fidx and prxy are checked and only warned
 precinct arithmetic assumes a precinct grid anchored at the tile origin, which holds for the
 interop images (one tile at the origin, power-of-two sizes).
 
+Tiles in several tile-parts are indexed too (tpix has a column per tile-part): opj_server
+serves JPT-streams only for such files, sending tile-parts 0 .. n - 1 - d for a window d levels
+down (it takes each tile-part to hold one resolution, as `opj_compress -TP R` writes them).
+
 Limits (the generated interop images are inside them): one codestream, a top-level jp2c box,
-every tile in exactly one tile-part, no PPM/PPT (packet headers in the packets).
+no PPM/PPT (packet headers in the packets), no marker segments in a tile's later tile-parts
+(openjpip reads only the first one's header).
 """
 from __future__ import annotations
 
@@ -105,9 +110,11 @@ def _tile_headers(buf: bytes, cs: int, layout: CodestreamLayout) -> bytes:
     boxes = []
     for t in range(layout.siz.num_tiles):
         th = layout.tiles.get(t)
-        if th is None or len(th.parts) != 1:
-            raise ValueError(f"tile {t} has {0 if th is None else len(th.parts)} tile-parts; "
-                             "this writer indexes tiles in exactly one")
+        if th is None or not th.parts:
+            raise ValueError(f"tile {t} has no tile-part")
+        if any(p.header_segments for p in th.parts[1:]):
+            raise ValueError(f"tile {t}: marker segments after its first tile-part, which "
+                             "openjpip's tile header index does not hold")
         part = th.parts[0]
         entries = [(SOT, part.sot_offset + 2 - cs, 10)]
         entries += [(seg.code, seg.offset + 2 - cs, seg.length - 2)

@@ -13,6 +13,8 @@ writer (tests/interop/jpip_index.py): rgb4096_idx.jp2 and med2048_idx.jp2 hold b
 codestreams of rgb4096.jp2 and med2048.jp2, only moved. The reference for every case is the
 plain file decoded by OpenJPEG at the same reduction (and layer count): there is one codestream
 per image, so what the client rebuilds from opj_server's stream must give exactly its pixels.
+JPT-streams are read from opj_server too, on a tiled file made by the test whose tiles are in
+several tile-parts (the only files opj_server serves tile data-bins for).
 (The _idx files used before were written by another encoder, OpenJPEG 1.5, so for the lossy
 rgb4096 the plain file was no fair oracle; that distinction is gone.)
 
@@ -31,6 +33,7 @@ message, so the client cannot tell a complete response from a cut one), metareq=
 """
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from functools import cache
 
@@ -42,6 +45,7 @@ from codestream.errors import CodestreamError
 from codestream.rebuild import tile_header_segments
 from codestream.source import build_source
 from tests.conftest import INTEROP
+from tests.interop.jpip_index import add_jpip_index
 from tests.interop.opj_server_harness import OpjStack, from_openjpip_tile_header, opj_stack
 from tests.oracle import assert_same_pixels, decode_codestream
 
@@ -162,3 +166,52 @@ def test_tile_header_bins_in_either_convention() -> None:
     assert tile_header_segments(b"", 3) == b""
     with pytest.raises(CodestreamError, match="Isot 3"):
         tile_header_segments(openjpip, 4)
+
+
+# ----- JPT-streams from opj_server ------------------------------------------------------------
+# opj_server answers type=jpt-stream with tile data-bins only for files whose tiles are split in
+# several tile-parts (openjpip isJPTfeasible; otherwise it falls back to a JPP-stream and says
+# so in Content-Type). For a window d levels down it sends each tile's first n - d tile-parts
+# (extended tile messages, class 5), taking a tile-part per resolution. The file is made here:
+# tiles at an offset grid's size that does not divide the image, one tile-part per resolution
+# (opj_compress -TP R, RPCL), indexed by tests/interop/jpip_index.py.
+TP_IMAGE = "tiled_tp_idx.jp2"
+
+
+@pytest.fixture(scope="module")
+def tiled_tp(tmp_path_factory) -> Iterator[tuple[OpjStack, bytes]]:
+    work = tmp_path_factory.mktemp("tiled-tp")
+    y, x = np.mgrid[0:600, 0:520]
+    pixels = (((x * 3 + y * 5) % 256) ^ ((x * y) >> 6) % 256).astype(np.uint8)
+    (work / "in.pgm").write_bytes(b"P5\n520 600\n255\n" + pixels.tobytes())
+    subprocess.run(["opj_compress", "-i", str(work / "in.pgm"), "-o", str(work / "plain.jp2"),
+                    "-t", "256,256", "-TP", "R", "-p", "RPCL", "-n", "4", "-r", "40,10,1"],
+                   check=True, capture_output=True)
+    plain = (work / "plain.jp2").read_bytes()
+    (work / TP_IMAGE).write_bytes(add_jpip_index(plain))
+    with build_source(work / TP_IMAGE) as src:
+        ix = src.codestreams[0]
+        assert ix.siz.num_tiles == 9
+        codestream = bytes(src.view[ix.offset:ix.offset + ix.length])
+    with opj_stack([work / TP_IMAGE], [TP_IMAGE]) as s:
+        yield s, codestream
+
+
+async def test_jpt_stream_from_opj_server_decodes_like_the_original(tiled_tp) -> None:
+    """Thumbnail, a middle level, then the whole image over one channel: each window rebuilt
+    from opj_server's tile data-bins (prefixes of tiles, then whole tiles) decodes exactly like
+    the original at that reduction, and zooming in resends nothing."""
+    stack, codestream = tiled_tp
+    async with JPIPClient(stack.url(TP_IMAGE), timeout=TIMEOUT,
+                          stream_type="jpt-stream") as client:
+        for fsiz in ((65, 75), (130, 150), (520, 600)):
+            stats = await client.fetch_all(fsiz=fsiz)
+            check_session_responses(stats, stack)
+            held = client.cache.stream(client.codestream_id(0))
+            assert len(held.tiles) == 9 and not held.precincts, "not a JPT-stream"
+            got = client.decode(fsiz=fsiz)
+            discard = client.region(fsiz).discard
+            assert_same_pixels(decode_codestream(codestream, rlevel=discard), got,
+                               f"{TP_IMAGE} fsiz={fsiz} d={discard}")
+        assert client.cache.duplicate_bytes == 0, "the server resent bytes the client held"
+        assert all(b.complete for b in held.tiles.values())

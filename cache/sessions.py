@@ -16,18 +16,20 @@ response at a time per channel) itself.
 """
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from .model import CacheModel, ModelRecord
 
 __all__ = ["AddChannel", "Begin", "Change", "ChannelState", "CloseChannels", "End",
            "MemorySessionStore", "ModelChange", "OpenSession", "OverCapacity", "Preempt",
-           "Retarget", "SessionState", "SessionStore", "Skip", "apply_change", "new_channel_id"]
+           "Retarget", "SessionState", "SessionStore", "Skip", "StoreUnavailable", "TurnTaken",
+           "apply_change", "new_channel_id"]
 
 
 class OverCapacity(Exception):
@@ -37,6 +39,25 @@ class OverCapacity(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class StoreUnavailable(Exception):
+    """The session store cannot be reached (a shared store's server is down or refuses
+    writes): 503 with Retry-After for requests that need a session, while stateless requests
+    are still served. Carries `status`/`reason`/`retry_after`, as the server's errors do."""
+
+    status = 503
+
+    def __init__(self, reason: str, retry_after: int = 2) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class TurnTaken(Exception):
+    """A shared store refused a `Begin`: between the load the machine decided on and the
+    store's write, another process began a response on the channel or pre-empted the request.
+    The request waits for its turn again."""
 
 
 # --- state ------------------------------------------------------------------------------------
@@ -123,10 +144,13 @@ class Preempt:
 
 @dataclass(frozen=True, slots=True)
 class Begin:
-    """A request's turn came on `cid` and its response starts."""
+    """A request's turn came on `cid` and its response starts. `generation` is the channel's
+    generation the request saw: a store shared by processes refuses the turn (`TurnTaken`)
+    when it moved or another response holds the channel by the time the change is written."""
 
     cid: str
     qid: int | None
+    generation: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +227,29 @@ class SessionStore(ABC):
     also brings the loaded state up to date (so the caller keeps working on it)."""
 
     idle_timeout: float
+    # A store shared by several processes: changes made elsewhere are seen only by loading
+    # again, so a waiting request also reloads every `poll_interval` seconds (a missed wake-up,
+    # a channel whose holder died and whose lease ran out). None: every change is made here.
+    poll_interval: float | None = None
+
+    async def start(self) -> None:  # noqa: B027 (optional: most stores have nothing to start)
+        """Connects and starts the store's background work (the server calls it at start)."""
+
+    def on_remote_change(  # noqa: B027 (optional: a store of one process never calls it)
+            self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """`callback(cid)` is awaited when another process changed a channel that a request of
+        this process waits on (see `watching`). A store of one process has no other process."""
+
+    @contextlib.asynccontextmanager
+    async def watching(self, cid: str) -> AsyncIterator[None]:
+        """While the block runs, changes other processes make to the channel `cid` are
+        reported to the `on_remote_change` callback. Entered before the first load of a
+        waiting request, so that no change between that load and the wait goes unseen."""
+        yield
+
+    async def ping(self) -> bool | None:
+        """Whether the store is reachable: None for a store in this process (always is)."""
+        return None
 
     @abstractmethod
     async def load(self, cid: str) -> SessionState | None:
@@ -214,7 +261,9 @@ class SessionStore(ABC):
 
     @abstractmethod
     async def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
-        """Records changes of a loaded session (and applies them to it)."""
+        """Records changes of a loaded session (and applies them to it). A shared store
+        also brings the session's channels up to date with what other processes did, and
+        raises `TurnTaken` for a `Begin` it refuses (a `Begin` comes alone or first)."""
 
     @abstractmethod
     async def expire(self) -> int:

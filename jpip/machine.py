@@ -18,7 +18,9 @@ One `Exchange` per request, stepped by the server in this order:
 3. Channel requests only: `ex.turn(session, waited_out)` until it says GO or PREEMPTED. A
    channel serves one response at a time, in qid order; the server waits between calls (for
    a change on the channel, or, for a qid gap, at most its own patience: `waited_out`).
-   PREEMPTED is answered 202 with EOR 3 (window change).
+   PREEMPTED is answered 202 with EOR 3 (window change). A store shared by processes may
+   refuse GO's `Begin` (`TurnTaken`: another process took the channel meanwhile); then
+   `ex.turn_taken()` and wait again.
 4. `ex.reply(session)`: the answer. Its `changes` (new channel, a file changed on disk,
    `model=` statements) are recorded first; then its chunks are written. The headers are
    final once the first chunk has been taken (`JPIP-len` may depend on it).
@@ -357,7 +359,13 @@ class Exchange:
         if qid is not None and qid > max(ch.last_qid + 1, 1) and not waited_out:
             return Turn(TurnKind.WAIT_QID)
         self._began = True
-        return Turn(TurnKind.GO, (Begin(self.channel, qid),))
+        return Turn(TurnKind.GO, (Begin(self.channel, qid, self.generation),))
+
+    def turn_taken(self) -> None:
+        """The store refused the GO's `Begin` (a store shared by processes: another process
+        began a response on the channel, or pre-empted this request, since the load this turn
+        was decided on). The request waits again: call `turn` on the state loaded anew."""
+        self._began = False
 
     def _guard_error(self, e: RequestError) -> RequestError:
         for name, value in self.headers.items():

@@ -1,0 +1,409 @@
+"""Sessions in Redis: any worker process on any host can serve any request of any session.
+
+`RedisSessionStore` implements `cache.sessions.SessionStore` with one Lua script per operation
+(cache/redis_scripts.py: the keys, and why each step is atomic):
+
+- `load(cid)`: one round trip returns the session's fields, its channels, its model snapshot
+  and the model records appended since; it also renews the session's idle TTL.
+- `apply(session, changes)`: one round trip records the machine's changes in order. A chunk's
+  cache-model records are appended (RPUSH of their encoding, cache/model_codec.py), never a
+  rewrite of the model, so two workers never race on it; once the log is long, the worker that
+  loads the session folds it into the snapshot (a script that checks nothing replaced the
+  model since). The reply carries the channels as they are in Redis, so pre-emption by a
+  request on another worker is seen at the next chunk. A `Begin` is refused (`TurnTaken`)
+  when another worker holds the channel or pre-empted the request meanwhile.
+- A channel being answered holds a lease (`lease` seconds, renewed every `lease / 3` s by this
+  process while it writes): a worker that dies mid-response frees its channel when the lease
+  runs out, and the next request continues from what was committed, chunk by chunk.
+- Idle sessions expire by Redis TTL (`idle_timeout`); the session cap is global (a sorted set
+  of sessions by last use; the least recently used idle one is evicted, else 503).
+- A request waiting for its turn on a channel is woken through Redis pub/sub when another
+  process changes that channel (published only for channels someone waits on), and reloads
+  every `poll_interval` seconds anyway.
+- Redis unreachable (down, loading, out of memory, read-only): `StoreUnavailable`, which the
+  server answers with 503 and Retry-After; the next request tries again.
+
+Every scalar field of `SessionState` is stored (JSON), so a field added there (and to
+`OpenSession`, which creates sessions) is carried without a change here.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from . import redis_scripts
+from .model import CacheModel
+from .model_codec import CodecError, decode_model, decode_records, encode_model, encode_records
+from .sessions import (
+    AddChannel,
+    Begin,
+    Change,
+    ChannelState,
+    CloseChannels,
+    End,
+    ModelChange,
+    OpenSession,
+    OverCapacity,
+    Preempt,
+    Retarget,
+    SessionState,
+    SessionStore,
+    Skip,
+    StoreUnavailable,
+    TurnTaken,
+    apply_change,
+)
+
+__all__ = ["RedisSessionStore", "redact_url"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "jpip:1:"   # the layout's version: a new layout gets a new prefix
+LEASE = 10.0                 # seconds a channel stays busy after its holder was last heard of
+POLL_INTERVAL = 0.5          # seconds between reloads of a waiting request
+COMPACT_AFTER = 32           # log entries past which a load folds them into the snapshot
+CONNECT_TIMEOUT = 1.0
+OP_TIMEOUT = 2.0             # one script's round trip, at most
+RETRY_AFTER = 2              # seconds told to clients while Redis is unreachable
+DOWN_FOR = 0.5               # after a failure, fail fast for this long (no connect storm)
+
+# Errors meaning "Redis cannot serve this now", as opposed to a defect of ours.
+_UNAVAILABLE = (rx.ConnectionError, rx.TimeoutError, rx.BusyLoadingError, rx.ReadOnlyError,
+                OSError)
+_UNAVAILABLE_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "MISCONF", "NOREPLICAS",
+                        "BUSY", "TRYAGAIN", "CLUSTERDOWN")
+
+# SessionState's stored fields: its scalars (not the id, which names the keys, nor the
+# model and channels, which have keys of their own).
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(SessionState)
+                      if f.name not in ("session_id", "model", "channels"))
+_OPEN_FIELDS = tuple(f.name for f in dataclasses.fields(OpenSession)
+                     if f.name in _STATE_FIELDS)
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list) -> Iterable[tuple[str, bytes]]:
+    it = iter(flat)
+    return ((_text(k), v) for k, v in zip(it, it, strict=True))
+
+
+def _channels(flat: list, now: int) -> dict[str, ChannelState]:
+    out = {}
+    for cid, packed in _pairs(flat):
+        gen, qid, lease, _owner = _text(packed).split(" ")
+        out[cid] = ChannelState(cid, last_qid=int(qid), generation=int(gen),
+                                busy=int(lease) > now)
+    return out
+
+
+class RedisSessionStore(SessionStore):
+    """Sessions in one Redis database, shared by every process that names it."""
+
+    poll_interval = POLL_INTERVAL
+
+    def __init__(self, url: str, *, password: str | None = None, max_sessions: int = 10000,
+                 idle_timeout: float = 600.0, max_model_bytes: int = 8 << 20,
+                 lease: float = LEASE, prefix: str = DEFAULT_PREFIX,
+                 compact_after: int = COMPACT_AFTER,
+                 on_event: Callable[[str], None] | None = None,
+                 on_round_trip: Callable[[str], None] | None = None,
+                 on_count: Callable[[int], None] | None = None) -> None:
+        self.url = redact_url(url)
+        self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
+        self.max_model_bytes = max_model_bytes
+        self.lease = lease
+        self.prefix = prefix
+        self.compact_after = compact_after
+        self._on_event = on_event or (lambda name: None)
+        self._on_round_trip = on_round_trip or (lambda op: None)
+        self._on_count = on_count or (lambda n: None)
+        self.client = aioredis.Redis.from_url(
+            url, password=password or None, socket_connect_timeout=CONNECT_TIMEOUT,
+            socket_timeout=OP_TIMEOUT, retry=Retry(NoBackoff(), 1), health_check_interval=10)
+        scripts = {name: self.client.register_script(getattr(redis_scripts, name.upper()))
+                   for name in ("load", "open", "apply", "renew", "watch", "compact", "sweep")}
+        self._scripts = scripts
+        # Leases this process holds: (session id, cid) -> owner token.
+        self._leases: dict[tuple[str, str], str] = {}
+        self._owner = secrets.token_hex(6)
+        self._serial = itertools.count()
+        self._watched: dict[str, int] = {}  # cid -> requests of this process waiting on it
+        self._callback: Callable[[str], Awaitable[None]] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._down_until = 0.0
+
+    @property
+    def _idle_ms(self) -> int:
+        return max(1, int(self.idle_timeout * 1000))
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease * 1000))
+
+    def _cid_key(self, cid: str) -> str:
+        return f"{self.prefix}c:{cid}"
+
+    # --- round trips ------------------------------------------------------------------------
+    async def _run(self, name: str, keys: list[str], args: list) -> object:
+        """One script, one round trip; Redis being unavailable becomes StoreUnavailable."""
+        if time.monotonic() < self._down_until:
+            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+        try:
+            result = await self._scripts[name](keys=keys, args=args)
+        except _UNAVAILABLE as e:
+            self._down_until = time.monotonic() + DOWN_FOR
+            log.warning("session store %s unreachable: %s", self.url, e)
+            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER) from None
+        except rx.ResponseError as e:
+            if any(code in str(e) for code in _UNAVAILABLE_REPLIES):
+                log.warning("session store %s refused: %s", self.url, e)
+                raise StoreUnavailable("the session store cannot take writes now",
+                                       RETRY_AFTER) from None
+            raise
+        self._on_round_trip(name)
+        return result
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._renew_leases(), name="jpip-lease-renewer"),
+                           asyncio.create_task(self._listen(), name="jpip-turn-listener")]
+
+    async def close_all(self) -> int:
+        """Sessions outlive a process (they are shared): nothing is closed, this process only
+        lets go of Redis. Returns 0."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.client.aclose()
+        return 0
+
+    async def ping(self) -> bool | None:
+        try:
+            async with asyncio.timeout(OP_TIMEOUT):
+                return bool(await self.client.ping())
+        except (TimeoutError, *_UNAVAILABLE, rx.ResponseError):
+            return False
+
+    # --- the interface ------------------------------------------------------------------------
+    async def load(self, cid: str) -> SessionState | None:
+        reply = await self._run("load", [self._cid_key(cid)], [self.prefix, self._idle_ms])
+        if reply is None:
+            return None
+        sid, meta, chans, snap, entries, now = reply
+        sid = _text(sid)
+        values = dict(_pairs(meta))
+        fields = {name: json.loads(values[name]) for name in _STATE_FIELDS if name in values}
+        session = SessionState(sid, **fields)
+        session.channels = _channels(chans, now)
+        try:
+            model = decode_model(snap) if snap else CacheModel()
+            for entry in entries:
+                model.apply(decode_records(entry))
+        except CodecError as e:
+            # Not ours to read (another version's layout): the client is sent data again.
+            log.warning("session %s: unreadable cache model (%s); starting it empty", sid, e)
+            await self.apply(session, [Retarget(session.target_id)])
+            return session
+        session.model = model
+        if len(entries) > self.compact_after:
+            await self._compact(session, _text(values["me"]), len(entries))
+        return session
+
+    async def open(self, change: OpenSession) -> SessionState:
+        session = SessionState(change.session_id,
+                               **{name: getattr(change, name) for name in _OPEN_FIELDS})
+        owner = "-"
+        if change.busy:
+            owner = self._new_owner()
+            self._leases[(change.session_id, change.cid)] = owner
+        args: list = [self.prefix, self._idle_ms, self.max_sessions, change.session_id,
+                      change.cid, self._lease_ms, owner]
+        for name in _STATE_FIELDS:
+            args += [name, json.dumps(getattr(session, name))]
+        try:
+            reply = await self._run("open", [], args)
+        except BaseException:
+            self._leases.pop((change.session_id, change.cid), None)
+            raise
+        status, pruned, *rest = reply
+        self._expired(pruned)
+        if status < 0:
+            self._leases.pop((change.session_id, change.cid), None)
+            raise OverCapacity(f"{self.max_sessions} sessions are open and busy")
+        if rest[0]:
+            self._on_event("evicted")
+        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
+        self._on_event("created")
+        return session
+
+    async def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        changes = list(changes)
+        if not changes:
+            return
+        sid = session.session_id
+        args: list = [self.prefix, self._idle_ms, sid, self._lease_ms]
+        began = None
+        for change in changes:
+            kind = type(change)
+            if kind is ModelChange:
+                args += ["M", encode_records(change.records)]
+            elif kind is Preempt:
+                args += ["P", change.cid]
+            elif kind is Begin:
+                began = (sid, change.cid)
+                owner = self._leases[began] = self._new_owner()
+                args += ["B", change.cid, _opt(change.qid), _opt(change.generation), owner]
+            elif kind is Skip:
+                args += ["S", change.cid, _opt(change.qid)]
+            elif kind is End:
+                owner = self._leases.pop((sid, change.cid), "-")
+                args += ["E", change.cid, change.sent, change.saved, owner]
+            elif kind is AddChannel:
+                args += ["A", change.cid]
+            elif kind is CloseChannels:
+                args += ["C", len(change.cids), *change.cids]
+                for cid in change.cids:
+                    self._leases.pop((sid, cid), None)
+            elif kind is Retarget:
+                args += ["R", json.dumps(change.target_id)]
+            else:
+                raise TypeError(f"not a session change: {change!r}")
+        try:
+            status, now, chans, ended = await self._run("apply", [], args)
+        except BaseException:
+            if began is not None:
+                self._leases.pop(began, None)
+            raise
+        if status == 2:
+            self._leases.pop(began, None)
+            session.channels = _channels(chans, now)
+            raise TurnTaken(f"channel {began[1]} was taken by another request")
+        for change in changes:
+            apply_change(session, change)
+        if status == 0:
+            return  # the session ended meanwhile: its state is the caller's alone
+        session.channels = _channels(chans, now)
+        if ended:
+            self._on_event("closed")
+        elif session.model.nbytes > self.max_model_bytes and any(
+                type(c) is ModelChange for c in changes):
+            # Caps a session's size: the client re-receives data instead.
+            await self._run("apply", [], [self.prefix, self._idle_ms, sid, self._lease_ms, "Z"])
+            session.model = CacheModel()
+            self._on_event("model_reset")
+
+    async def expire(self) -> int:
+        pruned, count = await self._run("sweep", [], [self.prefix, self._idle_ms])
+        self._expired(pruned)
+        self._on_count(count)
+        return pruned
+
+    # --- waiting for a channel's turn ----------------------------------------------------------
+    def on_remote_change(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        self._callback = callback
+
+    @contextlib.asynccontextmanager
+    async def watching(self, cid: str) -> AsyncIterator[None]:
+        key = self._cid_key(cid)
+        self._watched[cid] = self._watched.get(cid, 0) + 1
+        try:
+            await self._run("watch", [key], [self.prefix, cid, 1])
+            yield
+        finally:
+            left = self._watched[cid] - 1
+            if left:
+                self._watched[cid] = left
+            else:
+                del self._watched[cid]
+            with contextlib.suppress(StoreUnavailable):
+                await self._run("watch", [key], [self.prefix, cid, -1])
+
+    async def _listen(self) -> None:
+        """Turns published by other processes, for the channels requests here wait on."""
+        channel = f"{self.prefix}turns"
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(channel)
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1.0)
+                    if message is None or message.get("type") != "message":
+                        continue
+                    cid = _text(message["data"])
+                    if cid in self._watched and self._callback is not None:
+                        await self._callback(cid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # Redis went away: waiting requests poll meanwhile
+                log.debug("turn listener: %s; subscribing again", e)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    # --- internals ---------------------------------------------------------------------------
+    def _new_owner(self) -> str:
+        return f"{self._owner}.{next(self._serial)}"
+
+    def _expired(self, count: int) -> None:
+        for _ in range(count):
+            self._on_event("expired")
+
+    async def _compact(self, session: SessionState, epoch: str, entries: int) -> None:
+        """Folds the loaded log into the snapshot (skipped if the model changed meanwhile)."""
+        snapshot = encode_model(session.model)
+        await self._run("compact", [], [self.prefix, session.session_id, epoch, entries,
+                                        snapshot, self._idle_ms])
+
+    async def _renew_leases(self) -> None:
+        """Keeps the channels this process is answering busy while it writes."""
+        period = self.lease / 3
+        while True:
+            await asyncio.sleep(period)
+            if not self._leases:
+                continue
+            args: list = [self.prefix, self._idle_ms, self._lease_ms]
+            for (sid, cid), owner in list(self._leases.items()):
+                args += [sid, cid, owner]
+            try:
+                await self._run("renew", [], args)
+            except StoreUnavailable:
+                pass  # logged by _run; the leases lapse if Redis stays away
+
+
+def _opt(value: int | None) -> str | int:
+    return "" if value is None else value

@@ -16,6 +16,11 @@ Loading maps the file and hands out the arrays as read-only views of the map (no
 pickle): the page cache is shared by every worker process that loads the same index. A file
 that is short, fails a CRC or does not decode is treated as missing and removed.
 
+Several processes (the workers of one server, servers on hosts sharing the directory) use one
+cache safely: an entry appears whole or not at all (rename), a process that finds no entry
+builds under a per-entry file lock (`build_lock`), so the others wait and then load what it
+saved, and temporary files left by a process killed while writing are removed after an hour.
+
 DICOM files (dicom/) open without indexing any frame: the server indexes the frames a request
 names, and a background thread of the cache indexes the others, one frame at a time, then
 persists the whole object (its frame table, and per frame its index or why it failed). A DICOM
@@ -28,7 +33,9 @@ views of those arrays when it is first read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -40,7 +47,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,6 +71,8 @@ MAGIC = b"JPIPIDX\x00"
 _PREFIX = struct.Struct("<8sIIQII")
 _ALIGN = 64
 _SUFFIX = ".jpidx"
+_LOCK_SUFFIX = ".lock"
+STALE_TEMP_SECONDS = 3600.0
 # The dataclass fields are part of the format: an index written by an older CodestreamIndex
 # is not decoded into a newer one (it is a miss and gets rebuilt).
 _SCHEMA = [f.name for f in dataclasses.fields(CodestreamIndex)]
@@ -294,6 +303,49 @@ def _identity_dict(ident: FileIdentity) -> dict[str, Any]:
 def _same_file(a: FileIdentity, b: dict[str, Any]) -> bool:
     return (a.size == b["size"] and a.mtime_ns == b["mtime_ns"] and a.inode == b["inode"]
             and a.header_hash == b["header_hash"])
+
+
+@contextlib.contextmanager
+def build_lock(path: Path | str, cache_dir: Path | None) -> Iterator[None]:
+    """Held while one process builds the index of `path`: other processes (workers, hosts
+    sharing the cache directory) that want it meanwhile wait, then load what it saved, instead
+    of building it again. Only an economy: without the lock (a cache directory that cannot
+    hold one) builds still never corrupt an entry, each being written to a temporary file and
+    renamed into place. The kernel drops the lock of a process that dies."""
+    if cache_dir is None:
+        yield
+        return
+    lock = entry_path(path, cache_dir).with_suffix(_LOCK_SUFFIX)
+    try:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def remove_stale_temporaries(cache_dir: Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Removes temporary files of writes that never finished (a process killed while saving);
+    returns how many. A write in progress is younger than `older_than` seconds."""
+    removed = 0
+    cutoff = time.time() - older_than
+    try:
+        candidates = list(Path(cache_dir).glob(f"*{_SUFFIX}.*.tmp"))
+    except OSError:
+        return 0
+    for tmp in candidates:
+        try:
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 # --------------------------------------------------------------------------- save / load
@@ -535,6 +587,8 @@ class IndexCache:
         # demand, and by complete()).
         self.background = background
         self._completer = _Completer(self)
+        if self.cache_dir is not None:
+            remove_stale_temporaries(self.cache_dir)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -662,14 +716,11 @@ class IndexCache:
                 if self.cache_dir is not None:
                     src = load_index(path, self.cache_dir)
                 if src is None:
-                    t0 = time.perf_counter()
-                    src = open_source(path, use_plt=self.use_plt)
-                    self._emit("build", time.perf_counter() - t0)
-                    if self.cache_dir is not None and src.complete:
-                        try:
-                            save_index(src, self.cache_dir)
-                        except (OSError, TypeError) as e:
-                            log.warning("index cache: cannot save the index of %s: %s", key, e)
+                    with build_lock(path, self.cache_dir):
+                        if self.cache_dir is not None:  # built by another process meanwhile?
+                            src = load_index(path, self.cache_dir)
+                        if src is None:
+                            src = self._build(key, path)
                 self._insert(key, src)
                 if not src.complete and self.background:
                     self._completer.submit(key, src)
@@ -679,6 +730,17 @@ class IndexCache:
                 pl.users -= 1
                 if pl.users == 0:
                     del self._path_locks[key]
+
+    def _build(self, key: str, path: Path) -> Source:
+        t0 = time.perf_counter()
+        src = open_source(path, use_plt=self.use_plt)
+        self._emit("build", time.perf_counter() - t0)
+        if self.cache_dir is not None and src.complete:
+            try:
+                save_index(src, self.cache_dir)
+            except (OSError, TypeError) as e:
+                log.warning("index cache: cannot save the index of %s: %s", key, e)
+        return src
 
     def _insert(self, key: str, src: Source) -> None:
         dropped = []

@@ -176,16 +176,19 @@ class RedisSessionStore(SessionStore):
     async def _run(self, name: str, keys: list[str], args: list) -> object:
         """One script, one round trip; Redis being unavailable becomes StoreUnavailable."""
         if time.monotonic() < self._down_until:
+            self._on_event("unavailable")
             raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
         try:
             result = await self._scripts[name](keys=keys, args=args)
         except _UNAVAILABLE as e:
             self._down_until = time.monotonic() + DOWN_FOR
             log.warning("session store %s unreachable: %s", self.url, e)
+            self._on_event("unavailable")
             raise StoreUnavailable("the session store is unreachable", RETRY_AFTER) from None
         except rx.ResponseError as e:
             if any(code in str(e) for code in _UNAVAILABLE_REPLIES):
                 log.warning("session store %s refused: %s", self.url, e)
+                self._on_event("unavailable")
                 raise StoreUnavailable("the session store cannot take writes now",
                                        RETRY_AFTER) from None
             raise

@@ -21,11 +21,14 @@ from server.config import ServerConfig, load_config
 from server.deadline import DEADLINE_KEY
 from server.dicom_http import dicom_json
 from server.errors import ServiceUnavailable, error_middleware
-from server.jpip_handler import handle_jpip, setup_jpip
+from server.jpip_handler import STATE_KEY, handle_jpip, setup_jpip
 from server.logs import ACCESS_FLUSH_PERIOD, ACCESS_LOGGER, AccessLogger, flush_logs
-from server.metrics import Metrics
+from server.metrics import STATS_SHARE_PERIOD, Metrics, multiprocess_dir
 from server.proxy import TrustedProxies, proxy_middleware
 from server.viewer import root_or_jpip, setup_viewer
+from server.workers import WORKER_ENV
+
+log = logging.getLogger("jpip.server")
 
 __all__ = ["CONFIG_KEY", "METRICS_KEY", "EXPOSED_HEADERS", "create_app", "app_factory"]
 
@@ -72,7 +75,11 @@ def _root_readable(root: str) -> bool:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """Readiness: 200 while the image root can be read, 503 when it cannot (e.g. unmounted)."""
+    """Readiness: 200 while the image root can be read, 503 when it cannot (e.g. unmounted).
+
+    With a shared session store, its reachability too: while it is away the server still
+    answers stateless requests (sessions get 503), so that is "degraded" with 200, not a
+    reason for a load balancer to take the server out."""
     root = request.app[CONFIG_KEY].root
     # In a thread of its own (index builds fill the default pool), with a deadline: a hung
     # network mount must neither stall the event loop nor leave the health check unanswered.
@@ -82,7 +89,14 @@ async def healthz(request: web.Request) -> web.Response:
         readable = await asyncio.wait_for(check, HEALTH_CHECK_TIMEOUT)
     except TimeoutError:
         readable = False
-    body = {"status": "ok" if readable else "unavailable", "root_readable": readable}
+    store_up = await request.app[STATE_KEY].sessions.ping()
+    status = "ok" if readable else "unavailable"
+    if readable and store_up is False:
+        status = "degraded"
+    body = {"status": status, "root_readable": readable,
+            "worker": request.app[METRICS_KEY].worker, "pid": os.getpid()}
+    if store_up is not None:
+        body["session_store"] = "ok" if store_up else "unreachable"
     resp = web.json_response(body, status=200 if readable else 503)
     resp.headers["Cache-Control"] = "no-store"
     return resp
@@ -183,13 +197,36 @@ async def log_flusher(app: web.Application) -> AsyncIterator[None]:
     flush_logs()
 
 
+async def stats_sharer(app: web.Application) -> AsyncIterator[None]:
+    """A worker of several: shares its request figures with the others' /metrics, every
+    STATS_SHARE_PERIOD and once more when it stops (server/metrics.py)."""
+    metrics = app[METRICS_KEY]
+
+    async def share() -> None:
+        while True:
+            await asyncio.sleep(STATS_SHARE_PERIOD)
+            try:
+                metrics.share()
+            except OSError as e:  # a full disk: /metrics lags, serving goes on
+                log.warning("cannot share request figures: %s", e)
+
+    task = asyncio.create_task(share(), name="jpip-stats-sharer")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    with contextlib.suppress(OSError):
+        metrics.share()
+
+
 # ----- the application -----
 
 def create_app(config: ServerConfig | None = None) -> web.Application:
     """The server application; without a config, it is read from the environment."""
     if config is None:
         config = load_config([], os.environ)
-    metrics = Metrics()
+    metrics = Metrics(shared_sessions=config.session_store != "memory",
+                      worker=os.environ.get(WORKER_ENV, "0"))
     # Access control (None: off); reads the key files (server.tokens.KeyFileError).
     guard = create_guard(config, on_denial=metrics.auth_denied)
     app = web.Application(
@@ -218,6 +255,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.append(health_pool)
     app.cleanup_ctx.append(log_flusher)
+    if multiprocess_dir() is not None:
+        app.cleanup_ctx.append(stats_sharer)
     setup_jpip(app, config, metrics, guard)  # the JPIP layer's state: index cache, sessions
     setup_viewer(app, config, jpip_path_form)  # the browser viewer, the listing, their APIs
 

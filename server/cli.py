@@ -1,5 +1,9 @@
 """`jpip-server`: read the config, set up logging, serve until SIGINT/SIGTERM.
 
+With `--workers N` (N > 1) this process supervises N worker processes that serve one listening
+socket (server/workers.py); each worker is this same command, told by its environment that it
+is one.
+
 On SIGTERM aiohttp stops accepting connections, lets in-flight responses finish for up to
 `shutdown_grace` seconds, then cancels what is left, and main() returns 0.
 
@@ -20,10 +24,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cache.redis_sessions import redact_url
+from server.access import create_guard
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
 from server.logs import ACCESS_LOGGER, AccessLogger, setup_logging
 from server.tokens import KeyFileError
+from server.workers import WORKER_ENV, Supervisor, inherited_socket, listening_socket
 
 log = logging.getLogger("jpip.server")
 
@@ -83,6 +90,11 @@ class _Banner:
         self.listening = True
         text = " ".join(map(str, args)).splitlines()[0].strip("= ")
         urls = text.removeprefix("Running on ").strip()
+        worker = os.environ.get(WORKER_ENV)
+        if worker is not None:
+            log.info("worker %s (pid %d) serving (loop: %s)", worker, os.getpid(),
+                     self.loop_name)
+            return
         log.info("serving %s on %s (JPIP at %s, loop: %s)", self.config.root.resolve(), urls,
                  self.config.jpip_path, self.loop_name)
 
@@ -103,21 +115,29 @@ def main(argv: list[str] | None = None) -> int:
         if next(entries, None) is None:
             log.warning("the image root %s is empty: mount or copy the images there",
                         config.root.resolve())
+    sock = inherited_socket()  # set when this process is a worker of a supervisor
+    if sock is None and config.workers > 1:
+        try:  # the key files are read here too: a bad one stops the start, not each worker
+            create_guard(config)
+        except KeyFileError as exc:
+            print(f"jpip-server: option auth_jwt_key: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        _log_access_control(config)
+        return _supervise(config, sys.argv[1:] if argv is None else argv)
     try:
         app = create_app(config)  # reads the access-control key files
     except KeyFileError as exc:
         print(f"jpip-server: option auth_jwt_key: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    if config.auth_jwt_key:
-        log.info("access control on: %d key file(s), audience %s", len(config.auth_jwt_key),
-                 repr(config.auth_audience) if config.auth_audience else "(none)")
+    if sock is None:  # (a worker's supervisor said it already)
+        _log_access_control(config)
     loop = _event_loop()
     banner = _Banner(config, type(loop).__module__.split(".")[0])
+    where = {"sock": sock} if sock is not None else {"host": config.host, "port": config.port}
     try:
         web.run_app(
             app,
-            host=config.host,
-            port=config.port,
+            **where,
             shutdown_timeout=config.shutdown_grace,
             keepalive_timeout=config.keepalive_timeout,
             access_log=logging.getLogger(ACCESS_LOGGER),
@@ -134,6 +154,30 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LISTEN
     log.info("stopped")
     return 0
+
+
+def _log_access_control(config: ServerConfig) -> None:
+    if config.auth_jwt_key:
+        log.info("access control on: %d key file(s), audience %s", len(config.auth_jwt_key),
+                 repr(config.auth_audience) if config.auth_audience else "(none)")
+
+
+def _supervise(config: ServerConfig, argv: list[str]) -> int:
+    """`--workers N`: listen here, and let N worker processes serve (server/workers.py)."""
+    try:
+        sock = listening_socket(config.host, config.port)
+    except OSError as exc:
+        print(f"jpip-server: cannot listen on {_where(config.host, config.port)}: "
+              f"{listen_problem(exc)}", file=sys.stderr)
+        return EXIT_LISTEN
+    host, port = sock.getsockname()[:2]
+    log.info("%d workers serving %s on http://%s (JPIP at %s, sessions in %s)", config.workers,
+             config.root.resolve(), _where(host, port), config.jpip_path,
+             redact_url(config.session_store))
+    status = Supervisor(config.workers, argv, sock,
+                        shutdown_grace=config.shutdown_grace).run()
+    log.info("stopped")
+    return status
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from cache.redis_sessions import redact_url
 
 ENV_PREFIX = "JPIP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -74,6 +77,28 @@ def _instance_id(v: str) -> str | None:
     return None
 
 
+def _session_store(v: str) -> str | None:
+    if v == "memory":
+        return None
+    parts = urlsplit(v)
+    if parts.scheme not in ("redis", "rediss"):
+        return "must be 'memory' or a Redis URL: redis://HOST:PORT/DB (rediss:// for TLS)"
+    try:
+        parts.port  # noqa: B018 (parsing it checks it)
+    except ValueError:
+        return "has a port that is not a number"
+    if not parts.hostname:
+        return "names no host (redis://HOST:PORT/DB)"
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        return f"names database {db!r}: a database is a number (redis://HOST:PORT/0)"
+    return None
+
+
+def _shown_url(v: str) -> str:
+    return repr(redact_url(v))
+
+
 def _origins(v: tuple[str, ...]) -> str | None:
     for item in v:
         if item != "*" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s]+", item):
@@ -82,8 +107,10 @@ def _origins(v: tuple[str, ...]) -> str | None:
 
 
 def _opt(default: Any, kind: str, check: Callable[[Any], str | None] | None = None,
-         help: str = "") -> Any:
-    return field(default=default, metadata={"kind": kind, "check": check, "help": help})
+         help: str = "", shown: Callable[[Any], str] = repr) -> Any:
+    """An option; `shown` is how an error message may show its value (secrets are not)."""
+    return field(default=default, metadata={"kind": kind, "check": check, "help": help,
+                                            "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,17 @@ class ServerConfig:
     response_cache_bytes: int = _opt(
         64 << 20, "size", _non_negative,
         "memory for responses kept for clients that hold nothing yet (0 disables)")
+    workers: int = _opt(
+        1, "int", _positive,
+        "worker processes sharing the listening socket, restarted when they die (more than 1 "
+        "needs a shared --session-store)")
+    session_store: str = _opt(
+        "memory", "str", _session_store,
+        "where sessions live: 'memory' (this process) or redis://HOST:PORT/DB (rediss:// for "
+        "TLS; any worker on any host then serves any session)", shown=_shown_url)
+    redis_password: str = _opt(
+        "", "str", None, "password of the Redis session store when its URL has none (prefer "
+        "the environment or the config file to the command line)", shown=lambda v: "'***'")
     auth_jwt_key: tuple[Path, ...] = _opt(
         (), "pathlist", help="access control: a key file verifying JSON Web Tokens (HS256 "
         "secret, PEM public key or JWKS); repeat the flag (or give a list) for two keys at "
@@ -154,7 +192,13 @@ class ServerConfig:
             object.__setattr__(self, f.name, value)
             check = f.metadata["check"]
             if check is not None and (problem := check(value)):
-                raise ConfigError(f"option {f.name}: {problem} (got {value!r})")
+                raise ConfigError(f"option {f.name}: {problem} "
+                                  f"(got {f.metadata['shown'](value)})")
+        if self.workers > 1 and self.session_store == "memory":
+            raise ConfigError(
+                f"option workers: {self.workers} worker processes need a shared session store "
+                "(--session-store redis://HOST:PORT/DB): sessions in memory live in one "
+                "process, and a session's next request may reach another")
 
     def effective_index_cache_dir(self, environ: Mapping[str, str] | None = None) -> Path:
         """The index cache directory: the configured one, else the XDG cache location."""
@@ -353,7 +397,8 @@ def _convert(name: str, source: str, parse: Callable[[str], Any]) -> Any:
         value = parse(kind)
     except ValueError as exc:
         raise ConfigError(f"option {name} ({source}): {exc}") from None
-    check = next(f.metadata["check"] for f in fields(ServerConfig) if f.name == name)
+    meta = next(f.metadata for f in fields(ServerConfig) if f.name == name)
+    check = meta["check"]
     if check is not None and (problem := check(value)):
-        raise ConfigError(f"option {name} ({source}): {problem} (got {value!r})")
+        raise ConfigError(f"option {name} ({source}): {problem} (got {meta['shown'](value)})")
     return value

@@ -28,21 +28,22 @@ from cache.response_cache import ResponseCache
 from cache.sessions import (
     Change,
     CloseChannels,
-    MemorySessionStore,
     OverCapacity,
     SessionState,
     SessionStore,
+    StoreUnavailable,
+    TurnTaken,
     new_channel_id,
 )
 from jpip.errors import RequestError
 from jpip.machine import Exchange, JPIPMachine, Reply, Turn, TurnKind
 from jpip.request import JPIPRequest, parse_form_body, parse_query
 from server.access import Guard, owner_denied
-from server.audit import SessionAudit
 from server.deadline import lift_deadline
 from server.errors import ServiceUnavailable
 from server.frame_indexing import index_requested_frames
 from server.logs import set_request_cid
+from server.session_backend import make_session_store
 from server.targets import TargetCache, TargetError
 from server.tokens import Principal
 
@@ -116,10 +117,6 @@ def setup_jpip(app: web.Application, config, metrics=None,
         if metrics is not None:
             metrics.index_event(kind, seconds)
 
-    def session_event(kind: str) -> None:
-        if metrics is not None:
-            metrics.session_event(kind)
-
     responses = ResponseCache(config.response_cache_bytes)
     state = JPIPState(
         root=Path(config.root).resolve(),
@@ -127,11 +124,7 @@ def setup_jpip(app: web.Application, config, metrics=None,
         lenient=config.lenient,
         index_cache=IndexCache(config.effective_index_cache_dir(), config.index_cache_entries,
                                on_event=index_event),
-        sessions=MemorySessionStore(max_sessions=config.max_sessions,
-                                    idle_timeout=config.session_idle_timeout,
-                                    max_model_bytes=config.max_session_bytes,
-                                    on_event=session_event,
-                                    on_end=SessionAudit(config.root)),
+        sessions=make_session_store(config, metrics),
         machine=JPIPMachine(jpip_path=config.jpip_path,
                             max_response_bytes=config.max_response_bytes, responses=responses,
                             # channel ids name the server (--instance-id) for a routing proxy
@@ -144,13 +137,18 @@ def setup_jpip(app: web.Application, config, metrics=None,
     app[STATE_KEY] = state
 
     async def sweep_sessions(app: web.Application) -> AsyncIterator[None]:
+        # A shared store tells this process of changes other processes make to channels that
+        # requests here wait on.
+        state.sessions.on_remote_change(lambda cid: state.turns.notify([cid]))
+        await state.sessions.start()
         # Idle sessions also expire when nobody opens a new one.
         period = min(max(state.sessions.idle_timeout / 4, 0.05), SWEEP_PERIOD)
 
         async def sweep() -> None:
             while True:
                 await asyncio.sleep(period)
-                await state.sessions.expire()
+                with contextlib.suppress(StoreUnavailable):  # logged by the store; next time
+                    await state.sessions.expire()
 
         task = asyncio.create_task(sweep(), name="jpip-session-sweeper")
         yield
@@ -288,8 +286,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     if ex.channel is not None:
         set_request_cid(request, ex.channel)
     if ex.queued:
-        turn, session = await _await_turn(state, ex, session)
-        await store.apply(session, turn.changes)
+        turn, session = await _await_turn(state, ex, session)  # its changes are recorded
         if ex.req.qid is not None:
             await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
@@ -320,32 +317,60 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
 
 async def _await_turn(state: JPIPState, ex: Exchange,
                       session: SessionState) -> tuple[Turn, SessionState]:
-    """Waits until the machine says this channel request may go (or was superseded). The
-    session is loaded again after every wake-up, as a store shared by processes requires."""
+    """Waits until the machine says this channel request may go (or was superseded), and
+    records that turn. The session is loaded again after every wake-up, as a store shared by
+    processes requires; such a store also wakes us for changes made elsewhere, and we reload
+    every `poll_interval` anyway (a missed wake-up, a dead holder's lease running out)."""
     turn = ex.turn(session)
     if turn.kind in (TurnKind.GO, TurnKind.PREEMPTED):
-        return turn, session
+        if await _record_turn(state, ex, session, turn):
+            return turn, session
+    store = state.sessions
+    poll = store.poll_interval
     loop = asyncio.get_running_loop()
     deadline = loop.time() + QID_WAIT
     waited_out = False
-    with state.turns.condition(ex.channel) as cond:
-        async with cond:
-            while True:
-                session = await state.sessions.load(ex.cid)
-                turn = _turn(ex, session, waited_out)
-                if turn.kind is TurnKind.WAIT_BUSY:
-                    await cond.wait()
-                elif turn.kind is TurnKind.WAIT_QID:
-                    remaining = deadline - loop.time()
-                    try:
-                        if remaining <= 0:
-                            raise TimeoutError
-                        async with asyncio.timeout(remaining):
-                            await cond.wait()
-                    except TimeoutError:
-                        waited_out = True  # the missing qid may never come: serve anyway
-                else:
-                    return turn, session
+    async with store.watching(ex.channel):
+        with state.turns.condition(ex.channel) as cond:
+            async with cond:
+                while True:
+                    session = await store.load(ex.cid)
+                    turn = _turn(ex, session, waited_out)
+                    if turn.kind is TurnKind.WAIT_BUSY:
+                        await _wait(cond, poll)
+                    elif turn.kind is TurnKind.WAIT_QID:
+                        remaining = deadline - loop.time()
+                        if remaining <= 0 or not await _wait(
+                                cond, remaining if poll is None else min(poll, remaining)):
+                            # The missing qid may never come: serve anyway once it is late.
+                            waited_out = loop.time() >= deadline
+                    elif await _record_turn(state, ex, session, turn):
+                        return turn, session
+
+
+async def _record_turn(state: JPIPState, ex: Exchange, session: SessionState,
+                       turn: Turn) -> bool:
+    """Records a GO or PREEMPTED turn; False when a shared store gave the channel to a request
+    of another process first (then this one waits again)."""
+    try:
+        await state.sessions.apply(session, turn.changes)
+    except TurnTaken:
+        ex.turn_taken()
+        return False
+    return True
+
+
+async def _wait(cond: asyncio.Condition, timeout: float | None) -> bool:
+    """Waits for a change of the channel; False when `timeout` seconds passed without one."""
+    if timeout is None:
+        await cond.wait()
+        return True
+    try:
+        async with asyncio.timeout(timeout):
+            await cond.wait()
+    except TimeoutError:
+        return False
+    return True
 
 
 def _turn(ex: Exchange, session: SessionState | None, waited_out: bool) -> Turn:

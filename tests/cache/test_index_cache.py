@@ -352,6 +352,44 @@ def test_threads_getting_one_path_share_one_build(tmp_path) -> None:
     cache.close()
 
 
+def test_caches_of_several_processes_share_one_build(tmp_path) -> None:
+    """Caches that share a directory (workers, hosts) stand for processes here: each has its
+    own memory, so only the directory's lock makes the others wait and load the one build."""
+    events = Events()
+    caches = [IndexCache(tmp_path, on_event=events) for _ in range(4)]
+    path = CORPUS / "p1_05.j2k"
+    out: list[Source] = []
+    barrier = threading.Barrier(len(caches))
+
+    def worker(cache: IndexCache) -> None:
+        barrier.wait()
+        out.append(cache.get(path))
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in caches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 4 and events.counts["build"] == 1
+    with build_source(path) as fresh:
+        for src in out:
+            assert_same_index(fresh, src)
+    for c in caches:
+        c.close()
+
+
+def test_temporaries_of_a_killed_writer_are_removed(tmp_path) -> None:
+    entry = entry_path(CORPUS / "p1_05.j2k", tmp_path)
+    old = tmp_path / f"{entry.name}.abc123.tmp"
+    new = tmp_path / f"{entry.name}.def456.tmp"  # a write in progress elsewhere
+    for f in (old, new):
+        f.write_bytes(b"half an index")
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    IndexCache(tmp_path).close()
+    assert not old.exists() and new.exists()
+
+
 async def test_aget_coalesces_concurrent_requests_into_one_build(tmp_path) -> None:
     events = Events()
     cache = IndexCache(tmp_path, on_event=events)

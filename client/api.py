@@ -145,7 +145,8 @@ class JPIPClient:
                 raise StreamError(f"unexpected Content-Type {ctype!r}")
             self._check_target(stats.headers)
             first = True
-            async for chunk in resp.content.iter_any():
+            chunks = _broken_off_noted(self, resp.content.iter_any())
+            async for chunk in chunks:
                 if first:
                     stats.ttfb = time.perf_counter() - t0
                     first = False
@@ -359,6 +360,18 @@ class JPIPClient:
         reg = self.region(fsiz, round, roff, rsiz, stream)
         wanted = tuple(sorted(parse_comps(comps))) if comps is not None else None
         return decode_region(self.cache, reg, self.codestream_id(stream), layers or 0, wanted)
+
+
+async def _broken_off_noted(client: JPIPClient, chunks):
+    """The chunks of a response; one that breaks off (the server died, the connection was
+    cut) leaves the server's model possibly claiming bytes that never arrived, so the next
+    request restates the cache."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        client._resync = True
+        raise
 
 
 def parse_comps(comps: str) -> set[int]:

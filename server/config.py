@@ -158,6 +158,10 @@ class ServerConfig:
         "memory", "str", _session_store,
         "where sessions live: 'memory' (this process) or redis://HOST:PORT/DB (rediss:// for "
         "TLS; any worker on any host then serves any session)", shown=_shown_url)
+    session_lease: float = _opt(
+        10.0, "float", _positive,
+        "shared session store: seconds a channel stays busy once the process answering on it "
+        "is no longer heard from (a worker that dies mid-response frees it then)")
     redis_password: str = _opt(
         "", "str", None, "password of the Redis session store when its URL has none (prefer "
         "the environment or the config file to the command line)", shown=lambda v: "'***'")

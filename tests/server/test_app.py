@@ -103,14 +103,15 @@ async def test_healthz(make_client: MakeClient, tmp_path: Path) -> None:
     client = await make_client()
     r = await client.get("/healthz")
     assert r.status == 200
-    assert await r.json() == {"status": "ok", "root_readable": True}
+    pid = {"worker": "0", "pid": os.getpid()}  # which worker process answered
+    assert await r.json() == {"status": "ok", "root_readable": True, **pid}
     r = await client.head("/healthz")
     assert r.status == 200 and await r.read() == b""
 
     missing = await make_client(root=tmp_path / "not-mounted")
     r = await missing.get("/healthz")
     assert r.status == 503
-    assert await r.json() == {"status": "unavailable", "root_readable": False}
+    assert await r.json() == {"status": "unavailable", "root_readable": False, **pid}
 
 
 async def test_healthz_hung_root(make_client: MakeClient, monkeypatch: Any) -> None:

@@ -1,0 +1,207 @@
+"""Sessions shared through Redis: real `jpip-server` processes and a real `redis-server`.
+
+Server A and server B name the same Redis (`--session-store redis://...`) and nothing else
+links them: a session's requests are sent to A and B in turn, A is killed with SIGKILL between
+two requests and in the middle of a response, two servers build one index at once, Redis goes
+away and comes back. Every window must decode to exactly OpenJPEG's pixels, and the client
+must never receive a byte twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from client.api import JPIPClient, StreamError
+from codestream.source import build_source
+from tests.conftest import CORPUS, INTEROP
+from tests.oracle import assert_same_pixels, decode_codestream
+from tests.redis_server import RedisServer, running_redis
+from tests.server_process import ServerProcess, running_server
+
+SAMPLE = "file1.jp2"  # 768x512 RGB, 5 levels
+LARGE = "rgb4096.jp2"  # 4096x4096 RGB, 5 MB: responses of many chunks
+# (fsiz, roff, rsiz, levels discarded, rows, columns of the full decode at that level)
+WINDOWS = [
+    ((192, 128), None, None, 2, slice(None), slice(None)),
+    ((384, 256), (100, 50), (128, 96), 1, slice(50, 146), slice(100, 228)),
+    ((768, 512), (300, 200), (200, 150), 0, slice(200, 350), slice(300, 500)),
+    ((768, 512), (0, 0), (400, 300), 0, slice(0, 300), slice(0, 400)),
+    ((384, 256), None, None, 1, slice(None), slice(None)),
+    ((768, 512), None, None, 0, slice(None), slice(None)),
+]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    shutil.copy(CORPUS / SAMPLE, folder / SAMPLE)
+    shutil.copy(INTEROP / LARGE, folder / LARGE)
+    return folder
+
+
+@contextmanager
+def servers(root: Path, redis: RedisServer, count: int = 2, *args: str,
+            index_cache: Path | None = None) -> Iterator[list[ServerProcess]]:
+    with ExitStack() as stack:
+        yield [stack.enter_context(running_server(
+            root, "--session-store", redis.url, "--session-lease", "1", *args,
+            index_cache=index_cache)) for _ in range(count)]
+
+
+def decoded(name: str, rlevel: int, area: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """OpenJPEG's decode of the image at `rlevel` levels discarded (of `area`: y0, x0, y1, x1
+    on the reference grid, if given)."""
+    with build_source(name) as src:
+        ix = src.codestreams[0]
+        data = bytes(src.view[ix.offset:ix.offset + ix.length])
+    return np.stack(decode_codestream(data, rlevel=rlevel, area=area), axis=-1)
+
+
+def route(client: JPIPClient, server: ServerProcess) -> None:
+    """Sends the client's next channel requests to `server`, as a load balancer may."""
+    client._channel_url = f"{server.url}/jpip"
+
+
+@pytest.fixture(scope="module")
+def originals(root) -> dict[int, np.ndarray]:
+    return {level: decoded(str(root / SAMPLE), level) for level in {w[3] for w in WINDOWS}}
+
+
+async def check_window(client: JPIPClient, window, originals, what: str) -> None:
+    fsiz, roff, rsiz, level, rows, cols = window
+    bands = await client.window(fsiz=fsiz, roff=roff, rsiz=rsiz)
+    assert_same_pixels([originals[level][rows, cols]], [np.stack(bands, axis=-1)], what)
+    assert client.cache.duplicate_bytes == 0, f"{what}: bytes received twice"
+
+
+async def test_a_session_alternates_between_two_servers(root, originals) -> None:
+    with running_redis() as redis, servers(root, redis) as (a, b):
+        async with JPIPClient(f"{a.url}/jpip?target={SAMPLE}") as client:
+            for i, window in enumerate(WINDOWS):
+                server = (a, b)[i % 2]
+                if client.cid is not None:
+                    route(client, server)
+                await check_window(client, window, originals, f"window {i} on {server.port}")
+            cid = client.cid
+        # cclose (sent by the client at the end, to B) closed the session for A as well.
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{a.url}/jpip?cid={cid}&fsiz=64,64") as r:
+                assert r.status == 503
+
+
+async def test_a_server_killed_between_two_requests(root, originals) -> None:
+    with running_redis() as redis, servers(root, redis) as (a, b):
+        async with JPIPClient(f"{a.url}/jpip?target={SAMPLE}") as client:
+            await check_window(client, WINDOWS[0], originals, "first window on A")
+            await check_window(client, WINDOWS[1], originals, "second window on A")
+            a.proc.send_signal(signal.SIGKILL)
+            a.proc.wait(10)
+            route(client, b)
+            for i, window in enumerate(WINDOWS[2:], 2):
+                await check_window(client, window, originals, f"window {i} on B")
+
+
+async def test_a_server_killed_in_the_middle_of_a_response(root) -> None:
+    """A dies holding the channel (stopped at the first bytes of a response of many chunks,
+    then killed: the response breaks off, so A never ended it). B answers the next request once
+    A's lease ran out (1 s), from what A committed chunk by chunk; the client restates what it
+    holds after a response broke off, so nothing is sent twice and nothing is missing."""
+    with running_redis() as redis, servers(root, redis) as (a, b):
+        window = {"fsiz": (4096, 4096), "roff": (0, 0), "rsiz": (4096, 2048)}
+        async with JPIPClient(f"{a.url}/jpip?target={LARGE}") as client:
+            await client.fetch(fsiz=(256, 256))  # opens the session on A
+            killed: list[float] = []
+
+            def kill_a(received: int) -> None:
+                if not killed:
+                    a.proc.send_signal(signal.SIGSTOP)  # at once: A is mid-response
+                    a.proc.send_signal(signal.SIGKILL)
+                    killed.append(time.monotonic())
+
+            route(client, a)
+            with pytest.raises((aiohttp.ClientError, StreamError)):
+                await client.fetch(**window, progress=kill_a)
+            a.proc.wait(10)
+            route(client, b)
+            bands = await client.window(**window)
+            waited = time.monotonic() - killed[0]
+            assert 0.5 < waited < 8, f"B answered {waited:.2f} s after A died"
+            assert client.cache.duplicate_bytes == 0
+        want = decoded(str(root / LARGE), 0, area=(0, 0, 2048, 4096))
+        assert_same_pixels([want], [np.stack(bands, axis=-1)], "window finished on B")
+
+
+async def test_two_servers_building_one_index_at_once(root, tmp_path) -> None:
+    """Two processes sharing an index cache directory get the first request for a large
+    image at the same moment: one builds, the other loads what it saved; both serve."""
+    cache = tmp_path / "index-cache"
+    with running_redis() as redis, servers(root, redis, index_cache=cache) as (a, b):
+        window = {"fsiz": (1024, 1024), "roff": (256, 256), "rsiz": (512, 512)}
+
+        async def fetch(server: ServerProcess) -> np.ndarray:
+            async with JPIPClient(f"{server.url}/jpip?target={LARGE}") as client:
+                return np.stack(await client.window(**window), axis=-1)
+
+        got = await asyncio.gather(fetch(a), fetch(b))
+        builds = sum(metric(s, 'jpip_index_cache_total{result="build"}') for s in (a, b))
+        assert builds == 1
+        assert len(list(cache.glob("*.jpidx"))) == 1 and not list(cache.glob("*.tmp"))
+    want = decoded(str(root / LARGE), 2)[256:768, 256:768]
+    for image in got:
+        assert_same_pixels([want], [image], "window after a shared build")
+
+
+async def test_redis_stopped_and_restarted(root, originals) -> None:
+    """Redis away: session requests get 503 with Retry-After (never 500), stateless requests
+    are still served, /healthz says degraded; Redis back (its append-only file kept every
+    session): the session continues where it was."""
+    with running_redis(appendonly=True) as redis, servers(root, redis, 1) as (a,):
+        async with JPIPClient(f"{a.url}/jpip?target={SAMPLE}") as client, \
+                aiohttp.ClientSession() as http:
+            await check_window(client, WINDOWS[0], originals, "before")
+            await check_window(client, WINDOWS[1], originals, "before")
+            redis.stop()
+            statuses = []
+            for _ in range(3):
+                async with http.get(f"{a.url}/jpip?cid={client.cid}&fsiz=384,256") as r:
+                    statuses.append(r.status)
+                    assert r.status == 503 and int(r.headers["Retry-After"]) > 0
+                async with http.get(f"{a.url}/jpip?target={SAMPLE}&fsiz=64,64&cnew=http") as r:
+                    statuses.append(r.status)
+                    assert r.status == 503
+                async with http.get(f"{a.url}/jpip?target={SAMPLE}&fsiz=64,64") as r:
+                    assert r.status == 200 and len(await r.read()) > 100  # stateless
+            async with http.get(f"{a.url}/healthz") as r:
+                assert r.status == 200
+                assert (await r.json())["session_store"] == "unreachable"
+            redis.start()
+            await asyncio.sleep(0.6)  # the server's fail-fast pause
+            for i, window in enumerate(WINDOWS[2:], 2):
+                await check_window(client, window, originals, f"window {i} after")
+            async with http.get(f"{a.url}/healthz") as r:
+                assert (await r.json())["session_store"] == "ok"
+        assert 500 not in statuses
+        assert metric(a, 'jpip_requests_total{status="500"}') == 0
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except urllib.error.URLError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0

@@ -8,7 +8,8 @@
 # nodejs, npm: build the browser viewer (`make viewer`; only when node/npm are not there
 # already, e.g. from NodeSource); libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and
 # reference server (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
-# chromium: the browser the viewer's tests drive.
+# chromium: the browser the viewer's tests drive; redis-server: the shared session store the
+# scale-out tests (several server processes) and `python -m bench scaleout` start.
 #   --test   also what the tests need
 #   --print  print the missing packages, one a line, and install nothing
 set -euo pipefail
@@ -23,7 +24,7 @@ for arg in "$@"; do
 done
 packages=(libopenjp2-7 libopenjp2-tools openjph-tools)
 if [ "$test_deps" = 1 ]; then
-  packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium)
+  packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium redis-server)
 fi
 missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -1,14 +1,16 @@
-"""docker/compose.yaml and docker/nginx.conf agree: every jpip-server instance has its own
-instance id, an upstream of its own and a route for its channel ids, and nginx waits for all
-of them. (tests/interop/test_nginx_backends.py runs that nginx.conf with real servers.)"""
+"""docker/compose.yaml and docker/nginx.conf agree: nginx's one upstream name is the replicated
+jpip-server service, every replica names the compose file's Redis as its session store (and
+may run several workers), and each waits for what it needs. (tests/interop/
+test_nginx_backends.py runs that nginx.conf with real servers and a real Redis.)"""
 from __future__ import annotations
 
 import re
 
 import yaml
 
+from server.config import load_config
 from tests.conftest import PROJECT_ROOT
-from tests.interop.nginx_harness import RESOLVE_SINCE, instances
+from tests.interop.nginx_harness import RESOLVE_SINCE, backend_names
 
 COMPOSE = PROJECT_ROOT / "docker" / "compose.yaml"
 NGINX_CONF = PROJECT_ROOT / "docker" / "nginx.conf"
@@ -23,21 +25,36 @@ def backends(compose: dict) -> dict[str, dict]:
             if svc.get("build", {}).get("dockerfile") == "docker/Dockerfile"}
 
 
-def test_every_instance_is_routed() -> None:
+def _env(value: str) -> str:
+    """A compose value with its ${VAR:-default} substitutions at their defaults."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_nginx_routes_to_the_replicated_service() -> None:
     compose = load()
     services = backends(compose)
-    assert len(services) >= 2
-    ids = {name: svc["environment"]["JPIP_INSTANCE_ID"] for name, svc in services.items()}
-    assert len(set(ids.values())) == len(ids), f"instance ids repeat: {ids}"
-    conf = NGINX_CONF.read_text()
-    # Each instance id routes to an upstream holding exactly its own service.
-    assert instances(conf) == {instance: name for name, instance in ids.items()}
-    any_servers = re.search(r"upstream\s+jpip_any\s*\{([^}]*)\}", conf)
-    assert any_servers, "no jpip_any upstream"
-    assert set(re.findall(r"server\s+([\w.-]+):8080", any_servers.group(1))) == set(services)
+    assert list(services) == ["jpip"]
+    assert backend_names(NGINX_CONF.read_text()) == set(services)
+    replicas = int(_env(str(services["jpip"]["deploy"]["replicas"])))
+    assert replicas >= 2
     nginx = compose["services"]["nginx"]
     assert {name: dep["condition"] for name, dep in nginx["depends_on"].items()} == \
         dict.fromkeys(services, "service_healthy")
+
+
+def test_replicas_share_the_compose_files_redis() -> None:
+    compose = load()
+    svc = backends(compose)["jpip"]
+    env = {k: _env(str(v)) for k, v in svc["environment"].items()}
+    config = load_config([], {**env, "JPIP_ROOT": "/"})  # the replicas' own settings parse
+    m = re.fullmatch(r"redis://([\w-]+):6379/\d+", config.session_store)
+    assert m and m.group(1) in compose["services"], config.session_store
+    assert config.workers >= 1
+    assert svc["depends_on"] == {m.group(1): {"condition": "service_healthy"}}
+    assert "healthcheck" in compose["services"][m.group(1)]
+    # Draining workers get the grace period plus the supervisor's margin before Docker kills.
+    grace = int(svc["stop_grace_period"].rstrip("s"))
+    assert grace > config.shutdown_grace + 5
 
 
 def test_nginx_image_supports_resolve() -> None:

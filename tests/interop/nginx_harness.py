@@ -1,10 +1,11 @@
 """Debian's real nginx with the repository's docker/nginx.conf, on loopback.
 
-The file is rewritten only where it must be: addresses (the listen port, each backend name to a
-loopback port), pid/log/temp paths, one worker. Where the local nginx is older than the image's
-(Debian 12 has 1.22; `resolve` on upstream servers needs 1.27.3) that one parameter is
-dropped: loopback addresses never need a lookup. Every directive that matters for JPIP (no
-buffering, keep-alive, forwarded headers, routing by channel id) is the one deployed.
+The file is rewritten only where it must be: addresses (the listen port; each backend name,
+which stands for every replica it resolves to, to one loopback server line per replica),
+pid/log/temp paths, one worker. Where the local nginx is older than the image's (Debian 12 has
+1.22; `resolve` on upstream servers needs 1.27.3) that parameter would not even parse, and
+loopback addresses never need a lookup: it is dropped. Every directive that matters for JPIP
+(no buffering, keep-alive, forwarded headers, routing by channel id) is the one deployed.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,36 +35,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def nginx_version() -> tuple[int, ...]:
-    out = subprocess.run([NGINX, "-v"], capture_output=True, text=True, timeout=10).stderr
-    m = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
-    assert m, f"cannot read the nginx version from {out!r}"
-    return tuple(int(g) for g in m.groups())
-
-
 def backend_names(text: str) -> set[str]:
-    """The host names of the upstream servers in docker/nginx.conf (jpip-a, jpip-b, ...)."""
+    """The host names of the upstream servers in docker/nginx.conf (jpip: the replicas)."""
     return set(re.findall(r"^\s*server\s+([A-Za-z0-9_.-]+):8080\b", text, re.M))
 
 
-def instances(conf: str) -> dict[str, str]:
-    """instance id -> backend host name, read from docker/nginx.conf: the map sends `ID.` to
-    upstream jpip_X, whose one server is the backend started with --instance-id ID."""
-    upstreams = {name: re.findall(r"server\s+([A-Za-z0-9_.-]+):8080", body)
-                 for name, body in re.findall(r"upstream\s+(\w+)\s*\{([^}]*)\}", conf)}
-    routes = re.findall(r'"~\^([A-Za-z0-9_-]+)\\\."\s+(\w+);', conf)
-    assert routes, "docker/nginx.conf has no cid routes"
-    out = {}
-    for instance, upstream in routes:
-        assert len(upstreams.get(upstream, [])) == 1, f"{upstream} is not one server"
-        out[instance] = upstreams[upstream][0]
-    return out
-
-
-def rewrite_conf(text: str, tmp: Path, listen: int, backends: Mapping[str, int]) -> str:
+def rewrite_conf(text: str, tmp: Path, listen: int,
+                 backends: Mapping[str, int | Sequence[int]]) -> str:
     """docker/nginx.conf with loopback addresses and every writable path under `tmp`.
 
-    `backends` maps each backend host name of the file to the loopback port standing for it."""
+    `backends` maps each backend host name of the file to the loopback port(s) standing for
+    the replicas that name resolves to."""
     assert set(backends) == backend_names(text), \
         f"docker/nginx.conf names the backends {sorted(backend_names(text))}"
     subs = [
@@ -79,12 +61,16 @@ def rewrite_conf(text: str, tmp: Path, listen: int, backends: Mapping[str, int])
     for pattern, replacement in subs:
         text, n = re.subn(pattern, replacement, text)
         assert n == 1, f"docker/nginx.conf no longer has exactly one {pattern!r}"
-    for name, port in backends.items():
-        text = re.sub(rf"(^\s*server\s+){re.escape(name)}:8080\b", rf"\g<1>127.0.0.1:{port}",
-                      text, flags=re.M)
-    if nginx_version() < RESOLVE_SINCE:
-        text, n = re.subn(r"(^\s*server\s+127\.0\.0\.1:\d+)\s+resolve\s*;", r"\1;", text,
-                          flags=re.M)
+    for name, ports in backends.items():
+        ports = [ports] if isinstance(ports, int) else list(ports)
+
+        def replicas(m: re.Match[str], ports=ports) -> str:
+            # Loopback addresses never need `resolve` (nor have older nginx versions it).
+            params = m.group(2).replace(" resolve", "")
+            return "".join(f"{m.group(1)}127.0.0.1:{port}{params};\n" for port in ports)
+
+        text = re.sub(rf"(^\s*server\s+){re.escape(name)}:8080\b([^;]*);\n", replicas, text,
+                      flags=re.M)
     return text
 
 
@@ -107,7 +93,8 @@ class Nginx:
 
 
 @contextmanager
-def running_nginx(backends: Mapping[str, int], conf: Path = CONF) -> Iterator[Nginx]:
+def running_nginx(backends: Mapping[str, int | Sequence[int]],
+                  conf: Path = CONF) -> Iterator[Nginx]:
     """nginx with `conf` rewritten for loopback, listening until the block ends."""
     assert Path(NGINX).is_file(), f"{NGINX} is missing: install nginx (make setup-test)"
     # Outside pytest's tmp_path (mode 700): nginx workers run as another user when we are root,

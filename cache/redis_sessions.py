@@ -37,6 +37,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
@@ -122,6 +123,14 @@ def _channels(flat: list, now: int) -> dict[str, ChannelState]:
         out[cid] = ChannelState(cid, last_qid=int(qid), generation=int(gen),
                                 busy=int(lease) > now)
     return out
+
+
+@dataclass(slots=True)
+class SharedSession(SessionState):
+    """A session as one request of this process holds it, with the changes it made that are
+    not in Redis yet (see `RedisSessionStore.apply`)."""
+
+    deferred: list[Change] = field(default_factory=list)
 
 
 class RedisSessionStore(SessionStore):
@@ -229,7 +238,7 @@ class RedisSessionStore(SessionStore):
         sid = _text(sid)
         values = dict(_pairs(meta))
         fields = {name: json.loads(values[name]) for name in _STATE_FIELDS if name in values}
-        session = SessionState(sid, **fields)
+        session = SharedSession(sid, **fields)
         session.channels = _channels(chans, now)
         try:
             model = decode_model(snap) if snap else CacheModel()
@@ -246,7 +255,7 @@ class RedisSessionStore(SessionStore):
         return session
 
     async def open(self, change: OpenSession) -> SessionState:
-        session = SessionState(change.session_id,
+        session = SharedSession(change.session_id,
                                **{name: getattr(change, name) for name in _OPEN_FIELDS})
         owner = "-"
         if change.busy:
@@ -273,13 +282,48 @@ class RedisSessionStore(SessionStore):
         return session
 
     async def apply(self, session: SessionState, changes: Iterable[Change]) -> None:
+        """Records `changes` in one round trip, with those deferred before them.
+
+        Two kinds of change alone are deferred to the session's next write, which saves a
+        round trip per request: a request's arrival (`Preempt`), since its next step writes
+        its turn (`Begin`, refused as it should be if a newer request arrived meanwhile) or,
+        if it must wait, `watching` writes it first; and a written chunk's model records,
+        which then go with the next chunk's or the response's `End` (a process dying between
+        the two costs the client that chunk again, never a byte missing). So a response of one
+        chunk costs a load, [Preempt, Begin] and [records, End]: three round trips."""
         changes = list(changes)
         if not changes:
             return
+        if isinstance(session, SharedSession):
+            if (len(changes) == 1 and type(changes[0]) in _DEFERRABLE
+                    and session.model.nbytes <= self.max_model_bytes):
+                # Held back until the next change; one held already goes now (a response's
+                # chunks: each commit writes the one before, and sees pre-emption).
+                apply_change(session, changes[0])
+                deferred, session.deferred = session.deferred, changes
+                if deferred or session.model.nbytes > self.max_model_bytes:
+                    session.deferred = []
+                    await self._write(session, [], [*deferred, *changes])
+                return
+            if session.deferred:
+                deferred, session.deferred = session.deferred, []
+                await self._write(session, changes, deferred)
+                return
+        await self._write(session, changes, [])
+
+    async def flush(self, session: SessionState) -> None:
+        """Writes the changes `apply` deferred."""
+        if isinstance(session, SharedSession) and session.deferred:
+            deferred, session.deferred = session.deferred, []
+            await self._write(session, [], deferred)
+
+    async def _write(self, session: SessionState, changes: list[Change],
+                     done: list[Change]) -> None:
+        """One round trip: `done` (already applied to `session`) and `changes`, in order."""
         sid = session.session_id
         args: list = [self.prefix, self._idle_ms, sid, self._lease_ms]
         began = None
-        for change in changes:
+        for change in (*done, *changes):
             kind = type(change)
             if kind is ModelChange:
                 args += ["M", encode_records(change.records)]
@@ -322,7 +366,7 @@ class RedisSessionStore(SessionStore):
         if ended:
             self._on_event("closed")
         elif session.model.nbytes > self.max_model_bytes and any(
-                type(c) is ModelChange for c in changes):
+                type(c) is ModelChange for c in (*done, *changes)):
             # Caps a session's size: the client re-receives data instead.
             await self._run("apply", [], [self.prefix, self._idle_ms, sid, self._lease_ms, "Z"])
             session.model = CacheModel()
@@ -406,6 +450,9 @@ class RedisSessionStore(SessionStore):
                 await self._run("renew", [], args)
             except StoreUnavailable:
                 pass  # logged by _run; the leases lapse if Redis stays away
+
+
+_DEFERRABLE = (Preempt, ModelChange)
 
 
 def _opt(value: int | None) -> str | int:

@@ -240,6 +240,11 @@ class SessionStore(ABC):
         """`callback(cid)` is awaited when another process changed a channel that a request of
         this process waits on (see `watching`). A store of one process has no other process."""
 
+    async def flush(self, session: SessionState) -> None:  # noqa: B027 (nothing to defer)
+        """Writes changes of `session` that `apply` deferred (a store may hold a change back
+        to write it with the next ones, saving a round trip); the server calls it before a
+        request waits, since others must see its arrival meanwhile."""
+
     @contextlib.asynccontextmanager
     async def watching(self, cid: str) -> AsyncIterator[None]:
         """While the block runs, changes other processes make to the channel `cid` are

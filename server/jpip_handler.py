@@ -330,6 +330,7 @@ async def _await_turn(state: JPIPState, ex: Exchange,
     loop = asyncio.get_running_loop()
     deadline = loop.time() + QID_WAIT
     waited_out = False
+    await store.flush(session)  # this request's arrival must be seen while it waits
     async with store.watching(ex.channel):
         with state.turns.condition(ex.channel) as cond:
             async with cond:

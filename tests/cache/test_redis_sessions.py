@@ -147,8 +147,10 @@ async def test_a_held_channel_or_a_moved_generation_refuses_begin(stores) -> Non
         await b.apply(t, [Begin("c0", None, 0)])       # a holds it
     assert t.channels["c0"].busy                       # and b now sees that
     await b.apply(t, [Preempt("c0")])                  # a newer request arrives at b
+    await b.flush(t)                                   # and waits: its arrival is written
     assert s.channels["c0"].generation == 0
-    await a.apply(s, [ModelChange((_rows(1),))])       # a's next chunk sees the pre-emption
+    await a.apply(s, [ModelChange((_rows(1),))])       # a's chunks: each commit writes the
+    await a.apply(s, [ModelChange((_rows(2),))])       # one before, and sees the pre-emption
     assert s.channels["c0"].generation == 1
     await a.apply(s, [End("c0")])
     with pytest.raises(TurnTaken):
@@ -173,6 +175,31 @@ async def test_a_dead_holders_lease_runs_out(stores) -> None:
     assert t.channels["c0"].busy and t.bytes_sent == 7
 
 
+async def test_arrivals_and_chunk_records_go_with_the_next_write(stores) -> None:
+    """A request's arrival is written with its turn, a chunk's records with the next chunk's
+    or with the response's end: a one-chunk response costs three round trips, load included."""
+    trips: list[str] = []
+    a, b = stores(on_round_trip=trips.append), stores()
+    await a.open(_opening(0))
+    trips.clear()
+    s = await a.load("c0")
+    await a.apply(s, [Preempt("c0")])
+    await a.apply(s, [Begin("c0", 1, 1)])
+    await a.apply(s, [ModelChange((_rows(1),))])
+    assert not (await b.load("c0")).model.stream(0).precincts.rows.size  # not written yet
+    await a.apply(s, [End("c0", sent=10)])
+    assert trips == ["load", "apply", "apply"]
+    t = await b.load("c0")
+    assert t.model.stream(0).precincts.rows.tolist() == [1] and t.bytes_sent == 10
+    assert t.channels["c0"].generation == 1 and not t.channels["c0"].busy
+    # A refused turn still writes the arrival before it: the newer request is seen.
+    await b.apply(t, [Begin("c0", 2, 1)])
+    await a.apply(s, [Preempt("c0")])
+    with pytest.raises(TurnTaken):
+        await a.apply(s, [Begin("c0", 3, 2)])
+    assert (await b.load("c0")).channels["c0"].generation == 2
+
+
 async def test_concurrent_records_from_two_processes_all_arrive(stores) -> None:
     a, b = stores(compact_after=4), stores(compact_after=4)
     s = await a.open(_opening(0))
@@ -184,6 +211,8 @@ async def test_concurrent_records_from_two_processes_all_arrive(stores) -> None:
             await store.load("c0")  # folds the log into the snapshot now and then
 
     await asyncio.gather(commit(a, s, range(0, 60, 2)), commit(b, t, range(1, 60, 2)))
+    await a.flush(s)
+    await b.flush(t)
     final = await a.load("c0")
     assert final.model.stream(0).precincts.rows.tolist() == list(range(60))
     raw = await a.client.llen(f"{a.prefix}s:s0:log")
@@ -243,6 +272,7 @@ async def test_redis_going_away_is_store_unavailable_then_it_resumes() -> None:
         try:
             s = await store.open(_opening(0))
             await store.apply(s, [ModelChange((_rows(5),))])
+            await store.flush(s)
             assert await store.ping() is True
             server.stop()
             for attempt in (store.load("c0"), store.apply(s, [End("c0")]),

@@ -63,6 +63,17 @@ def status_kib(pid: int, name: str) -> int:
     return 0
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and its live descendants (a supervisor and its workers)."""
+    total = cpu_seconds(pid)
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        return total
+    return total + sum(tree_cpu_seconds(c) for c in children)
+
+
 def self_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -155,12 +166,13 @@ class ServerProcess:
 
 
 def jpip_server(root: Path, cache_dir: Path, log_path: Path, *, profile: Path | None = None,
-                extra_env: dict[str, str] | None = None) -> ServerProcess:
+                extra_env: dict[str, str] | None = None,
+                extra_args: list[str] | None = None) -> ServerProcess:
     """Our server (python -m server.cli); with `profile` (a file stem) under pyinstrument,
     which starts sampling when sent SIGUSR1."""
     port = free_port()
     args = ["--root", str(root), "--host", "127.0.0.1", "--port", str(port),
-            "--index-cache-dir", str(cache_dir)]
+            "--index-cache-dir", str(cache_dir), *(extra_args or [])]
     if profile is None:
         argv = [sys.executable, "-m", "server.cli", *args]
     else:
@@ -173,3 +185,76 @@ def baseline_server(log_path: Path) -> ServerProcess:
     port = free_port()
     argv = [sys.executable, "-m", "bench.baseline_server", "--port", str(port)]
     return ServerProcess(argv, port, log_path, health_path="/healthz")
+
+
+@dataclass
+class RedisProcess:
+    """Debian's redis-server on 127.0.0.1 (nothing saved to disk), for the shared-session
+    benchmark; use as a context manager."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> RedisProcess:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.directory),
+             "--logfile", str(self.directory / "redis.log")],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.command("PING").startswith(b"+PONG"):
+                    return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start; see {self.directory}")
+            time.sleep(0.02)
+
+    def command(self, *args: str) -> bytes:
+        """One command in RESP's inline form; the raw reply (one read)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall((" ".join(args) + "\r\n").encode())
+            data = s.recv(1 << 20)
+            if data.startswith(b"$"):  # a bulk string: read it whole
+                size = int(data[1:data.index(b"\r\n")])
+                while len(data) < size + len(str(size)) + 5:
+                    more = s.recv(1 << 20)
+                    if not more:
+                        break
+                    data += more
+            return data
+
+    def info(self) -> dict[str, str]:
+        out = {}
+        for line in self.command("INFO", "all").decode(errors="replace").splitlines():
+            if ":" in line and not line.startswith("#"):
+                key, value = line.split(":", 1)
+                out[key] = value.strip()
+        return out
+
+    def cpu(self) -> float:
+        assert self.proc is not None
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> RedisProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

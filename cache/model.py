@@ -5,7 +5,8 @@ order from what the client holds. A bin that has an entry is known to the client
 length; an empty bin (an empty tile header, the empty metadata-bin 0 of a raw codestream) is
 held once it has an entry of 0, and not before. Precinct holdings are sparse (sorted numpy
 arrays of rows and byte counts), so an idle session costs memory in proportion to what it was
-sent, not to the image's precinct count, and a model serialises to a few arrays.
+sent, not to the image's precinct count, and a model serialises to a few arrays. A change
+replaces those arrays, never writes into them, so copies share them.
 
 Every change to a model is one of four small records, by data-bin kind (plain slotted
 dataclasses, not frozen ones: a response makes one per batch of messages, and frozen ones cost
@@ -264,6 +265,20 @@ class CacheModel:
     def is_empty(self) -> bool:
         """True while the client is known to hold nothing at all."""
         return not self.metadata and all(s.is_empty() for s in self.streams.values())
+
+    def copy(self) -> CacheModel:
+        """A model holding the same, changed independently of this one. Its containers are
+        new and its arrays shared: holdings replace their arrays, never write into them."""
+        out = CacheModel()
+        out.metadata = dict(self.metadata)
+        for cs, h in self.streams.items():
+            c = out.streams[cs] = CodestreamHoldings()
+            c.main_header = h.main_header
+            c.tile_headers = dict(h.tile_headers)
+            for name in ("precincts", "tiles"):
+                src, dst = getattr(h, name), getattr(c, name)
+                dst.rows, dst.held = src.rows, src.held
+        return out
 
     @property
     def nbytes(self) -> int:

@@ -3,15 +3,20 @@
 `RedisSessionStore` implements `cache.sessions.SessionStore` with one Lua script per operation
 (cache/redis_scripts.py: the keys, and why each step is atomic):
 
-- `load(cid)`: one round trip returns the session's fields, its channels, its model snapshot
-  and the model records appended since; it also renews the session's idle TTL.
+- `load(cid)`: one round trip (a MULTI/EXEC transaction: a script for the fields and channels,
+  GET/LRANGE for the model) returns the session, and renews its idle TTL. A worker keeps the
+  models it loaded or wrote last (`model_cache_bytes`), and then reads only the records
+  appended since; nginx's consistent hashing sends a channel's requests to one worker, so that
+  is the common case, but any worker can always load any session whole.
 - `apply(session, changes)`: one round trip records the machine's changes in order. A chunk's
   cache-model records are appended (RPUSH of their encoding, cache/model_codec.py), never a
   rewrite of the model, so two workers never race on it; once the log is long, the worker that
   loads the session folds it into the snapshot (a script that checks nothing replaced the
   model since). The reply carries the channels as they are in Redis, so pre-emption by a
   request on another worker is seen at the next chunk. A `Begin` is refused (`TurnTaken`)
-  when another worker holds the channel or pre-empted the request meanwhile.
+  when another worker holds the channel or pre-empted the request meanwhile. A request's
+  arrival and a chunk's records wait for the next write (see `apply`): a response of one
+  chunk costs three round trips, its load included.
 - A channel being answered holds a lease (`lease` seconds, renewed every `lease / 3` s by this
   process while it writes): a worker that dies mid-response frees its channel when the lease
   runs out, and the next request continues from what was committed, chunk by chunk.
@@ -36,6 +41,7 @@ import json
 import logging
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
@@ -76,6 +82,8 @@ DEFAULT_PREFIX = "jpip:1:"   # the layout's version: a new layout gets a new pre
 LEASE = 10.0                 # seconds a channel stays busy after its holder was last heard of
 POLL_INTERVAL = 0.5          # seconds between reloads of a waiting request
 COMPACT_AFTER = 32           # log entries past which a load folds them into the snapshot
+MODEL_CACHE_BYTES = 64 << 20  # models a worker keeps of the sessions it served last
+KNOWN_CHANNELS = 1 << 16     # channel -> session ids a worker remembers
 CONNECT_TIMEOUT = 1.0
 OP_TIMEOUT = 2.0             # one script's round trip, at most
 RETRY_AFTER = 2              # seconds told to clients while Redis is unreachable
@@ -111,7 +119,10 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _pairs(flat: list) -> Iterable[tuple[str, bytes]]:
+def _pairs(flat: list | dict) -> Iterable[tuple[str, bytes]]:
+    """A hash as a script returns it (a flat list) or as HGETALL does (a dict)."""
+    if isinstance(flat, dict):
+        return ((_text(k), v) for k, v in flat.items())
     it = iter(flat)
     return ((_text(k), v) for k, v in zip(it, it, strict=True))
 
@@ -126,11 +137,23 @@ def _channels(flat: list, now: int) -> dict[str, ChannelState]:
 
 
 @dataclass(slots=True)
+class _Known:
+    """A session's model as Redis holds it: the snapshot of `epoch` with its first `entries`
+    log records applied (this process's own copy, never handed out)."""
+
+    epoch: int
+    entries: int
+    model: CacheModel
+
+
+@dataclass(slots=True)
 class SharedSession(SessionState):
     """A session as one request of this process holds it, with the changes it made that are
-    not in Redis yet (see `RedisSessionStore.apply`)."""
+    not in Redis yet (see `RedisSessionStore.apply`), and where in Redis its model stands:
+    (epoch, log entries), None once it may differ from every such point."""
 
     deferred: list[Change] = field(default_factory=list)
+    synced: tuple[int, int] | None = None
 
 
 class RedisSessionStore(SessionStore):
@@ -142,6 +165,7 @@ class RedisSessionStore(SessionStore):
                  idle_timeout: float = 600.0, max_model_bytes: int = 8 << 20,
                  lease: float = LEASE, prefix: str = DEFAULT_PREFIX,
                  compact_after: int = COMPACT_AFTER,
+                 model_cache_bytes: int = MODEL_CACHE_BYTES,
                  on_event: Callable[[str], None] | None = None,
                  on_round_trip: Callable[[str], None] | None = None,
                  on_count: Callable[[int], None] | None = None) -> None:
@@ -152,6 +176,7 @@ class RedisSessionStore(SessionStore):
         self.lease = lease
         self.prefix = prefix
         self.compact_after = compact_after
+        self.model_cache_bytes = model_cache_bytes
         self._on_event = on_event or (lambda name: None)
         self._on_round_trip = on_round_trip or (lambda op: None)
         self._on_count = on_count or (lambda n: None)
@@ -161,6 +186,9 @@ class RedisSessionStore(SessionStore):
         scripts = {name: self.client.register_script(getattr(redis_scripts, name.upper()))
                    for name in ("load", "open", "apply", "renew", "watch", "compact", "sweep")}
         self._scripts = scripts
+        self._sessions_of: OrderedDict[str, str] = OrderedDict()  # cid -> session id (LRU)
+        self._known: OrderedDict[str, _Known] = OrderedDict()      # session id -> model (LRU)
+        self._known_bytes = 0
         # Leases this process holds: (session id, cid) -> owner token.
         self._leases: dict[tuple[str, str], str] = {}
         self._owner = secrets.token_hex(6)
@@ -204,6 +232,50 @@ class RedisSessionStore(SessionStore):
         self._on_round_trip(name)
         return result
 
+    async def _transaction(self, op: str, commands: list[tuple]) -> list:
+        """Commands in one MULTI/EXEC transaction: atomic, one round trip. Scripts go by
+        their digest; after a Redis restart (its scripts forgotten) they are loaded and the
+        transaction is sent again (what ran of it twice is idempotent: model records)."""
+        if time.monotonic() < self._down_until:
+            self._on_event("unavailable")
+            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=True)
+            for command in commands:
+                pipe.execute_command(*command)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except _UNAVAILABLE as e:
+                self._down_until = time.monotonic() + DOWN_FOR
+                log.warning("session store %s unreachable: %s", self.url, e)
+                self._on_event("unavailable")
+                raise StoreUnavailable("the session store is unreachable",
+                                       RETRY_AFTER) from None
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                self._on_round_trip(op)
+                return results
+            if attempt == 0 and all(isinstance(e, rx.NoScriptError) for e in errors):
+                for script in self._scripts.values():
+                    await self.client.script_load(script.script)
+                continue
+            e = errors[0]
+            if isinstance(e, rx.ResponseError) and any(
+                    code in str(e) for code in _UNAVAILABLE_REPLIES):
+                log.warning("session store %s refused: %s", self.url, e)
+                self._on_event("unavailable")
+                raise StoreUnavailable("the session store cannot take writes now",
+                                       RETRY_AFTER) from None
+            raise e
+        raise AssertionError("unreachable")
+
+    def _script(self, name: str, *args: object) -> tuple:
+        """A script call inside a transaction (no keys declared: see redis_scripts)."""
+        return ("EVALSHA", self._scripts[name].sha, 0, *args)
+
+    def _key(self, sid: str, part: str) -> str:
+        return f"{self.prefix}s:{sid}:{part}"
+
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
         if not self._tasks:
@@ -231,27 +303,58 @@ class RedisSessionStore(SessionStore):
 
     # --- the interface ------------------------------------------------------------------------
     async def load(self, cid: str) -> SessionState | None:
-        reply = await self._run("load", [self._cid_key(cid)], [self.prefix, self._idle_ms])
-        if reply is None:
+        sid = self._sessions_of.get(cid)
+        if sid is None:
+            found = await self._transaction("resolve", [("GET", self._cid_key(cid))])
+            if found[0] is None:
+                return None
+            sid = _text(found[0])
+        self._remember_channel(cid, sid)
+        known = self._known.get(sid)
+        control = self._script("load", self.prefix, sid, cid, self._idle_ms)
+        log_key = self._key(sid, "log")
+        if known is not None:
+            reply = await self._transaction("load", [control,
+                                                     ("LRANGE", log_key, known.entries, -1)])
+        else:
+            reply = await self._transaction("load", [control, ("GET", self._key(sid, "snap")),
+                                                     ("LRANGE", log_key, 0, -1)])
+        if reply[0] is None:
+            self._sessions_of.pop(cid, None)
+            self._forget(sid)
             return None
-        sid, meta, chans, snap, entries, now = reply
-        sid = _text(sid)
+        meta, chans, now = reply[0]
         values = dict(_pairs(meta))
         fields = {name: json.loads(values[name]) for name in _STATE_FIELDS if name in values}
         session = SharedSession(sid, **fields)
         session.channels = _channels(chans, now)
+        epoch = int(values["me"])
         try:
-            model = decode_model(snap) if snap else CacheModel()
+            if known is not None and known.epoch == epoch:
+                model, entries, start = known.model.copy(), reply[1], known.entries
+            else:
+                if known is not None:  # the model was replaced or compacted elsewhere
+                    epoch, snap, entries = await self._transaction("load", [
+                        ("HGET", self._key(sid, "meta"), "me"), ("GET", self._key(sid, "snap")),
+                        ("LRANGE", log_key, 0, -1)])
+                    epoch = int(epoch or 0)
+                else:
+                    snap, entries = reply[1], reply[2]
+                model, start = decode_model(snap) if snap else CacheModel(), 0
             for entry in entries:
                 model.apply(decode_records(entry))
         except CodecError as e:
             # Not ours to read (another version's layout): the client is sent data again.
             log.warning("session %s: unreadable cache model (%s); starting it empty", sid, e)
+            self._forget(sid)
             await self.apply(session, [Retarget(session.target_id)])
             return session
         session.model = model
-        if len(entries) > self.compact_after:
-            await self._compact(session, _text(values["me"]), len(entries))
+        position = start + len(entries)
+        if position > self.compact_after and await self._compact(sid, epoch, position, model):
+            epoch, position = epoch + 1, 0
+        self._remember_model(sid, epoch, position, model)
+        session.synced = (epoch, position)
         return session
 
     async def open(self, change: OpenSession) -> SessionState:
@@ -278,6 +381,9 @@ class RedisSessionStore(SessionStore):
         if rest[0]:
             self._on_event("evicted")
         session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
+        self._remember_channel(change.cid, change.session_id)
+        self._remember_model(change.session_id, 0, 0, session.model)
+        session.synced = (0, 0)
         self._on_event("created")
         return session
 
@@ -319,57 +425,94 @@ class RedisSessionStore(SessionStore):
 
     async def _write(self, session: SessionState, changes: list[Change],
                      done: list[Change]) -> None:
-        """One round trip: `done` (already applied to `session`) and `changes`, in order."""
+        """One transaction: `done` (already applied to `session`) and `changes`, in order.
+        Model records are RPUSHed between the scripts that take the other changes."""
         sid = session.session_id
-        args: list = [self.prefix, self._idle_ms, sid, self._lease_ms]
+        log_key = self._key(sid, "log")
+        commands: list[tuple] = []
+        scripts: list[int] = []  # positions of the script calls in `commands`
+        ops: list = []
+        appended = 0
         began = None
+
+        def script_ops() -> None:
+            if ops:
+                scripts.append(len(commands))
+                commands.append(self._script("apply", self.prefix, sid, self._lease_ms, *ops))
+                ops.clear()
+
         for change in (*done, *changes):
             kind = type(change)
             if kind is ModelChange:
-                args += ["M", encode_records(change.records)]
+                if began is not None:
+                    raise ValueError("model records after a Begin in one write")
+                script_ops()
+                commands.append(("RPUSH", log_key, encode_records(change.records)))
+                appended += 1
             elif kind is Preempt:
-                args += ["P", change.cid]
+                ops += ["P", change.cid]
             elif kind is Begin:
                 began = (sid, change.cid)
                 owner = self._leases[began] = self._new_owner()
-                args += ["B", change.cid, _opt(change.qid), _opt(change.generation), owner]
+                ops += ["B", change.cid, _opt(change.qid), _opt(change.generation), owner]
             elif kind is Skip:
-                args += ["S", change.cid, _opt(change.qid)]
+                ops += ["S", change.cid, _opt(change.qid)]
             elif kind is End:
                 owner = self._leases.pop((sid, change.cid), "-")
-                args += ["E", change.cid, change.sent, change.saved, owner]
+                ops += ["E", change.cid, change.sent, change.saved, owner]
             elif kind is AddChannel:
-                args += ["A", change.cid]
+                ops += ["A", change.cid]
+                self._remember_channel(change.cid, sid)
             elif kind is CloseChannels:
-                args += ["C", len(change.cids), *change.cids]
+                ops += ["C", len(change.cids), *change.cids]
                 for cid in change.cids:
                     self._leases.pop((sid, cid), None)
+                    self._sessions_of.pop(cid, None)
             elif kind is Retarget:
-                args += ["R", json.dumps(change.target_id)]
+                ops += ["R", json.dumps(change.target_id)]
             else:
                 raise TypeError(f"not a session change: {change!r}")
+        script_ops()
+        if appended:
+            commands.append(("PEXPIRE", log_key, self._idle_ms))  # made by RPUSH: give it one
+        if not scripts:  # the channels as they are now, for pre-emption
+            commands += [("HGETALL", self._key(sid, "chan")), ("TIME",)]
+        commands += [("LLEN", log_key), ("HGET", self._key(sid, "meta"), "me")]
         try:
-            status, now, chans, ended = await self._run("apply", [], args)
+            results = await self._transaction("apply", commands)
         except BaseException:
             if began is not None:
                 self._leases.pop(began, None)
             raise
-        if status == 2:
-            self._leases.pop(began, None)
-            session.channels = _channels(chans, now)
-            raise TurnTaken(f"channel {began[1]} was taken by another request")
+        *_, length, epoch = results
+        if scripts:
+            outcomes = [results[i] for i in scripts]
+            if any(status == 2 for status, *_ in outcomes):
+                self._leases.pop(began, None)
+                _, now, chans, _ = outcomes[-1]
+                session.channels = _channels(chans, now)
+                raise TurnTaken(f"channel {began[1]} was taken by another request")
+            gone = any(status == 0 for status, *_ in outcomes)
+            ended = any(flag for *_, flag in outcomes)
+            _, now, chans, _ = outcomes[-1]
+        else:
+            chans, (secs, micros) = results[-4], results[-3]
+            gone, ended, now = epoch is None, False, int(secs) * 1000 + int(micros) // 1000
         for change in changes:
             apply_change(session, change)
-        if status == 0:
-            return  # the session ended meanwhile: its state is the caller's alone
+        if gone or ended:
+            self._forget(sid)
+            if ended:  # by these changes: no channel is left
+                session.channels = {}
+                self._on_event("closed")
+            return  # the session ended: its state is the caller's alone
         session.channels = _channels(chans, now)
-        if ended:
-            self._on_event("closed")
-        elif session.model.nbytes > self.max_model_bytes and any(
-                type(c) is ModelChange for c in (*done, *changes)):
+        self._note_position(session, epoch, length, appended)
+        if appended and session.model.nbytes > self.max_model_bytes:
             # Caps a session's size: the client re-receives data instead.
-            await self._run("apply", [], [self.prefix, self._idle_ms, sid, self._lease_ms, "Z"])
+            await self._run("apply", [], [self.prefix, sid, self._lease_ms, "Z"])
             session.model = CacheModel()
+            self._forget(sid)
             self._on_event("model_reset")
 
     async def expire(self) -> int:
@@ -430,11 +573,54 @@ class RedisSessionStore(SessionStore):
         for _ in range(count):
             self._on_event("expired")
 
-    async def _compact(self, session: SessionState, epoch: str, entries: int) -> None:
-        """Folds the loaded log into the snapshot (skipped if the model changed meanwhile)."""
-        snapshot = encode_model(session.model)
-        await self._run("compact", [], [self.prefix, session.session_id, epoch, entries,
-                                        snapshot, self._idle_ms])
+    async def _compact(self, sid: str, epoch: int, entries: int, model: CacheModel) -> bool:
+        """Folds the first `entries` log records into the snapshot, `model` being the snapshot
+        of `epoch` with them applied; False when the model was replaced meanwhile."""
+        snapshot = encode_model(model)
+        return bool(await self._run("compact", [], [self.prefix, sid, epoch, entries,
+                                                    snapshot, self._idle_ms]))
+
+    def _note_position(self, session: SessionState, epoch: bytes | None, length: int,
+                       appended: int) -> None:
+        """After a write: if the session's model stood at a point of Redis' log and only this
+        write appended since, the model is now what Redis holds, and is remembered."""
+        sid = session.session_id
+        synced = getattr(session, "synced", None)
+        if isinstance(session, SharedSession):
+            session.synced = None
+        if epoch is None:
+            self._forget(sid)
+            return
+        epoch, length = int(epoch), int(length)
+        known = self._known.get(sid)
+        if known is not None and known.epoch != epoch:
+            self._forget(sid)  # replaced (a changed file, a reset): loaded whole next time
+        elif synced is not None and synced[0] == epoch and length == synced[1] + appended:
+            self._remember_model(sid, epoch, length, session.model)
+            session.synced = (epoch, length)
+
+    def _remember_channel(self, cid: str, sid: str) -> None:
+        self._sessions_of[cid] = sid
+        self._sessions_of.move_to_end(cid)
+        while len(self._sessions_of) > KNOWN_CHANNELS:
+            self._sessions_of.popitem(last=False)
+
+    def _remember_model(self, sid: str, epoch: int, entries: int, model: CacheModel) -> None:
+        """Keeps a copy of what Redis holds of a session's model (the least recently used
+        go first once they pass `model_cache_bytes`)."""
+        self._forget(sid)
+        if self.model_cache_bytes <= 0:
+            return
+        known = self._known[sid] = _Known(epoch, entries, model.copy())
+        self._known_bytes += known.model.nbytes
+        while self._known_bytes > self.model_cache_bytes and self._known:
+            _, old = self._known.popitem(last=False)
+            self._known_bytes -= old.model.nbytes
+
+    def _forget(self, sid: str) -> None:
+        known = self._known.pop(sid, None)
+        if known is not None:
+            self._known_bytes -= known.model.nbytes
 
     async def _renew_leases(self) -> None:
         """Keeps the channels this process is answering busy while it writes."""

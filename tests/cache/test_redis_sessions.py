@@ -219,6 +219,54 @@ async def test_concurrent_records_from_two_processes_all_arrive(stores) -> None:
     assert raw <= 5  # compacted
 
 
+def _calls(redis_server: RedisServer, command: str) -> int:
+    stats = redis_server.command("INFO", "commandstats")
+    for line in stats.splitlines():
+        if line.startswith(f"cmdstat_{command}:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
+
+
+async def test_a_worker_reads_only_what_others_appended_since_it_last_saw(
+        stores, redis_server) -> None:
+    """The model a worker loaded or wrote last is kept: its next load reads the records
+    appended since (by anyone), not the snapshot (GET); a compaction or a reset elsewhere makes
+    it load the whole model again. Every load equals what Redis holds."""
+    a, b = stores(compact_after=100), stores(compact_after=5)
+    await a.open(_opening(0))
+    gets = _calls(redis_server, "get")
+
+    async def serve(store, i: int) -> None:  # one response of one chunk
+        t = await store.load("c0")
+        await store.apply(t, [Begin("c0", None, t.channels["c0"].generation)])
+        await store.apply(t, [ModelChange((_rows(i),))])
+        await store.apply(t, [End("c0")])
+
+    def snapshot_reads(loads: int) -> int:
+        # Each load's script GETs the channel's session id once; the rest read snapshots.
+        nonlocal gets
+        now = _calls(redis_server, "get")
+        delta, gets = now - gets - loads, now
+        return delta
+
+    for i in range(5):
+        await serve(a, i)
+    assert snapshot_reads(loads=5) == 0  # a knew its own model all along
+    await serve(b, 5)                                   # b: a new worker loads it whole
+    snapshot_reads(loads=0)
+    s = await a.load("c0")                              # a reads b's one record only
+    assert s.model.stream(0).precincts.rows.tolist() == list(range(6))
+    assert snapshot_reads(loads=1) == 0
+    await serve(b, 6)                                   # b's load folds the log (compaction)
+    snapshot_reads(loads=0)
+    s = await a.load("c0")                              # a's copy is stale: whole again
+    assert s.model.stream(0).precincts.rows.tolist() == list(range(7))
+    assert snapshot_reads(loads=1) == 1
+    await a.apply(s, [Retarget("tid2")])                # a reset: every copy is stale
+    t = await b.load("c0")
+    assert t.model.is_empty() and t.target_id == "tid2"
+
+
 async def test_a_waiting_request_is_told_of_changes_made_elsewhere(stores) -> None:
     a, b = stores(), stores()
     await b.start()

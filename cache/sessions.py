@@ -8,7 +8,10 @@ worker processes) sees exactly what changed. Nothing here depends on Python obje
 a session is named by its `session_id`, a channel by its `cid`, a model by its records.
 
 The store's interface is asynchronous, so that a store doing I/O (a network round trip per
-operation) plugs into the server unchanged. `MemorySessionStore` is the store of one process:
+operation) plugs into the server unchanged: `cache.redis_sessions.RedisSessionStore` keeps
+sessions in Redis for every worker and host (it may refuse a turn another process took first,
+`TurnTaken`, and answers StoreUnavailable while Redis is away). `MemorySessionStore` is the
+store of one process:
 capped in number, idle sessions expire (least recently used first), and an oversized cache
 model is reset; its `*_now` methods are the same operations, synchronous, for callers without
 an event loop (the machine's tests). The server serialises what must be serialised (one

@@ -2,7 +2,8 @@
 
 Each one listens on a free port with its files in a temporary directory, saves nothing unless
 asked (`appendonly=True`: an append-only file fsynced at every write, so a restart keeps every
-session), and can be stopped and started again on the same port and directory.
+session), asks for a password if given one, and can be stopped and started again on the same
+port and directory.
 """
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False,
+                 password: str | None = None) -> None:
         self.directory = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,6 +46,8 @@ class RedisServer:
                 "--daemonize", "no", "--logfile", str(self.directory / "redis.log")]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while True:
@@ -52,7 +57,7 @@ class RedisServer:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
+                    if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 pass
@@ -78,11 +83,12 @@ class RedisServer:
 
 
 @contextmanager
-def running_redis(*, appendonly: bool = False) -> Iterator[RedisServer]:
+def running_redis(*, appendonly: bool = False,
+                  password: str | None = None) -> Iterator[RedisServer]:
     if not Path(REDIS_SERVER).is_file():
         pytest.fail(f"{REDIS_SERVER} is missing: install redis-server (make setup-test)")
     directory = Path(tempfile.mkdtemp(prefix="jpip-redis-"))
-    server = RedisServer(directory, appendonly=appendonly)
+    server = RedisServer(directory, appendonly=appendonly, password=password)
     server.start()
     try:
         yield server

@@ -83,3 +83,24 @@ def test_speed_bench_smoke(tmp_path) -> None:
     assert all(c["resent_bytes"] == 0 for c in cells if c["workload"] == "pan")
     # The comparison's rows are not judged against the goals.
     assert len([v for v in rep["verdicts"] if v["goal"].startswith("pan: req/s")]) == 1
+
+
+def test_scaleout_bench_smoke(tmp_path) -> None:
+    """`python -m bench scaleout` end to end on a small image: every configuration answers
+    every request, sessions resend nothing, and only Redis-backed sessions count round trips."""
+    results = tmp_path / "scaleout.json"
+    cmd = [sys.executable, "-m", "bench", "scaleout", "--image", str(IMAGE), "--requests", "6",
+           "--sessions", "1", "--clients", "2", "--seconds", "10", "--results", str(results)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "capacity model" in proc.stdout
+    cells = json.loads(results.read_text())["cells"]
+    assert set(cells) == {"memory-1w", "redis-1w", "redis-2w"}
+    for name, cell in cells.items():
+        for work in ("fresh", "pans"):
+            c = cell[work]
+            assert c["ok"] > 0 and c["errors"] == 0 and c["resent_bytes"] == 0, (name, work, c)
+            assert c["server_cpu_ms_per_req"] > 0
+        assert cell["fresh"]["store_round_trips_per_req"] == 0
+    assert cells["memory-1w"]["pans"]["store_round_trips_per_req"] == 0
+    assert cells["redis-1w"]["pans"]["store_round_trips_per_req"] >= 3

@@ -337,6 +337,26 @@ async def test_redis_going_away_is_store_unavailable_then_it_resumes() -> None:
             await store.close_all()
 
 
+async def test_a_redis_that_asks_for_a_password() -> None:
+    with running_redis(password="s3cret") as server:
+        url = server.url.replace("redis://", "redis://:s3cret@")
+        for store in (RedisSessionStore(server.url, password="s3cret", prefix="pw:"),
+                      RedisSessionStore(url, prefix="pw:")):
+            try:
+                await store.open(_opening(0))
+                assert (await store.load("c0")).session_id == "s0"
+                assert "s3cret" not in store.url
+            finally:
+                await store.close_all()
+        wrong = RedisSessionStore(server.url, password="guess", prefix="pw:")
+        try:
+            with pytest.raises(StoreUnavailable):
+                await wrong.load("c0")
+            assert await wrong.ping() is False
+        finally:
+            await wrong.close_all()
+
+
 def test_passwords_never_appear_in_the_url_shown() -> None:
     assert redact_url("redis://:s3cret@db:6379/2") == "redis://:***@db:6379/2"
     assert redact_url("rediss://user:pw@[::1]:6380/0") == "rediss://user:***@[::1]:6380/0"

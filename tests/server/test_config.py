@@ -119,6 +119,11 @@ def test_toml_types_and_relative_paths(tmp_path: Path) -> None:
     ([], {}, "lenient = 1\n", ["lenient", "true or false"]),
     ([], {}, "colour = 'blue'\n", ["unknown option", "colour"]),
     ([], {}, "port = \n", ["not valid TOML"]),
+    (["--session-store", "http://db:6379/0"], {}, None, ["session_store", "redis://"]),
+    (["--session-store", "redis://db:6379/x"], {}, None, ["session_store", "a number"]),
+    (["--session-store", "redis:///0"], {}, None, ["session_store", "no host"]),
+    (["--workers", "0"], {}, None, ["workers", "greater than 0"]),
+    (["--workers", "2"], {}, None, ["workers", "shared session store", "redis://"]),
 ])
 def test_bad_values_name_the_option(tmp_path: Path, argv: list[str], env: dict[str, str],
                                     toml: str | None, words: list[str]) -> None:
@@ -174,3 +179,20 @@ def test_access_control_options(tmp_path: Path) -> None:
     cfg = write_toml(tmp_path, "auth_jwt_key = [1]\n")
     with pytest.raises(ConfigError, match="auth_jwt_key.*list of paths"):
         load_config(["--config", str(cfg)], {})
+
+
+def test_a_shared_session_store_and_workers() -> None:
+    c = load_config(["--workers", "4", "--session-store", "rediss://cache.internal:6380/2"],
+                    {"JPIP_REDIS_PASSWORD": "s3cret", "JPIP_SESSION_LEASE": "3"})
+    assert (c.workers, c.session_store, c.redis_password, c.session_lease) == (
+        4, "rediss://cache.internal:6380/2", "s3cret", 3.0)
+    assert load_config([], {}).session_store == "memory"  # the embedded default
+
+
+def test_passwords_never_appear_in_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(["--session-store", "redis://:hunter2@db:6379/x"], {})
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        ServerConfig(session_store="redis://user:hunter2@db:6379/x")
+    assert "hunter2" not in str(info.value)

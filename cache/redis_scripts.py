@@ -18,11 +18,12 @@ Redis itself expires idle sessions. A channel is busy while its lease runs (`lea
 Redis' clock): the holder renews it while it writes, so a process that dies mid-response frees
 the channel when the lease runs out. Scripts read Redis' clock (TIME), never a worker's.
 
-Large values (the snapshot, model records) never pass through a script: data crossing Lua costs
+Large values (the snapshot, model records) do not pass through a script: data crossing Lua costs
 about 1.5 us per KB, against a fraction of that for GET, LRANGE and RPUSH. The store sends the
 scripts and those commands together in one MULTI/EXEC transaction instead (one round trip,
-atomic). Only `COMPACT`, run once per `compact_after` appends, takes the snapshot as an
-argument, to write it only if the model was not replaced meanwhile.
+atomic). Two exceptions, both small: `LOAD` returns the few records appended since the
+caller's copy of the model, and `COMPACT`, run once per `compact_after` appends, takes the
+snapshot, to write it only if the model was not replaced meanwhile.
 
 The scripts name keys they compute from the session id, so they run on a single Redis server or
 a primary with replicas, not on Redis Cluster.
@@ -83,10 +84,12 @@ local function drop(p, sid)
 end
 """
 
-# ARGV = P, sid, cid, idle_ms: the control half of a load (the snapshot and the log are read
-# by GET/LRANGE in the same transaction). -> false (no such channel) | {meta, chan, now}
+# ARGV = P, sid, cid, idle_ms, from: a load. With from >= 0 (the caller holds the model up to
+# that log entry) it returns the log entries from there, usually none or a few small ones; with
+# -1 the caller reads the snapshot and the whole log by GET/LRANGE in the same transaction.
+# -> false (no such channel) | {meta, chan, now, entries}
 LOAD = _COMMON + r"""
-local p, sid, cid, idle = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local p, sid, cid, idle, from = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local base = p .. 's:' .. sid
 if redis.call('GET', p .. 'c:' .. cid) ~= sid
     or redis.call('HEXISTS', base .. ':chan', cid) == 0 then
@@ -96,15 +99,17 @@ local meta = redis.call('HGETALL', base .. ':meta')
 if #meta == 0 then return false end
 local now = now_ms()
 touch(p, sid, idle, now)
-return {meta, redis.call('HGETALL', base .. ':chan'), now}
+local entries = {}
+if from >= 0 then entries = redis.call('LRANGE', base .. ':log', from, -1) end
+return {meta, redis.call('HGETALL', base .. ':chan'), now, entries}
 """
 
-# ARGV = P, idle_ms, max_sessions, sid, cid, lease_ms, owner ('-': not busy), then the meta
-# hash's field/value pairs.
+# ARGV = P, idle_ms, max_sessions, sid, cid, lease_ms, owner ('-': not busy), the opening
+# request's qid (-1: none), then the meta hash's field/value pairs.
 # -> {1, pruned, evicted, now} | {-1, pruned} (over capacity: every candidate busy)
 OPEN = _COMMON + r"""
 local p, idle, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local sid, cid, lease_ms, owner = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local sid, cid, lease_ms, owner, qid = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now = now_ms()
 local zs = p .. 'sessions'
 -- Members idle for longer than the timeout are sessions whose keys Redis expired already.
@@ -121,11 +126,11 @@ if redis.call('ZCARD', zs) >= max then
 end
 local base = p .. 's:' .. sid
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', base .. ':meta', 'me', 0, unpack(fields))
 local lease = 0
 if owner ~= '-' then lease = now + lease_ms end
-redis.call('HSET', base .. ':chan', cid, pack_channel(0, -1, lease, owner))
+redis.call('HSET', base .. ':chan', cid, pack_channel(0, qid, lease, owner))
 redis.call('SET', p .. 'c:' .. cid, sid)
 touch(p, sid, idle, now)
 return {1, pruned, evicted, now}
@@ -141,16 +146,19 @@ return {1, pruned, evicted, now}
 #                           live lease or its generation is not gen; then nothing else runs
 #   S cid qid               skip: raise last qid
 #   E cid sent saved owner  end: free the channel if owner holds it; add the byte counts
-# (Model records are appended by RPUSH in the same transaction.) The request's load renewed the
-# session's TTLs; keys made here get the session's remaining TTL.
-# -> {status, now, chan, ended}; status 1 done, 0 the session is gone (nothing done),
-#    2 the begin was refused (nothing done after it)
+# (Model records are appended by RPUSH in the same transaction, between calls of this script.)
+# The request's load renewed the session's TTLs; keys made since get the session's remaining
+# TTL. -> {status, now, chan, ended, log length, model epoch}; status 1 done, 0 the session is
+# gone (nothing done), 2 the begin was refused (nothing done after it)
 APPLY = _COMMON + r"""
 local p, sid, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local base = p .. 's:' .. sid
 local meta, chan = base .. ':meta', base .. ':chan'
 local ttl = redis.call('PTTL', meta)
-if ttl < 0 then return {0, 0, {}, 0} end
+if ttl < 0 then
+  redis.call('DEL', base .. ':log')  -- records RPUSHed for a session that is gone
+  return {0, 0, {}, 0, 0, 0}
+end
 local now = now_ms()
 local i = 4
 local function raise_qid(q, qid)
@@ -193,7 +201,7 @@ while i <= #ARGV do
     elseif op == 'B' then
       local gen = ARGV[i + 3]
       if not v or lease > now or (gen ~= '' and tonumber(gen) ~= g) then
-        return {2, now, redis.call('HGETALL', chan), 0}
+        return {2, now, redis.call('HGETALL', chan), 0, 0, 0}
       end
       q = raise_qid(q, ARGV[i + 2])
       redis.call('HSET', chan, cid, pack_channel(g, q, now + lease_ms, ARGV[i + 4]))
@@ -219,9 +227,12 @@ while i <= #ARGV do
 end
 if redis.call('HLEN', chan) == 0 then
   drop(p, sid)
-  return {1, now, {}, 1}
+  return {1, now, {}, 1, 0, 0}
 end
-return {1, now, redis.call('HGETALL', chan), 0}
+local log = base .. ':log'
+if redis.call('PTTL', log) == -1 then redis.call('PEXPIRE', log, ttl) end  -- made by RPUSH
+return {1, now, redis.call('HGETALL', chan), 0, redis.call('LLEN', log),
+        tonumber(redis.call('HGET', meta, 'me'))}
 """
 
 # ARGV = P, idle_ms, lease_ms, then (sid, cid, owner) triples: leases this process holds.

@@ -311,19 +311,19 @@ class RedisSessionStore(SessionStore):
             sid = _text(found[0])
         self._remember_channel(cid, sid)
         known = self._known.get(sid)
-        control = self._script("load", self.prefix, sid, cid, self._idle_ms)
         log_key = self._key(sid, "log")
-        if known is not None:
-            reply = await self._transaction("load", [control,
-                                                     ("LRANGE", log_key, known.entries, -1)])
+        args = (self.prefix, sid, cid, self._idle_ms)
+        if known is not None:  # the records since this process's copy of the model
+            reply = [await self._run("load", [], [*args, known.entries])]
         else:
-            reply = await self._transaction("load", [control, ("GET", self._key(sid, "snap")),
-                                                     ("LRANGE", log_key, 0, -1)])
+            reply = await self._transaction("load", [
+                self._script("load", *args, -1), ("GET", self._key(sid, "snap")),
+                ("LRANGE", log_key, 0, -1)])
         if reply[0] is None:
             self._sessions_of.pop(cid, None)
             self._forget(sid)
             return None
-        meta, chans, now = reply[0]
+        meta, chans, now, tail = reply[0]
         values = dict(_pairs(meta))
         fields = {name: json.loads(values[name]) for name in _STATE_FIELDS if name in values}
         session = SharedSession(sid, **fields)
@@ -331,7 +331,7 @@ class RedisSessionStore(SessionStore):
         epoch = int(values["me"])
         try:
             if known is not None and known.epoch == epoch:
-                model, entries, start = known.model.copy(), reply[1], known.entries
+                model, entries, start = known.model.copy(), tail, known.entries
             else:
                 if known is not None:  # the model was replaced or compacted elsewhere
                     epoch, snap, entries = await self._transaction("load", [
@@ -365,7 +365,7 @@ class RedisSessionStore(SessionStore):
             owner = self._new_owner()
             self._leases[(change.session_id, change.cid)] = owner
         args: list = [self.prefix, self._idle_ms, self.max_sessions, change.session_id,
-                      change.cid, self._lease_ms, owner]
+                      change.cid, self._lease_ms, owner, change.last_qid]
         for name in _STATE_FIELDS:
             args += [name, json.dumps(getattr(session, name))]
         try:
@@ -380,7 +380,8 @@ class RedisSessionStore(SessionStore):
             raise OverCapacity(f"{self.max_sessions} sessions are open and busy")
         if rest[0]:
             self._on_event("evicted")
-        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
+        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy,
+                                                    last_qid=change.last_qid)
         self._remember_channel(change.cid, change.session_id)
         self._remember_model(change.session_id, 0, 0, session.model)
         session.synced = (0, 0)
@@ -425,28 +426,27 @@ class RedisSessionStore(SessionStore):
 
     async def _write(self, session: SessionState, changes: list[Change],
                      done: list[Change]) -> None:
-        """One transaction: `done` (already applied to `session`) and `changes`, in order.
-        Model records are RPUSHed between the scripts that take the other changes."""
+        """One round trip: `done` (already applied to `session`) and `changes`, in order: the
+        apply script for the session's state and, when there are model records, RPUSHes of
+        them between calls of the script, in one transaction (the last call reports)."""
         sid = session.session_id
         log_key = self._key(sid, "log")
         commands: list[tuple] = []
-        scripts: list[int] = []  # positions of the script calls in `commands`
         ops: list = []
         appended = 0
         began = None
 
-        def script_ops() -> None:
-            if ops:
-                scripts.append(len(commands))
-                commands.append(self._script("apply", self.prefix, sid, self._lease_ms, *ops))
-                ops.clear()
+        def call_script() -> None:
+            commands.append(self._script("apply", self.prefix, sid, self._lease_ms, *ops))
+            ops.clear()
 
         for change in (*done, *changes):
             kind = type(change)
             if kind is ModelChange:
                 if began is not None:
                     raise ValueError("model records after a Begin in one write")
-                script_ops()
+                if ops:
+                    call_script()
                 commands.append(("RPUSH", log_key, encode_records(change.records)))
                 appended += 1
             elif kind is Preempt:
@@ -472,35 +472,26 @@ class RedisSessionStore(SessionStore):
                 ops += ["R", json.dumps(change.target_id)]
             else:
                 raise TypeError(f"not a session change: {change!r}")
-        script_ops()
-        if appended:
-            commands.append(("PEXPIRE", log_key, self._idle_ms))  # made by RPUSH: give it one
-        if not scripts:  # the channels as they are now, for pre-emption
-            commands += [("HGETALL", self._key(sid, "chan")), ("TIME",)]
-        commands += [("LLEN", log_key), ("HGET", self._key(sid, "meta"), "me")]
+        call_script()  # the last command is a script call: it reports the session's state
         try:
-            results = await self._transaction("apply", commands)
+            if len(commands) == 1:
+                outcomes = [await self._run("apply", [], list(commands[0][3:]))]
+            else:
+                results = await self._transaction("apply", commands)
+                outcomes = [r for r, c in zip(results, commands, strict=True)
+                            if c[0] == "EVALSHA"]
         except BaseException:
             if began is not None:
                 self._leases.pop(began, None)
             raise
-        *_, length, epoch = results
-        if scripts:
-            outcomes = [results[i] for i in scripts]
-            if any(status == 2 for status, *_ in outcomes):
-                self._leases.pop(began, None)
-                _, now, chans, _ = outcomes[-1]
-                session.channels = _channels(chans, now)
-                raise TurnTaken(f"channel {began[1]} was taken by another request")
-            gone = any(status == 0 for status, *_ in outcomes)
-            ended = any(flag for *_, flag in outcomes)
-            _, now, chans, _ = outcomes[-1]
-        else:
-            chans, (secs, micros) = results[-4], results[-3]
-            gone, ended, now = epoch is None, False, int(secs) * 1000 + int(micros) // 1000
+        if any(o[0] == 2 for o in outcomes):
+            self._leases.pop(began, None)
+            session.channels = _channels(outcomes[-1][2], outcomes[-1][1])
+            raise TurnTaken(f"channel {began[1]} was taken by another request")
         for change in changes:
             apply_change(session, change)
-        if gone or ended:
+        status, now, chans, ended, length, epoch = outcomes[-1]
+        if ended or any(o[0] == 0 for o in outcomes):
             self._forget(sid)
             if ended:  # by these changes: no channel is left
                 session.channels = {}
@@ -580,7 +571,7 @@ class RedisSessionStore(SessionStore):
         return bool(await self._run("compact", [], [self.prefix, sid, epoch, entries,
                                                     snapshot, self._idle_ms]))
 
-    def _note_position(self, session: SessionState, epoch: bytes | None, length: int,
+    def _note_position(self, session: SessionState, epoch: int, length: int,
                        appended: int) -> None:
         """After a write: if the session's model stood at a point of Redis' log and only this
         write appended since, the model is now what Redis holds, and is remembered."""
@@ -588,10 +579,6 @@ class RedisSessionStore(SessionStore):
         synced = getattr(session, "synced", None)
         if isinstance(session, SharedSession):
             session.synced = None
-        if epoch is None:
-            self._forget(sid)
-            return
-        epoch, length = int(epoch), int(length)
         known = self._known.get(sid)
         if known is not None and known.epoch != epoch:
             self._forget(sid)  # replaced (a changed file, a reset): loaded whole next time

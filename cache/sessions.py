@@ -106,9 +106,9 @@ def new_channel_id(prefix: str = "") -> str:
 
 @dataclass(frozen=True, slots=True)
 class OpenSession:
-    """A new session with its first channel (busy when the opening request is served on it);
-    `stream_type` is the return type the opening request got, which later requests naming
-    none get too."""
+    """A new session with its first channel (busy when the opening request is served on it;
+    `qid`: the opening request's, the first in the channel's order); `stream_type` is the
+    return type the opening request got, which later requests naming none get too."""
 
     session_id: str
     target: str
@@ -117,6 +117,12 @@ class OpenSession:
     busy: bool = True
     owner: str | None = None  # the token subject opening it; its requests must carry the same
     stream_type: str = "jpp-stream"
+    qid: int | None = None    # the opening request's qid (it counts on the new channel)
+
+    @property
+    def last_qid(self) -> int:
+        """The new channel's last qid, as `ChannelState` counts it (-1: none yet)."""
+        return -1 if self.qid is None else self.qid
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +353,8 @@ class MemorySessionStore(SessionStore):
         session = SessionState(change.session_id, change.target, change.target_id,
                                owner=change.owner, opened_at=self._clock(),
                                stream_type=change.stream_type)
-        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy)
+        session.channels[change.cid] = ChannelState(change.cid, busy=change.busy,
+                                                    last_qid=change.last_qid)
         self._sessions[change.session_id] = session
         self._channels[change.cid] = change.session_id
         self._touch(change.session_id)

@@ -318,7 +318,8 @@ class Exchange:
                 cid = self.machine.new_id()
                 self.opening = OpenSession(self.machine.new_id(), target_path, current, cid,
                                            owner=self.owner,
-                                           stream_type=self.stream_type or JPP_STREAM)
+                                           stream_type=self.stream_type or JPP_STREAM,
+                                           qid=req.qid)
                 self.channel = cid
                 self._began = True  # the new channel is opened busy with this reply
                 self._announce(cid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -66,6 +67,10 @@ class RedisServer:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log = self.directory / "redis.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            print(f"redis-server had exited ({self.proc.returncode}): {tail}", file=sys.stderr)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

@@ -121,8 +121,9 @@ async def test_channels_open_and_close_and_the_session_goes_with_the_last(stores
     assert await a.load("c0") is None and set(t.channels) == {"c9"}
     await a.apply(s, [CloseChannels(("c9",))])
     assert await b.load("c9") is None and s.channels == {} and "closed" in events
-    await a.apply(s, [ModelChange((_rows(1),))])  # the session ended: nothing comes back
-    assert await a.load("c9") is None
+    await a.apply(s, [ModelChange((_rows(1),)), End("c9")])  # the session ended: nothing
+    assert await a.load("c9") is None                           # comes back, no key is left
+    assert not await a.client.keys(f"{a.prefix}s:*")
 
 
 async def test_order_and_preemption_state(stores) -> None:

@@ -27,6 +27,7 @@ from redis import Redis
 from cache.redis_sessions import DEFAULT_PREFIX
 from client.api import JPIPClient, StreamError
 from codestream.source import build_source
+from jpip.jpp import EOR, EndOfResponse, parse_stream
 from jpip.respond import CHUNK_TARGET
 from tests.conftest import CORPUS, INTEROP
 from tests.oracle import assert_same_pixels, decode_codestream
@@ -224,3 +225,53 @@ def metric(server: ServerProcess, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return 0.0
+
+
+def _cid(headers) -> str:
+    return dict(kv.split("=", 1) for kv in headers["JPIP-cnew"].split(","))["cid"]
+
+
+async def test_preemption_and_qid_order_hold_across_servers(root) -> None:
+    """A response being written by A is pre-empted by a newer request sent to B (A ends it at a
+    message boundary with EOR 3, B then answers); a request with qid 3 sent to B waits until
+    qid 2, sent to A later, has had its turn."""
+    with running_redis() as redis, servers(root, redis) as (a, b):
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{a.url}/jpip?target={LARGE}&fsiz=256,256&cnew=http&qid=1"
+                                "&type=jpp-stream") as r:
+                assert r.status == 200
+                await r.read()
+                cid = _cid(r.headers)
+            base = f"jpip?cid={cid}&type=jpp-stream"
+
+            # Pre-emption: a whole-image response read slowly on A, a new window on B.
+            body = bytearray()
+            async with http.get(f"{a.url}/{base}&fsiz=4096,4096") as slow:
+                body += await slow.content.read(65536)
+                newer = asyncio.create_task(_get(http, f"{b.url}/{base}&fsiz=512,512"))
+                while chunk := await slow.content.read(65536):
+                    body += chunk
+                    await asyncio.sleep(0.005)
+            status, newer_items = await newer
+            items = parse_stream(bytes(body))
+            assert isinstance(items[-1], EndOfResponse) and items[-1].reason == EOR.WINDOW_CHANGE
+            assert status == 200 and newer_items[-1].reason in (EOR.WINDOW_DONE, EOR.IMAGE_DONE)
+
+            # qid order: 3 reaches B first and waits for 2, sent to A a moment later.
+            third = asyncio.create_task(_get(http, f"{b.url}/{base}&fsiz=1024,1024&qid=3&wait=yes",
+                                             stamp=True))
+            await asyncio.sleep(0.3)
+            assert not third.done()
+            second = await _get(http, f"{a.url}/{base}&fsiz=768,768&qid=2&wait=yes", stamp=True)
+            status3, _, started3 = await third
+            assert second[0] == status3 == 200
+            assert started3 > second[2], "qid 3 was answered before qid 2's turn"
+
+
+async def _get(http: aiohttp.ClientSession, url: str, stamp: bool = False):
+    """(status, messages), and with `stamp` when the response's headers arrived."""
+    async with http.get(url) as r:
+        started = time.monotonic()
+        data = await r.read()
+        out = (r.status, parse_stream(data))
+    return (*out, started) if stamp else out

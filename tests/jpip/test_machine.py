@@ -226,6 +226,13 @@ def test_a_changed_file_resets_the_session_model(raw) -> None:
 
 # --- qid order and pre-emption ----------------------------------------------------------------
 
+def test_the_opening_requests_qid_counts_on_its_new_channel(raw) -> None:
+    wire = Wire(raw)
+    names = run_table(wire, [(f"target=x&cnew=http&qid=1&{THUMB}", Expect())])
+    second = wire.start(f"cid={names['c0']}&qid=2&{THUMB}")
+    assert wire.turn(second) is TurnKind.GO  # qid 1 was the opening request: no wait for it
+
+
 def test_qid_order(raw) -> None:
     wire = Wire(raw)
     names = run_table(wire, [(f"target=x&cnew=http&{THUMB}", Expect())])

@@ -210,7 +210,9 @@ class RedisProcess:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.command("PING").startswith(b"+PONG"):
+                # Ours, not another process's server that took the port first.
+                if self.command("PING").startswith(b"+PONG") and \
+                        self.info().get("process_id") == str(self.proc.pid):
                     return self
             except OSError:
                 pass

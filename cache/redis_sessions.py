@@ -291,7 +291,9 @@ class RedisSessionStore(SessionStore):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.client.aclose()
+        with contextlib.suppress(TimeoutError, *_UNAVAILABLE):
+            async with asyncio.timeout(OP_TIMEOUT):  # a hung Redis must not hold up a stop
+                await self.client.aclose()
         return 0
 
     async def ping(self) -> bool | None:

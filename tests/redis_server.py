@@ -7,6 +7,7 @@ port and directory.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -59,12 +60,31 @@ class RedisServer:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(64).startswith((b"+PONG", b"-NOAUTH")):
-                        return
+                        # Ours, not another process's server that took the port first.
+                        if self.proc.poll() is None and self._listening():
+                            return
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail("redis-server did not start")
             time.sleep(0.02)
+
+    def _listening(self) -> bool:
+        """Whether our redis-server process holds a socket listening on our port."""
+        assert self.proc is not None
+        inodes = set()
+        for fd in Path(f"/proc/{self.proc.pid}/fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].split(":")[1], 16) == self.port \
+                            and cols[9] in inodes:
+                        return True
+        return False
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

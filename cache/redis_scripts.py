@@ -84,21 +84,22 @@ local function drop(p, sid)
 end
 """
 
-# ARGV = P, sid, cid, idle_ms, from: a load. With from >= 0 (the caller holds the model up to
-# that log entry) it returns the log entries from there, usually none or a few small ones; with
-# -1 the caller reads the snapshot and the whole log by GET/LRANGE in the same transaction.
+# ARGV = P, sid, cid, idle_ms, from, slack_ms: a load. With from >= 0 (the caller holds the
+# model up to that log entry) it returns the log entries from there, usually none or a few
+# small ones; with -1 the caller reads the snapshot and the whole log by GET/LRANGE in the same
+# transaction. The TTLs are renewed unless that was done in the last slack_ms (a session in use
+# then expires between idle - slack and idle after its last request).
 # -> false (no such channel) | {meta, chan, now, entries}
 LOAD = _COMMON + r"""
 local p, sid, cid, idle, from = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local base = p .. 's:' .. sid
-if redis.call('GET', p .. 'c:' .. cid) ~= sid
-    or redis.call('HEXISTS', base .. ':chan', cid) == 0 then
-  return false
-end
+if redis.call('HEXISTS', base .. ':chan', cid) == 0 then return false end  -- its session's?
 local meta = redis.call('HGETALL', base .. ':meta')
 if #meta == 0 then return false end
 local now = now_ms()
-touch(p, sid, idle, now)
+if redis.call('PTTL', base .. ':meta') < idle - tonumber(ARGV[6]) then
+  touch(p, sid, idle, now)
+end
 local entries = {}
 if from >= 0 then entries = redis.call('LRANGE', base .. ':log', from, -1) end
 return {meta, redis.call('HGETALL', base .. ':chan'), now, entries}

@@ -83,6 +83,7 @@ LEASE = 10.0                 # seconds a channel stays busy after its holder was
 POLL_INTERVAL = 0.5          # seconds between reloads of a waiting request
 COMPACT_AFTER = 32           # log entries past which a load folds them into the snapshot
 MODEL_CACHE_BYTES = 64 << 20  # models a worker keeps of the sessions it served last
+TOUCH_SLACK_MS = 1000        # a load renews TTLs renewed longer ago than this
 KNOWN_CHANNELS = 1 << 16     # channel -> session ids a worker remembers
 CONNECT_TIMEOUT = 1.0
 OP_TIMEOUT = 2.0             # one script's round trip, at most
@@ -315,11 +316,12 @@ class RedisSessionStore(SessionStore):
         known = self._known.get(sid)
         log_key = self._key(sid, "log")
         args = (self.prefix, sid, cid, self._idle_ms)
+        slack = min(TOUCH_SLACK_MS, self._idle_ms // 10)
         if known is not None:  # the records since this process's copy of the model
-            reply = [await self._run("load", [], [*args, known.entries])]
+            reply = [await self._run("load", [], [*args, known.entries, slack])]
         else:
             reply = await self._transaction("load", [
-                self._script("load", *args, -1), ("GET", self._key(sid, "snap")),
+                self._script("load", *args, -1, slack), ("GET", self._key(sid, "snap")),
                 ("LRANGE", log_key, 0, -1)])
         if reply[0] is None:
             self._sessions_of.pop(cid, None)

@@ -9,7 +9,8 @@
 # already, e.g. from NodeSource); libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and
 # reference server (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
 # chromium: the browser the viewer's tests drive; redis-server: the shared session store the
-# scale-out tests (several server processes) and `python -m bench scaleout` start.
+# scale-out tests (several server processes) and `python -m bench scaleout` start; openssl:
+# the certificates of the rediss:// (TLS) test.
 #   --test   also what the tests need
 #   --print  print the missing packages, one a line, and install nothing
 set -euo pipefail
@@ -24,7 +25,8 @@ for arg in "$@"; do
 done
 packages=(libopenjp2-7 libopenjp2-tools openjph-tools)
 if [ "$test_deps" = 1 ]; then
-  packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium redis-server)
+  packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium redis-server
+             openssl)
 fi
 missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +30,7 @@ from cache.sessions import (
     StoreUnavailable,
     TurnTaken,
 )
-from tests.redis_server import RedisServer, running_redis
+from tests.redis_server import RedisServer, free_port, running_redis
 
 _prefixes = itertools.count()
 
@@ -355,6 +357,49 @@ async def test_a_redis_that_asks_for_a_password() -> None:
             assert await wrong.ping() is False
         finally:
             await wrong.close_all()
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a certificate for 127.0.0.1 signed by it (openssl)."""
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=jpip-test-ca")
+    run("req", *key, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext.cnf")
+    return folder / "ca.crt", folder / "srv.crt", folder / "srv.key"
+
+
+async def test_a_redis_over_tls(tmp_path) -> None:
+    """rediss:// with the CA named in the URL (redis' own URL parameter ssl_ca_certs)."""
+    ca, cert, key = _tls_files(tmp_path)
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+         "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+         str(ca), "--tls-auth-clients", "no", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = RedisSessionStore(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}", prefix="tls:")
+    try:
+        for _ in range(200):  # until it listens
+            if await store.ping():
+                break
+            await asyncio.sleep(0.05)
+        await store.open(_opening(0))
+        assert (await store.load("c0")).session_id == "s0"
+        plain = RedisSessionStore(f"redis://127.0.0.1:{port}/0", prefix="tls:")
+        try:  # the same server without TLS: refused, as unreachable
+            assert await plain.ping() is False
+        finally:
+            await plain.close_all()
+    finally:
+        await store.close_all()
+        proc.terminate()
+        proc.wait(10)
 
 
 def test_passwords_never_appear_in_the_url_shown() -> None:

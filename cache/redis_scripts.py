@@ -4,8 +4,9 @@ Each store operation is one script, so each is atomic (Redis runs one script at 
 network round trip. The keys of a session (prefix P, session id S, channel id C):
 
     P c:C        string  the session id of channel C
-    P s:S:meta   hash    the session's scalar fields (JSON values; counters as integers) and
-                         `me`, the model epoch (bumped whenever snap/log are replaced)
+    P s:S:meta   hash    the session's scalar fields (JSON values; counters as integers;
+                         `opened_at` Redis' clock in seconds) and `me`, the model epoch
+                         (bumped whenever snap/log are replaced)
     P s:S:chan   hash    C -> "generation last_qid lease_until_ms owner" of each channel
     P s:S:wait   hash    C -> requests (in any process) waiting for a turn on C
     P s:S:snap   string  the cache model folded so far (cache/model_codec.py)
@@ -14,9 +15,13 @@ network round trip. The keys of a session (prefix P, session id S, channel id C)
     P turns      channel C published when a channel that someone waits on changes
 
 Every key of a session gets the idle timeout as its TTL on every load (and lease renewal), so
-Redis itself expires idle sessions. A channel is busy while its lease runs (`lease_until_ms` >
-Redis' clock): the holder renews it while it writes, so a process that dies mid-response frees
-the channel when the lease runs out. Scripts read Redis' clock (TIME), never a worker's.
+Redis itself expires idle sessions: a session exists while its `chan` hash does. Its `meta`
+outlives the rest by EPITAPH_MS, so that the next sweep (any process's) still finds who owned
+an expired session, its target and byte counts, reports it (the audit line) and deletes it.
+
+A channel is busy while its lease runs (`lease_until_ms` > Redis' clock): the holder renews it
+while it writes, so a process that dies mid-response frees the channel when the lease runs out.
+Scripts read Redis' clock (TIME), never a worker's.
 
 Large values (the snapshot, model records) do not pass through a script: data crossing Lua costs
 about 1.5 us per KB, against a fraction of that for GET, LRANGE and RPUSH. The store sends the
@@ -30,8 +35,12 @@ a primary with replicas, not on Redis Cluster.
 """
 from __future__ import annotations
 
+# How long a session's `meta` outlives its other keys after it expired (a sweep, which runs every
+# 30 s at most in every process, reports and deletes it within that time).
+EPITAPH_MS = 600_000
+
 # Shared helpers, prepended to every script.
-_COMMON = r"""
+_COMMON = f"local EPITAPH_MS = {EPITAPH_MS}\n" + r"""
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -44,6 +53,7 @@ local function touch(p, sid, idle, now)
   for _, suffix in ipairs(SUFFIXES) do
     redis.call('PEXPIRE', base .. suffix, idle)
   end
+  redis.call('PEXPIRE', base .. ':meta', idle + EPITAPH_MS)  -- read when it expired
   for _, cid in ipairs(redis.call('HKEYS', base .. ':chan')) do
     redis.call('PEXPIRE', p .. 'c:' .. cid, idle)
   end
@@ -82,6 +92,27 @@ local function drop(p, sid)
              base .. ':log')
   redis.call('ZREM', p .. 'sessions', sid)
 end
+
+-- Sessions idle for longer than the timeout (Redis expired their keys, all but `meta`): each
+-- leaves the sorted set and its meta is returned ({sid, meta} pairs, the audit line's data;
+-- none when the epitaph expired too) and deleted. A session whose channels still exist (its
+-- score behind its TTL) is kept. At most `limit`, the oldest first.
+local function prune(p, idle, now, limit)
+  local zs = p .. 'sessions'
+  local pruned, ended = 0, {}
+  for _, sid in ipairs(redis.call('ZRANGEBYSCORE', zs, '-inf', '(' .. (now - idle), 'LIMIT',
+                                  0, limit)) do
+    local base = p .. 's:' .. sid
+    if redis.call('EXISTS', base .. ':chan') == 0 then
+      local meta = redis.call('HGETALL', base .. ':meta')
+      if #meta > 0 then ended[#ended + 1] = {sid, meta} end
+      redis.call('DEL', base .. ':meta', base .. ':wait', base .. ':snap', base .. ':log')
+      redis.call('ZREM', zs, sid)
+      pruned = pruned + 1
+    end
+  end
+  return pruned, ended
+end
 """
 
 # ARGV = P, sid, cid, idle_ms, from, slack_ms: a load. With from >= 0 (the caller holds the
@@ -97,7 +128,7 @@ if redis.call('HEXISTS', base .. ':chan', cid) == 0 then return false end  -- it
 local meta = redis.call('HGETALL', base .. ':meta')
 if #meta == 0 then return false end
 local now = now_ms()
-if redis.call('PTTL', base .. ':meta') < idle - tonumber(ARGV[6]) then
+if redis.call('PTTL', base .. ':chan') < idle - tonumber(ARGV[6]) then
   touch(p, sid, idle, now)
 end
 local entries = {}
@@ -107,34 +138,37 @@ return {meta, redis.call('HGETALL', base .. ':chan'), now, entries}
 
 # ARGV = P, idle_ms, max_sessions, sid, cid, lease_ms, owner ('-': not busy), the opening
 # request's qid (-1: none), then the meta hash's field/value pairs.
-# -> {1, pruned, evicted, now} | {-1, pruned} (over capacity: every candidate busy)
+# Sets `opened_at` (Redis' clock, seconds).
+# -> {1, pruned, evicted ({sid, meta} or {}), now, ended} | {-1, pruned, ended, now} (over
+# capacity: every candidate busy); ended: the expired sessions pruned ({sid, meta} pairs)
 OPEN = _COMMON + r"""
 local p, idle, max = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local sid, cid, lease_ms, owner, qid = ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], ARGV[8]
 local now = now_ms()
 local zs = p .. 'sessions'
 -- Members idle for longer than the timeout are sessions whose keys Redis expired already.
-local pruned = redis.call('ZREMRANGEBYSCORE', zs, '-inf', '(' .. (now - idle))
-local evicted = 0
+local pruned, ended = prune(p, idle, now, 64)
+local evicted = {}
 if redis.call('ZCARD', zs) >= max then
   local victim = nil
   for _, s in ipairs(redis.call('ZRANGE', zs, 0, 31)) do  -- least recently used first
     if not session_busy(p, s, now) then victim = s; break end
   end
-  if not victim then return {-1, pruned} end
+  if not victim then return {-1, pruned, ended, now} end
+  evicted = {victim, redis.call('HGETALL', p .. 's:' .. victim .. ':meta')}
   drop(p, victim)
-  evicted = 1
 end
 local base = p .. 's:' .. sid
 local fields = {}
 for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', base .. ':meta', 'me', 0, unpack(fields))
+redis.call('HSET', base .. ':meta', 'opened_at', string.format('%.3f', now / 1000))
 local lease = 0
 if owner ~= '-' then lease = now + lease_ms end
 redis.call('HSET', base .. ':chan', cid, pack_channel(0, qid, lease, owner))
 redis.call('SET', p .. 'c:' .. cid, sid)
 touch(p, sid, idle, now)
-return {1, pruned, evicted, now}
+return {1, pruned, evicted, now, ended}
 """
 
 # ARGV = P, sid, lease_ms, then operations, each a letter and its arguments:
@@ -150,12 +184,13 @@ return {1, pruned, evicted, now}
 # (Model records are appended by RPUSH in the same transaction, between calls of this script.)
 # The request's load renewed the session's TTLs; keys made since get the session's remaining
 # TTL. -> {status, now, chan, ended, log length, model epoch}; status 1 done, 0 the session is
-# gone (nothing done), 2 the begin was refused (nothing done after it)
+# gone (nothing done), 2 the begin was refused (nothing done after it); when these changes
+# ended the session (ended 1), chan is its meta as it was (the audit line's data)
 APPLY = _COMMON + r"""
 local p, sid, lease_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local base = p .. 's:' .. sid
 local meta, chan = base .. ':meta', base .. ':chan'
-local ttl = redis.call('PTTL', meta)
+local ttl = redis.call('PTTL', chan)
 if ttl < 0 then
   redis.call('DEL', base .. ':log')  -- records RPUSHed for a session that is gone
   return {0, 0, {}, 0, 0, 0}
@@ -227,8 +262,9 @@ while i <= #ARGV do
   end
 end
 if redis.call('HLEN', chan) == 0 then
+  local was = redis.call('HGETALL', meta)
   drop(p, sid)
-  return {1, now, {}, 1, 0, 0}
+  return {1, now, was, 1, 0, 0}
 end
 local log = base .. ':log'
 if redis.call('PTTL', log) == -1 then redis.call('PEXPIRE', log, ttl) end  -- made by RPUSH
@@ -266,7 +302,7 @@ if not sid then return 0 end
 local wait = p .. 's:' .. sid .. ':wait'
 local n = redis.call('HINCRBY', wait, cid, delta)
 if n <= 0 then redis.call('HDEL', wait, cid) end
-local ttl = redis.call('PTTL', p .. 's:' .. sid .. ':meta')
+local ttl = redis.call('PTTL', p .. 's:' .. sid .. ':chan')
 if ttl > 0 then redis.call('PEXPIRE', wait, ttl) end
 return n
 """
@@ -276,6 +312,7 @@ return n
 COMPACT = r"""
 local p, sid, epoch, n = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local base = p .. 's:' .. sid
+if redis.call('EXISTS', base .. ':chan') == 0 then return 0 end  -- expired
 if redis.call('HGET', base .. ':meta', 'me') ~= epoch then return 0 end
 redis.call('SET', base .. ':snap', ARGV[5], 'PX', ARGV[6])
 redis.call('LTRIM', base .. ':log', n, -1)
@@ -283,12 +320,11 @@ redis.call('HINCRBY', base .. ':meta', 'me', 1)
 return 1
 """
 
-# ARGV = P, idle_ms -> {sessions pruned as expired, sessions open}
-SWEEP = r"""
+# ARGV = P, idle_ms, limit -> {sessions pruned as expired, sessions open, now, ended ({sid,
+# meta} pairs)}
+SWEEP = _COMMON + r"""
 local p, idle = ARGV[1], tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local zs = p .. 'sessions'
-local pruned = redis.call('ZREMRANGEBYSCORE', zs, '-inf', '(' .. (now - idle))
-return {pruned, redis.call('ZCARD', zs)}
+local now = now_ms()
+local pruned, ended = prune(p, idle, now, tonumber(ARGV[3]))
+return {pruned, redis.call('ZCARD', p .. 'sessions'), now, ended}
 """

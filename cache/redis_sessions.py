@@ -22,6 +22,15 @@
   runs out, and the next request continues from what was committed, chunk by chunk.
 - Idle sessions expire by Redis TTL (`idle_timeout`); the session cap is global (a sorted set
   of sessions by last use; the least recently used idle one is evicted, else 503).
+- A session that ends is reported to `on_end` (the audit line: owner, target, bytes, how long
+  it lived) by the process that saw it end: closed (its last channel closed, `cclose`),
+  evicted (by the process opening a session over the cap), expired (by the next sweep of any
+  process: Redis expires the session's keys by itself, but keeps its `meta` for
+  `redis_scripts.EPITAPH_MS` more, and the sweep reports and deletes it). Not reported: a
+  session lost with Redis' data (a restart without persistence, a flush, an eviction despite
+  `noeviction`), or one whose epitaph ran out while no server swept (every server down for
+  longer than that). An expired session's duration runs until the sweep saw it (up to one
+  sweep period late), like the memory store's.
 - A request waiting for its turn on a channel is woken through Redis pub/sub when another
   process changes that channel (published only for channels someone waits on), and reloads
   every `poll_interval` seconds anyway.
@@ -88,6 +97,7 @@ KNOWN_CHANNELS = 1 << 16     # channel -> session ids a worker remembers
 CONNECT_TIMEOUT = 1.0
 OP_TIMEOUT = 2.0             # one script's round trip, at most
 RETRY_AFTER = 2              # seconds told to clients while Redis is unreachable
+SWEEP_LIMIT = 256           # expired sessions one sweep reports, at most (one script's work)
 DOWN_FOR = 0.5               # after a failure, fail fast for this long (no connect storm)
 
 # Errors meaning "Redis cannot serve this now", as opposed to a defect of ours.
@@ -168,6 +178,7 @@ class RedisSessionStore(SessionStore):
                  compact_after: int = COMPACT_AFTER,
                  model_cache_bytes: int = MODEL_CACHE_BYTES,
                  on_event: Callable[[str], None] | None = None,
+                 on_end: Callable[[SessionState, str, float], None] | None = None,
                  on_round_trip: Callable[[str], None] | None = None,
                  on_count: Callable[[int], None] | None = None) -> None:
         self.url = redact_url(url)
@@ -179,6 +190,8 @@ class RedisSessionStore(SessionStore):
         self.compact_after = compact_after
         self.model_cache_bytes = model_cache_bytes
         self._on_event = on_event or (lambda name: None)
+        # Called with each session that ends, why, and how long it lived (the audit log).
+        self._on_end = on_end
         self._on_round_trip = on_round_trip or (lambda op: None)
         self._on_count = on_count or (lambda n: None)
         self.client = aioredis.Redis.from_url(
@@ -377,13 +390,17 @@ class RedisSessionStore(SessionStore):
         except BaseException:
             self._leases.pop((change.session_id, change.cid), None)
             raise
-        status, pruned, *rest = reply
-        self._expired(pruned)
-        if status < 0:
+        if reply[0] < 0:
+            _, pruned, ended, now = reply
+            self._expired(pruned, ended, now)
             self._leases.pop((change.session_id, change.cid), None)
             raise OverCapacity(f"{self.max_sessions} sessions are open and busy")
-        if rest[0]:
-            self._on_event("evicted")
+        _, pruned, evicted, now, ended = reply
+        self._expired(pruned, ended, now)
+        if evicted:
+            self._forget(_text(evicted[0]))
+            self._ended(_text(evicted[0]), evicted[1], "evicted", now)
+        session.opened_at = now / 1000
         session.channels[change.cid] = ChannelState(change.cid, busy=change.busy,
                                                     last_qid=change.last_qid)
         self._remember_channel(change.cid, change.session_id)
@@ -497,9 +514,9 @@ class RedisSessionStore(SessionStore):
         status, now, chans, ended, length, epoch = outcomes[-1]
         if ended or any(o[0] == 0 for o in outcomes):
             self._forget(sid)
-            if ended:  # by these changes: no channel is left
+            if ended:  # by these changes: no channel is left (chans: its meta as it was)
                 session.channels = {}
-                self._on_event("closed")
+                self._ended(sid, chans, "closed", now)
             return  # the session ended: its state is the caller's alone
         session.channels = _channels(chans, now)
         self._note_position(session, epoch, length, appended)
@@ -511,8 +528,9 @@ class RedisSessionStore(SessionStore):
             self._on_event("model_reset")
 
     async def expire(self) -> int:
-        pruned, count = await self._run("sweep", [], [self.prefix, self._idle_ms])
-        self._expired(pruned)
+        pruned, count, now, ended = await self._run("sweep", [], [self.prefix, self._idle_ms,
+                                                                  SWEEP_LIMIT])
+        self._expired(pruned, ended, now)
         self._on_count(count)
         return pruned
 
@@ -564,9 +582,29 @@ class RedisSessionStore(SessionStore):
     def _new_owner(self) -> str:
         return f"{self._owner}.{next(self._serial)}"
 
-    def _expired(self, count: int) -> None:
-        for _ in range(count):
-            self._on_event("expired")
+    def _expired(self, count: int, ended: list, now: int) -> None:
+        """Sessions a script found expired: `count` of them, `ended` the {sid, meta} of
+        those whose meta was still there."""
+        for _ in range(count - len(ended)):
+            self._on_event("expired")  # expired long ago: nothing left to report
+        for sid, meta in ended:
+            self._forget(_text(sid))
+            self._ended(_text(sid), meta, "expired", now)
+
+    def _ended(self, sid: str, meta: list, why: str, now_ms: int) -> None:
+        """A session ended: counted, and reported to `on_end` from its `meta` as Redis held
+        it (owner, target, byte counts, when it opened)."""
+        self._on_event(why)
+        if self._on_end is None or not meta:
+            return
+        values = dict(_pairs(meta))
+        try:
+            fields = {name: json.loads(values[name]) for name in _STATE_FIELDS if name in values}
+            state = SessionState(sid, **fields)
+        except (ValueError, TypeError) as e:  # another version's layout: counted, not logged
+            log.warning("an ended session's record is unreadable: %s", e)
+            return
+        self._on_end(state, why, max(0.0, now_ms / 1000 - state.opened_at))
 
     async def _compact(self, sid: str, epoch: int, entries: int, model: CacheModel) -> bool:
         """Folds the first `entries` log records into the snapshot, `model` being the snapshot

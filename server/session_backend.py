@@ -27,6 +27,6 @@ def make_session_store(config: ServerConfig, metrics=None) -> SessionStore:
         password=config.redis_password or None,
         max_sessions=config.max_sessions, idle_timeout=config.session_idle_timeout,
         max_model_bytes=config.max_session_bytes, lease=config.session_lease,
-        on_event=session_event,
+        on_event=session_event, on_end=SessionAudit(config.root),
         on_round_trip=metrics.store_round_trip if metrics is not None else None,
         on_count=metrics.session_count if metrics is not None else None)

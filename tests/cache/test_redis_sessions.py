@@ -112,6 +112,43 @@ async def test_idle_sessions_expire_by_ttl_and_busy_ones_are_kept(stores) -> Non
     assert events.count("expired") == 1
 
 
+async def test_the_owner_travels_and_every_ending_is_reported(stores) -> None:
+    """The session's owner (the token subject) is carried to every process; the process that
+    sees a session end reports it with its owner, target, bytes and age: closed by its last
+    channel, evicted over the cap, expired by Redis' TTL (found by a later sweep, whose meta
+    outlived the other keys). Nothing is reported twice, and no key is left."""
+    ended: list[tuple] = []
+
+    def on_end(session, why, seconds) -> None:
+        ended.append((session.session_id, session.owner, session.target, session.bytes_sent,
+                      why, seconds))
+
+    a = stores(max_sessions=2, idle_timeout=0.5, on_end=on_end)
+    b = stores(max_sessions=2, idle_timeout=0.5, on_end=on_end)
+    opened = await a.open(OpenSession("s0", "/img/a.jp2", "tid", "c0", busy=True,
+                                      owner="alice"))
+    assert opened.owner == "alice" and opened.opened_at > 1.7e9  # Redis' clock, seconds
+    await a.apply(opened, [End("c0", sent=1234)])
+    seen = await b.load("c0")
+    assert (seen.owner, seen.opened_at, seen.bytes_sent) == ("alice", opened.opened_at, 1234)
+    await b.apply(seen, [CloseChannels(("c0",))])
+    assert ended == [("s0", "alice", "/img/a.jp2", 1234, "closed", pytest.approx(0, abs=1))]
+    # Evicted: the third session opened over the cap of two.
+    for n in (1, 2):
+        await a.open(OpenSession(f"s{n}", "/img/b.jp2", "tid", f"c{n}", busy=False,
+                                 owner=f"user{n}"))
+    await b.open(_opening(3))
+    assert ended[-1][:5] == ("s1", "user1", "/img/b.jp2", 0, "evicted")
+    # Expired: Redis drops the session's keys; a sweep by any process reports it once.
+    await asyncio.sleep(0.7)
+    assert await a.load("c2") is None
+    assert await b.expire() == 2 and await a.expire() == 0
+    assert sorted(e[:5] for e in ended[2:]) == [("s2", "user2", "/img/b.jp2", 0, "expired"),
+                                                ("s3", None, "/img/a.jp2", 0, "expired")]
+    assert all(e[5] >= 0.5 for e in ended[2:]) and len(ended) == 4
+    assert not await a.client.keys(f"{a.prefix}s:*")
+
+
 async def test_channels_open_and_close_and_the_session_goes_with_the_last(stores) -> None:
     events: list[str] = []
     a, b = stores(on_event=events.append), stores()

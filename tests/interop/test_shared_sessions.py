@@ -33,6 +33,7 @@ from tests.conftest import CORPUS, INTEROP
 from tests.oracle import assert_same_pixels, decode_codestream
 from tests.redis_server import RedisServer, running_redis
 from tests.server_process import ServerProcess, running_server
+from tests.tokens import AUDIENCE, hs_secret, mint
 
 SAMPLE = "file1.jp2"  # 768x512 RGB, 5 levels
 LARGE = "rgb4096.jp2"  # 4096x4096 RGB, 5 MB: responses of many chunks
@@ -275,3 +276,47 @@ async def _get(http: aiohttp.ClientSession, url: str, stamp: bool = False):
         data = await r.read()
         out = (r.status, parse_stream(data))
     return (*out, started) if stamp else out
+
+
+async def test_a_session_stays_its_owners_on_every_server(root, tmp_path) -> None:
+    """Access control with sessions in Redis: the session Alice opened on A is bound to her
+    token's subject wherever her requests land. Bob's token (allowed the same target) gets 403
+    on A and on B, for windows and cclose, and the session is untouched; Alice goes on on B,
+    closes it there, and B's audit line names her."""
+    secret = hs_secret(tmp_path / "jwt.key")
+    alice, bob = (mint(secret, sub=who) for who in ("alice", "bob"))
+    auth = ("--auth-jwt-key", str(tmp_path / "jwt.key"), "--auth-audience", AUDIENCE)
+    with running_redis() as redis, servers(root, redis, 2, *auth) as (a, b):
+        async with aiohttp.ClientSession() as http:
+            def get(server: ServerProcess, query: str, token: str | None):
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                return http.get(f"{server.url}/jpip?{query}", headers=headers)
+
+            async with get(a, f"target={SAMPLE}&cnew=http&fsiz=96,64&type=jpp-stream",
+                           alice) as r:
+                assert r.status == 200
+                first = await r.read()
+                cid = r.headers["JPIP-cnew"].split("cid=")[1].split(",")[0]
+            window = "fsiz=192,128&type=jpp-stream"
+            for server in (a, b):
+                for query in (f"cid={cid}&{window}", f"cclose={cid}"):
+                    async with get(server, query, bob) as r:
+                        assert r.status == 403, (server.port, query)
+                        assert "another subject" in await r.text()
+                    async with get(server, query, None) as r:
+                        assert r.status == 401, (server.port, query)
+            async with get(b, f"cid={cid}&{window}", alice) as r:  # untouched, and hers
+                assert r.status == 200
+                more = await r.read()
+            sent = len(first) + len(more)
+            async with get(b, f"cclose={cid}", alice) as r:
+                assert r.status == 200
+                await r.read()
+            async with get(a, f"cid={cid}&{window}", alice) as r:
+                assert r.status == 503  # closed for A too (an unknown channel)
+        audit = [line for line in b.log.read_text().splitlines() if "session ended" in line]
+        assert len(audit) == 1 and "subject=alice" in audit[0], audit
+        assert "ended (closed)" in audit[0] or "(closed)" in audit[0]
+        assert f"target={SAMPLE}" in audit[0]
+        logged = int(audit[0].split("bytes=")[1].split()[0])
+        assert 0 < logged <= sent

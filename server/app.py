@@ -210,6 +210,7 @@ async def stats_sharer(app: web.Application) -> AsyncIterator[None]:
             except OSError as e:  # a full disk: /metrics lags, serving goes on
                 log.warning("cannot share request figures: %s", e)
 
+    metrics.share()  # at once: the others' /metrics name this worker from the start
     task = asyncio.create_task(share(), name="jpip-stats-sharer")
     yield
     task.cancel()

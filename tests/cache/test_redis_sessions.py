@@ -126,11 +126,12 @@ async def test_the_owner_travels_and_every_ending_is_reported(stores) -> None:
     a = stores(max_sessions=2, idle_timeout=0.5, on_end=on_end)
     b = stores(max_sessions=2, idle_timeout=0.5, on_end=on_end)
     opened = await a.open(OpenSession("s0", "/img/a.jp2", "tid", "c0", busy=True,
-                                      owner="alice"))
+                                      owner="alice", stream_type="jpt-stream"))
     assert opened.owner == "alice" and opened.opened_at > 1.7e9  # Redis' clock, seconds
     await a.apply(opened, [End("c0", sent=1234)])
     seen = await b.load("c0")
-    assert (seen.owner, seen.opened_at, seen.bytes_sent) == ("alice", opened.opened_at, 1234)
+    assert (seen.owner, seen.opened_at, seen.bytes_sent, seen.stream_type) == (
+        "alice", opened.opened_at, 1234, "jpt-stream")
     await b.apply(seen, [CloseChannels(("c0",))])
     assert ended == [("s0", "alice", "/img/a.jp2", 1234, "closed", pytest.approx(0, abs=1))]
     # Evicted: the third session opened over the cap of two.

@@ -7,24 +7,23 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import struct
 import subprocess
 import sys
 import time
 import tracemalloc
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from codestream.boxes import SUPERBOXES, read_layout, walk_boxes
+from codestream.boxes import read_layout
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from codestream.source import build_source
 from tests.conftest import CORPUS, PROJECT_ROOT, corpus_files
+from tests.data.corrupt import corrupt_variants, sample
 from tests.fuzz.targets import measure, target_codestream
 
 SOLO = "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2"  # one tile-part, one PLT
@@ -73,13 +72,6 @@ def regions(buf: bytes) -> dict[str, list[int]]:
             out["tile_header"] += range(part.sot_offset, part.header_end)
             out["data"] += range(part.header_end, part.data_end)
     return out
-
-
-def sample(positions: list, k: int, seed: int) -> list:
-    """k of the items, chosen by a seeded draw, in their original order."""
-    if len(positions) <= k:
-        return positions
-    return [positions[i] for i in sorted(random.Random(seed).sample(range(len(positions)), k))]
 
 
 # --------------------------------------------------------------------------- truncation
@@ -294,109 +286,6 @@ def test_bad_coding_parameters() -> None:
     expect_error(patched(P0_01, base + 9, ">B", 2), cod.offset, "wavelet")
 
 
-def _traced(data: bytes) -> tuple[object, int]:
-    tracemalloc.start()
-    try:
-        got = outcome(data)
-        return got, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def test_refused_huge_headers_allocate_nothing_proportional() -> None:
-    for values in (dict(xsiz=MAX32, ysiz=MAX32, xtsiz=65536, ytsiz=65536),
-                   dict(xsiz=MAX32, ysiz=MAX32, xtsiz=1, ytsiz=1)):
-        got, peak = _traced(with_siz(P0_01, **values))
-        assert isinstance(got, CodestreamError)
-        assert peak < 1e6, f"{values}: peak {peak / 1e6:.1f} MB"
-
-
-_CHILD = r"""
-import json, resource, sys, time, tracemalloc
-resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), resource.RLIM_INFINITY))
-from codestream.boxes import SUPERBOXES, read_layout, walk_boxes
-from codestream.errors import CodestreamError
-from codestream.index import index_codestream
-buf = open(sys.argv[1], "rb").read()
-tracemalloc.start()
-t0 = time.perf_counter()
-try:
-    for off, ln in read_layout(buf).codestreams:
-        index_codestream(buf, off, ln)
-    result = "indexed"
-except CodestreamError as e:
-    result = "CodestreamError: " + str(e)
-except BaseException as e:
-    result = type(e).__name__ + ": " + str(e)[:200]
-print(json.dumps({"result": result, "seconds": time.perf_counter() - t0,
-                  "peak_mb": tracemalloc.get_traced_memory()[1] / 1e6}))
-"""
-
-
-def index_in_child(data: bytes, tmp_path: Path, *, timeout: float = 20,
-                   address_space: int = 2 << 30) -> dict:
-    """Indexes `data` in a child process with a memory cap and a time limit (so a runaway
-    case fails the test instead of taking the machine down); returns result, seconds, peak_mb."""
-    path = tmp_path / "crafted.j2k"
-    path.write_bytes(data)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    try:
-        r = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(address_space)],
-                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                           timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"result": f"still running after {timeout} s", "seconds": timeout, "peak_mb": -1}
-    assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def assert_bounded(rep: dict, *, seconds: float = 5, peak_mb: float = 50) -> None:
-    ok = (rep["result"] == "indexed" or rep["result"].startswith("CodestreamError")) and \
-        rep["seconds"] <= seconds and 0 <= rep["peak_mb"] <= peak_mb
-    assert ok, f"expected CodestreamError (or an index) within {seconds} s and {peak_mb} MB: {rep}"
-
-
-def test_a_small_crafted_header_is_indexed_within_bounds(tmp_path) -> None:
-    """A header claiming a modest image over p0_01's data: the harness itself works."""
-    assert_bounded(index_in_child(with_siz(P0_01, xsiz=512, ysiz=512), tmp_path))
-
-
-def test_one_huge_tile_is_refused_before_allocating_its_precincts(tmp_path) -> None:
-    """p0_01 (7 KB) with Xsiz = Ysiz = XTsiz = YTsiz = 2^32-1: one 4G x 4G tile, 2^28
-    precincts at resolution 0 alone. The precincts are counted from the resolution grids and
-    the header refused (more precincts than the data can hold) before any array is built."""
-    data = with_siz(P0_01, xsiz=MAX32, ysiz=MAX32, xtsiz=MAX32, ytsiz=MAX32)
-    assert_bounded(index_in_child(data, tmp_path))
-
-
-def test_wide_image_decodes_headers_in_memory_bounded_by_the_data(tmp_path) -> None:
-    """p0_01 with Xsiz = XTsiz = 2^32-1 (a 4G x 128 tile; default precincts 2^15): packet
-    headers are decoded against precincts with large claimed code-block grids. Band state is
-    made on a precinct's first non-empty packet, large tag trees hold only the nodes touched,
-    and code-blocks under an excluded tag-tree node are skipped a span at a time."""
-    data = with_siz(P0_01, xsiz=MAX32, xtsiz=MAX32)
-    assert_bounded(index_in_child(data, tmp_path))
-
-
-def test_a_million_claimed_tiles_are_refused_at_once(tmp_path) -> None:
-    """p0_01 with Xsiz = Ysiz = 2^20 and 1024 x 1024 tiles: 2^20 tiles, more than SOT can
-    address, so the SIZ itself is refused as malformed."""
-    data = with_siz(P0_01, xsiz=1 << 20, ysiz=1 << 20, xtsiz=1024, ytsiz=1024)
-    rep = index_in_child(data, tmp_path, timeout=15)
-    assert_bounded(rep, seconds=5)
-    assert "more than SOT can address" in rep["result"], rep
-
-
-def test_the_most_tiles_sot_can_address_claimed_by_one_tile_part(tmp_path) -> None:
-    """p0_01 with 255 x 257 = 65535 tiles of 1 x 1 (the most SIZ may claim), one tile-part
-    present: refused as malformed (far more tiles claimed than have tile-parts) before any
-    per-tile work, which costs ~150 us a tile."""
-    data = with_siz(P0_01, xsiz=255, ysiz=257, xtsiz=1, ytsiz=1)
-    got = expect_error(data, 0, "have tile-parts")
-    assert not got.unsupported
-    assert_bounded(index_in_child(data, tmp_path, timeout=15), seconds=2)
-
-
 # --------------------------------------------------------------------------- PLT
 def plt_entries(buf: bytes, seg) -> list[tuple[int, int]]:
     """(start, end) byte offsets of each Iplt entry of a PLT segment."""
@@ -562,78 +451,8 @@ def test_every_error_offset_points_into_the_file() -> None:
 # either succeeds, with every bin a byte range inside the file and the window planner working
 # on the result, or raises a CodestreamError naming a place in the file; never another
 # exception, never a hang (tests/fuzz/targets.py holds the checks, shared with the fuzzer).
-CUTS_PER_FILE = 40
-FLIPS_PER_REGION = 6
-HEAVY_PACKETS = 10_000  # files with more packets (p1_05: 26,000) get a quarter of the variants
+# The variants are made by tests/data/corrupt.py (tests/reliability serves the same ones).
 VARIANT_SECONDS = 2.0  # CPU seconds per corrupt variant, at least (see _variant_limit)
-
-
-def boundaries(data: bytes) -> list[int]:
-    """Offsets where a box, a marker segment, a tile-part header or tile-part data starts or
-    ends, and a byte either side of each."""
-    points: set[int] = set()
-    layout = read_layout(data)
-
-    def boxes_at(start: int, end: int, depth: int) -> None:
-        for box in walk_boxes(data, start, end):
-            points.update((box.offset, box.content_offset, box.end))
-            if box.box_type in SUPERBOXES and depth < 4:
-                boxes_at(box.content_offset, box.end, depth + 1)
-
-    if layout.is_jp2:
-        boxes_at(0, len(data), 0)
-    for off, ln in layout.codestreams:
-        cs = parse_codestream(data, off, ln)
-        points.update((off, off + 2, off + ln))
-        for seg in cs.main.segments:
-            points.update((seg.offset, seg.body_offset, seg.end))
-        for part in cs.tile_parts:
-            points.update((part.sot_offset, part.header_end, part.data_end))
-            for seg in part.header_segments:
-                points.update((seg.offset, seg.body_offset, seg.end))
-    near = {p + d for p in points for d in (-1, 0, 1)}
-    return sorted(p for p in near if 0 < p < len(data))
-
-
-def flip_regions(data: bytes) -> tuple[dict[str, list[int]], int]:
-    """Byte positions of the main headers, tile-part headers, packet headers and PLT bodies;
-    and the number of packets."""
-    out: dict[str, list[int]] = {"main": [], "tile_header": [], "packet_header": [], "plt": []}
-    packets = 0
-    for off, ln in read_layout(data).codestreams:
-        cs = parse_codestream(data, off, ln)
-        out["main"] += range(off, cs.tile_parts[0].sot_offset if cs.tile_parts else off + ln)
-        for part in cs.tile_parts:
-            out["tile_header"] += range(part.sot_offset, part.header_end)
-            for seg in part.header_segments:
-                if seg.code == 0xFF58:
-                    out["plt"] += range(seg.body_offset, seg.end)
-        ix = index_codestream(data, off, ln)
-        pk = ix.packets
-        packets += len(pk["offset"])
-        heads = np.flatnonzero(pk["header_length"] > 0)
-        for k in sample(heads.tolist(), 64, seed=7):
-            start = int(pk["offset"][k])
-            out["packet_header"] += range(start, start + int(pk["header_length"][k]))
-    return out, packets
-
-
-def corrupt_variants(name: str, data: bytes) -> list[tuple[str, bytes]]:
-    seed = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big")
-    rng = random.Random(seed)
-    regions, packets = flip_regions(data)
-    share = 4 if packets > HEAVY_PACKETS else 1
-    cuts = sample(boundaries(data), (CUTS_PER_FILE - 8) // share, seed=seed)
-    cuts += sorted(rng.randrange(1, len(data)) for _ in range(8 // share))
-    out = [(f"cut at {c}", data[:c]) for c in cuts]
-    for region, positions in regions.items():
-        for pos in sample(positions, -(-FLIPS_PER_REGION // share),
-                          seed=seed ^ zlib.crc32(region.encode())):
-            bit = rng.randrange(8)
-            flipped = bytearray(data)
-            flipped[pos] ^= 1 << bit
-            out.append((f"{region} bit {bit} flipped at {pos}", bytes(flipped)))
-    return out
 
 
 def _variant_limit(data: bytes) -> float:

@@ -186,6 +186,16 @@ def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:
     return chunks
 
 
+def _after_eph(buf, pos: int, end: int, t: int, where: int | None = None) -> int:
+    """The position after the EPH marker that must end a packet header when COD announces EPH
+    markers (T.800 A.8.2); a header without one is corrupt (and OpenJPEG refuses it). `where`
+    is the file offset to name when `buf` is not the file (packed headers)."""
+    if pos + 2 > end or buf[pos] != 0xFF or buf[pos + 1] != 0x92:
+        raise CodestreamError(pos if where is None else where, f"tile {t}: packet header not "
+                              "followed by EPH (COD announces EPH markers)")
+    return pos + 2
+
+
 class _Builder:
     """Accumulates the arrays of one codestream tile by tile."""
 
@@ -227,13 +237,18 @@ class _Builder:
         if th is None or len(prec.comp) == 0:
             return cod.layers, cod.mct
         pocs = th.markers.pocs or self.layout.main.pocs
-        for part in th.parts:
-            self.data_bytes += part.data_end - part.header_end
+        tile_bytes = sum(part.data_end - part.header_end for part in th.parts)
+        self.data_bytes += tile_bytes
         # With packed headers (PPM/PPT) the headers must be decoded anyway to split the packed
         # stream packet by packet, and decoding them also gives the body lengths PLT would.
         packed = bool(th.ppt) or bool(self.ppm)
         if packed:
             self.packed_tiles.add(t)
+        if tile_bytes == 0 and not packed:
+            # Every packet is at least one byte (its header) unless headers are packed
+            # elsewhere: tile-parts without a byte of data are cut or corrupt.
+            raise CodestreamError(th.parts[0].sot_offset, f"tile {t}: its tile-parts hold no "
+                                  "packet data")
         may_use_plt = self.use_plt and bool(th.plt) and not packed
         prefix = self._resolution_prefix(prec, cod, pocs) if not may_use_plt else False
         if prefix:
@@ -424,8 +439,8 @@ class _Builder:
                 bits = BitReader(buf, pos, end)
                 body = state.read_header(bits, int(seq_l[k]))
                 hend = bits.align()
-                if cod.eph and hend + 2 <= end and buf[hend] == 0xFF and buf[hend + 1] == 0x92:
-                    hend += 2
+                if cod.eph:
+                    hend = _after_eph(buf, hend, end, t)
                 hlen = hend - pos
                 if hend + body > end:
                     raise CodestreamError(pos, f"tile {t}: packet body runs past the tile-part")
@@ -439,9 +454,9 @@ class _Builder:
                 bits = BitReader(packed_stream, hpos, len(packed_stream))
                 body = state.read_header(bits, int(seq_l[k]))
                 hend = bits.align()
-                if (cod.eph and hend + 2 <= len(packed_stream) and packed_stream[hend] == 0xFF
-                        and packed_stream[hend + 1] == 0x92):
-                    hend += 2
+                if cod.eph:
+                    hend = _after_eph(packed_stream, hend, len(packed_stream), t,
+                                      parts[part_no].sot_offset)
                 if pos + body > end:
                     raise CodestreamError(pos, f"tile {t}: packet body runs past the tile-part")
                 offsets.append(pos)

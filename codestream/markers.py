@@ -239,7 +239,7 @@ def parse_siz(r: Reader, seg: Segment) -> Siz:
     return siz
 
 
-def _parse_style(r: Reader, seg: Segment, explicit_precincts: bool) -> CodingStyle:
+def _parse_style(r: Reader, seg: Segment, explicit_precincts: bool, part2: bool) -> CodingStyle:
     levels = r.u8()
     if levels > MAX_LEVELS:
         raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: {levels} decomposition levels")
@@ -248,6 +248,10 @@ def _parse_style(r: Reader, seg: Segment, explicit_precincts: bool) -> CodingSty
         raise CodestreamError(seg.offset,
                               f"{marker_name(seg.code)}: bad code-block size {xcb},{ycb}")
     if transform > 1:
+        # Reserved in Part 1; an ATK kernel only where Rsiz announces Part 2 extensions.
+        if not part2:
+            raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: wavelet {transform} is "
+                                  "reserved (Rsiz announces no Part 2 extensions)")
         raise CodestreamError(seg.offset, f"{marker_name(seg.code)}: wavelet {transform} "
                               "(Part 2 arbitrary wavelets are not served)", unsupported=True)
     if explicit_precincts:
@@ -263,22 +267,23 @@ def _parse_style(r: Reader, seg: Segment, explicit_precincts: bool) -> CodingSty
     return CodingStyle(levels, xcb + 2, ycb + 2, style, transform == 1, tuple(precincts))
 
 
-def parse_cod(r: Reader, seg: Segment) -> Cod:
+def parse_cod(r: Reader, seg: Segment, part2: bool = False) -> Cod:
+    """COD; `part2`: Rsiz announces Part 2 extensions (T.801), which makes more values valid."""
     scod = r.u8()
     prog, layers, mct = r.u8(), r.u16(), r.u8()
     if prog > 4:
         raise CodestreamError(seg.offset, f"COD: unknown progression order {prog}")
     if layers == 0:
         raise CodestreamError(seg.offset, "COD: zero layers")
-    return Cod(scod, prog, layers, mct, _parse_style(r, seg, bool(scod & 1)))
+    return Cod(scod, prog, layers, mct, _parse_style(r, seg, bool(scod & 1), part2))
 
 
-def parse_coc(r: Reader, seg: Segment, csiz: int) -> Coc:
+def parse_coc(r: Reader, seg: Segment, csiz: int, part2: bool = False) -> Coc:
     c = r.comp(csiz)
     if c >= csiz:
         raise CodestreamError(seg.offset, f"COC: component {c} >= Csiz {csiz}")
     scoc = r.u8()
-    return Coc(c, _parse_style(r, seg, bool(scoc & 1)))
+    return Coc(c, _parse_style(r, seg, bool(scoc & 1), part2))
 
 
 def parse_poc(r: Reader, seg: Segment, csiz: int) -> list[PocEntry]:

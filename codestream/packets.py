@@ -11,6 +11,11 @@ from .markers import CBLK_BYPASS, CBLK_HT, CBLK_TERMALL
 
 _INFINITY = 1 << 30
 MAX_ZERO_BITPLANES = 80  # more would mean a corrupt (looping) tag tree
+# The most coding passes a (non-HT) code-block can have: 3 Mb - 2 with Mb <= 37 magnitude
+# bit-planes (at most 7 guard bits + a 5-bit exponent of 31, less one; T.800 E.1). A header
+# claiming more is corrupt, and decoders disagree on how to read it (OpenJPEG starts a new
+# codeword segment after 109 passes, and so reads other lengths).
+MAX_PASSES = 109
 
 
 class BitReader:
@@ -170,7 +175,8 @@ class BandState:
         self.count = cw * ch
         self.incl = TagTree(cw, ch) if self.count else None
         self.zbp = TagTree(cw, ch) if self.count else None
-        self.blocks: dict[int, list[int]] = {}  # k -> [lblock, segno, seg_passes, seg_max]
+        # k -> [lblock, segno, seg_passes, seg_max, passes]
+        self.blocks: dict[int, list[int]] = {}
         self.included: list[int] = []  # sorted raster indices of the included code-blocks
 
 
@@ -266,10 +272,14 @@ class PrecinctState:
                         k += 1
                     continue
                 band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
-                state = blocks[k] = [3, 0, 0, 0]
+                state = blocks[k] = [3, 0, 0, 0, 0]
                 newly.append(k)
                 first = True
             n = _num_passes(bits)
+            state[4] += n
+            if state[4] > MAX_PASSES and not ht:
+                raise CodestreamError(bits.base + bits.pos, f"a code-block with {state[4]} "
+                                      f"coding passes (at most {MAX_PASSES} can exist)")
             while bit():  # Lblock increment, a comma code
                 state[0] += 1
                 if state[0] > 64:

@@ -80,12 +80,17 @@ class CodestreamLayout:
     has_eoc: bool
 
 
-def _parse_header_segment(buf, seg: Segment, siz: Siz | None, hm: HeaderMarkers) -> None:
+# Rsiz bit 15: the codestream uses Part 2 (T.801) extensions.
+PART2_RSIZ = 0x8000
+
+
+def _parse_header_segment(buf, seg: Segment, siz: Siz, hm: HeaderMarkers) -> None:
     r = Reader(buf, seg.body_offset, seg.end)
+    part2 = bool(siz.rsiz & PART2_RSIZ)
     if seg.code == COD:
-        hm.cod = parse_cod(r, seg)
+        hm.cod = parse_cod(r, seg, part2)
     elif seg.code == COC:
-        coc = parse_coc(r, seg, siz.num_components)
+        coc = parse_coc(r, seg, siz.num_components, part2)
         hm.cocs[coc.component] = coc
     elif seg.code == POC:
         hm.pocs.extend(parse_poc(r, seg, siz.num_components))
@@ -164,9 +169,14 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
         part_end = stream_end if psot == 0 else pos + psot
         if psot and psot < 14:
             raise CodestreamError(pos, f"SOT: Psot {psot} too small")
-        if part_end > end:
+        if part_end > stream_end:  # (into the EOC that ends the codestream, or past it)
             raise CodestreamError(pos, f"SOT: tile-part length {psot} runs past the codestream end")
         th = tiles.setdefault(isot, TileHeaders())
+        if tpsot != len(th.parts):
+            # Tile-parts of a tile are numbered in order from 0 (T.800 A.4.2); OpenJPEG refuses
+            # a file that breaks this, so it is refused here too.
+            raise CodestreamError(pos, f"SOT: tile-part {tpsot} of tile {isot} out of sequence "
+                                  f"(expected {len(th.parts)})")
         part = TilePart(isot, tpsot, pos, 0, part_end)
         first_part = not th.parts
         hpos = seg.end

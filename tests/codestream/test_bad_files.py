@@ -283,7 +283,155 @@ def test_bad_coding_parameters() -> None:
     expect_error(patched(P0_01, base + 2, ">H", 0), cod.offset, "zero layers")
     expect_error(patched(P0_01, base + 5, ">B", 33), cod.offset, "levels")
     expect_error(patched(P0_01, base + 6, ">B", 9), cod.offset, "code-block")
-    expect_error(patched(P0_01, base + 9, ">B", 2), cod.offset, "wavelet")
+    reserved = expect_error(patched(P0_01, base + 9, ">B", 2), cod.offset, "wavelet 2 is reserved")
+    assert not reserved.unsupported  # malformed: Rsiz announces no Part 2 extensions
+    part2 = patched(patched(P0_01, base + 9, ">B", 2), 4 + 2, ">H", 0x8000)
+    assert expect_error(part2, cod.offset, "Part 2").unsupported  # an ATK kernel: not served
+
+
+# --------------------------------------------------------------------------- what OpenJPEG refuses
+# Damage the index once accepted but OpenJPEG refuses (found by serving damaged corpus files,
+# tests/reliability/test_corrupt_served.py): refused here too, so what is served decodes.
+def flipped(data: bytes, pos: int, bit: int) -> bytes:
+    out = bytearray(data)
+    out[pos] ^= 1 << bit
+    return bytes(out)
+
+
+def test_a_code_block_with_more_coding_passes_than_can_exist() -> None:
+    """CT1's last packet header with one bit flipped claims 158 passes for a code-block: at
+    most 3 x 37 - 2 = 109 exist (OpenJPEG opens a second codeword segment after 109 and so
+    reads other lengths than a single-segment reading)."""
+    expect_error(flipped(read("CT1.j2k"), 54520, 6), None, "coding passes")
+
+
+def test_tile_parts_out_of_sequence() -> None:
+    sot = codestream_of(P0_01).tile_parts[0].sot_offset
+    expect_error(patched(P0_01, sot + 10, ">B", 1), sot, "out of sequence")
+
+
+def test_a_packet_header_without_its_eph_marker() -> None:
+    data = read("p0_02.j2k")
+    part = codestream_of(data).tile_parts[0]
+    eph = data.index(b"\xff\x92", part.header_end)
+    expect_error(data[:eph] + b"\x00\x00" + data[eph + 2:], eph, "EPH")
+
+
+def test_a_tile_part_running_into_the_eoc() -> None:
+    data = read("p0_01.j2k")
+    sot = codestream_of(data).tile_parts[0].sot_offset
+    psot = struct.unpack_from(">I", data, sot + 6)[0]
+    expect_error(patched(data, sot + 6, ">I", psot + 1), sot, "runs past")
+
+
+def test_a_tile_without_a_byte_of_packet_data() -> None:
+    """Psot = 0 (to the end of the codestream) cut right after SOD."""
+    data = read("CT1_psot0_noeoc.j2k")
+    part = codestream_of(data).tile_parts[0]
+    expect_error(data[:part.header_end], part.sot_offset, "no packet data")
+
+
+def _traced(data: bytes) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        got = outcome(data)
+        return got, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_refused_huge_headers_allocate_nothing_proportional() -> None:
+    for values in (dict(xsiz=MAX32, ysiz=MAX32, xtsiz=65536, ytsiz=65536),
+                   dict(xsiz=MAX32, ysiz=MAX32, xtsiz=1, ytsiz=1)):
+        got, peak = _traced(with_siz(P0_01, **values))
+        assert isinstance(got, CodestreamError)
+        assert peak < 1e6, f"{values}: peak {peak / 1e6:.1f} MB"
+
+
+_CHILD = r"""
+import json, resource, sys, time, tracemalloc
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), resource.RLIM_INFINITY))
+from codestream.boxes import SUPERBOXES, read_layout, walk_boxes
+from codestream.errors import CodestreamError
+from codestream.index import index_codestream
+buf = open(sys.argv[1], "rb").read()
+tracemalloc.start()
+t0 = time.perf_counter()
+try:
+    for off, ln in read_layout(buf).codestreams:
+        index_codestream(buf, off, ln)
+    result = "indexed"
+except CodestreamError as e:
+    result = "CodestreamError: " + str(e)
+except BaseException as e:
+    result = type(e).__name__ + ": " + str(e)[:200]
+print(json.dumps({"result": result, "seconds": time.perf_counter() - t0,
+                  "peak_mb": tracemalloc.get_traced_memory()[1] / 1e6}))
+"""
+
+
+def index_in_child(data: bytes, tmp_path: Path, *, timeout: float = 20,
+                   address_space: int = 2 << 30) -> dict:
+    """Indexes `data` in a child process with a memory cap and a time limit (so a runaway
+    case fails the test instead of taking the machine down); returns result, seconds, peak_mb."""
+    path = tmp_path / "crafted.j2k"
+    path.write_bytes(data)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    try:
+        r = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(address_space)],
+                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"result": f"still running after {timeout} s", "seconds": timeout, "peak_mb": -1}
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def assert_bounded(rep: dict, *, seconds: float = 5, peak_mb: float = 50) -> None:
+    ok = (rep["result"] == "indexed" or rep["result"].startswith("CodestreamError")) and \
+        rep["seconds"] <= seconds and 0 <= rep["peak_mb"] <= peak_mb
+    assert ok, f"expected CodestreamError (or an index) within {seconds} s and {peak_mb} MB: {rep}"
+
+
+def test_a_small_crafted_header_is_indexed_within_bounds(tmp_path) -> None:
+    """A header claiming a modest image over p0_01's data: the harness itself works."""
+    assert_bounded(index_in_child(with_siz(P0_01, xsiz=512, ysiz=512), tmp_path))
+
+
+def test_one_huge_tile_is_refused_before_allocating_its_precincts(tmp_path) -> None:
+    """p0_01 (7 KB) with Xsiz = Ysiz = XTsiz = YTsiz = 2^32-1: one 4G x 4G tile, 2^28
+    precincts at resolution 0 alone. The precincts are counted from the resolution grids and
+    the header refused (more precincts than the data can hold) before any array is built."""
+    data = with_siz(P0_01, xsiz=MAX32, ysiz=MAX32, xtsiz=MAX32, ytsiz=MAX32)
+    assert_bounded(index_in_child(data, tmp_path))
+
+
+def test_wide_image_decodes_headers_in_memory_bounded_by_the_data(tmp_path) -> None:
+    """p0_01 with Xsiz = XTsiz = 2^32-1 (a 4G x 128 tile; default precincts 2^15): packet
+    headers are decoded against precincts with large claimed code-block grids. Band state is
+    made on a precinct's first non-empty packet, large tag trees hold only the nodes touched,
+    and code-blocks under an excluded tag-tree node are skipped a span at a time."""
+    data = with_siz(P0_01, xsiz=MAX32, xtsiz=MAX32)
+    assert_bounded(index_in_child(data, tmp_path))
+
+
+def test_a_million_claimed_tiles_are_refused_at_once(tmp_path) -> None:
+    """p0_01 with Xsiz = Ysiz = 2^20 and 1024 x 1024 tiles: 2^20 tiles, more than SOT can
+    address, so the SIZ itself is refused as malformed."""
+    data = with_siz(P0_01, xsiz=1 << 20, ysiz=1 << 20, xtsiz=1024, ytsiz=1024)
+    rep = index_in_child(data, tmp_path, timeout=15)
+    assert_bounded(rep, seconds=5)
+    assert "more than SOT can address" in rep["result"], rep
+
+
+def test_the_most_tiles_sot_can_address_claimed_by_one_tile_part(tmp_path) -> None:
+    """p0_01 with 255 x 257 = 65535 tiles of 1 x 1 (the most SIZ may claim), one tile-part
+    present: refused as malformed (far more tiles claimed than have tile-parts) before any
+    per-tile work, which costs ~150 us a tile."""
+    data = with_siz(P0_01, xsiz=255, ysiz=257, xtsiz=1, ytsiz=1)
+    got = expect_error(data, 0, "have tile-parts")
+    assert not got.unsupported
+    assert_bounded(index_in_child(data, tmp_path, timeout=15), seconds=2)
 
 
 # --------------------------------------------------------------------------- PLT

@@ -133,7 +133,7 @@ def read_layout(buf: memoryview | bytes) -> FileLayout:
         return FileLayout(False, (), ((0, size),))
     if bytes(buf[:12]) != JP2_SIGNATURE:
         raise CodestreamError(0, "neither a JPEG 2000 codestream (SOC) nor a JP2 file "
-                              "(signature box)")
+                              "(signature box)", not_jpeg2000=True)
     boxes = _top_boxes(buf, size)
     brand = b""
     if len(boxes) > 1 and boxes[1].box_type == b"ftyp" and boxes[1].content_length >= 4:

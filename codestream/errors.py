@@ -6,11 +6,15 @@ class CodestreamError(Exception):
     """A file that cannot be indexed: names the byte offset and the reason.
 
     `offset` is an absolute offset in the file (or -1 when not tied to one place).
-    `unsupported` is True when the file is valid but uses a feature we do not serve.
+    `unsupported` is True when the file is valid but uses a feature we do not serve;
+    `not_jpeg2000` when the file is not JPEG 2000 at all (no codestream or JP2 signature at its
+    start); otherwise the file is a damaged or malformed JPEG 2000 file.
     """
 
-    def __init__(self, offset: int, reason: str, *, unsupported: bool = False) -> None:
+    def __init__(self, offset: int, reason: str, *, unsupported: bool = False,
+                 not_jpeg2000: bool = False) -> None:
         super().__init__(f"at byte {offset}: {reason}" if offset >= 0 else reason)
         self.offset = offset
         self.reason = reason
         self.unsupported = unsupported
+        self.not_jpeg2000 = not_jpeg2000

@@ -69,7 +69,7 @@ class Source:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         except ValueError as e:  # empty file
             self._file.close()
-            raise CodestreamError(0, f"cannot map file: {e}") from e
+            raise CodestreamError(0, f"cannot map file: {e}", not_jpeg2000=True) from e
         if len(self._map) != identity.size:
             self.close()
             raise CodestreamError(-1, "file changed while it was being opened")
@@ -301,7 +301,7 @@ def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) 
     identity = file_identity(path)
     with open(path, "rb") as f:
         if identity.size < 4:
-            raise CodestreamError(0, "file too short to be JPEG 2000")
+            raise CodestreamError(0, "file too short to be JPEG 2000", not_jpeg2000=True)
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             layout = read_layout(mm)

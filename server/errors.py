@@ -66,15 +66,17 @@ def classify(exc: BaseException) -> ErrorAnswer:
         level = logging.INFO if status < 500 else logging.WARNING
         return ErrorAnswer(status, body, headers, level, f"{type(exc).__name__}: {body}")
     if isinstance(getattr(exc, "offset", None), int) and isinstance(reason, str):
-        # A file we cannot index: the file's fault, not ours (415), and worth a warning for
-        # whoever keeps the files. Valid but unsupported features are "not implemented".
-        unsupported = bool(getattr(exc, "unsupported", False))
+        # A file we cannot index is the file's fault, not ours, and worth a warning for whoever
+        # keeps the files: 415 when it is not JPEG 2000 at all, 422 when it is a damaged or
+        # malformed one (as for DICOM files), 501 for a valid file using a feature not served.
         where = f" at byte {exc.offset}" if exc.offset >= 0 else ""  # type: ignore[attr-defined]
-        if unsupported:
-            body = _one_line(f"cannot serve target: {reason}")
+        if getattr(exc, "unsupported", False):
+            status, body = 501, f"cannot serve target: {reason}"
+        elif getattr(exc, "not_jpeg2000", False):
+            status, body = 415, f"not a JPEG 2000 file ({reason})"
         else:
-            body = _one_line(f"not a JPEG 2000 file this server can read ({reason}{where})")
-        return ErrorAnswer(501 if unsupported else 415, body, {}, logging.WARNING,
+            status, body = 422, f"damaged JPEG 2000 file: {reason}{where}"
+        return ErrorAnswer(status, _one_line(body), {}, logging.WARNING,
                            f"{type(exc).__name__}{where}: {_one_line(reason)}")
     return ErrorAnswer(500, "internal error", {}, logging.ERROR,
                        f"unhandled {type(exc).__name__}: {_one_line(exc)}", traceback=True)

@@ -38,6 +38,7 @@ ERRORS: dict[str, Exception] = {
     "target": TargetError("no such target"),
     "suffix": TargetError("'.txt' files are not served", 415),
     "codestream": CodestreamError(1234, "SIZ segment ends early"),
+    "not-jpeg2000": CodestreamError(0, "no signature", not_jpeg2000=True),
     "unsupported": CodestreamError(99, "uses a feature we do not serve", unsupported=True),
     "busy": ServiceUnavailable("too many sessions", retry_after=7),
     "bug": RuntimeError("secret detail\nTraceback (most recent call last): nothing"),
@@ -268,8 +269,8 @@ async def test_methods_reach_the_jpip_handler(make_client: MakeClient, monkeypat
     ("bad-cid", 503, "cid: unknown or closed channel\n"),
     ("target", 404, "no such target\n"),
     ("suffix", 415, "'.txt' files are not served\n"),
-    ("codestream", 415, "not a JPEG 2000 file this server can read (SIZ segment ends early at "
-                        "byte 1234)\n"),
+    ("codestream", 422, "damaged JPEG 2000 file: SIZ segment ends early at byte 1234\n"),
+    ("not-jpeg2000", 415, "not a JPEG 2000 file (no signature)\n"),
     ("unsupported", 501, "cannot serve target: uses a feature we do not serve\n"),
     ("busy", 503, "too many sessions\n"),
     ("bug", 500, "internal error\n"),

@@ -423,9 +423,12 @@ async def _stream(request: web.Request, state: JPIPState, ex: Exchange, reply: R
             return await _send_whole(request, state, ex, reply, session, progress, headers,
                                      held)
         resp = web.StreamResponse(status=reply.status, headers=headers)
-        if request.version >= HttpVersion11:
+        if request.version == HttpVersion11:
             resp.enable_chunked_encoding()
-        # (HTTP/1.0 has no chunked coding: the body then ends when the connection closes.)
+        else:
+            # HTTP/1.0 has no chunked coding: the body ends when the connection closes, even
+            # when the client asked to keep it alive (it could not tell where the body ends).
+            resp.force_close()
         await resp.prepare(request)
         if request.method == "HEAD":
             return resp

@@ -147,10 +147,14 @@ async def test_5_a_len_below_one_message_header_still_progresses(base) -> None:
 
 # --- 6: HTTP/1.0 ----------------------------------------------------------------------------------
 
-async def test_6_http_1_0_gets_a_whole_response(base) -> None:
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n"])
+async def test_6_http_1_0_gets_a_whole_response(base, connection) -> None:
+    """The body ends when the server closes the connection, even if the client asked to keep
+    it alive (found by tests/reliability: such a client waited for the keep-alive timeout)."""
     host, port = base.removeprefix("http://").split(":")
     reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(b"GET /jpip?target=p0_02.j2k&fsiz=32,32 HTTP/1.0\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /jpip?target=p0_02.j2k&fsiz=32,32 HTTP/1.0\r\nHost: x\r\n" + connection
+                 + b"\r\n")
     await writer.drain()
     raw = await asyncio.wait_for(reader.read(), 10)  # the server closes: the body's end
     writer.close()

@@ -14,7 +14,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from aiohttp import web
+from aiohttp import HttpVersion10, HttpVersion11, web
 
 from server.access import GUARD_KEY, create_guard
 from server.config import ServerConfig, load_config
@@ -135,6 +135,11 @@ def _not_allowed(allowed: Sequence[str]) -> web.Handler:
 
 @web.middleware
 async def limits_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    # aiohttp's parser lets "HTTP/2.0" request lines through; only HTTP/1.x is spoken here.
+    if request.version not in (HttpVersion10, HttpVersion11):
+        raise web.HTTPVersionNotSupported(
+            text=f"HTTP/{request.version.major}.{request.version.minor} is not supported: "
+                 "use HTTP/1.1\n")
     # Refuse an oversized body up front, whether or not the handler would have read it.
     limit = request.app[CONFIG_KEY].max_request_body
     length = request.content_length

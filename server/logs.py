@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 if TYPE_CHECKING:
     from server.config import ServerConfig
@@ -145,6 +146,23 @@ def flush_logs() -> None:
             handler.flush()
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request its parser refuses (a bad request line, a header too long, bytes
+    that are not HTTP) at ERROR with a traceback, and answers it 400. That is the client's
+    fault, not a defect of ours: one INFO line saying why, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())[:200]
+            text = record.getMessage()
+            record.msg, record.args = "%s (answered %s): %s", (text, exc.code, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+        return True
+
+
 def setup_logging(config: ServerConfig) -> None:
     """Configures the root logger once for the process (replacing earlier handlers)."""
     handler = LogHandler(sys.stderr)
@@ -160,6 +178,9 @@ def setup_logging(config: ServerConfig) -> None:
     # "Optimization": the caller's file and line, thread and process names).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequests) for f in server_log.filters):
+        server_log.addFilter(MalformedRequests())
 
 
 # ----- access log -----

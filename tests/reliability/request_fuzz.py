@@ -33,7 +33,7 @@ ALLOWED_5XX = (501, 503, 505)
 PROBE_SECONDS = 30.0  # a probe not answered within this is a hang
 # "Flat": RSS may grow by at most this much after the warm-up (allocator noise, caches that
 # were not yet full), file descriptors not at all (beyond a few sockets still closing).
-RSS_SLACK = 24 << 20
+RSS_SLACK = 12 << 20
 FD_SLACK = 4
 STATUS_LINE = re.compile(rb"HTTP/\d\.\d (\d{3})")  # aiohttp echoes the version asked
 TRACEBACK = re.compile(rb"Traceback \(most recent call last\)|File \"/[^\"]+\.py\", line \d+")
@@ -444,7 +444,7 @@ class FuzzReport:
 
 async def fuzz(port: int, pid: int, requests: int, *, seed: int, targets: list[str],
                dicom_targets: list[str], connections: int = 16,
-               warmup: float = 0.1) -> FuzzReport:
+               warmup: float = 0.25) -> FuzzReport:
     """Runs probes until `requests` requests were sent; usage is measured after the warm-up
     share of them and again at the end, once every connection is closed."""
     gen = Generator(seed, targets, dicom_targets)

@@ -11,7 +11,8 @@ DEMO_DIR := demo-images
 # like your packages"): those folders are the packages. Only that message is silenced.
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
-.PHONY: setup setup-test run test lint bench fuzz clean viewer viewer-screenshot
+.PHONY: setup setup-test run test lint bench fuzz soak fuzz-requests corrupt-sweep clean viewer \
+	viewer-screenshot
 
 # The Debian packages come first: a fresh Debian has no python3-venv, so no `-m venv` yet.
 $(BIN)/python:
@@ -73,6 +74,19 @@ $(VENV)/.installed-fuzz: pyproject.toml $(VENV)/.installed-test
 
 fuzz: $(VENV)/.installed-fuzz
 	$(BIN)/python -m tests.fuzz --seconds $(FUZZ_SECONDS)
+
+# Reliability at full size (tests/reliability; `make test` runs each for a short while):
+# the soak (64 clients, SOAK_SECONDS), 100,000 generated requests, every damaged corpus file.
+SOAK_SECONDS ?= 600
+FUZZ_REQUESTS ?= 100000
+soak: $(VENV)/.installed-test
+	$(BIN)/python -m tests.reliability soak --seconds $(SOAK_SECONDS)
+
+fuzz-requests: $(VENV)/.installed-test
+	$(BIN)/python -m tests.reliability requests --requests $(FUZZ_REQUESTS)
+
+corrupt-sweep: $(VENV)/.installed-test
+	$(BIN)/python -m tests.reliability corrupt
 
 bench: $(VENV)/.installed-test
 	JPIP_SHARED=$(SHARED) $(BIN)/python -m bench

@@ -9,6 +9,8 @@ import hashlib
 import mmap
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -49,6 +51,10 @@ def file_identity(path: Path) -> FileIdentity:
 class Source:
     """An open, indexed file. Close it (or use it as a context manager) to release the map.
 
+    A response reading the map holds it with `in_use()`: a close meanwhile (the file was
+    replaced or deleted, the index cache evicted it) takes effect when the last user is done,
+    so a response in flight ends whole instead of finding its map gone.
+
     `codestreams[i]` is the index of the i-th codestream of the file; the JPIP codestream
     number of it (CSn, `stream=`) is `first_codestream + i`: 0-based for JPEG 2000 files,
     1-based for DICOM frames (frame N is stream N, PS3.5 8.4.1).
@@ -64,6 +70,9 @@ class Source:
         self.layout = layout
         self.codestreams = codestreams
         self.metadata = metadata  # the box structure as metadata-bins (codestream.metabins)
+        self._users = 0  # responses reading the map (in_use)
+        self._closing = False
+        self._users_lock = threading.Lock()
         self._file = open(path, "rb")
         try:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
@@ -80,7 +89,28 @@ class Source:
         self._main_bins: dict[int, bytes] = {}
         self._tile_bins: dict[tuple[int, int], bytes] = {}
 
+    @contextmanager
+    def in_use(self) -> Iterator[Source]:
+        """Keeps the map open while the block runs (see the class docstring)."""
+        with self._users_lock:
+            self._users += 1
+        try:
+            yield self
+        finally:
+            with self._users_lock:
+                self._users -= 1
+                last = self._users == 0 and self._closing
+            if last:
+                self._release()
+
     def close(self) -> None:
+        with self._users_lock:
+            self._closing = True
+            if self._users:
+                return  # the last user releases the map
+        self._release()
+
+    def _release(self) -> None:
         view = getattr(self, "view", None)
         if view is not None:
             view.release()

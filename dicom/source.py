@@ -73,10 +73,10 @@ class DicomSource(Source):
         self._failures: dict[int, DicomError] = dict(failures or {})
         self.codestreams = FrameIndexes(self)  # type: ignore[assignment]
 
-    def close(self) -> None:
+    def _release(self) -> None:
         # Not while a frame is being indexed from the map (it takes at most one frame's time).
         with self._lock:
-            super().close()
+            super()._release()
 
     # --- lazily indexed frames -----------------------------------------------------------
     def frame_index(self, i: int) -> CodestreamIndex:

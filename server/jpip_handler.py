@@ -257,6 +257,14 @@ def _channels_touched(channel: str | None, changes: Iterable[Change]) -> list[st
 
 async def handle_jpip(request: web.Request, target: str | None = None) -> web.StreamResponse:
     """Serve one JPIP request; `target` is the path form's target (the URL path), if any."""
+    # The target's file stays open until the answer is written, even if it is replaced,
+    # deleted or evicted from the index cache meanwhile (Source.in_use).
+    with contextlib.ExitStack() as held:
+        return await _handle_jpip(request, target, held)
+
+
+async def _handle_jpip(request: web.Request, target: str | None,
+                       held: contextlib.ExitStack) -> web.StreamResponse:
     state = _state(request)
     req = await _read_request(request, state.lenient)
     principal = None
@@ -271,7 +279,7 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     if not ex.close_only:
         path = _target_path(state, ex, target, session, principal)
         if path is not None:
-            source = await _source(state, path)
+            source = held.enter_context((await _source(state, path)).in_use())
             await index_requested_frames(source, req)  # what a lazy index lacks, off the loop
     ex.bind(session, source, path)
 

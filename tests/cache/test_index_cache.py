@@ -325,6 +325,22 @@ def test_eviction_tolerates_views_still_held(tmp_path) -> None:
     cache.close()
 
 
+def test_a_source_in_use_is_closed_when_its_last_user_is_done(tmp_path) -> None:
+    """Evicted (or found stale) while a response reads it: the map stays until the response
+    is done, then goes (a response in flight once lost its map: ValueError, a cut answer)."""
+    cache = IndexCache(None, max_entries=1)
+    src = cache.get(CORPUS / "p0_01.j2k")
+    with src.in_use():
+        with src.in_use():
+            cache.get(CORPUS / "p0_09.j2k")  # evicts and closes src
+            assert src.view is not None
+            assert len(b"".join(src.precinct_pieces(0, 0))) > 0
+        assert src.view is not None      # one user left
+    assert src.view is None              # the last one released it
+    src.close()                          # closing again is harmless
+    cache.close()
+
+
 def test_max_entries_must_be_positive() -> None:
     with pytest.raises(ValueError):
         IndexCache(None, max_entries=0)

@@ -589,6 +589,7 @@ class IndexCache:
         self._completer = _Completer(self)
         if self.cache_dir is not None:
             remove_stale_temporaries(self.cache_dir)
+        self._save_failing = False  # the last save failed (logged once: see _save)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -651,10 +652,7 @@ class IndexCache:
         with self._lock:
             current = self._entries.get(key) is src
         if src.complete and self.cache_dir is not None and current:
-            try:
-                save_index(src, self.cache_dir)
-            except (OSError, TypeError, ValueError) as e:
-                log.warning("index cache: cannot save the index of %s: %s", key, e)
+            self._save(key, src)
         return src
 
     def close(self) -> None:
@@ -667,6 +665,24 @@ class IndexCache:
             src.close()
 
     # --- internals -------------------------------------------------------------------------
+    def _save(self, key: str, src: Source) -> None:
+        """Persists an index. A cache directory that cannot be written (read-only, full) is
+        worth one warning, not one per file: serving goes on from memory, and the next
+        failures are logged at DEBUG until a save works again."""
+        try:
+            save_index(src, self.cache_dir)
+        except (OSError, TypeError, ValueError) as e:
+            if self._save_failing:
+                log.debug("index cache: cannot save the index of %s: %s", key, e)
+            else:
+                self._save_failing = True
+                log.warning("index cache: cannot save the index of %s: %s (indexes are kept "
+                            "in memory only; this is said once until saving works again)", key, e)
+            return
+        if self._save_failing:
+            self._save_failing = False
+            log.info("index cache: saving works again (%s)", self.cache_dir)
+
     def _emit(self, name: str, seconds: float) -> None:
         if self._on_event is not None:
             try:
@@ -736,10 +752,7 @@ class IndexCache:
         src = open_source(path, use_plt=self.use_plt)
         self._emit("build", time.perf_counter() - t0)
         if self.cache_dir is not None and src.complete:
-            try:
-                save_index(src, self.cache_dir)
-            except (OSError, TypeError) as e:
-                log.warning("index cache: cannot save the index of %s: %s", key, e)
+            self._save(key, src)
         return src
 
     def _insert(self, key: str, src: Source) -> None:

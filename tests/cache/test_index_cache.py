@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import threading
@@ -199,12 +200,22 @@ def test_a_corrupt_entry_is_ignored_removed_and_rebuilt(kind, tmp_path) -> None:
     cache.close()
 
 
-def test_a_cache_dir_that_cannot_be_written_does_not_fail_gets(tmp_path) -> None:
+def test_a_cache_dir_that_cannot_be_written_does_not_fail_gets(tmp_path, caplog) -> None:
+    """Served from memory; one warning, not one per file; said again once it works again."""
     blocker = tmp_path / "not-a-dir"
     blocker.write_bytes(b"")
-    cache = IndexCache(blocker)
-    src = cache.get(CORPUS / "p0_01.j2k")
-    assert src.codestreams[0].num_tiles == 1
+    cache = IndexCache(blocker, max_entries=1)
+    with caplog.at_level(logging.DEBUG, logger="cache.index_cache"):
+        for name in ("p0_01.j2k", "p0_09.j2k", "p0_12.j2k", "p0_01.j2k"):
+            src = cache.get(CORPUS / name)
+            assert src.codestreams[0].num_tiles == 1
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1 and "cannot save" in warnings[0].getMessage()
+        assert sum("cannot save" in r.getMessage() for r in caplog.records) == 4
+        blocker.unlink()
+        cache.get(CORPUS / "p0_09.j2k")
+        assert any("saving works again" in r.getMessage() for r in caplog.records)
+    assert entry_path(CORPUS / "p0_09.j2k", blocker).is_file()
     cache.close()
 
 

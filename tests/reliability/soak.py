@@ -433,13 +433,7 @@ def compare_models(dump: dict, clients: list[SessionClient]) -> tuple[Counter, l
         if session is None:
             counts["evicted since its last request"] += 1
             continue
-        mine = _held(client.cache)
-        theirs = {(k, int(cs), int(i)): n for cs, st in session["streams"].items()
-                  for k, table in (("H", st["tiles"]), ("P", st["precincts"]))
-                  for i, n in table.items()}
-        theirs.update({("Hm", int(cs), 0): st["main"] for cs, st in session["streams"].items()
-                       if st["main"]})
-        theirs.update({("M", 0, int(i)): n for i, n in session["metadata"].items()})
+        mine, theirs = held_bins(client.cache), model_bins(session)
         if mine == theirs:
             counts["model equals what the client holds"] += 1
         else:
@@ -450,8 +444,24 @@ def compare_models(dump: dict, clients: list[SessionClient]) -> tuple[Counter, l
     return counts, problems
 
 
-def _held(cache: BinCache) -> dict[tuple[str, int, int], int]:
-    out = {}
+Bins = dict[tuple[str, int, int], int]  # (kind, CSn, bin id) -> bytes held
+
+
+def model_bins(session: dict) -> Bins:
+    """The bins a session's model says its client holds (a soak_server.session_record)."""
+    out: Bins = {}
+    for cs, st in session["streams"].items():
+        if st["main"]:
+            out[("Hm", int(cs), 0)] = st["main"]
+        out.update({("H", int(cs), int(t)): n for t, n in st["tiles"].items()})
+        out.update({("P", int(cs), int(i)): n for i, n in st["precincts"].items()})
+    out.update({("M", 0, int(i)): n for i, n in session["metadata"].items()})
+    return out
+
+
+def held_bins(cache: BinCache) -> Bins:
+    """The bins a client holds: the prefix it has of each."""
+    out: Bins = {}
     for cs, s in cache.streams.items():
         if s.main_header.data:
             out[("Hm", cs, 0)] = len(s.main_header.data)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .intmath import ceil_div
 from .markers import CodingStyle, Siz
 
-__all__ = ["ResolutionGrid", "band_bounds", "ceil_div", "precinct_band_grids", "precinct_id",
-           "resolution_grids", "tile_component_bounds"]
+__all__ = ["ResolutionGrid", "ResolutionRows", "band_bounds", "ceil_div", "precinct_band_grids",
+           "precinct_id", "resolution_grids", "resolution_rows", "tile_bounds",
+           "tile_component_bounds"]
 
 
 def precinct_id(t, c, s, num_components: int, num_tiles: int):
@@ -80,6 +83,85 @@ def resolution_grids(siz: Siz, t: int, c: int, style: CodingStyle) -> list[Resol
             npw = nph = 0
         grids.append(ResolutionGrid(r, x0, y0, x1, y1, ppx, ppy, npw, nph))
     return grids
+
+
+def tile_bounds(siz: Siz, tiles: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(tx0, ty0, tx1, ty1) of many tiles at once (Siz.tile_bounds, vectorised)."""
+    tiles = np.asarray(tiles, np.int64)
+    p, q = tiles % siz.tiles_x, tiles // siz.tiles_x
+    return (np.maximum(siz.xtosiz + p * siz.xtsiz, siz.xosiz),
+            np.maximum(siz.ytosiz + q * siz.ytsiz, siz.yosiz),
+            np.minimum(siz.xtosiz + (p + 1) * siz.xtsiz, siz.xsiz),
+            np.minimum(siz.ytosiz + (q + 1) * siz.ytsiz, siz.ysiz))
+
+
+@dataclass(frozen=True, slots=True)
+class ResolutionRows:
+    """The resolution grids of many tile-components at once: one row per (tile, component,
+    resolution), in that order, each with what `ResolutionGrid` holds and its tile-component's
+    bounds. Tiles sharing their coding styles are laid out in one go."""
+
+    t: np.ndarray
+    c: np.ndarray
+    r: np.ndarray
+    levels: np.ndarray
+    x0: np.ndarray
+    y0: np.ndarray
+    x1: np.ndarray
+    y1: np.ndarray
+    ppx: np.ndarray
+    ppy: np.ndarray
+    npw: np.ndarray
+    nph: np.ndarray
+    tcx0: np.ndarray
+    tcy0: np.ndarray
+    tcx1: np.ndarray
+    tcy1: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+
+def resolution_rows(siz: Siz, tiles: np.ndarray, styles: list[CodingStyle]) -> ResolutionRows:
+    """`resolution_grids` of every component of each of `tiles` (which share `styles`, one per
+    component), vectorised over tiles and components: the same equations (B-12, B-14, B-16)."""
+    tiles = np.asarray(tiles, np.int64)
+    tx0, ty0, tx1, ty1 = tile_bounds(siz, tiles)
+    dx = np.asarray([cm.dx for cm in siz.components], np.int64)
+    dy = np.asarray([cm.dy for cm in siz.components], np.int64)
+    nl = np.asarray([st.levels for st in styles], np.int64)
+    nres = int(nl.max()) + 1
+    r = np.arange(nres, dtype=np.int64)
+    valid = r[None, :] <= nl[:, None]                       # [C, R]
+    shift = np.where(valid, nl[:, None] - r[None, :], 0)
+    ppx = np.zeros((len(styles), nres), np.int64)
+    ppy = np.zeros_like(ppx)
+    for c, st in enumerate(styles):
+        for k, (px, py) in enumerate(st.precincts):
+            ppx[c, k], ppy[c, k] = px, py
+    # [T, C]: tile-component bounds; [T, C, R]: resolution bounds.
+    tcx0, tcx1 = -(-tx0[:, None] // dx), -(-tx1[:, None] // dx)
+    tcy0, tcy1 = -(-ty0[:, None] // dy), -(-ty1[:, None] // dy)
+    scale = (np.int64(1) << shift)[None]
+    x0, x1 = -(-tcx0[:, :, None] // scale), -(-tcx1[:, :, None] // scale)
+    y0, y1 = -(-tcy0[:, :, None] // scale), -(-tcy1[:, :, None] // scale)
+    nonempty = (x1 > x0) & (y1 > y0)
+    npw = np.where(nonempty, -(-x1 // (np.int64(1) << ppx)) - (x0 >> ppx), 0)
+    nph = np.where(nonempty, -(-y1 // (np.int64(1) << ppy)) - (y0 >> ppy), 0)
+    keep = np.broadcast_to(valid, x0.shape)
+    shape = x0.shape
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(a, shape)[keep]
+
+    t_idx = np.broadcast_to(tiles[:, None, None], shape)
+    c_idx = np.broadcast_to(np.arange(len(styles))[None, :, None], shape)
+    return ResolutionRows(
+        t=t_idx[keep], c=c_idx[keep], r=rows(r[None, None, :]), levels=rows(nl[None, :, None]),
+        x0=x0[keep], y0=y0[keep], x1=x1[keep], y1=y1[keep],
+        ppx=rows(ppx[None]), ppy=rows(ppy[None]), npw=npw[keep], nph=nph[keep],
+        tcx0=rows(tcx0[:, :, None]), tcy0=rows(tcy0[:, :, None]),
+        tcx1=rows(tcx1[:, :, None]), tcy1=rows(tcy1[:, :, None]))
 
 
 def band_bounds(tcx0: int, tcy0: int, tcx1: int, tcy1: int, nb: int, xob: int, yob: int

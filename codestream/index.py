@@ -11,6 +11,10 @@ can then be built for the lowest `resolutions` only (`index_codestream(..., reso
 decoding that prefix of each tile and skipping the rest of it (tile-part lengths say where the
 next tile starts). Such an index says so (`resolutions_indexed`); serving a window that needs
 more resolutions first indexes further (`codestream.source.Source.index_codestreams`).
+
+The geometry and packet order of all tiles are worked out at once (numpy, tiles that share
+their coding parameters together), so a file of many tiny tiles costs what its packets cost,
+not a Python pass over each tile's structures.
 """
 from __future__ import annotations
 
@@ -25,15 +29,17 @@ import numpy as np
 
 from .errors import CodestreamError
 from .geometry import (
+    ResolutionRows,
     precinct_band_grids,
     precinct_id,
     resolution_grids,
-    tile_component_bounds,
+    resolution_rows,
+    tile_bounds,
 )
-from .markers import Cod, CodingStyle, PocEntry, Siz
+from .markers import Cod, CodingStyle, Siz
 from .packets import BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
-from .progression import packet_sequence, tile_precincts
+from .progression import packet_sequence, precincts_of_rows
 
 log = logging.getLogger(__name__)
 
@@ -196,47 +202,239 @@ def _after_eph(buf, pos: int, end: int, t: int, where: int | None = None) -> int
     return pos + 2
 
 
+# Packets a batch of tiles may hold while their order is worked out (bounds the memory of the
+# sort keys; a tile is never split).
+BATCH_PACKETS = 1 << 18
+
+
+@dataclass
+class _CodingGroup:
+    """Tiles that share their coding parameters (COD, per-component styles, POC): their
+    geometry and packet order are worked out together."""
+
+    tiles: np.ndarray
+    cod: Cod
+    styles: list[CodingStyle]
+    pocs: list
+
+
+def _coding_groups(layout: CodestreamLayout) -> list[_CodingGroup]:
+    """The main header's coding for every tile whose headers change nothing, one group per tile
+    whose headers carry its own COD, COC or POC."""
+    siz = layout.siz
+    own = sorted(t for t, th in layout.tiles.items()
+                 if th.markers.cod is not None or th.markers.cocs or th.markers.pocs)
+    plain = np.setdiff1d(np.arange(siz.num_tiles, dtype=np.int64), own, assume_unique=True)
+    groups = []
+    if len(plain):
+        cod, styles = tile_coding(layout, int(plain[0]))
+        groups.append(_CodingGroup(plain, cod, styles, layout.main.pocs))
+    for t in own:
+        cod, styles = tile_coding(layout, t)
+        groups.append(_CodingGroup(np.asarray([t], np.int64), cod, styles,
+                                   layout.tiles[t].markers.pocs or layout.main.pocs))
+    return groups
+
+
 class _Builder:
-    """Accumulates the arrays of one codestream tile by tile."""
+    """Builds the index of one codestream: the geometry of every tile at once (numpy, tiles
+    sharing their coding parameters together), then the packets of each tile that has data,
+    located from PLT or by decoding packet headers, in codestream order; the packets are put
+    in (precinct, layer) order at the end."""
 
     def __init__(self, buf, layout: CodestreamLayout, *, use_plt: bool, verify_plt: bool,
                  resolutions: int | None = None,
                  pause: Callable[[], None] | None = None) -> None:
         self.buf = buf
         self.pause = pause
+        self.decoded = 0  # packet headers decoded (pause is called every PAUSE_EVERY + 1)
         self.resolutions = resolutions
-        self.cut = False  # a tile's packets above `resolutions` were left out
+        # Per tile: only its packets below `resolutions` are located (see _prefix_tiles).
+        self.partial = np.zeros(layout.siz.num_tiles, bool)
         self.layout = layout
         self.use_plt = use_plt
         self.verify_plt = verify_plt
         self.siz = layout.siz
-        self.tcr: dict[str, list] = {k: [] for k in TCR_FIELDS}
-        self.prec_cols: dict[str, list[np.ndarray]] = {k: [] for k in PRECINCT_FIELDS}
-        self.pk: dict[str, list] = {k: [] for k in PACKET_FIELDS[:-1]}
         self.packed = bytearray()
         self.sources: set[str] = set()
-        self.prec_total = 0
         self.ppm = _ppm_chunks(buf, layout)
         self.data_bytes = 0
         self.padding_bytes = 0
         self.packed_tiles: set[int] = set()
-        self.rows_claimed = 0
         self.row_budget = ROW_MARGIN + (layout.end - layout.offset)
+        # Located packets in codestream order, tile after tile: compact growing arrays.
+        self.located = {k: array("q") for k in ("offset", "length", "header_length",
+                                                 "packed_offset", "packed_length")}
+        self.located_sop = array("B")
+        self.located_count = np.zeros(self.siz.num_tiles, np.int64)  # per tile
 
-    def add_tile(self, t: int) -> tuple[int, int]:
+    # --- geometry -------------------------------------------------------------------------
+    def _claim(self, groups: list[_CodingGroup]) -> None:
+        """Refuses (as malformed, not unsupported) a header that claims more precinct and
+        resolution rows than the file could hold: every precinct of a complete codestream has
+        at least one packet of at least one byte, so the rows stay below the codestream's
+        length (plus a margin). Counted before anything is allocated per row, so memory and
+        time follow the file, not what its header claims."""
+        per_tile = np.zeros(self.siz.num_tiles, np.int64)
+        for g in groups:
+            per_tile[g.tiles] = sum(s.levels + 1 for s in g.styles)
+        self._refuse_past_budget(per_tile.astype(np.float64))
+
+    def _refuse_past_budget(self, rows_per_tile: np.ndarray) -> None:
+        claimed = np.cumsum(rows_per_tile)
+        if len(claimed) and claimed[-1] > self.row_budget:
+            t = int(np.argmax(claimed > self.row_budget))
+            raise CodestreamError(self.layout.offset, f"the header claims more precincts (over "
+                                  f"{int(claimed[t])} by tile {t}) than the codestream's "
+                                  f"{self.layout.end - self.layout.offset} bytes can hold")
+
+    def _geometry(self, groups: list[_CodingGroup]) -> ResolutionRows:
+        """The resolution rows of every tile-component, in (tile, component, resolution)
+        order, after checking the precincts they claim fit the file."""
+        self._claim(groups)
+        parts = [resolution_rows(self.siz, g.tiles, g.styles) for g in groups]
+        if len(parts) == 1:
+            rows = parts[0]
+        else:
+            cat = {f: np.concatenate([getattr(p, f) for p in parts])
+                   for f in ResolutionRows.__slots__}
+            order = np.argsort(cat["t"], kind="stable")
+            rows = ResolutionRows(**{f: v[order] for f, v in cat.items()})
+        # Precincts plus one per resolution row, tile by tile (floats: a claimed count may
+        # not fit in 64 bits).
+        claimed = rows.npw.astype(np.float64) * rows.nph + 1
+        self._refuse_past_budget(np.bincount(rows.t, weights=claimed,
+                                             minlength=self.siz.num_tiles))
+        return rows
+
+    def _tcr_and_precincts(self, rows: ResolutionRows, reversible: np.ndarray
+                           ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         siz = self.siz
-        cod, styles = tile_coding(self.layout, t)
-        tx0, ty0, _, _ = siz.tile_bounds(t)
-        grids_by_comp = [resolution_grids(siz, t, c, styles[c]) for c in range(siz.num_components)]
-        self._claim(t, sum(g.num_precincts + 1 for grids in grids_by_comp for g in grids))
-        self._add_geometry(t, styles, grids_by_comp)
-        prec = tile_precincts(grids_by_comp, [(cm.dx, cm.dy) for cm in siz.components], (tx0, ty0))
-        base = self.prec_total
-        self.prec_total += len(prec.comp)
-        th = self.layout.tiles.get(t)
-        if th is None or len(prec.comp) == 0:
-            return cod.layers, cod.mct
-        pocs = th.markers.pocs or self.layout.main.pocs
+        counts = rows.npw * rows.nph
+        prec_base = np.cumsum(counts) - counts
+        # s counts a tile-component's precincts from resolution 0 up (Eq. A-1).
+        first = np.ones(len(rows), bool)
+        first[1:] = (rows.t[1:] != rows.t[:-1]) | (rows.c[1:] != rows.c[:-1])
+        comp_base = np.maximum.accumulate(np.where(first, prec_base, 0))
+        s_base = prec_base - comp_base
+        tcr = {"t": rows.t, "c": rows.c, "r": rows.r, "levels": rows.levels, "x0": rows.x0,
+               "y0": rows.y0, "x1": rows.x1, "y1": rows.y1, "ppx": rows.ppx, "ppy": rows.ppy,
+               "npw": rows.npw, "nph": rows.nph, "prec_base": prec_base, "s_base": s_base,
+               "reversible": reversible}
+        tcr = {k: np.ascontiguousarray(v, np.int64) for k, v in tcr.items()}
+        total = int(counts.sum())
+        grp = np.repeat(np.arange(len(rows)), counts)
+        p = np.arange(total, dtype=np.int64) - np.repeat(prec_base, counts)
+        npw, ppx, ppy = rows.npw[grp], rows.ppx[grp], rows.ppy[grp]
+        px, py = p % npw, p // npw
+        rx0, ry0, rx1, ry1 = rows.x0[grp], rows.y0[grp], rows.x1[grp], rows.y1[grp]
+        x0 = np.maximum(((rx0 >> ppx) + px) << ppx, rx0)
+        y0 = np.maximum(((ry0 >> ppy) + py) << ppy, ry0)
+        x1 = np.minimum(((rx0 >> ppx) + px + 1) << ppx, rx1)
+        y1 = np.minimum(((ry0 >> ppy) + py + 1) << ppy, ry1)
+        dx = np.asarray([cm.dx for cm in siz.components], np.int64)[rows.c][grp]
+        dy = np.asarray([cm.dy for cm in siz.components], np.int64)[rows.c][grp]
+        shift = (rows.levels - rows.r)[grp]
+        sx, sy = dx << shift, dy << shift
+        t, c = rows.t[grp], rows.c[grp]
+        precincts = {
+            "id": precinct_id(t, c, s_base[grp] + p, siz.num_components, siz.num_tiles),
+            "t": t.astype(np.int32), "c": c.astype(np.int32),
+            "r": rows.r[grp].astype(np.int32), "p": p, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+            # On the reference grid, clipped to the tile-component's footprint.
+            "gx0": np.maximum(x0 * sx, rows.tcx0[grp] * dx),
+            "gy0": np.maximum(y0 * sy, rows.tcy0[grp] * dy),
+            "gx1": np.minimum(x1 * sx, rows.tcx1[grp] * dx),
+            "gy1": np.minimum(y1 * sy, rows.tcy1[grp] * dy),
+        }
+        return tcr, precincts
+
+    # --- packet order -----------------------------------------------------------------------
+    def _sequences(self, groups: list[_CodingGroup], rows: ResolutionRows,
+                   prec_base: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The packets of every tile that has tile-parts, in codestream order, tile after tile:
+        (precinct rows, layers, where each tile's packets start: num_tiles + 1 bounds). Tiles
+        of a group are ordered in batches of at most BATCH_PACKETS packets (a tile whole)."""
+        siz = self.siz
+        present = np.zeros(siz.num_tiles, bool)
+        present[list(self.layout.tiles)] = True
+        counts = rows.npw * rows.nph
+        row_start = np.searchsorted(rows.t, np.arange(siz.num_tiles + 1))
+        csum = np.concatenate(([0], np.cumsum(counts)))
+        per_tile = csum[row_start[1:]] - csum[row_start[:-1]]  # precincts of each tile
+        tx0, ty0, _, _ = tile_bounds(siz, rows.t)
+        subsampling = [(cm.dx, cm.dy) for cm in siz.components]
+        packets = np.zeros(siz.num_tiles, np.int64)  # of each tile
+        prefix = self._prefix_tiles(groups)
+        if prefix.any():
+            # Those tiles' sequences are of their lowest resolutions alone (resolution
+            # outermost: the prefix of the whole sequence, a POC-like restriction).
+            above = rows.r >= self.resolutions
+            held = np.bincount(rows.t[above], weights=counts[above], minlength=siz.num_tiles)
+            self.partial = prefix & (held > 0)
+            left_out = self.partial[rows.t] & above
+        else:
+            left_out = None
+        seq_rows: list[np.ndarray] = []
+        seq_layers: list[np.ndarray] = []
+        seq_tiles: list[np.ndarray] = []
+        for g in groups:
+            tiles = g.tiles[present[g.tiles]]
+            weights = np.cumsum(per_tile[tiles] * g.cod.layers)
+            start = 0
+            while start < len(tiles):
+                base = weights[start - 1] if start else 0
+                stop = max(start + 1, int(np.searchsorted(weights, base + BATCH_PACKETS,
+                                                          side="right")))
+                batch = tiles[start:stop]
+                start = stop
+                lo, hi = row_start[batch], row_start[batch + 1]
+                sel = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + \
+                    np.arange(int((hi - lo).sum()))
+                if left_out is not None:
+                    sel = sel[~left_out[sel]]
+                sub = ResolutionRows(**{f: getattr(rows, f)[sel]
+                                        for f in ResolutionRows.__slots__})
+                prec = precincts_of_rows(sub, subsampling, (tx0[sel], ty0[sel]))
+                if not len(prec.comp):
+                    continue
+                global_rows = np.repeat(prec_base[sel], counts[sel]) + prec.index
+                seq, layer = packet_sequence(prec, g.cod.layers, g.cod.progression, g.pocs)
+                seq_rows.append(global_rows[seq])
+                seq_layers.append(layer.astype(np.int32))
+                seq_tiles.append(prec.tile[seq])
+                packets += np.bincount(prec.tile[seq], minlength=siz.num_tiles)
+        if not seq_rows:
+            e = np.zeros(0, np.int64)
+            return e, e.astype(np.int32), np.zeros(siz.num_tiles + 1, np.int64)
+        rows_all, layers_all = np.concatenate(seq_rows), np.concatenate(seq_layers)
+        if len(groups) > 1:
+            order = np.argsort(np.concatenate(seq_tiles), kind="stable")  # tile after tile
+            rows_all, layers_all = rows_all[order], layers_all[order]
+        bounds = np.zeros(siz.num_tiles + 1, np.int64)
+        np.cumsum(packets, out=bounds[1:])
+        return rows_all, layers_all, bounds
+
+    def _prefix_tiles(self, groups: list[_CodingGroup]) -> np.ndarray:
+        """Per tile: True when only its lowest `resolutions` resolutions are to be located:
+        they come first in its sequence (RLCP, RPCL without POC) and its packets are found by
+        decoding headers (PLT locates a whole tile at once)."""
+        prefix = np.zeros(self.siz.num_tiles, bool)
+        if self.resolutions is None:
+            return prefix
+        for g in groups:
+            if not g.pocs and g.cod.progression in (1, 2):
+                prefix[g.tiles] = True
+        for t, th in self.layout.tiles.items():
+            packed = bool(th.ppt) or bool(self.ppm)
+            if self.use_plt and th.plt and not packed:
+                prefix[t] = False
+        return prefix
+
+    # --- locating packets -----------------------------------------------------------------
+    def _locate_tile(self, t: int, cod: Cod, styles: list[CodingStyle], seq_p: np.ndarray,
+                     seq_l: np.ndarray) -> None:
+        th = self.layout.tiles[t]
         tile_bytes = sum(part.data_end - part.header_end for part in th.parts)
         self.data_bytes += tile_bytes
         # With packed headers (PPM/PPT) the headers must be decoded anyway to split the packed
@@ -249,116 +447,36 @@ class _Builder:
             # elsewhere: tile-parts without a byte of data are cut or corrupt.
             raise CodestreamError(th.parts[0].sot_offset, f"tile {t}: its tile-parts hold no "
                                   "packet data")
-        may_use_plt = self.use_plt and bool(th.plt) and not packed
-        prefix = self._resolution_prefix(prec, cod, pocs) if not may_use_plt else False
-        if prefix:
-            # Resolution outermost: the lowest resolutions' packets are the sequence's prefix,
-            # which is the sequence of those resolutions alone (a POC-like restriction).
-            only = [PocEntry(0, 0, cod.layers, self.resolutions, 1 << 30, cod.progression)]
-            seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, only)
-            self.cut = True
-        else:
-            seq_p, seq_l = packet_sequence(prec, cod.layers, cod.progression, pocs)
-        plt = _plt_lengths(self.buf, th) if may_use_plt else None
+        plt = _plt_lengths(self.buf, th) if (self.use_plt and th.plt and not packed) else None
         located = None
         if plt is not None:
             located = self._locate_with_plt(th, plt, len(seq_p), cod)
             if located is None:
                 log.warning("tile %d: PLT does not match the tile data; decoding packet headers", t)
             elif self.verify_plt:
-                decoded = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
-                                               seq_l)
+                mark = len(self.located_sop)
+                self._decode_headers(t, th, cod, styles, seq_p, seq_l)
+                decoded = [np.frombuffer(self.located[k], np.int64)[mark:].copy()
+                           for k in ("offset", "length")]
+                for col in (*self.located.values(), self.located_sop):
+                    del col[mark:]
                 if not (np.array_equal(decoded[0], located[0])
                         and np.array_equal(decoded[1], located[1])):
                     raise CodestreamError(th.parts[0].sot_offset,
                                           f"tile {t}: PLT lengths disagree with packet headers")
         if located is None:
-            located = self._decode_headers(t, th, cod, styles, grids_by_comp, prec, seq_p,
-                                           seq_l, partial=prefix)
+            n = self._decode_headers(t, th, cod, styles, seq_p, seq_l,
+                                     partial=bool(self.partial[t]))
             self.sources.add("headers")
         else:
             self.sources.add("plt")
-        offsets, lengths, hlens, poffs, plens, sops = located
-        n = len(offsets)
-        # Packets go in (precinct, layer) order. Every precinct has a prefix of its layers (a
-        # cut tile loses a suffix of the sequence), so a packet's place is its precinct's
-        # first slot plus its layer: a scatter, no sort.
-        local, layer = seq_p[:n], seq_l[:n]
-        counts = np.bincount(local, minlength=len(prec.comp))
-        first = np.zeros(len(counts), np.int64)
-        np.cumsum(counts[:-1], out=first[1:])
-        dest = first[local] + layer
-        del first, counts
-        columns = (("precinct", local + base, np.int32), ("layer", layer, np.int32),
-                   ("offset", offsets, np.int64), ("length", lengths, np.int64),
-                   ("header_length", hlens, np.int32), ("packed_offset", poffs, np.int64),
-                   ("packed_length", plens, np.int32), ("sop", sops, np.uint8))
-        for name, values, dtype in columns:
-            column = np.empty(n, dtype)
-            column[dest] = np.asarray(values)
-            self.pk[name].append(column)
-        return cod.layers, cod.mct
-
-    def _resolution_prefix(self, prec, cod: Cod, pocs) -> bool:
-        """True when only the tile's lowest `resolutions` resolutions are to be located: they
-        come first in its sequence (RLCP, RPCL without POC) and some precinct is above them."""
-        if self.resolutions is None or pocs or cod.progression not in (1, 2):
-            return False
-        return bool((prec.res >= self.resolutions).any())
-
-    def _claim(self, t: int, rows: int) -> None:
-        """Counts the precinct and resolution rows tile t adds, and refuses (as malformed, not
-        unsupported) a header that claims more than the file could hold: every precinct of a
-        complete codestream has at least one packet of at least one byte, so the rows stay
-        below the codestream's length (plus a margin). Memory and time then follow the file,
-        not what its header claims."""
-        self.rows_claimed += rows
-        if self.rows_claimed > self.row_budget:
-            raise CodestreamError(self.layout.offset, f"the header claims more precincts (over "
-                                  f"{self.rows_claimed} by tile {t}) than the codestream's "
-                                  f"{self.layout.end - self.layout.offset} bytes can hold")
-
-    def _add_geometry(self, t: int, styles: list[CodingStyle], grids_by_comp) -> None:
-        siz = self.siz
-        ncomp, ntiles = siz.num_components, siz.num_tiles
-        row = self.prec_total
-        for c, grids in enumerate(grids_by_comp):
-            style = styles[c]
-            nl = style.levels
-            dx, dy = siz.components[c].dx, siz.components[c].dy
-            tcx0, tcy0, tcx1, tcy1 = tile_component_bounds(siz, t, c)
-            s_base = 0
-            for g in grids:
-                for k, v in zip(TCR_FIELDS, (t, c, g.r, nl, g.x0, g.y0, g.x1, g.y1, g.ppx, g.ppy,
-                                             g.npw, g.nph, row, s_base, int(style.reversible)),
-                                strict=True):
-                    self.tcr[k].append(v)
-                n = g.num_precincts
-                if n:
-                    p = np.arange(n, dtype=np.int64)
-                    px, py = p % g.npw, p // g.npw
-                    x0 = np.maximum((g.px_origin + px) << g.ppx, g.x0)
-                    y0 = np.maximum((g.py_origin + py) << g.ppy, g.y0)
-                    x1 = np.minimum((g.px_origin + px + 1) << g.ppx, g.x1)
-                    y1 = np.minimum((g.py_origin + py + 1) << g.ppy, g.y1)
-                    sx, sy = dx << (nl - g.r), dy << (nl - g.r)
-                    cols = self.prec_cols
-                    cols["id"].append(precinct_id(t, c, s_base + p, ncomp, ntiles))
-                    cols["t"].append(np.full(n, t, np.int32))
-                    cols["c"].append(np.full(n, c, np.int32))
-                    cols["r"].append(np.full(n, g.r, np.int32))
-                    cols["p"].append(p)
-                    cols["x0"].append(x0)
-                    cols["y0"].append(y0)
-                    cols["x1"].append(x1)
-                    cols["y1"].append(y1)
-                    # On the reference grid, clipped to the tile-component's footprint.
-                    cols["gx0"].append(np.maximum(x0 * sx, tcx0 * dx))
-                    cols["gy0"].append(np.maximum(y0 * sy, tcy0 * dy))
-                    cols["gx1"].append(np.minimum(x1 * sx, tcx1 * dx))
-                    cols["gy1"].append(np.minimum(y1 * sy, tcy1 * dy))
-                row += n
-                s_base += n
+            n = len(located[0])
+            for name, values in zip(("offset", "length", "header_length", "packed_offset",
+                                     "packed_length"), located[:5], strict=True):
+                self.located[name].frombytes(np.asarray(values, np.int64).tobytes())
+            self.located_sop.frombytes(np.asarray(located[5], np.uint8).tobytes())
+        # A cut tile loses a suffix of its packets: the first n of its sequence are located.
+        self.located_count[t] = n
 
     def _locate_with_plt(self, th: TileHeaders, plt: list[np.ndarray], npackets: int, cod: Cod):
         """Packet offsets and lengths from PLT, if they tile each tile-part's data exactly."""
@@ -387,12 +505,12 @@ class _Builder:
         minus = np.full(n, -1, np.int64)
         return offsets, lengths, minus, minus, np.zeros(n, np.int64), sops
 
-    def _decode_headers(self, t, th, cod: Cod, styles, grids_by_comp, prec, seq_p, seq_l,
-                        partial: bool = False):
-        """Locates the packets of `seq_p`/`seq_l` by decoding their headers; `partial`: the
+    def _decode_headers(self, t: int, th: TileHeaders, cod: Cod, styles: list[CodingStyle],
+                        seq_p: np.ndarray, seq_l: np.ndarray, partial: bool = False) -> int:
+        """Locates the tile's packets by decoding their headers, appending them to the located
+        arrays; returns how many were located (a cut tile loses its last ones). `partial`: the
         sequence is a prefix of the tile's (the tile's data goes on after it)."""
         buf = self.buf
-        siz = self.siz
         packed_stream = None
         if th.ppt:
             order = sorted(th.ppt, key=lambda zs: zs[0])
@@ -404,17 +522,20 @@ class _Builder:
             self.packed += packed_stream
         hpos = 0
         states: dict[int, PrecinctState] = {}  # precincts with packets still to come
+        grids: dict[int, list] = {}  # component -> its resolution grids in this tile
         last_layer = cod.layers - 1
-        # Compact growing arrays, not lists of Python ints: a tile may have millions of packets.
-        offsets, lengths, hlens, poffs, plens = (array("q") for _ in range(5))
-        sops = array("B")
+        loc = self.located
+        offsets, lengths, hlens = loc["offset"], loc["length"], loc["header_length"]
+        poffs, plens, sops = loc["packed_offset"], loc["packed_length"], self.located_sop
         parts = th.parts
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end
-        comp_arr, res_arr, idx_arr = prec.comp, prec.res, prec.index
-        pause = self.pause
-        for k in range(len(seq_p)):
-            if pause is not None and not k & PAUSE_EVERY:
+        eph = cod.eph
+        rows, layers = seq_p.tolist(), seq_l.tolist()
+        count = 0
+        pause, decoded = self.pause, self.decoded
+        for row, layer in zip(rows, layers, strict=True):
+            if pause is not None and not (decoded + count) & PAUSE_EVERY:
                 pause()
             while pos >= end and part_no + 1 < len(parts):
                 part_no += 1
@@ -423,27 +544,29 @@ class _Builder:
                 break  # the tile's data ends here: later packets are absent
             if packed_stream is not None and hpos >= len(packed_stream):
                 break
-            local = int(seq_p[k])
-            state = states.get(local)
-            if state is None:
-                c, r = int(comp_arr[local]), int(res_arr[local])
-                grid = grids_by_comp[c][r]
-                bands = precinct_band_grids(siz, t, c, styles[c], grid, int(idx_arr[local]))
-                state = PrecinctState(bands, styles[c].cb_style)
-                states[local] = state
             sop = 0
             if cod.sop and pos + 6 <= end and buf[pos] == 0xFF and buf[pos + 1] == 0x91:
                 sop = 1
                 pos += 6
+            count += 1
+            sops.append(sop)
             if packed_stream is None:
-                bits = BitReader(buf, pos, end)
-                body = state.read_header(bits, int(seq_l[k]))
-                hend = bits.align()
-                if cod.eph:
-                    hend = _after_eph(buf, hend, end, t)
+                if pos < end and buf[pos] < 0x80:
+                    # An empty packet: one zero bit, padded to the byte (and EPH): it changes
+                    # no precinct state, so none is made for it.
+                    hend = _after_eph(buf, pos + 1, end, t) if eph else pos + 1
+                    body = 0
+                else:
+                    state = states.get(row) or self._state(states, grids, t, row, styles)
+                    bits = BitReader(buf, pos, end)
+                    body = state.read_header(bits, layer)
+                    hend = bits.align()
+                    if eph:
+                        hend = _after_eph(buf, hend, end, t)
+                    if hend + body > end:
+                        raise CodestreamError(pos, f"tile {t}: packet body runs past the "
+                                              "tile-part")
                 hlen = hend - pos
-                if hend + body > end:
-                    raise CodestreamError(pos, f"tile {t}: packet body runs past the tile-part")
                 offsets.append(pos)
                 lengths.append(hlen + body)
                 hlens.append(hlen)
@@ -451,10 +574,11 @@ class _Builder:
                 plens.append(0)
                 pos = hend + body
             else:
+                state = states.get(row) or self._state(states, grids, t, row, styles)
                 bits = BitReader(packed_stream, hpos, len(packed_stream))
-                body = state.read_header(bits, int(seq_l[k]))
+                body = state.read_header(bits, layer)
                 hend = bits.align()
-                if cod.eph:
+                if eph:
                     hend = _after_eph(packed_stream, hend, len(packed_stream), t,
                                       parts[part_no].sot_offset)
                 if pos + body > end:
@@ -466,36 +590,87 @@ class _Builder:
                 plens.append(hend - hpos)
                 hpos = hend
                 pos += body
-            sops.append(sop)
-            if seq_l[k] == last_layer:
-                del states[local]  # the precinct's last packet: its state is not needed again
+            if layer == last_layer:
+                states.pop(row, None)  # the precinct's last packet: its state is not needed
+        self.decoded = decoded + count
         if not partial and (pos < end or part_no + 1 < len(parts)):
             left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
-            if left > 0 and len(offsets) < len(seq_p):
+            if left > 0 and count < len(rows):
                 raise CodestreamError(pos, f"tile {t}: {left} bytes of tile data after its last "
                                       "packet")
             # Some encoders pad the last tile-part (e.g. zero bytes before a missing EOC).
             self.padding_bytes += max(left, 0)
-        return offsets, lengths, hlens, poffs, plens, sops
+        return count
 
-    def finish(self, layers: list[int], mct: list[int]) -> CodestreamIndex:
+    def _state(self, states: dict[int, PrecinctState], grids: dict[int, list], t: int, row: int,
+               styles: list[CodingStyle]) -> PrecinctState:
+        """The header-decoding state of a precinct, made on its first non-empty packet."""
+        c, r, p = int(self.prec_c[row]), int(self.prec_r[row]), int(self.prec_p[row])
+        comp_grids = grids.get(c)
+        if comp_grids is None:
+            comp_grids = grids[c] = resolution_grids(self.siz, t, c, styles[c])
+        bands = precinct_band_grids(self.siz, t, c, styles[c], comp_grids[r], p)
+        state = states[row] = PrecinctState(bands, styles[c].cb_style)
+        return state
+
+    # --- the index ------------------------------------------------------------------------
+    def build(self) -> CodestreamIndex:
+        layout, siz = self.layout, self.siz
+        groups = _coding_groups(layout)
+        rows = self._geometry(groups)
+        reversible = np.zeros(len(rows), np.int64)
+        layers = np.zeros(siz.num_tiles, np.int32)
+        mct = np.zeros(siz.num_tiles, np.uint8)
+        coding: dict[int, _CodingGroup] = {}
+        row_group = np.zeros(siz.num_tiles, np.int64)
+        for k, g in enumerate(groups):
+            layers[g.tiles] = g.cod.layers
+            mct[g.tiles] = g.cod.mct
+            row_group[g.tiles] = k
+        for k, g in enumerate(groups):
+            in_group = row_group[rows.t] == k
+            rev = np.asarray([int(s.reversible) for s in g.styles], np.int64)
+            reversible[in_group] = rev[rows.c[in_group]]
+        for t in layout.tiles:
+            coding[t] = groups[int(row_group[t])]
+        tcr, precincts = self._tcr_and_precincts(rows, reversible)
+        self.prec_c, self.prec_r, self.prec_p = precincts["c"], precincts["r"], precincts["p"]
+        seq_rows, seq_layers, bounds = self._sequences(groups, rows, tcr["prec_base"])
+        for t in sorted(layout.tiles):
+            a, b = int(bounds[t]), int(bounds[t + 1])
+            if b > a:
+                g = coding[t]
+                self._locate_tile(t, g.cod, g.styles, seq_rows[a:b], seq_layers[a:b])
+        # The located packets: the first located_count of each tile's, in tile order.
+        n = self.located_count
+        at = np.repeat(bounds[:-1] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        return self._finish(tcr, precincts, layers, mct, seq_rows[at], seq_layers[at])
+
+    def _finish(self, tcr: dict[str, np.ndarray], precincts: dict[str, np.ndarray],
+                layers: np.ndarray, mct: np.ndarray, local: np.ndarray,
+                layer: np.ndarray) -> CodestreamIndex:
+        """The index, from the located packets (`local`, `layer`: their precinct rows and
+        layers, in the order they were located)."""
         layout = self.layout
-        tcr = {k: np.asarray(v, np.int64) for k, v in self.tcr.items()}
-        precincts = {}
-        for k, parts in self.prec_cols.items():
-            precincts[k] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        for k in ("t", "c", "r"):
-            precincts[k] = precincts[k].astype(np.int32)
-        # Tiles were added in order, each sorted by (precinct, layer): so is the whole.
-        pk = {}
-        for k, parts in self.pk.items():
-            pk[k] = parts[0] if len(parts) == 1 else (
-                np.concatenate(parts) if parts else np.zeros(0, PACKET_DTYPES[k]))
-            parts.clear()
         nprec = len(precincts["id"])
-        counts = np.bincount(pk["precinct"], minlength=nprec).astype(np.int32)
+        # Packets go in (precinct, layer) order. Every precinct has a prefix of its layers (a
+        # cut tile loses a suffix of its sequence), so a packet's place is its precinct's
+        # first slot plus its layer: a scatter, no sort.
+        counts = np.bincount(local, minlength=nprec).astype(np.int32)
         starts = np.zeros(nprec, np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
+        dest = starts[local] + layer
+        pk = {}
+        columns = [("precinct", local, np.int32), ("layer", layer, np.int32)]
+        columns += [(k, np.frombuffer(v, np.int64) if len(v) else np.zeros(0, np.int64),
+                     PACKET_DTYPES[k]) for k, v in self.located.items()]
+        columns.append(("sop", np.frombuffer(self.located_sop, np.uint8)
+                        if len(self.located_sop) else np.zeros(0, np.uint8), np.uint8))
+        for name, values, dtype in columns:
+            column = np.empty(len(local), dtype)
+            column[dest] = values
+            pk[name] = column
+        del dest
         sizes = pk["length"] + pk["packed_length"]
         csum = np.cumsum(sizes)
         nz_start, nz_count = starts[counts > 0], counts[counts > 0]
@@ -524,7 +699,7 @@ class _Builder:
                                                        else "none")
         return CodestreamIndex(
             offset=layout.offset, length=layout.end - layout.offset, siz=self.siz,
-            layers=np.asarray(layers, np.int32), tile_mct=np.asarray(mct, np.uint8),
+            layers=layers, tile_mct=mct,
             main_header_ranges=np.asarray(layout.main_bin_ranges, np.int64).reshape(-1, 2),
             tile_header_ranges=np.asarray(th_rows, np.int64).reshape(-1, 3),
             tiles_present=present, tile_parts=parts, tcr=tcr, precincts=precincts, packets=pk,
@@ -532,7 +707,7 @@ class _Builder:
             markers=tuple(sorted(layout.markers_seen)), progression=layout.main.cod.progression,
             cod_scod=layout.main.cod.scod, tile_data_bytes=self.data_bytes,
             padding_bytes=self.padding_bytes,
-            resolutions_indexed=self.resolutions if self.cut else None)
+            resolutions_indexed=self.resolutions if self.partial.any() else None)
 
 
 def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
@@ -553,11 +728,5 @@ def index_codestream(buf, offset: int, length: int, *, use_plt: bool = True,
     if siz.num_tiles * siz.num_components > 4_000_000:
         raise CodestreamError(offset, f"{siz.num_tiles} tiles x {siz.num_components} components is "
                               "more than we serve", unsupported=True)
-    builder = _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt,
-                       resolutions=resolutions, pause=pause)
-    layers, mct = [], []
-    for t in range(siz.num_tiles):
-        nl, m = builder.add_tile(t)
-        layers.append(nl)
-        mct.append(m)
-    return builder.finish(layers, mct)
+    return _Builder(buf, layout, use_plt=use_plt, verify_plt=verify_plt,
+                    resolutions=resolutions, pause=pause).build()

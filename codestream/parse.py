@@ -53,17 +53,31 @@ class TilePart:
     sot_offset: int
     header_end: int  # offset just after SOD
     data_end: int
-    header_segments: list[Segment] = field(default_factory=list)
+    # Segments between SOT and SOD; most tile-parts have none, and share this empty tuple (a
+    # file of 65,535 tiles is a million small objects otherwise).
+    header_segments: list[Segment] | tuple = ()
+
+
+# Shared by the tiles whose headers carry no segments (never changed: see _writable).
+_NO_MARKERS = HeaderMarkers()
 
 
 @dataclass(slots=True)
 class TileHeaders:
-    """What a tile's tile-part headers say, gathered over its tile-parts in order."""
+    """What a tile's tile-part headers say, gathered over its tile-parts in order. Tiles whose
+    headers hold nothing share empty values; `_writable` gives a tile its own before parsing a
+    segment into it."""
 
     parts: list[TilePart] = field(default_factory=list)
-    markers: HeaderMarkers = field(default_factory=HeaderMarkers)
-    plt: list[tuple[int, int, Segment]] = field(default_factory=list)  # (tile-part, Zplt, seg)
-    ppt: list[tuple[int, Segment]] = field(default_factory=list)       # (Zppt, seg) in order
+    markers: HeaderMarkers = field(default_factory=lambda: _NO_MARKERS)
+    plt: list[tuple[int, int, Segment]] | tuple = ()  # (tile-part, Zplt, segment)
+    ppt: list[tuple[int, Segment]] | tuple = ()       # (Zppt, segment) in order
+
+
+def _writable(th: TileHeaders) -> TileHeaders:
+    if th.markers is _NO_MARKERS:
+        th.markers, th.plt, th.ppt = HeaderMarkers(), list(th.plt), list(th.ppt)
+    return th
 
 
 @dataclass(slots=True)
@@ -79,6 +93,8 @@ class CodestreamLayout:
     markers_seen: set[str]
     has_eoc: bool
 
+
+_SOT_SOD = struct.Struct(">HHHIBBH")  # SOT, Lsot, Isot, Psot, TPsot, TNsot, the next marker
 
 # Rsiz bit 15: the codestream uses Part 2 (T.801) extensions.
 PART2_RSIZ = 0x8000
@@ -155,7 +171,23 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
     parts: list[TilePart] = []
     has_eoc = length >= 2 and (buf[end - 2] << 8 | buf[end - 1]) == EOC
     stream_end = end - 2 if has_eoc else end
+    num_tiles = siz.num_tiles
     while pos < stream_end:
+        if pos + 14 <= end:
+            # The common tile-part header: SOT right followed by SOD (no other segment).
+            code, lsot, isot, psot, tpsot, _tnsot, after = _SOT_SOD.unpack_from(buf, pos)
+            part_end = stream_end if psot == 0 else pos + psot
+            if (code == SOT and lsot == 10 and after == SOD and isot < num_tiles
+                    and (psot == 0 or psot >= 14) and pos + 14 <= part_end <= stream_end):
+                th = tiles.get(isot)
+                if th is None:
+                    th = tiles[isot] = TileHeaders()
+                if tpsot == len(th.parts):
+                    part = TilePart(isot, tpsot, pos, pos + 14, part_end)
+                    th.parts.append(part)
+                    parts.append(part)
+                    pos = part_end
+                    continue
         seg = read_segment(buf, pos, end)
         if seg.code == EOC:
             break
@@ -164,8 +196,8 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
         if seg.length != 12:
             raise CodestreamError(pos, f"SOT length {seg.length - 2} != 10")
         isot, psot, tpsot, _tnsot = struct.unpack_from(">HIBB", buf, pos + 4)
-        if isot >= siz.num_tiles:
-            raise CodestreamError(pos, f"SOT: tile {isot} >= {siz.num_tiles} tiles")
+        if isot >= num_tiles:
+            raise CodestreamError(pos, f"SOT: tile {isot} >= {num_tiles} tiles")
         part_end = stream_end if psot == 0 else pos + psot
         if psot and psot < 14:
             raise CodestreamError(pos, f"SOT: Psot {psot} too small")
@@ -177,7 +209,7 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
             # a file that breaks this, so it is refused here too.
             raise CodestreamError(pos, f"SOT: tile-part {tpsot} of tile {isot} out of sequence "
                                   f"(expected {len(th.parts)})")
-        part = TilePart(isot, tpsot, pos, 0, part_end)
+        part = TilePart(isot, tpsot, pos, 0, part_end, [])
         first_part = not th.parts
         hpos = seg.end
         prev = seg
@@ -195,7 +227,7 @@ def parse_codestream(buf, offset: int, length: int) -> CodestreamLayout:
                 raise CodestreamError(hpos, f"{marker_name(hseg.code)} in a tile-part other than "
                                       "the tile's first")
             seen.add(marker_name(hseg.code))
-            _parse_header_segment(buf, hseg, siz, th.markers)
+            _parse_header_segment(buf, hseg, siz, _writable(th).markers)
             if hseg.code == PLT:
                 if hseg.length < 5:
                     raise CodestreamError(hpos, "PLT segment without Zplt")

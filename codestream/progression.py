@@ -10,19 +10,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .geometry import ResolutionGrid
+from .geometry import ResolutionGrid, ResolutionRows
 from .markers import PocEntry
 
 
 @dataclass(frozen=True, slots=True)
 class TilePrecincts:
-    """The precincts of one tile in (c, r, p) order, with what the orders sort on."""
+    """The precincts of one tile (or of many: then `tile` names each one's tile, and the
+    tiles' packets come tile after tile) in (t, c, r, p) order, with what the orders sort on."""
 
     comp: np.ndarray  # int32
     res: np.ndarray   # int32
     index: np.ndarray  # int64: p, raster index within its resolution
     trig_y: np.ndarray  # int64: reference-grid point where position orders visit it
     trig_x: np.ndarray
+    tile: np.ndarray | None = None
 
 
 def _trigger(coord0: int, t0: int, pp: int, scale: int, count: int) -> np.ndarray:
@@ -65,9 +67,37 @@ def tile_precincts(grids_by_comp: list[list[ResolutionGrid]], subsampling: list[
                          np.concatenate(tys), np.concatenate(txs))
 
 
+def precincts_of_rows(rows: ResolutionRows, subsampling: list[tuple[int, int]],
+                      tile_origins: tuple[np.ndarray, np.ndarray]) -> TilePrecincts:
+    """`tile_precincts` of many tiles at once, from their resolution rows (rows in (t, c, r)
+    order; `tile_origins` is (tx0, ty0) per row): the same triggers as `_trigger`."""
+    counts = rows.npw * rows.nph
+    total = int(counts.sum())
+    grp = np.repeat(np.arange(len(rows)), counts)
+    p = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    npw = rows.npw[grp]
+    px, py = p % npw, p // npw
+    dx = np.asarray([s[0] for s in subsampling], np.int64)[rows.c]
+    dy = np.asarray([s[1] for s in subsampling], np.int64)[rows.c]
+    shift = rows.levels - rows.r
+    tx0, ty0 = tile_origins
+
+    def trigger(pos, coord0, pp, scale, t0):
+        coord0, pp, scale = coord0[grp], pp[grp], scale[grp]
+        trig = (pos + (coord0 >> pp)) * ((np.int64(1) << pp) * scale)
+        first = np.where(coord0 % (np.int64(1) << pp) != 0, t0[grp], coord0 * scale)
+        return np.where(pos == 0, first, trig)
+
+    return TilePrecincts(rows.c[grp].astype(np.int32), rows.r[grp].astype(np.int32), p,
+                         trigger(py, rows.y0, rows.ppy, dy << shift, ty0),
+                         trigger(px, rows.x0, rows.ppx, dx << shift, tx0),
+                         rows.t[grp])
+
+
 def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
                     pocs: list[PocEntry]) -> tuple[np.ndarray, np.ndarray]:
-    """(precinct row, layer) of every packet of the tile, in codestream order."""
+    """(precinct row, layer) of every packet of the tile (of the tiles, tile after tile), in
+    codestream order."""
     n = len(prec.comp)
     done = np.zeros(n, np.int64)
     steps = pocs or [PocEntry(0, 0, layers, 1 << 30, 1 << 30, progression)]
@@ -96,9 +126,16 @@ def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
             keys = (layer, r, c, x, y)
         else:             # CPRL
             keys = (layer, r, x, y, c)
+        if prec.tile is not None:
+            keys = (*keys, prec.tile[p])  # tile after tile
         perm = np.lexsort(keys)
         out_p.append(p[perm])
         out_l.append(layer[perm])
     if not out_p:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(out_p), np.concatenate(out_l)
+    seq_p, seq_l = np.concatenate(out_p), np.concatenate(out_l)
+    if prec.tile is not None and len(out_p) > 1:
+        # POC steps come one after the other within a tile, tiles one after the other.
+        perm = np.argsort(prec.tile[seq_p], kind="stable")
+        seq_p, seq_l = seq_p[perm], seq_l[perm]
+    return seq_p, seq_l

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from codestream.geometry import tile_bounds
 from codestream.index import CodestreamIndex
 from codestream.intmath import ceil_div as _cdiv
 
@@ -204,43 +205,102 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     siz = ix.siz
     X0, Y0, X1, Y1 = window.region
     d = window.discard
-    table = _table(ix)
-    tcr = table.tcr
     # Tiles the region touches.
     p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
     p1 = min(_cdiv(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
     q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
     q1 = min(_cdiv(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
-    tiles: list[int] = []
+    tiles = (np.arange(q0, q1, dtype=np.int64)[:, None] * siz.tiles_x
+             + np.arange(p0, p1, dtype=np.int64)[None, :]).ravel()
+    covered = None
+    walk = tiles.tolist()
+    if len(tiles) >= INTERIOR_TILES:
+        # Tiles wholly inside the region need every precinct up to the window's resolution
+        # that holds a code-block: chosen at once; only the tiles on the border are walked.
+        tx0, ty0, tx1, ty1 = tile_bounds(siz, tiles)
+        inside = (tx0 >= X0) & (ty0 >= Y0) & (tx1 <= X1) & (ty1 <= Y1)
+        if int(inside.sum()) >= INTERIOR_TILES:
+            covered = _covered_rows(ix, tiles[inside], window.comps, d)
+            walk = tiles[~inside].tolist()
+    table = _table(ix) if walk else None
+    tcr = table.tcr if table is not None else None
     cells: list[Cells] = []
     dedupe = False
-    for q in range(q0, q1):
-        for p in range(p0, p1):
-            t = q * siz.tiles_x + p
-            tiles.append(t)
-            tx0, ty0, tx1, ty1 = siz.tile_bounds(t)
-            rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
-            if rx1 <= rx0 or ry1 <= ry0:
+    for t in walk:
+        tx0, ty0, tx1, ty1 = siz.tile_bounds(t)
+        rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
+        if rx1 <= rx0 or ry1 <= ry0:
+            continue
+        done: dict[int, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
+        for c in window.comps:
+            base = table.first.get((t, c))
+            if base is None:
                 continue
-            done: dict[int, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
-            for c in window.comps:
-                base = table.first.get((t, c))
-                if base is None:
-                    continue
-                shape = table.shape[(t, c)]
-                if shape in done:  # the same precincts as an earlier component, shifted
-                    other, theirs = done[shape]
-                    shift = tcr["prec_base"][base] - tcr["prec_base"][other]
-                    cells.extend((b + shift, *rest) for b, *rest in theirs)
-                    continue
-                mine: list[Cells] = []
-                dedupe |= _tile_component_cells(table, base, siz.components[c].dx,
-                                                siz.components[c].dy, d, (rx0, ry0, rx1, ry1),
-                                                mine)
-                done[shape] = (base, mine)
-                cells.extend(mine)
+            shape = table.shape[(t, c)]
+            if shape in done:  # the same precincts as an earlier component, shifted
+                other, theirs = done[shape]
+                shift = tcr["prec_base"][base] - tcr["prec_base"][other]
+                cells.extend((b + shift, *rest) for b, *rest in theirs)
+                continue
+            mine: list[Cells] = []
+            dedupe |= _tile_component_cells(table, base, siz.components[c].dx,
+                                            siz.components[c].dy, d, (rx0, ry0, rx1, ry1), mine)
+            done[shape] = (base, mine)
+            cells.extend(mine)
     rows = _cell_rows(cells, dedupe)
-    return Plan(window.codestream, np.asarray(tiles, np.int64), rows, window.layers)
+    if covered is not None:
+        # Interior and border tiles hold disjoint precincts: one sort joins them.
+        rows = np.sort(np.concatenate((covered, rows)))
+    return Plan(window.codestream, tiles, rows, window.layers)
+
+
+INTERIOR_TILES = 16  # from this many tiles wholly inside a window on, they are planned at once
+
+
+def _covered_rows(ix: CodestreamIndex, tiles: np.ndarray, comps, d: int) -> np.ndarray:
+    """The precinct rows of tiles wholly inside the window (components `comps`, `d` levels
+    discarded): what `_tile_component_rows` picks for a tile-component whose every sample is
+    in the region. Its ranges are then whole resolutions at every level, so a precinct up to
+    the window's resolution is picked when it holds a code-block: at resolution 0 always, above
+    when its cell meets the extent of a band whose range the others' cross it (HL, LH, HH)."""
+    tcr = ix.tcr
+    inside = np.zeros(ix.siz.num_tiles, bool)
+    inside[tiles] = True
+    wanted = np.zeros(ix.siz.num_components, bool)
+    for c in comps:
+        wanted[c] = True
+    sel = np.flatnonzero(inside[tcr["t"]] & wanted[tcr["c"]] & (tcr["r"] <= tcr["levels"] - d))
+    counts = (tcr["npw"] * tcr["nph"])[sel]
+    starts = tcr["prec_base"][sel]
+    rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
+    return rows[_with_code_blocks(ix)[rows]]
+
+
+def _with_code_blocks(ix: CodestreamIndex) -> np.ndarray:
+    """Per precinct row: it holds a code-block of some band (kept on the index)."""
+    held = getattr(ix, "_with_code_blocks", None)
+    if held is not None:
+        return held
+    tcr, pr = ix.tcr, ix.precincts
+    row = np.repeat(np.arange(len(tcr["t"])), tcr["npw"] * tcr["nph"])
+    r = tcr["r"][row]
+    x0, y0, x1, y1 = (tcr[k][row] for k in ("x0", "y0", "x1", "y1"))
+    ppx, ppy = tcr["ppx"][row], tcr["ppy"][row]
+    p = pr["p"]
+    npw = tcr["npw"][row]
+    px, py = p % npw, p // npw
+    bx, by = np.maximum(ppx - 1, 0), np.maximum(ppy - 1, 0)  # band-grid exponents (r > 0)
+    cx, cy = (x0 >> ppx) + px, (y0 >> ppy) + py               # the cell, in band units
+
+    def meets(cell, lo, hi, e):
+        """The cell's band range [cell << e, (cell + 1) << e) meets [lo, hi)."""
+        return (hi > lo) & (cell >= lo >> e) & (cell < -(-hi // (np.int64(1) << e)))
+
+    hx, lx = meets(cx, x0 >> 1, x1 >> 1, bx), meets(cx, -(-x0 // 2), -(-x1 // 2), bx)
+    hy, ly = meets(cy, y0 >> 1, y1 >> 1, by), meets(cy, -(-y0 // 2), -(-y1 // 2), by)
+    held = (r == 0) | (hx & ly) | (lx & hy) | (hx & hy)
+    ix._with_code_blocks = held
+    return held
 
 
 def _tile_component_cells(table: _TcrTable, base: int, dx: int, dy: int, d: int,

@@ -1,0 +1,73 @@
+"""The geometry and packet order of many tiles at once (what the index builds) equal those of
+each tile on its own (what the client's rebuild and the standard's loops give), for random
+image, tile and precinct grids, subsampling, levels, progressions and POC changes."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from codestream.geometry import resolution_grids, resolution_rows, tile_bounds
+from codestream.markers import CodingStyle, ComponentSize, PocEntry, Siz
+from codestream.progression import packet_sequence, precincts_of_rows, tile_precincts
+
+
+@st.composite
+def images(draw):
+    comps = tuple(ComponentSize(8, False, draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+                  for _ in range(draw(st.integers(1, 3))))
+    xosiz, yosiz = draw(st.integers(0, 40)), draw(st.integers(0, 40))
+    xsiz, ysiz = xosiz + draw(st.integers(1, 160)), yosiz + draw(st.integers(1, 160))
+    xtsiz, ytsiz = draw(st.integers(3, 70)), draw(st.integers(3, 70))
+    xtosiz = draw(st.integers(max(0, xosiz - xtsiz + 1), xosiz))
+    ytosiz = draw(st.integers(max(0, yosiz - ytsiz + 1), yosiz))
+    siz = Siz(0, xsiz, ysiz, xosiz, yosiz, xtsiz, ytsiz, xtosiz, ytosiz, comps)
+    styles = []
+    for _ in comps:
+        levels = draw(st.integers(0, 5))
+        precincts = tuple((draw(st.integers(0 if r == 0 else 1, 6)),
+                           draw(st.integers(0 if r == 0 else 1, 6))) for r in range(levels + 1))
+        styles.append(CodingStyle(levels, 6, 6, 0, True, precincts))
+    layers = draw(st.integers(1, 3))
+    progression = draw(st.integers(0, 4))
+    pocs = []
+    if draw(st.booleans()):
+        for _ in range(draw(st.integers(1, 3))):
+            pocs.append(PocEntry(draw(st.integers(0, 2)), draw(st.integers(0, 2)),
+                                 draw(st.integers(1, layers)), draw(st.integers(1, 7)),
+                                 draw(st.integers(1, 4)), draw(st.integers(0, 4))))
+    return siz, styles, layers, progression, pocs
+
+
+@settings(max_examples=100, deadline=None)
+@given(images())
+def test_many_tiles_at_once_equal_each_tile_alone(image) -> None:
+    siz, styles, layers, progression, pocs = image
+    tiles = np.arange(siz.num_tiles)
+    rows = resolution_rows(siz, tiles, styles)
+    sub = [(cm.dx, cm.dy) for cm in siz.components]
+    tx0, ty0, _, _ = tile_bounds(siz, rows.t)
+    batch = precincts_of_rows(rows, sub, (tx0, ty0))
+    seq, seq_l = packet_sequence(batch, layers, progression, pocs)
+    # Precinct k of the batch belongs to tile batch.tile[k]; each tile's are contiguous.
+    first = np.searchsorted(batch.tile, tiles)
+    k = 0
+    expected_p, expected_l = [], []
+    for t in tiles.tolist():
+        grids = [resolution_grids(siz, t, c, styles[c]) for c in range(len(styles))]
+        for c, comp_grids in enumerate(grids):
+            for g in comp_grids:
+                got = tuple(int(getattr(rows, f)[k]) for f in
+                            ("t", "c", "r", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph"))
+                assert got == (t, c, g.r, g.x0, g.y0, g.x1, g.y1, g.ppx, g.ppy, g.npw, g.nph)
+                k += 1
+        one = tile_precincts(grids, sub, siz.tile_bounds(t)[:2])
+        lo = int(first[t])
+        for f in ("comp", "res", "index", "trig_y", "trig_x"):
+            assert np.array_equal(getattr(batch, f)[lo:lo + len(one.comp)], getattr(one, f)), f
+        p, lay = packet_sequence(one, layers, progression, pocs)
+        expected_p.append(p + lo)
+        expected_l.append(lay)
+    assert k == len(rows)
+    assert np.array_equal(seq, np.concatenate(expected_p))
+    assert np.array_equal(seq_l, np.concatenate(expected_l))

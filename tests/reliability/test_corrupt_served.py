@@ -1,7 +1,8 @@
 """Damaged files through the real app (see corrupt_served.py for what each outcome means).
 
 `make test` serves a seeded sample of the variants of every corpus file and of two DICOM
-objects; `make soak` serves all of them (python -m tests.reliability corrupt).
+objects; `make soak` and `make corrupt-sweep` serve all of them (python -m tests.reliability
+corrupt).
 """
 from __future__ import annotations
 

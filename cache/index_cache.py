@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 
 from codestream.boxes import Box, FileLayout
+from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
 from codestream.metabins import MetadataBins
@@ -548,6 +549,10 @@ class _Completer:
             key, src = item
             try:
                 self.cache.complete(key, src, stop=lambda: self._stopping)
+            except (CodestreamError, DicomError) as e:
+                # The file's fault (damage in resolutions or frames not read before): the
+                # requests that reach it get their 4xx; not a defect of ours.
+                log.warning("index cache: cannot complete the index of %s: %s", key, e)
             except Exception:  # never let one bad file end the thread
                 log.exception("index cache: completing the index of %s failed", key)
 
@@ -647,7 +652,12 @@ class IndexCache:
                         return None  # evicted or replaced: its work is not needed
                 if stop():
                     return None
-                src.index_codestreams([i], step, background=True)
+                # Held while it reads the map: an eviction or a replaced file closes the
+                # source, and the map goes when this step is done (Source.in_use).
+                with src.in_use():
+                    if src.closed:
+                        return None
+                    src.index_codestreams([i], step, background=True)
                 time.sleep(0)  # let request threads have the interpreter between steps
         with self._lock:
             current = self._entries.get(key) is src

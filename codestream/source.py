@@ -103,6 +103,11 @@ class Source:
             if last:
                 self._release()
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called (the map may still be open for its last users)."""
+        return self._closing
+
     def close(self) -> None:
         with self._users_lock:
             self._closing = True

@@ -476,6 +476,8 @@ async def _send_whole(request: web.Request, state: JPIPState, ex: Exchange, repl
     else:
         body = held[0].data if len(held) == 1 else b"".join(c.data for c in held)
     resp = web.Response(status=reply.status, headers=headers, body=body)
+    if request.version != HttpVersion11:
+        resp.force_close()  # HTTP/1.0: the body ends with the connection, as when streamed
     await resp.prepare(request)
     if request.method == "HEAD":
         return resp

@@ -1,9 +1,11 @@
 """The aiohttp application: routes, middlewares, CORS, health and metrics.
 
 Middlewares, outermost first: observe (metrics, request info, finishing every response) ->
-proxy (real client address) -> limits (request body size) -> errors (one place mapping
-exceptions to answers) -> timeout (per-request deadline). CORS headers are added in the
-on_response_prepare signal, so they reach streamed responses and error answers alike.
+proxy (real client address; only with trusted proxies) -> errors (one place mapping
+exceptions to answers) -> bounds (HTTP version, body size, deadline). CORS headers are
+added in the on_response_prepare signal (only when CORS is on), so they reach streamed
+responses and error answers alike. Every layer runs on every request: none is installed that
+would do nothing.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import HttpVersion10, HttpVersion11, web
@@ -134,23 +136,21 @@ def _not_allowed(allowed: Sequence[str]) -> web.Handler:
 # ----- middlewares and signals -----
 
 @web.middleware
-async def limits_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def bounds_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """A request's bounds: its HTTP version, its body's size (refused up front, whether or
+    not the handler would have read it) and its deadline. One middleware, not three: a layer
+    per request."""
     # aiohttp's parser lets "HTTP/2.0" request lines through; only HTTP/1.x is spoken here.
     if request.version not in (HttpVersion10, HttpVersion11):
         raise web.HTTPVersionNotSupported(
             text=f"HTTP/{request.version.major}.{request.version.minor} is not supported: "
                  "use HTTP/1.1\n")
-    # Refuse an oversized body up front, whether or not the handler would have read it.
-    limit = request.app[CONFIG_KEY].max_request_body
+    config = request.app[CONFIG_KEY]
     length = request.content_length
-    if length is not None and length > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
-    return await handler(request)
-
-
-@web.middleware
-async def timeout_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    seconds = request.app[CONFIG_KEY].request_timeout
+    if length is not None and length > config.max_request_body:
+        raise web.HTTPRequestEntityTooLarge(max_size=config.max_request_body,
+                                            actual_size=length)
+    seconds = config.request_timeout
     try:
         async with asyncio.timeout(seconds) as deadline:
             # A streaming handler lifts this deadline once its response has started and then
@@ -165,19 +165,27 @@ async def timeout_middleware(request: web.Request, handler: web.Handler) -> web.
                                  retry_after=TIMEOUT_RETRY_AFTER) from None
 
 
-async def cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    origins = request.app[CONFIG_KEY].cors_origins
-    if not origins:
-        return
-    origin = request.headers.get("Origin")
-    if origin is not None and origin in origins:
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers.add("Vary", "Origin")
-    elif "*" in origins:
-        response.headers["Access-Control-Allow-Origin"] = "*"
-    else:
-        return  # an origin we do not serve: the browser will refuse, as it should
-    response.headers["Access-Control-Expose-Headers"] = ", ".join(EXPOSED_HEADERS)
+def cors_headers(origins: Sequence[str]) -> Callable[[web.Request, web.StreamResponse],
+                                                     Awaitable[None]]:
+    """The on_response_prepare handler adding CORS headers for `origins` (not registered at
+    all when there are none); what does not depend on the request is computed once."""
+    origins = frozenset(origins)
+    any_origin = "*" in origins
+    exposed = ", ".join(EXPOSED_HEADERS)
+
+    async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get("Origin")
+        headers = response.headers
+        if origin is not None and origin in origins:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers.add("Vary", "Origin")
+        elif any_origin:
+            headers["Access-Control-Allow-Origin"] = "*"
+        else:
+            return  # an origin we do not serve: the browser will refuse, as it should
+        headers["Access-Control-Expose-Headers"] = exposed
+
+    return add_cors_headers
 
 
 async def health_pool(app: web.Application) -> AsyncIterator[None]:
@@ -238,10 +246,11 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app = web.Application(
         middlewares=[
             metrics.middleware(),
-            proxy_middleware(TrustedProxies(config.trusted_proxies)),
-            limits_middleware,
+            # Only with trusted proxies: without, request.remote is the client already.
+            *([proxy_middleware(TrustedProxies(config.trusted_proxies))]
+              if config.trusted_proxies else []),
             error_middleware,
-            timeout_middleware,
+            bounds_middleware,
         ],
         client_max_size=config.max_request_body,
         handler_args={
@@ -258,7 +267,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     if guard is not None:
         app[GUARD_KEY] = guard
     app.on_response_prepare.append(metrics.on_response_prepare)
-    app.on_response_prepare.append(cors_headers)
+    if config.cors_origins:
+        app.on_response_prepare.append(cors_headers(config.cors_origins))
     app.cleanup_ctx.append(health_pool)
     app.cleanup_ctx.append(log_flusher)
     if multiprocess_dir() is not None:

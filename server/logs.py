@@ -31,7 +31,7 @@ REDACTED = "[redacted]"
 class RequestInfo:
     start: float                      # perf_counter() when the first middleware saw the request
     remote: str | None = None         # client address, after trusted-proxy headers
-    scheme: str | None = None
+    scheme: str | None = None         # from trusted-proxy headers (None: request.scheme)
     cid: str | None = None            # JPIP channel id, set by the handler (set_request_cid)
     response: web.StreamResponse | None = None  # the response once prepared (headers committed)
     first_byte: float | None = None   # perf_counter() when the headers were sent

@@ -192,11 +192,16 @@ class CodestreamHoldings:
 class CacheModel:
     """The server's picture of one client's cache: per codestream holdings + metadata-bins."""
 
-    __slots__ = ("streams", "metadata")
+    __slots__ = ("streams", "metadata", "version", "complete_for")
 
     def __init__(self) -> None:
         self.streams: dict[int, CodestreamHoldings] = {}
         self.metadata: dict[int, int] = {}  # metadata-bin id -> bytes held (entry: known)
+        # Counts the apply() calls: what a conclusion drawn from the model is valid for.
+        self.version = 0
+        # (request key, version, what it concluded): a request found to need nothing at that
+        # version (jpip.machine: a window asked again is answered without planning it again).
+        self.complete_for: tuple | None = None
 
     def stream(self, cs: int) -> CodestreamHoldings:
         h = self.streams.get(cs)
@@ -220,6 +225,7 @@ class CacheModel:
 
     def apply(self, records: Iterable[ModelRecord]) -> None:
         """Applies model records in order."""
+        self.version += 1
         for r in records:
             if type(r) is ReceivedRows:
                 self._rows(r.kind, r.codestream).raise_to(r.rows, r.ends)

@@ -473,12 +473,14 @@ class Exchange:
         whole_streams = [_whole_codestream(source, cs, w) for cs, w in win.windows]
         whole = (need is None and not metadata_only
                  and len(windows) == len(source.codestreams) and all(whole_streams))
+        # What the answer depends on besides the model (a request with need= is not kept).
+        asked = None if need is not None else (
+            self.target_id, return_type, limit, server_limit, metadata_only,
+            self.req.raw.get("metareq"),
+            tuple((w.codestream, w.discard, w.region, w.comps, w.layers) for w in windows))
         key = None
-        if responses is not None and responses.enabled and need is None and model.is_empty():
-            key = (self.target_id, return_type, limit, server_limit, metadata_only,
-                   self.req.raw.get("metareq"),
-                   tuple((w.codestream, w.discard, w.region, w.comps, w.layers)
-                         for w in windows))
+        if responses is not None and responses.enabled and asked is not None and model.is_empty():
+            key = asked
         cached = responses.get(key) if key is not None else None
         if key is not None:
             reply.cache_result = "miss" if cached is None else "hit"
@@ -486,6 +488,15 @@ class Exchange:
             self.outcome = Outcome()
             for data, records in cached.chunks:
                 yield Chunk(data, list(records))
+            self._complete = True
+            return
+        version = model.version
+        done = model.complete_for
+        if done is not None and done[0] == asked and done[1] == version:
+            # Asked again with nothing applied to the model since it held all of it: the EOR
+            # alone, as the builder found then (no planning, no lookups).
+            self.outcome = Outcome(reason=done[2], bytes_skipped=done[3])
+            yield Chunk(MessageWriter().eor(done[2]))
             self._complete = True
             return
         plans = [plan_window(source.codestreams[cs], w) for cs, w in win.windows]
@@ -510,9 +521,13 @@ class Exchange:
         if key is not None:
             self._recorder = responses.recorder()
             self._cache_key = key
+        out = builder.outcome
         for chunk in builder.chunks():
-            if builder.outcome.raised_limit is not None and "JPIP-len" not in reply.headers:
-                reply.headers["JPIP-len"] = str(builder.outcome.raised_limit)
+            if out.raised_limit is not None and "JPIP-len" not in reply.headers:
+                reply.headers["JPIP-len"] = str(out.raised_limit)
+            if out.messages == 0 and asked is not None and model.version == version:
+                # Nothing to send (the chunk is the EOR alone): kept for the same request.
+                model.complete_for = (asked, version, out.reason, out.bytes_skipped)
             yield chunk
         self._complete = True
 

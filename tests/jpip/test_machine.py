@@ -316,6 +316,42 @@ def test_a_preempted_response_commits_only_what_was_written(raw) -> None:
     assert model_of(wire, names).stream(0).precincts.total() == before
 
 
+
+def test_a_window_asked_again_with_nothing_new_is_answered_without_planning(raw) -> None:
+    wire = Wire(raw)
+    names = run_table(wire, [(f"target=x&cnew=http&{THUMB}", Expect())])
+    c0 = names["c0"]
+    model = model_of(wire, names)
+
+    def again(query: str):
+        p = wire.start(f"cid={c0}&{query}")
+        wire.turn(p)
+        wire.go(p)
+        while wire.step(p):
+            pass
+        return wire.finish(p), p.ex.outcome
+
+    first, found = again(THUMB)  # the builder finds nothing to send; the conclusion is kept
+    assert first.messages == [] and first.eor == EOR.WINDOW_DONE and found.bytes_skipped > 0
+    kept = model.complete_for
+    assert kept is not None and kept[1] == model.version
+    second, repeated = again(THUMB)  # answered from it: the same EOR and bytes saved
+    assert second.body == first.body and repeated.bytes_skipped == found.bytes_skipped
+    assert model.complete_for is kept
+    # Anything applied to the model since makes it stale: a model= statement evicting a
+    # precinct (applied before the answer is built) brings that precinct again.
+    pr = raw.codestreams[0].precincts
+    evicted = wire.request(f"cid={c0}&{THUMB}&model=-P{int(pr['id'][0])}")
+    assert evicted.classes() == {PRECINCT}
+    assert model.complete_for is kept  # not replaced: this answer sent data
+    third, _ = again(THUMB)
+    assert third.messages == [] and model.complete_for[1] == model.version != kept[1]
+    # Another window is another question (here with data to send), and len= is part of it.
+    assert again(WHOLE)[0].eor == EOR.IMAGE_DONE
+    assert again(f"{WHOLE}&len=0")[0].eor == EOR.IMAGE_DONE
+    assert again(WHOLE)[0].messages == [] and model.complete_for[0] != kept[0]
+
+
 # --- len and EOR reasons ----------------------------------------------------------------------
 
 def test_len_continues_where_it_stopped(raw) -> None:

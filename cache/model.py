@@ -284,6 +284,8 @@ class CacheModel:
             for name in ("precincts", "tiles"):
                 src, dst = getattr(h, name), getattr(c, name)
                 dst.rows, dst.held = src.rows, src.held
+        # The same content at the same count of changes: a conclusion kept still holds.
+        out.version, out.complete_for = self.version, self.complete_for
         return out
 
     @property

@@ -350,6 +350,12 @@ def test_a_window_asked_again_with_nothing_new_is_answered_without_planning(raw)
     assert again(WHOLE)[0].eor == EOR.IMAGE_DONE
     assert again(f"{WHOLE}&len=0")[0].eor == EOR.IMAGE_DONE
     assert again(WHOLE)[0].messages == [] and model.complete_for[0] != kept[0]
+    # A copy (a shared store's worker keeps one) holds the same: the conclusion goes with it,
+    # and the copy's own changes make it stale there alone.
+    twin = model.copy()
+    assert twin.complete_for == model.complete_for and twin.version == model.version
+    twin.apply([])
+    assert twin.version != model.version == model.complete_for[1]
     # So is the return type: the same window as a JPT-stream needs its tile data-bins.
     assert again(f"{THUMB}&type=jpt-stream")[0].messages
 

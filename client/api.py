@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -26,6 +27,8 @@ from .url import JPIPURL, URLError, parse_url
 STREAM_TYPES = {"jpp-stream": "image/jpp-stream", "jpt-stream": "image/jpt-stream"}
 # The smallest window there is (one sample of the lowest resolution, one layer): it brings the
 # main header at the cost of a few precinct bytes, which every larger window needs anyway.
+# Longer request URLs go as a POST form body (`JPIPClient._send`).
+MAX_GET_URL = 6000
 SMALLEST_WINDOW = {"fsiz": (1, 1), "rsiz": (1, 1), "layers": 1}
 
 
@@ -127,6 +130,17 @@ class JPIPClient:
         q = f"{self._target_query}&{query}" if self._target_query else query
         return f"{self._base}?{q}"
 
+    def _send(self, url: str) -> Any:
+        """GET the URL, or POST its query as a form body when it is long: servers and proxies
+        cap request lines (aiohttp at 64 KiB, nginx at 8 KiB by default) and a session's
+        restated model grows with what it holds (the viewer does the same)."""
+        assert self._http is not None
+        if len(url) <= MAX_GET_URL:
+            return self._http.get(url)
+        base, _, query = url.partition("?")
+        return self._http.post(base, data=query.encode(), headers={
+            "Content-Type": "application/x-www-form-urlencoded"})
+
     async def _get(self, query: str, *, use_channel: bool = False,
                    progress: Callable[[int], None] | None = None,
                    abort_after: int | None = None) -> FetchStats:
@@ -134,7 +148,7 @@ class JPIPClient:
         stats = FetchStats()
         t0 = time.perf_counter()
         parser = StreamParser()
-        async with self._http.get(self._url(query, use_channel)) as resp:
+        async with self._send(self._url(query, use_channel)) as resp:
             stats.status = resp.status
             stats.headers = {k: v for k, v in resp.headers.items()}
             if resp.status not in (200, 202):

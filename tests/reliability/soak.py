@@ -125,6 +125,11 @@ class Answer:
     seconds: float
 
 
+# A longer query goes as a POST form body: servers and proxies cap request lines (aiohttp
+# 64 KiB, nginx 8 KiB), and a session's restated model grows with what it holds.
+MAX_GET_QUERY = 6000
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection, reading at a set rate if asked."""
 
@@ -158,7 +163,12 @@ class Connection:
             await self._open()
         assert self.reader is not None and self.writer is not None
         t0 = time.perf_counter()
-        self.writer.write(f"GET {path}?{query} HTTP/1.1\r\nHost: soak\r\n\r\n".encode())
+        if len(query) <= MAX_GET_QUERY:
+            self.writer.write(f"GET {path}?{query} HTTP/1.1\r\nHost: soak\r\n\r\n".encode())
+        else:  # a long restated model: as a form body, as client.api and the viewer do
+            self.writer.write(f"POST {path} HTTP/1.1\r\nHost: soak\r\nContent-Type: "
+                              "application/x-www-form-urlencoded\r\nContent-Length: "
+                              f"{len(query)}\r\n\r\n{query}".encode())
         try:
             return await asyncio.wait_for(self._read(t0, rate, vanish_after), REQUEST_SECONDS)
         except BaseException:

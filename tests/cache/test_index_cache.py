@@ -328,7 +328,9 @@ def test_lru_eviction_closes_sources_and_respects_max_entries(tmp_path) -> None:
 
 
 def test_eviction_tolerates_views_still_held(tmp_path) -> None:
-    cache = IndexCache(None, max_entries=1)
+    # No background completion: a lazily indexed source being completed is in use, and its
+    # close would wait for that (the next test), which made this one depend on timing.
+    cache = IndexCache(None, max_entries=1, background=False)
     src = cache.get(CORPUS / "p0_01.j2k")
     held = src.bin_range(0, 0, 0, 10)  # memoryviews of the map, as a response would hold
     cache.get(CORPUS / "p0_09.j2k")     # evicts and closes src

@@ -138,7 +138,8 @@ def served_codestreams(req: JPIPRequest, source: Source) -> tuple[list[int], str
         kept.append(SampledRange(lo, hi, r.step))
     if not served:
         asked = ",".join(str(r) for r in ranges)
-        have = str(SampledRange(first, last)) if count > 1 else str(first)
+        have = (f"codestreams {SampledRange(first, last)}" if count > 1
+                else f"only codestream {first}")
         raise RequestError("stream", f"no codestream {asked} in this target (it has {have})",
                            404)
     return sorted(served), (",".join(str(r) for r in kept) if changed else None)

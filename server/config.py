@@ -132,7 +132,8 @@ class ServerConfig:
     session_idle_timeout: float = _opt(600.0, "float", _positive, "idle session lifetime")
     max_session_bytes: int = _opt(
         8 << 20, "size", _positive, "memory cap of one session's cache model")
-    request_timeout: float = _opt(60.0, "float", _positive, "longest time to answer a request")
+    request_timeout: float = _opt(
+        60.0, "float", _positive, "longest wait before an answer starts, and for each write after")
     keepalive_timeout: float = _opt(75.0, "float", _non_negative, "idle keep-alive lifetime")
     max_request_body: int = _opt(1 << 20, "size", _positive, "largest request body (POST)")
     max_field_size: int = _opt(

@@ -550,7 +550,7 @@ def test_a_source_numbering_its_codestreams_from_one(raw) -> None:
         assert _csns(answer, METADATA) == {0}  # metadata belongs to the target
         assert _csns(wire.request(f"target=x&{THUMB}&stream=1")) == {1}
         run_table(wire, [
-            (f"target=x&{THUMB}&stream=0", Expect(status=404, error="it has 1")),
+            (f"target=x&{THUMB}&stream=0", Expect(status=404, error="it has only codestream 1")),
             (f"target=x&{THUMB}&stream=0-1", Expect(headers={"JPIP-stream": "1"})),
             (f"target=x&{THUMB}&model=[1],Hm,H0,P*,M0", Expect(classes=set())),
             (f"target=x&{THUMB}&model=Hm", Expect(no_bins=((MAIN_HEADER, 1, 0),))),

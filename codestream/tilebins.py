@@ -175,9 +175,12 @@ def _packed_sizes(ix: CodestreamIndex, tp_sorted: np.ndarray, packed: np.ndarray
     return np.where(packed, rebuilt, sizes)
 
 
-def tile_part_pieces(source, cs: int, bins: TileBins, q: int, a: int, b: int) -> list:
-    """Bytes [a, b) of part position q (offsets within the part) as buffers."""
-    ix = source.codestreams[cs]
+def tile_part_pieces(source, cs: int, bins: TileBins, q: int, a: int, b: int,
+                     ix: CodestreamIndex | None = None) -> list:
+    """Bytes [a, b) of part position q (offsets within the part) as buffers; `ix`: the index
+    `bins` were made from (default: the source's current one)."""
+    if ix is None:
+        ix = source.codestreams[cs]
     row = ix.tile_parts[bins.rows[q]]
     t, tpsot, tnsot = int(row[_COL["tile"]]), int(row[_COL["tpsot"]]), int(row[_COL["tnsot"]])
     size = int(bins.end[q] - bins.start[q])
@@ -191,12 +194,12 @@ def tile_part_pieces(source, cs: int, bins: TileBins, q: int, a: int, b: int) ->
         if hi > lo:
             out.extend(source.codestream_pieces(cs, lo, hi))
         return out
-    return _cut(_packed_part(source, cs, bins, q, sot, row), a, b)
+    return _cut(_packed_part(source, ix, bins, q, sot, row), a, b)
 
 
-def _packed_part(source, cs: int, bins: TileBins, q: int, sot: bytes, row) -> list:
+def _packed_part(source, ix: CodestreamIndex, bins: TileBins, q: int, sot: bytes,
+                 row) -> list:
     """The pieces of a re-expressed part: SOT, header segments but PLT/PPT, SOD, packets."""
-    ix = source.codestreams[cs]
     out: list = [sot]
     th = ix.tile_header_ranges  # (the tile-part header segments but PLT and PPT)
     t = int(row[_COL["tile"]])

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from cache.model import BinKind, CacheModel, ReceivedRows
+from codestream.index import CodestreamIndex
 from codestream.source import Source
 from codestream.tilebins import TileBins, tile_bins, tile_part_pieces
 
@@ -56,18 +57,22 @@ class TileResponseBuilder(ResponseBuilder):
     def _tile_data(self) -> Iterator[Chunk]:
         state = []
         for plan in self.tile_plans:
-            tb = tile_bins(self.source.codestreams[plan.codestream])
+            # One index per response: background indexing may replace the source's index
+            # meanwhile, and the tile bins' packet rows are those of the index they came from.
+            ix = self.source.codestreams[plan.codestream]
+            tb = tile_bins(ix)
             held = self.model.stream(plan.codestream).tiles.get(plan.tiles)
             self.outcome.bytes_skipped += int(np.minimum(held, plan.ends).sum())
-            state.append((plan, tb, held.copy()))
+            state.append((plan, ix, tb, held.copy()))
         rounds = max((int(p.parts.max()) for p in self.tile_plans if len(p.parts)), default=0)
         for r in range(rounds):
-            for plan, tb, held in state:
+            for plan, ix, tb, held in state:
                 if self._stopped:
                     return
-                yield from self._round(plan, tb, held, r)
+                yield from self._round(plan, ix, tb, held, r)
 
-    def _round(self, plan: TilePlan, tb: TileBins, held: np.ndarray, r: int) -> Iterator[Chunk]:
+    def _round(self, plan: TilePlan, ix: CodestreamIndex, tb: TileBins, held: np.ndarray,
+               r: int) -> Iterator[Chunk]:
         """Messages for tile-part r (counted in each tile) of the tiles that need it."""
         live = np.flatnonzero(plan.parts > r)
         if len(live) == 0:
@@ -79,8 +84,7 @@ class TileResponseBuilder(ResponseBuilder):
         todo = np.flatnonzero(frm < b)
         cs = plan.codestream
         csn = cs + self.first
-        done = layers_done(self.source.codestreams[cs], tb) if self.tile_class == EXT_TILE \
-            else None
+        done = layers_done(ix, tb) if self.tile_class == EXT_TILE else None
         sent: list[tuple[int, int]] = []  # (position in plan.tiles, new bin end)
         for j in todo.tolist():
             i, qq = int(live[j]), int(q[j])
@@ -90,7 +94,7 @@ class TileResponseBuilder(ResponseBuilder):
             if done is not None:
                 before = int(done[qq - 1]) if qq > tb.first[t] else 0
                 aux = (int(done[qq]) if hi == tb.end[qq] else before, before)
-            pieces = tile_part_pieces(self.source, cs, tb, qq, lo - start, hi - start)
+            pieces = tile_part_pieces(self.source, cs, tb, qq, lo - start, hi - start, ix)
             n = self._message(self.tile_class, csn, t, lo, pieces, hi - lo,
                               hi == tb.bin_length[t], aux)
             if n:

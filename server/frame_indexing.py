@@ -3,7 +3,7 @@ worker thread, so the event loop never waits for an index: the frames of a DICOM
 names (a frame read later without this, e.g. named only by a model= qualifier, is indexed where
 it is read), and the resolutions its window reaches in a codestream indexed for its lowest
 resolutions so far (codestream.index; wholly for a request with model= or need=, whose
-statements name precincts of any resolution)."""
+statements name precincts of any resolution, and for a JPT-stream request)."""
 from __future__ import annotations
 
 import asyncio
@@ -41,7 +41,9 @@ async def index_requested_frames(source: Source, req: JPIPRequest) -> None:
         await asyncio.to_thread(source.index_codestreams, whole)
     if not partial:
         return
-    if req.model or req.need:
+    # model=/need= name precincts of any resolution; a tile data-bin holds every resolution
+    # of its tile (its packed-header parts and extended messages' Aux need all packets).
+    if req.model or req.need or any(t.startswith("jpt-stream") for t in req.type or ()):
         await asyncio.to_thread(source.index_codestreams, partial)
         return
     fsiz = (req.fsiz.fx, req.fsiz.fy, req.fsiz.round) if req.fsiz is not None else None

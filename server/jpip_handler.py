@@ -198,7 +198,11 @@ async def _read_request(request: web.Request, lenient: bool) -> JPIPRequest:
         query = request.rel_url.raw_query_string
         if query and body:
             raise RequestError(None, "fields in both the URL and the POST body")
-        return parse_form_body(body, lenient=lenient) if body else _parse_query(query, lenient)
+        if not body:
+            return _parse_query(query, lenient)
+        # The body is bounded by --max-request-body, and a session's restated model (sent as a
+        # body once it outgrows a URL) may be far longer than the per-field cap of a query.
+        return parse_form_body(body, lenient=lenient, max_field_length=len(body))
     return _parse_query(request.rel_url.raw_query_string, lenient)
 
 

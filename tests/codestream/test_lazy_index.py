@@ -117,3 +117,19 @@ def test_indexing_stops_on_a_file_cut_shorter(tmp_path) -> None:
             src.index_codestreams([0], background=True)
         with pytest.raises(CodestreamError, match="cut shorter"):
             src._yield_to_requests()
+
+
+async def test_a_jpt_request_indexes_the_whole_codestream_first() -> None:
+    """A tile data-bin holds every resolution of its tile (its packed-header parts and the Aux
+    of extended messages need all its packets): a JPT request on a codestream indexed for its
+    lowest resolutions gets it indexed whole before it is planned (a JPT response once read
+    the packet rows of an index replaced under it: 500)."""
+    from jpip.request import parse_query
+    from server.frame_indexing import index_requested_frames
+
+    with build_source(CORPUS / "test-card-lossy-tiled.jp2", lazy=True) as src:
+        assert src.codestreams[0].resolutions_indexed is not None
+        await index_requested_frames(src, parse_query("fsiz=64,48&type=jpp-stream"))
+        assert src.codestreams[0].resolutions_indexed is not None  # a thumbnail: still lazy
+        await index_requested_frames(src, parse_query("fsiz=64,48&type=jpt-stream;ttype=ext"))
+        assert src.codestreams[0].resolutions_indexed is None and src.complete

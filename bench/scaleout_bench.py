@@ -38,8 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from tests.redis_server import RedisServer
+
 from . import loadgen
-from .procs import RedisProcess, jpip_server, loadavg, tree_cpu_seconds
+from .procs import cpu_seconds, jpip_server, loadavg, tree_cpu_seconds
 from .workloads import Needs, region_requests, viewer_traces
 
 HERE = Path(__file__).resolve().parent
@@ -65,13 +67,14 @@ def _metric_sum(base_url: str, prefix: str) -> float:
 class Cell:
     """What one workload did to one server configuration."""
 
-    def __init__(self, server, redis: RedisProcess) -> None:
+    def __init__(self, server, redis: RedisServer) -> None:
         self.server, self.redis = server, redis
         self.before = self._counters()
 
     def _counters(self) -> dict[str, float]:
         info = self.redis.info()
-        return {"server_cpu": tree_cpu_seconds(self.server.pid), "redis_cpu": self.redis.cpu(),
+        return {"server_cpu": tree_cpu_seconds(self.server.pid),
+                "redis_cpu": cpu_seconds(self.redis.proc.pid),
                 "redis_commands": float(info.get("total_commands_processed", 0)),
                 "round_trips": _metric_sum(self.server.base_url,
                                            "jpip_session_store_round_trips_total")}
@@ -103,7 +106,7 @@ class Cell:
 
 
 def run_config(args, name: str, store: str, workers: int, root: Path, cache: Path,
-               target: str, needs: Needs, redis: RedisProcess, logs: Path) -> dict[str, Any]:
+               target: str, needs: Needs, redis: RedisServer, logs: Path) -> dict[str, Any]:
     extra = ["--workers", str(workers), "--log-level", "WARNING",
              "--response-cache-bytes", "0"]  # every fresh region is built, none replayed
     if store == "redis":
@@ -199,7 +202,7 @@ def main(argv: list[str]) -> int:
             "when": stamp, "host": platform.node(), "cpus": os.cpu_count(),
             "loadavg_before": loadavg(), "image": str(args.image), "clients": args.clients}
         cells = {}
-        with RedisProcess(work / "redis") as redis:
+        with RedisServer(work / "redis") as redis:
             for name, store, workers in CONFIGS:
                 print(f"{name} ...", file=sys.stderr, flush=True)
                 cells[name] = run_config(args, name, store, workers, root, cache, target,

@@ -20,13 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.server_process import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:
@@ -105,6 +101,33 @@ class RedisServer:
         with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall((" ".join(args) + "\r\n").encode())
             return s.recv(65536).decode(errors="replace")
+
+    def info(self) -> dict[str, str]:
+        """INFO all as a dict (a bulk reply, read whole)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(b"INFO all\r\n")
+            data = s.recv(1 << 20)
+            size = int(data[1:data.index(b"\r\n")]) if data.startswith(b"$") else 0
+            while len(data) < size + len(str(size)) + 5:
+                more = s.recv(1 << 20)
+                if not more:
+                    break
+                data += more
+        out = {}
+        for line in data.decode(errors="replace").splitlines():
+            if ":" in line and not line.startswith("#"):
+                key, value = line.split(":", 1)
+                out[key] = value.strip()
+        return out
+
+    def __enter__(self) -> RedisServer:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @contextmanager

@@ -13,20 +13,26 @@ import argparse
 import asyncio
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+
+def _verdict(text: str, check: Callable[[], None]) -> int:
+    """Prints a run's report, then its checks' verdict: the exit status."""
+    print(text)
+    try:
+        check()
+    except AssertionError as e:
+        print(f"FAILED: {e}")
+        return 1
+    return 0
 
 
 def _soak(args: argparse.Namespace) -> int:
     from tests.reliability.soak import run
 
     report = run(args.seconds, seed=args.seed)
-    print(report.text())
-    try:
-        report.check()
-    except AssertionError as e:
-        print(f"FAILED: {e}")
-        return 1
-    return 0
+    return _verdict(report.text(), report.check)
 
 
 def _requests(args: argparse.Namespace) -> int:
@@ -48,13 +54,7 @@ def _requests(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="jpip-fuzz-") as tmp:
         report = asyncio.run(go(Path(tmp)))
-    print(report.text())
-    try:
-        check(report)
-    except AssertionError as e:
-        print(f"FAILED: {e}")
-        return 1
-    return 0
+    return _verdict(report.text(), lambda: check(report))
 
 
 def _corrupt(args: argparse.Namespace) -> int:

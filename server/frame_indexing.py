@@ -10,7 +10,7 @@ import asyncio
 
 from codestream.source import Source
 from jpip.errors import RequestError
-from jpip.machine import served_codestreams
+from jpip.machine import JPT_STREAM, served_codestreams
 from jpip.plan import resolutions_needed
 from jpip.request import JPIPRequest
 from jpip.window import resolve_window
@@ -43,7 +43,7 @@ async def index_requested_frames(source: Source, req: JPIPRequest) -> None:
         return
     # model=/need= name precincts of any resolution; a tile data-bin holds every resolution
     # of its tile (its packed-header parts and extended messages' Aux need all packets).
-    if req.model or req.need or any(t.startswith("jpt-stream") for t in req.type or ()):
+    if req.model or req.need or any(t.startswith(JPT_STREAM) for t in req.type or ()):
         await asyncio.to_thread(source.index_codestreams, partial)
         return
     fsiz = (req.fsiz.fx, req.fsiz.fy, req.fsiz.round) if req.fsiz is not None else None

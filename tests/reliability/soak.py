@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from client.api import MAX_GET_URL
 from client.bincache import BinCache, StreamError
 from jpip.jpp import StreamParser
 from tests.conftest import CORPUS, INTEROP, PROJECT_ROOT
@@ -125,11 +126,6 @@ class Answer:
     seconds: float
 
 
-# A longer query goes as a POST form body: servers and proxies cap request lines (aiohttp
-# 64 KiB, nginx 8 KiB), and a session's restated model grows with what it holds.
-MAX_GET_QUERY = 6000
-
-
 class Connection:
     """One keep-alive HTTP/1.1 connection, reading at a set rate if asked."""
 
@@ -163,7 +159,7 @@ class Connection:
             await self._open()
         assert self.reader is not None and self.writer is not None
         t0 = time.perf_counter()
-        if len(query) <= MAX_GET_QUERY:
+        if len(query) <= MAX_GET_URL:  # longer: a POST form body, as client.api sends it
             self.writer.write(f"GET {path}?{query} HTTP/1.1\r\nHost: soak\r\n\r\n".encode())
         else:  # a long restated model: as a form body, as client.api and the viewer do
             self.writer.write(f"POST {path} HTTP/1.1\r\nHost: soak\r\nContent-Type: "

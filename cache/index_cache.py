@@ -59,11 +59,13 @@ from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
 from codestream.metabins import MetadataBins
-from codestream.source import FileIdentity, Source, build_source, file_identity
+from codestream.source import FileIdentity, Source, build_source, file_identity, index_file
 from dicom.errors import DicomError
 from dicom.frames import FrameTable
 from dicom.part10 import is_part10_file
-from dicom.source import DicomSource, open_dicom
+from dicom.source import DicomSource, open_dicom, read_dicom
+
+from .isolation import run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -490,13 +492,24 @@ def load_index(path: Path, cache_dir: Path) -> Source | None:
 
 
 # --------------------------------------------------------------------------- opening
-def open_source(path: Path, *, use_plt: bool = True) -> Source:
+def open_source(path: Path, *, use_plt: bool = True,
+                index_in: Callable[..., Any] | None = None) -> Source:
     """Opens a target from scratch: a DICOM Part 10 file (by its 'DICM' magic, whatever its
     name) as a lazily indexed DicomSource, anything else as a JPEG 2000 file (lazily for its
-    resolutions where it has no PLT and an RLCP/RPCL order: codestream.index)."""
+    resolutions where it has no PLT and an RLCP/RPCL order: codestream.index).
+
+    `index_in`: where the file is read and indexed, now and later (Source.index_in): None in
+    this process, cache.isolation.run_isolated in a child process."""
+    if index_in is None:
+        if is_part10_file(path):
+            return open_dicom(path, use_plt=use_plt)
+        return build_source(path, use_plt=use_plt, lazy=True)
     if is_part10_file(path):
-        return open_dicom(path, use_plt=use_plt)
-    return build_source(path, use_plt=use_plt, lazy=True)
+        src: Source = DicomSource(path, *index_in(read_dicom, path), use_plt=use_plt)
+    else:
+        src = Source(path, *index_in(index_file, path, use_plt, True), use_plt=use_plt)
+    src.index_in = index_in
+    return src
 
 
 class _Completer:
@@ -577,7 +590,7 @@ class IndexCache:
 
     def __init__(self, cache_dir: Path | None, max_entries: int = 64,
                  on_event: EventHook | None = None, *, use_plt: bool = True,
-                 background: bool = True) -> None:
+                 background: bool = True, isolate: bool = True) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -591,6 +604,9 @@ class IndexCache:
         # Lazily indexed sources are completed by a background thread (False: only on
         # demand, and by complete()).
         self.background = background
+        # Files are read and indexed in child processes (cache.isolation): a file rewritten
+        # in place meanwhile cannot kill this one. False: in this process (tools).
+        self._index_in = run_isolated if isolate else None
         self._completer = _Completer(self)
         if self.cache_dir is not None:
             remove_stale_temporaries(self.cache_dir)
@@ -747,6 +763,7 @@ class IndexCache:
                             src = load_index(path, self.cache_dir)
                         if src is None:
                             src = self._build(key, path)
+                src.index_in = self._index_in
                 self._insert(key, src)
                 if not src.complete and self.background:
                     self._completer.submit(key, src)
@@ -759,7 +776,7 @@ class IndexCache:
 
     def _build(self, key: str, path: Path) -> Source:
         t0 = time.perf_counter()
-        src = open_source(path, use_plt=self.use_plt)
+        src = open_source(path, use_plt=self.use_plt, index_in=self._index_in)
         self._emit("build", time.perf_counter() - t0)
         if self.cache_dir is not None and src.complete:
             self._save(key, src)

@@ -18,3 +18,10 @@ class CodestreamError(Exception):
         self.reason = reason
         self.unsupported = unsupported
         self.not_jpeg2000 = not_jpeg2000
+
+    def __reduce__(self):  # pickled whole: indexing errors come back from a child process
+        return (_rebuild, (self.offset, self.reason, self.unsupported, self.not_jpeg2000))
+
+
+def _rebuild(offset: int, reason: str, unsupported: bool, not_jpeg2000: bool) -> CodestreamError:
+    return CodestreamError(offset, reason, unsupported=unsupported, not_jpeg2000=not_jpeg2000)

@@ -1,7 +1,10 @@
-"""A served file: its identity, a memory map of it, its codestream indexes and its data-bins.
+"""A served file: its identity, its codestream indexes and its data-bins.
 
-Data-bin bytes are handed out as memoryviews of the map (plus small built pieces), so serving
-never copies a large file into memory.
+Data-bin bytes are read with pread (FileBytes), a response's worth at a time, so serving never
+holds a large file in memory, and a file cut shorter while it is served (rewritten in place)
+gives an error instead of the SIGBUS that reading a memory map past the file's new end would
+raise. Indexing reads a memory map: the server does it in a child process (cache.isolation);
+tools and tests index in their own process (`index_in` says where).
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import hashlib
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -48,12 +51,67 @@ def file_identity(path: Path) -> FileIdentity:
                         hashlib.sha256(head).hexdigest())
 
 
-class Source:
-    """An open, indexed file. Close it (or use it as a context manager) to release the map.
+class FileBytes:
+    """An open file's bytes by slicing (`fb[a:b]` is bytes), read with pread.
 
-    A response reading the map holds it with `in_use()`: a close meanwhile (the file was
+    A read past the file's current end (it was cut shorter) raises CodestreamError: reading a
+    memory map there would kill the process (SIGBUS)."""
+
+    __slots__ = ("_fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self._fd = fd
+        self.size = size  # the file's length when it was opened
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, span: slice) -> bytes:
+        start, stop, _ = span.indices(self.size)
+        if stop <= start:
+            return b""
+        data = os.pread(self._fd, stop - start, start)
+        if len(data) != stop - start:
+            raise CodestreamError(-1, "the file was cut shorter while it was being served")
+        return data
+
+    def runs(self, offsets: list[int], lengths: list[int]) -> list:
+        """The bytes of each run (offset, length), as buffers: runs that lie close together
+        are read with one pread (a response's precincts mostly follow each other in the
+        file), which costs far less than a call per run."""
+        order = sorted(range(len(offsets)), key=offsets.__getitem__)
+        out: list = [b""] * len(offsets)
+        i = 0
+        while i < len(order):
+            first = order[i]
+            lo = offsets[first]
+            hi = lo + lengths[first]
+            j = i + 1
+            while j < len(order):
+                k = order[j]
+                if offsets[k] > hi + RUN_GAP or offsets[k] + lengths[k] - lo > RUN_SPAN:
+                    break
+                hi = max(hi, offsets[k] + lengths[k])
+                j += 1
+            block = memoryview(self[lo:hi])
+            for k in order[i:j]:
+                a = offsets[k] - lo
+                out[k] = block[a:a + lengths[k]]
+            i = j
+        return out
+
+
+# FileBytes.runs: runs at most RUN_GAP bytes apart share a read of at most RUN_SPAN bytes.
+RUN_GAP = 4096
+RUN_SPAN = 1 << 20
+
+
+class Source:
+    """An open, indexed file. Close it (or use it as a context manager) to release the file.
+
+    A response reading the file holds it with `in_use()`: a close meanwhile (the file was
     replaced or deleted, the index cache evicted it) takes effect when the last user is done,
-    so a response in flight ends whole instead of finding its map gone.
+    so a response in flight ends whole instead of finding its file gone.
 
     `codestreams[i]` is the index of the i-th codestream of the file; the JPIP codestream
     number of it (CSn, `stream=`) is `first_codestream + i`: 0-based for JPEG 2000 files,
@@ -74,15 +132,16 @@ class Source:
         self._closing = False
         self._users_lock = threading.Lock()
         self._file = open(path, "rb")
-        try:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError as e:  # empty file
+        st = os.fstat(self._file.fileno())
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (identity.size, identity.mtime_ns,
+                                                       identity.inode):
             self._file.close()
-            raise CodestreamError(0, f"cannot map file: {e}", not_jpeg2000=True) from e
-        if len(self._map) != identity.size:
-            self.close()
             raise CodestreamError(-1, "file changed while it was being opened")
-        self.view = memoryview(self._map)
+        self.view: FileBytes | None = FileBytes(self._file.fileno(), identity.size)
+        self._map: mmap.mmap | None = None  # for indexing in this process (_mapped)
+        # Where indexing runs: in this process (None), or through a runner such as
+        # cache.isolation.run_isolated, called as index_in(function, *arguments).
+        self.index_in: Callable[..., CodestreamIndex] | None = None
         self._use_plt = use_plt
         self._urgent = threading.Condition()  # requests' indexing under way (_urgent_count)
         self._urgent_count = 0
@@ -116,15 +175,12 @@ class Source:
         self._release()
 
     def _release(self) -> None:
-        view = getattr(self, "view", None)
-        if view is not None:
-            view.release()
-            self.view = None
+        self.view = None
         if getattr(self, "_map", None) is not None:
             try:
                 self._map.close()
             except BufferError:
-                pass  # a response still holds a view; the map closes when it is dropped
+                pass  # an indexer still holds a view; the map closes when it is dropped
         self._file.close()
 
     def __enter__(self) -> Source:
@@ -157,14 +213,18 @@ class Source:
                 continue
             self._check_intact()
             off, ln = self.layout.codestreams[i]
-            if background:
-                ix = index_codestream(self._map, off, ln, use_plt=self._use_plt,
+            if self.index_in is not None:
+                ident = self.identity
+                ix = self.index_in(index_file_codestream, ident.path, stat_key(ident), off, ln,
+                                   self._use_plt, resolutions)
+            elif background:
+                ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
                                       resolutions=resolutions, pause=self._yield_to_requests)
             else:
                 with self._urgent:
                     self._urgent_count += 1
                 try:
-                    ix = index_codestream(self._map, off, ln, use_plt=self._use_plt,
+                    ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
                                           resolutions=resolutions)
                 finally:
                     with self._urgent:
@@ -183,11 +243,18 @@ class Source:
         self._check_intact()
 
     def _check_intact(self) -> None:
-        """Reading a mapped page the file no longer has kills the process (SIGBUS), and
-        indexing reads the map for seconds: it checks, before each step and at each pause,
-        that the file (this open file, replaced or not) is still as long as its map."""
-        if self._file.closed or os.fstat(self._file.fileno()).st_size < len(self._map):
+        """Indexing in this process reads a map, and reading a mapped page the file no longer
+        has kills the process (SIGBUS): it checks, before each step and at each pause, that
+        the file (this open file, replaced or not) is still as long as it was. That narrows
+        the danger without closing it, which is why the server indexes in a child process."""
+        if self._file.closed or os.fstat(self._file.fileno()).st_size < self.identity.size:
             raise CodestreamError(-1, "the file was cut shorter while it was being indexed")
+
+    def _mapped(self) -> mmap.mmap:
+        """A map of the file for indexing in this process (made on first use)."""
+        if self._map is None:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._map
 
     def index_steps(self, position: int) -> list[int | None]:
         """The `resolutions` arguments that index codestream `position` a resolution at a
@@ -329,14 +396,22 @@ def _holds(ix: CodestreamIndex, resolutions: int | None) -> bool:
 
 
 def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) -> Source:
-    """Opens and indexes a file from scratch (no cache). `lazy`: a codestream whose packet
-    headers must be decoded in RLCP/RPCL order is indexed for its lowest resolution only;
-    `Source.index_codestreams` does the rest."""
+    """Opens and indexes a file from scratch (no cache), in this process. `lazy`: a codestream
+    whose packet headers must be decoded in RLCP/RPCL order is indexed for its lowest
+    resolution only; `Source.index_codestreams` does the rest."""
     path = Path(path)
+    return Source(path, *index_file(path, use_plt, lazy), use_plt=use_plt)
+
+
+def index_file(path: Path, use_plt: bool, lazy: bool
+               ) -> tuple[FileIdentity, FileLayout, list[CodestreamIndex], MetadataBins]:
+    """What a Source of `path` is made of: its identity, box layout, codestream indexes and
+    metadata-bins (picklable: cache.isolation runs this in a child process)."""
     identity = file_identity(path)
     with open(path, "rb") as f:
         if identity.size < 4:
             raise CodestreamError(0, "file too short to be JPEG 2000", not_jpeg2000=True)
+        check_same_file(f, stat_key(identity), "opened")
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
             layout = read_layout(mm)
@@ -346,7 +421,30 @@ def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) 
             metadata = partition_metadata(mm, layout)
         finally:
             mm.close()
-    return Source(path, identity, layout, streams, metadata, use_plt=use_plt)
+    return identity, layout, streams, metadata
+
+
+def index_file_codestream(path: str, key: tuple[int, int, int], offset: int, length: int,
+                          use_plt: bool, resolutions: int | None) -> CodestreamIndex:
+    """Indexes one codestream of the file at `path`, which must still be the file of stat
+    `key` (size, mtime, inode): `Source.index_codestreams` in a child process."""
+    with open(path, "rb") as f:
+        check_same_file(f, key, "indexed")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return index_codestream(mm, offset, length, use_plt=use_plt,
+                                    resolutions=resolutions)
+
+
+def stat_key(identity: FileIdentity) -> tuple[int, int, int]:
+    """What a child process checks to index the very file a Source has open."""
+    return identity.size, identity.mtime_ns, identity.inode
+
+
+def check_same_file(f, key: tuple[int, int, int], doing: str) -> None:
+    """CodestreamError unless the open file `f` still has the stat `key` (stat_key)."""
+    st = os.fstat(f.fileno())
+    if (st.st_size, st.st_mtime_ns, st.st_ino) != key:
+        raise CodestreamError(-1, f"the file changed while it was being {doing}")
 
 
 def size_of(path: str | os.PathLike) -> int:

@@ -15,3 +15,6 @@ class DicomError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+    def __reduce__(self):  # pickled whole: indexing errors come back from a child process
+        return (DicomError, (self.reason, self.status))

@@ -18,7 +18,7 @@ from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
 from codestream.metabins import MetadataBins
 from codestream.scattered import index_runs
-from codestream.source import FileIdentity, Source, file_identity
+from codestream.source import FileIdentity, Source, check_same_file, file_identity, stat_key
 
 from .errors import BAD_FILE, UNSUPPORTED, DicomError
 from .frames import FrameTable, frame_table, locate_codestream
@@ -103,8 +103,11 @@ class DicomSource(Source):
             raise DicomError("the file was closed while it was being indexed", 503)
         runs = self.frames.frame_runs(i)
         try:
-            start, length = locate_codestream(self._map, runs)
-            ix = index_runs(self._map, runs, start, length, use_plt=self.use_plt)
+            if self.index_in is not None:
+                ix = self.index_in(index_file_frame, str(self.path), stat_key(self.identity),
+                                   runs, self.use_plt)
+            else:
+                ix = _index_frame(self._mapped(), runs, self.use_plt)
         except (DicomError, CodestreamError) as e:
             status = UNSUPPORTED if getattr(e, "unsupported", False) else BAD_FILE
             err = DicomError(f"frame {i + 1}: {e}", status)
@@ -152,14 +155,33 @@ def open_dicom(path: Path | str, *, use_plt: bool = True) -> DicomSource:
     """Opens a DICOM file for serving: reads its header and item table (no frame is indexed
     yet). DicomError when it is not served (415) or is corrupt (422)."""
     path = Path(path)
+    return DicomSource(path, *read_dicom(path), use_plt=use_plt)
+
+
+def read_dicom(path: Path) -> tuple[FileIdentity, str, FrameTable]:
+    """What a DicomSource of `path` is made of: identity, transfer syntax, frame table
+    (picklable: the server reads it in a child process, cache.isolation)."""
     identity = file_identity(path)
     header = read_header(path)
     with open(path, "rb") as f:
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        table = frame_table(mm, header.items_offset, header.number_of_frames,
-                            extended_offsets=header.extended_offsets,
-                            extended_lengths=header.extended_lengths)
-    finally:
-        mm.close()
-    return DicomSource(path, identity, header.transfer_syntax, table, use_plt=use_plt)
+        check_same_file(f, stat_key(identity), "opened")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            table = frame_table(mm, header.items_offset, header.number_of_frames,
+                                extended_offsets=header.extended_offsets,
+                                extended_lengths=header.extended_lengths)
+    return identity, header.transfer_syntax, table
+
+
+def index_file_frame(path: str, key: tuple[int, int, int], runs, use_plt: bool
+                     ) -> CodestreamIndex:
+    """Indexes one frame (its fragment `runs`) of the file at `path`, which must still be
+    the file of stat `key`: `DicomSource._build` in a child process."""
+    with open(path, "rb") as f:
+        check_same_file(f, key, "indexed")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            return _index_frame(mm, runs, use_plt)
+
+
+def _index_frame(buf, runs, use_plt: bool) -> CodestreamIndex:
+    start, length = locate_codestream(buf, runs)
+    return index_runs(buf, runs, start, length, use_plt=use_plt)

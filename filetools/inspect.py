@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import sys
 import time
@@ -296,8 +297,9 @@ def inspect_file(path: str | os.PathLike[str]) -> dict:
 def _file_report(path: Path, src: Source, seconds: float) -> dict:
     layout = src.layout
     streams = []
-    for ix, (off, ln) in zip(src.codestreams, layout.codestreams, strict=True):
-        streams.append(_codestream_report(ix, parse_codestream(src.view, off, ln)))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for ix, (off, ln) in zip(src.codestreams, layout.codestreams, strict=True):
+            streams.append(_codestream_report(ix, parse_codestream(mm, off, ln)))
     advice = browse_advice(streams, seconds)
     for cs in streams:
         for key in [k for k in cs if k.startswith("_")]:

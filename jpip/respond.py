@@ -335,7 +335,7 @@ class ResponseBuilder:
             stop = min(stop, len(sel))
             span = slice(start, stop)
             sizes, froms = lengths[span].tolist(), runs[span].tolist()
-            bodies = [view[run:run + size] for run, size in zip(froms, sizes, strict=True)]
+            bodies = view.runs(froms, sizes)
             headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(), sizes,
                                                last[span].tolist())
             header_bytes = sum(map(len, headers))

@@ -309,7 +309,8 @@ def test_a_file_changed_since_it_was_cached_is_rebuilt(tmp_path) -> None:
 def test_lru_eviction_closes_sources_and_respects_max_entries(tmp_path) -> None:
     names = ["p0_01.j2k", "p0_09.j2k", "p0_12.j2k", "liver_j2k.j2k", "basn6a08.jp2"]
     events = Events()
-    cache = IndexCache(tmp_path, max_entries=2, on_event=events)
+    # No background completion: it holds a lazily indexed source (p0_01) while it works.
+    cache = IndexCache(tmp_path, max_entries=2, on_event=events, background=False)
     opened = [cache.get(CORPUS / n) for n in names[:2]]
     cache.get(CORPUS / names[0])            # names[0] is now the most recent
     third = cache.get(CORPUS / names[2])    # evicts names[1]
@@ -340,9 +341,10 @@ def test_eviction_tolerates_views_still_held(tmp_path) -> None:
 
 
 def test_a_source_in_use_is_closed_when_its_last_user_is_done(tmp_path) -> None:
-    """Evicted (or found stale) while a response reads it: the map stays until the response
-    is done, then goes (a response in flight once lost its map: ValueError, a cut answer)."""
-    cache = IndexCache(None, max_entries=1)
+    """Evicted (or found stale) while a response reads it: the file stays open until the
+    response is done, then goes (a response in flight once lost its map: ValueError, a cut
+    answer). No background completion: it would be one more user of p0_01's source."""
+    cache = IndexCache(None, max_entries=1, background=False)
     src = cache.get(CORPUS / "p0_01.j2k")
     with src.in_use():
         with src.in_use():

@@ -1,0 +1,137 @@
+"""A file rewritten in place while it is indexed or served must not kill the server.
+
+Reading a memory-mapped page past a file's new end raises SIGBUS, which ends the process.
+The server indexes in child processes (cache.isolation) and serves with pread
+(codestream.source.FileBytes); these tests rewrite files under both.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cache.index_cache import IndexCache
+from cache.isolation import run_isolated
+from codestream.errors import CodestreamError
+from codestream.source import build_source
+from dicom.errors import DicomError
+from tests.conftest import CORPUS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _die_by_sigbus() -> None:
+    os.kill(os.getpid(), signal.SIGBUS)
+
+
+def _raise_codestream_error() -> None:
+    raise CodestreamError(12, "bad marker", unsupported=True)
+
+
+def _raise_dicom_error() -> None:
+    raise DicomError("frame 2: truncated", 422)
+
+
+def test_a_child_killed_by_sigbus_is_a_file_error_and_the_next_jobs_run() -> None:
+    with pytest.raises(CodestreamError, match="changed while it was being indexed"):
+        run_isolated(_die_by_sigbus)
+    assert run_isolated(os.getpid) != os.getpid()  # a new child answers
+
+
+def test_a_child_that_dies_otherwise_is_our_error() -> None:
+    with pytest.raises(RuntimeError, match="indexing process died"):
+        run_isolated(os._exit, 3)
+    assert run_isolated(sum, [1, 2]) == 3
+
+
+def test_errors_come_back_from_the_child_whole() -> None:
+    with pytest.raises(CodestreamError) as err:
+        run_isolated(_raise_codestream_error)
+    assert (err.value.offset, err.value.reason, err.value.unsupported) == (12, "bad marker", True)
+    with pytest.raises(DicomError) as derr:
+        run_isolated(_raise_dicom_error)
+    assert (derr.value.reason, derr.value.status) == ("frame 2: truncated", 422)
+
+
+def test_a_file_rewritten_in_place_while_its_index_is_completed(tmp_path) -> None:
+    """`cp other.j2k served.j2k` right after the first request, while the index cache
+    completes the lazily built index in the background: indexing in this process died of
+    SIGBUS here (CI, 2026-11-30). Run in a child Python so that a crash is a failure with a
+    message instead of the end of the test run."""
+    script = textwrap.dedent(f"""
+        import shutil, sys, tempfile, time
+        from pathlib import Path
+        sys.path.insert(0, {str(ROOT)!r})
+        from cache.index_cache import IndexCache
+
+        def main():
+            corpus = Path({str(CORPUS)!r})
+            tmp = Path(tempfile.mkdtemp())
+            cache = IndexCache(None)
+            for i in range(60):
+                path = tmp / "img.j2k"
+                shutil.copyfile(corpus / "p0_04.j2k", path)   # RLCP, no PLT: indexed lazily
+                cache.get(path)
+                time.sleep(0.001 * (i % 10))
+                shutil.copyfile(corpus / "p0_09.j2k", path)   # in place: cut, then written
+                assert cache.get(path).codestreams[0].siz.xsiz == 17
+            cache.close()
+            print("survived")
+
+        if __name__ == "__main__":
+            main()
+    """)
+    (tmp_path / "rewrite.py").write_text(script)
+    run = subprocess.run([sys.executable, str(tmp_path / "rewrite.py")], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
+def test_a_file_cut_shorter_while_served_gives_an_error_not_sigbus(tmp_path) -> None:
+    path = tmp_path / "img.jp2"
+    shutil.copyfile(CORPUS / "file1.jp2", path)
+    with build_source(path) as src:
+        ix = src.codestreams[0]
+        whole = len(b"".join(src.precinct_pieces(0, len(ix.precincts["pkt_start"]) - 1)))
+        assert whole > 0
+        with open(path, "r+b") as f:
+            f.truncate(1000)
+        with pytest.raises(CodestreamError, match="cut shorter while it was being served"):
+            src.precinct_pieces(0, len(ix.precincts["pkt_start"]) - 1)
+        with pytest.raises(CodestreamError, match="cut shorter"):
+            src.view.runs([500, 900], [100, 200])
+
+
+def test_runs_are_read_together_and_returned_in_order(tmp_path) -> None:
+    path = tmp_path / "img.jp2"
+    shutil.copyfile(CORPUS / "file1.jp2", path)
+    data = path.read_bytes()
+    with build_source(path) as src:
+        offsets = [90_000, 10, 5_000, 400_000, 20, 0]
+        lengths = [100, 30, 7_000, 50, 0, 4]
+        got = src.view.runs(offsets, lengths)
+        assert [bytes(g) for g in got] == [data[o:o + n] for o, n in zip(offsets, lengths)]
+
+
+def test_the_server_cache_indexes_in_a_child_and_tools_in_process(tmp_path) -> None:
+    served = IndexCache(None, background=False)
+    tool = IndexCache(None, background=False, isolate=False)
+    try:
+        a = served.get(CORPUS / "p0_04.j2k")
+        b = tool.get(CORPUS / "p0_04.j2k")
+        assert a.index_in is run_isolated and b.index_in is None
+        for src in (a, b):
+            assert not src.complete
+            src.index_codestreams([0])
+            assert src.complete
+        pa, pb = a.codestreams[0].packets, b.codestreams[0].packets
+        assert sorted(pa) == sorted(pb) and all((pa[k] == pb[k]).all() for k in pa)
+    finally:
+        served.close()
+        tool.close()

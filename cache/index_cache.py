@@ -612,6 +612,10 @@ class IndexCache:
             remove_stale_temporaries(self.cache_dir)
         self._save_failing = False  # the last save failed (logged once: see _save)
 
+    def index_in_process(self) -> None:
+        """Indexes the files opened from now on in this process (no child processes)."""
+        self._index_in = None
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -5,7 +5,7 @@ reading a mapped page that the file no longer has kills the process with SIGBUS:
 exception, no recovery. A file rewritten in place (`cp new.jp2 served.jp2`, `rsync --inplace`,
 an archive updating an object) is cut to nothing and written again, so a server indexing it at
 that moment would die (it did, in CI). The server therefore reads and indexes files in a few
-child processes: a child killed that way costs one CodestreamError and a new child. Serving
+child processes: a child killed that way costs one FileChanged error (503) and a new child. Serving
 never reads a map (codestream.source.FileBytes reads with pread).
 
 `run_isolated(fn, *args)` runs a module-level function in a child and returns its result; the
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
-from codestream.errors import CodestreamError
+from codestream.errors import FileChanged
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ _children = _Children()
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a child process (blocking: call it from a worker thread).
 
-    A child killed by SIGBUS read a file cut shorter meanwhile: CodestreamError, which the
+    A child killed by SIGBUS read a file cut shorter meanwhile: FileChanged, which the
     server answers like any file it cannot read. Any other death is a defect or a resource
     limit (the kernel's OOM killer): RuntimeError."""
     child = _children.take()
@@ -123,7 +123,7 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
         code = child.process.exitcode
         log.warning("an indexing process died (exit code %s) in %s", code, fn.__name__)
         if code == -signal.SIGBUS:
-            raise CodestreamError(-1, "the file changed while it was being indexed") from None
+            raise FileChanged("the file changed while it was being indexed") from None
         raise RuntimeError(f"the indexing process died (exit code {code})") from None
     except BaseException:
         _children.give_back(child)  # the job's own error: the child is fine

@@ -25,3 +25,19 @@ class CodestreamError(Exception):
 
 def _rebuild(offset: int, reason: str, unsupported: bool, not_jpeg2000: bool) -> CodestreamError:
     return CodestreamError(offset, reason, unsupported=unsupported, not_jpeg2000=not_jpeg2000)
+
+
+class FileChanged(CodestreamError):
+    """The file changed (cut shorter, replaced, rewritten in place) while it was being read.
+
+    Not damage: asking again reads the file as it is now, so the server answers 503 with
+    Retry-After (server/errors.py reads `status`, `reason` and `retry_after`)."""
+
+    status = 503
+    retry_after = 1
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(-1, reason)
+
+    def __reduce__(self):
+        return (FileChanged, (self.reason,))

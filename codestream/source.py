@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .boxes import FileLayout, read_layout
-from .errors import CodestreamError
+from .errors import CodestreamError, FileChanged
 from .index import SPLIT, CodestreamIndex, index_codestream
 from .metabins import MetadataBins, partition_metadata
 from .scattered import select_runs
@@ -54,7 +54,7 @@ def file_identity(path: Path) -> FileIdentity:
 class FileBytes:
     """An open file's bytes by slicing (`fb[a:b]` is bytes), read with pread.
 
-    A read past the file's current end (it was cut shorter) raises CodestreamError: reading a
+    A read past the file's current end (it was cut shorter) raises FileChanged: reading a
     memory map there would kill the process (SIGBUS)."""
 
     __slots__ = ("_fd", "size")
@@ -72,7 +72,7 @@ class FileBytes:
             return b""
         data = os.pread(self._fd, stop - start, start)
         if len(data) != stop - start:
-            raise CodestreamError(-1, "the file was cut shorter while it was being served")
+            raise FileChanged("the file was cut shorter while it was being served")
         return data
 
     def runs(self, offsets: list[int], lengths: list[int]) -> list:
@@ -136,7 +136,7 @@ class Source:
         if (st.st_size, st.st_mtime_ns, st.st_ino) != (identity.size, identity.mtime_ns,
                                                        identity.inode):
             self._file.close()
-            raise CodestreamError(-1, "file changed while it was being opened")
+            raise FileChanged("the file changed while it was being opened")
         self.view: FileBytes | None = FileBytes(self._file.fileno(), identity.size)
         self._map: mmap.mmap | None = None  # for indexing in this process (_mapped)
         # Where indexing runs: in this process (None), or through a runner such as
@@ -248,7 +248,7 @@ class Source:
         the file (this open file, replaced or not) is still as long as it was. That narrows
         the danger without closing it, which is why the server indexes in a child process."""
         if self._file.closed or os.fstat(self._file.fileno()).st_size < self.identity.size:
-            raise CodestreamError(-1, "the file was cut shorter while it was being indexed")
+            raise FileChanged("the file was cut shorter while it was being indexed")
 
     def _mapped(self) -> mmap.mmap:
         """A map of the file for indexing in this process (made on first use)."""
@@ -441,10 +441,10 @@ def stat_key(identity: FileIdentity) -> tuple[int, int, int]:
 
 
 def check_same_file(f, key: tuple[int, int, int], doing: str) -> None:
-    """CodestreamError unless the open file `f` still has the stat `key` (stat_key)."""
+    """FileChanged unless the open file `f` still has the stat `key` (stat_key)."""
     st = os.fstat(f.fileno())
     if (st.st_size, st.st_mtime_ns, st.st_ino) != key:
-        raise CodestreamError(-1, f"the file changed while it was being {doing}")
+        raise FileChanged(f"the file changed while it was being {doing}")
 
 
 def size_of(path: str | os.PathLike) -> int:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import HttpVersion11, web
 
+from cache import isolation
 from cache.index_cache import IndexCache
 from cache.response_cache import ResponseCache
 from cache.sessions import (
@@ -159,8 +160,22 @@ def setup_jpip(app: web.Application, config, metrics=None,
     async def close_state(app: web.Application) -> None:
         # on_cleanup runs after in-flight requests finished (on_shutdown runs before).
         state.index_cache.close()
+        isolation.shutdown()
         await state.sessions.close_all()
 
+    async def start_indexers(app: web.Application) -> None:
+        # Files are indexed in child processes (cache.isolation); started now, so that the
+        # first request does not wait for them. Where none can start (a sandbox without
+        # fork), indexing goes on in this process, with the danger said once.
+        try:
+            await asyncio.to_thread(isolation.warm)
+        except Exception as e:  # noqa: BLE001 - any failure to start them is reported alike
+            log.warning("cannot start indexing processes (%s): files are indexed in the "
+                        "server's process, where a file rewritten in place while it is "
+                        "indexed can end it", e)
+            state.index_cache.index_in_process()
+
+    app.on_startup.append(start_indexers)
     app.cleanup_ctx.append(sweep_sessions)
     app.on_cleanup.append(close_state)
     return state

@@ -18,7 +18,7 @@ import pytest
 
 from cache.index_cache import IndexCache
 from cache.isolation import run_isolated
-from codestream.errors import CodestreamError
+from codestream.errors import CodestreamError, FileChanged
 from codestream.source import build_source
 from dicom.errors import DicomError
 from tests.conftest import CORPUS
@@ -39,7 +39,7 @@ def _raise_dicom_error() -> None:
 
 
 def test_a_child_killed_by_sigbus_is_a_file_error_and_the_next_jobs_run() -> None:
-    with pytest.raises(CodestreamError, match="changed while it was being indexed"):
+    with pytest.raises(FileChanged, match="changed while it was being indexed"):
         run_isolated(_die_by_sigbus)
     assert run_isolated(os.getpid) != os.getpid()  # a new child answers
 
@@ -88,8 +88,8 @@ def test_a_file_rewritten_in_place_while_its_index_is_completed(tmp_path) -> Non
             main()
     """)
     (tmp_path / "rewrite.py").write_text(script)
-    run = subprocess.run([sys.executable, str(tmp_path / "rewrite.py")], capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    run = subprocess.run([sys.executable, str(tmp_path / "rewrite.py")], capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0 and "survived" in run.stdout, (run.returncode, run.stderr[-2000:])
 
 
@@ -116,7 +116,8 @@ def test_runs_are_read_together_and_returned_in_order(tmp_path) -> None:
         offsets = [90_000, 10, 5_000, 400_000, 20, 0]
         lengths = [100, 30, 7_000, 50, 0, 4]
         got = src.view.runs(offsets, lengths)
-        assert [bytes(g) for g in got] == [data[o:o + n] for o, n in zip(offsets, lengths)]
+        want = [data[o:o + n] for o, n in zip(offsets, lengths, strict=True)]
+        assert [bytes(g) for g in got] == want
 
 
 def test_the_server_cache_indexes_in_a_child_and_tools_in_process(tmp_path) -> None:

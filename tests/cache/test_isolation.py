@@ -136,3 +136,12 @@ def test_the_server_cache_indexes_in_a_child_and_tools_in_process(tmp_path) -> N
     finally:
         served.close()
         tool.close()
+
+
+def test_a_changed_file_is_answered_503_with_retry_after() -> None:
+    """Not damage (422): asking again reads the file as it is now."""
+    from server.errors import classify
+
+    answer = classify(FileChanged("the file changed while it was being indexed"))
+    assert (answer.status, answer.headers.get("Retry-After")) == (503, "1")
+    assert "changed while it was being indexed" in answer.body

@@ -57,10 +57,12 @@ class FileBytes:
     A read past the file's current end (it was cut shorter) raises FileChanged: reading a
     memory map there would kill the process (SIGBUS)."""
 
-    __slots__ = ("_fd", "size")
+    __slots__ = ("_file", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
-        self._fd = fd
+    def __init__(self, file, size: int) -> None:
+        # The file object, not its number: once it is closed a read fails (ValueError)
+        # instead of reading whichever file reused the number.
+        self._file = file
         self.size = size  # the file's length when it was opened
 
     def __len__(self) -> int:
@@ -70,7 +72,7 @@ class FileBytes:
         start, stop, _ = span.indices(self.size)
         if stop <= start:
             return b""
-        data = os.pread(self._fd, stop - start, start)
+        data = os.pread(self._file.fileno(), stop - start, start)
         if len(data) != stop - start:
             raise FileChanged("the file was cut shorter while it was being served")
         return data
@@ -137,7 +139,7 @@ class Source:
                                                        identity.inode):
             self._file.close()
             raise FileChanged("the file changed while it was being opened")
-        self.view: FileBytes | None = FileBytes(self._file.fileno(), identity.size)
+        self.view: FileBytes | None = FileBytes(self._file, identity.size)
         self._map: mmap.mmap | None = None  # for indexing in this process (_mapped)
         # Where indexing runs: in this process (None), or through a runner such as
         # cache.isolation.run_isolated, called as index_in(function, *arguments).

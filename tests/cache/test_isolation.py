@@ -145,3 +145,13 @@ def test_a_changed_file_is_answered_503_with_retry_after() -> None:
     answer = classify(FileChanged("the file changed while it was being indexed"))
     assert (answer.status, answer.headers.get("Retry-After")) == (503, "1")
     assert "changed while it was being indexed" in answer.body
+
+
+def test_a_closed_source_never_reads_another_file(tmp_path) -> None:
+    """A reader kept past the close fails; it must not read whatever file reuses the fd."""
+    src = build_source(CORPUS / "file1.jp2")
+    reader = src.view
+    src.close()
+    with open(CORPUS / "file3.jp2", "rb"):  # likely takes the closed file's number
+        with pytest.raises(ValueError):
+            reader[0:100]

@@ -77,35 +77,93 @@ class FileBytes:
             raise FileChanged("the file was cut shorter while it was being served")
         return data
 
-    def runs(self, offsets: list[int], lengths: list[int]) -> list:
-        """The bytes of each run (offset, length), as buffers: runs that lie close together
-        are read with one pread (a response's precincts mostly follow each other in the
-        file), which costs far less than a call per run."""
-        order = sorted(range(len(offsets)), key=offsets.__getitem__)
-        out: list = [b""] * len(offsets)
-        i = 0
-        while i < len(order):
-            first = order[i]
-            lo = offsets[first]
-            hi = lo + lengths[first]
-            j = i + 1
-            while j < len(order):
-                k = order[j]
-                if offsets[k] > hi + RUN_GAP or offsets[k] + lengths[k] - lo > RUN_SPAN:
-                    break
-                hi = max(hi, offsets[k] + lengths[k])
-                j += 1
-            block = memoryview(self[lo:hi])
-            for k in order[i:j]:
-                a = offsets[k] - lo
-                out[k] = block[a:a + lengths[k]]
-            i = j
+    def read_into(self, buffer: memoryview, offset: int) -> None:
+        """Fills `buffer` with the file's bytes from `offset` (one copy, no bytes object)."""
+        if os.preadv(self._file.fileno(), [buffer], offset) != len(buffer):
+            raise FileChanged("the file was cut shorter while it was being served")
+
+    def runs(self, offsets: np.ndarray, lengths: np.ndarray) -> list:
+        """The bytes of each run (file offset, length), as buffers: runs less than RUN_GAP
+        bytes apart are read with one pread (a response's precincts mostly follow each other
+        in the file), which costs far less than a call per run."""
+        n = len(offsets)
+        if n == 0:
+            return []
+        offsets = np.asarray(offsets, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        order = np.argsort(offsets, kind="stable")
+        off, size = offsets[order], lengths[order]
+        reach = np.maximum.accumulate(off + size)  # the furthest byte read so far
+        starts_block = np.empty(n, bool)
+        starts_block[0] = True
+        starts_block[1:] = off[1:] > reach[:-1] + RUN_GAP
+        firsts = np.flatnonzero(starts_block)
+        lo = off[firsts]
+        hi = reach[np.append(firsts[1:] - 1, n - 1)]
+        block_of = np.cumsum(starts_block) - 1
+        blocks = [memoryview(self[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
+        at = (off - lo[block_of]).tolist()
+        pieces = [blocks[b][a:a + m]
+                  for b, a, m in zip(block_of.tolist(), at, size.tolist(), strict=True)]
+        out: list = [None] * n
+        for k, piece in zip(order.tolist(), pieces, strict=True):
+            out[k] = piece
         return out
 
 
-# FileBytes.runs: runs at most RUN_GAP bytes apart share a read of at most RUN_SPAN bytes.
+class SpanReader:
+    """Runs of a file read through the spans a response will need (`spans`: offsets and
+    lengths), read once, up front, with a pread per span, into one buffer.
+
+    A response sends its precincts layer by layer, so one call of FileBytes.runs sees one
+    layer's packets, scattered over the file; a precinct's packets of every layer are mostly
+    one span (a progression with the layer innermost). Reading whole spans costs a few
+    preads per response instead of one per packet. Spans of more than `budget` bytes in all
+    (a large streamed response) are not read up front: runs then go to FileBytes.runs."""
+
+    def __init__(self, view: FileBytes, offsets: np.ndarray, lengths: np.ndarray, *,
+                 budget: int = 8 << 20) -> None:
+        self.view = view
+        keep = lengths > 0
+        lo = np.asarray(offsets, np.int64)[keep]
+        hi = lo + np.asarray(lengths, np.int64)[keep]
+        order = np.argsort(lo, kind="stable")
+        lo, hi = lo[order], hi[order]
+        if len(lo):  # spans that touch or overlap become one
+            reach = np.maximum.accumulate(hi)
+            first = np.ones(len(lo), bool)
+            first[1:] = lo[1:] > reach[:-1]
+            starts = np.flatnonzero(first)
+            lo, hi = lo[starts], reach[np.append(starts[1:] - 1, len(reach) - 1)]
+        total = int((hi - lo).sum())
+        self._lo = self._hi = self._at = None
+        if 0 < total <= budget:
+            at = np.concatenate(([0], np.cumsum(hi - lo)[:-1]))
+            buf = memoryview(bytearray(total))
+            for a, b, p in zip(lo.tolist(), hi.tolist(), at.tolist(), strict=True):
+                view.read_into(buf[p:p + b - a], a)
+            self._lo, self._hi, self._at = lo, hi, at
+            self._buf = buf
+
+    def runs(self, offsets: np.ndarray, lengths: np.ndarray) -> list:
+        """As FileBytes.runs; runs outside the spans are read by it."""
+        if self._lo is None:
+            return self.view.runs(offsets, lengths)
+        offsets = np.asarray(offsets, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        span = np.searchsorted(self._lo, offsets, side="right") - 1
+        np.maximum(span, 0, out=span)
+        if not (offsets + lengths <= self._hi[span]).all() or not (
+                offsets >= self._lo[span]).all():
+            return self.view.runs(offsets, lengths)  # (not a response's usual case)
+        rel = offsets - self._lo[span] + self._at[span]
+        buf = self._buf
+        return [buf[a:e] for a, e in zip(rel.tolist(), (rel + lengths).tolist(), strict=True)]
+
+
+# FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
+# bytes per run that are not asked for).
 RUN_GAP = 4096
-RUN_SPAN = 1 << 20
 
 
 class Source:

@@ -28,7 +28,7 @@ from itertools import chain
 import numpy as np
 
 from cache.model import BinKind, CacheModel, Received, ReceivedRows
-from codestream.source import Source
+from codestream.source import FileBytes, Source, SpanReader
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
 from .metareq import MetaPlan
@@ -93,6 +93,7 @@ class ResponseBuilder:
         self._size = 0
         self._records: list = []
         self._stopped = False
+        self._reader: FileBytes | SpanReader = source.view  # _precinct_data sets spans
 
     # --- message plumbing ------------------------------------------------------------------
     def _room(self) -> int:
@@ -229,6 +230,7 @@ class ResponseBuilder:
             if self._stopped or len(plan.rows) == 0 or plan.layers <= 0:
                 continue
             src, cs = self.source, plan.codestream
+            self._reader = src.view
             ix = src.codestreams[cs]
             pr, pk = ix.precincts, ix.packets
             rows = plan.rows
@@ -266,7 +268,14 @@ class ResponseBuilder:
                     continue
                 rest = np.flatnonzero(~whole)
                 rows, held, ids, bin_len = rows[rest], held[rest], ids[rest], bin_len[rest]
+                planned_end = planned_end[rest]
             starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
+            # Each precinct whose bin is one run of the file is read whole ([held, planned
+            # end)) when its first layer is sent, not a packet at a time.
+            one_run = bin_runs(ix)[rows]
+            first_at = pk["offset"][starts[one_run]]
+            self._reader = SpanReader(src.view, first_at + held[one_run],
+                                      planned_end[one_run] - held[one_run])
             for layer in range(plan.layers):
                 live = np.nonzero(counts > layer)[0]
                 if len(live) == 0:
@@ -327,15 +336,15 @@ class ResponseBuilder:
         """Queues every message, flushing a chunk about every CHUNK_TARGET bytes."""
         lengths = ends - frm
         reach = np.cumsum(lengths)
-        view = self.source.view
+        reader = self._reader
         start = 0
         while start < len(sel):
             before = int(reach[start - 1]) if start else 0
             stop = int(np.searchsorted(reach, before + max(CHUNK_TARGET - self._size, 1))) + 1
             stop = min(stop, len(sel))
             span = slice(start, stop)
-            sizes, froms = lengths[span].tolist(), runs[span].tolist()
-            bodies = view.runs(froms, sizes)
+            sizes = lengths[span].tolist()
+            bodies = reader.runs(runs[span], lengths[span])
             headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(), sizes,
                                                last[span].tolist())
             header_bytes = sum(map(len, headers))

@@ -14,6 +14,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cache.index_cache import IndexCache
@@ -155,3 +156,26 @@ def test_a_closed_source_never_reads_another_file(tmp_path) -> None:
     with open(CORPUS / "file3.jp2", "rb"):  # likely takes the closed file's number
         with pytest.raises(ValueError):
             reader[0:100]
+
+
+def test_a_span_reader_reads_its_spans_once_and_the_rest_through_the_file(tmp_path) -> None:
+    from codestream.source import SpanReader
+
+    path = tmp_path / "img.jp2"
+    shutil.copyfile(CORPUS / "file1.jp2", path)
+    data = path.read_bytes()
+    with build_source(path) as src:
+        spans = np.array([1000, 5000, 5100, 90_000]), np.array([3000, 200, 900, 0])
+        reader = SpanReader(src.view, *spans)
+        for offsets, lengths in (([1000, 5000, 5500, 3999], [10, 100, 500, 1]),
+                                 ([1000, 200_000], [10, 50])):  # one run outside the spans
+            got = reader.runs(np.array(offsets), np.array(lengths))
+            assert [bytes(g) for g in got] == [data[o:o + n] for o, n in
+                                               zip(offsets, lengths, strict=True)]
+        # Over the budget: nothing read up front, every run read through the file.
+        small = SpanReader(src.view, *spans, budget=100)
+        assert bytes(small.runs(np.array([5000]), np.array([100]))[0]) == data[5000:5100]
+        with open(path, "r+b") as f:
+            f.truncate(2000)
+        with pytest.raises(FileChanged):
+            SpanReader(src.view, *spans)

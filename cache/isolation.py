@@ -34,8 +34,24 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Two children: a request's indexing never waits behind a long background step.
-CHILDREN = 2
+# Children are started when a job finds none idle, up to CHILDREN (one is started with the
+# server): a request's indexing seldom waits behind a long background step or a slow file.
+CHILDREN = 4
+# A job that takes longer is given up and its child killed (a file on a stalled network mount,
+# a defect): the largest files index in well under a minute.
+JOB_TIMEOUT = 600.0
+
+
+class IndexingTimeout(Exception):
+    """An indexing job ran past JOB_TIMEOUT: 503, try again later (server/errors.py reads
+    `status`, `reason` and `retry_after`)."""
+
+    status = 503
+    retry_after = 30
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 # What the fork server imports once, so that each child starts in milliseconds.
 PRELOAD = ["cache.index_cache"]
 
@@ -52,15 +68,18 @@ class _Child:
         self.process.start()
         theirs.close()
 
-    def run(self, fn: Callable[..., T], args: tuple) -> T:
+    def call(self, fn: Callable[..., Any], args: tuple, timeout: float) -> tuple[bool, Any]:
+        """(True, result) or (False, the error it raised). EOFError: the child died;
+        TimeoutError: no answer within `timeout` seconds."""
         self.conn.send((fn, args))
-        ok, value = self.conn.recv()  # EOFError: the child died
-        if ok:
-            return value
-        raise value
+        if not self.conn.poll(timeout):
+            raise TimeoutError
+        return self.conn.recv()
 
-    def close(self) -> None:
+    def close(self, *, kill: bool = False) -> None:
         self.conn.close()
+        if kill and self.process.exitcode is None:
+            self.process.kill()
         self.process.join(5)
         if self.process.exitcode is None:
             self.process.kill()
@@ -76,12 +95,18 @@ class _Children:
         self._cond = threading.Condition()
 
     def take(self) -> _Child:
-        with self._cond:
-            while not self._idle and self._count >= CHILDREN:
-                self._cond.wait()
-            if self._idle:
-                return self._idle.pop()
-            self._count += 1
+        while True:
+            with self._cond:
+                while not self._idle and self._count >= CHILDREN:
+                    self._cond.wait()
+                if not self._idle:
+                    self._count += 1
+                    break
+                child = self._idle.pop()
+            if child.process.is_alive():
+                return child
+            child.close()  # died idle (the OOM killer): not this job's fault
+            self.give_back(None)
         try:
             return _Child()
         except BaseException:
@@ -116,20 +141,27 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     limit (the kernel's OOM killer): RuntimeError."""
     child = _children.take()
     try:
-        result = child.run(fn, args)
-    except (EOFError, ConnectionError):
-        child.close()
+        ok, value = child.call(fn, args, JOB_TIMEOUT)
+    except BaseException as e:
+        # No answer read: the child died, hung, or this thread was interrupted (its answer
+        # would reach the next job). It goes either way.
+        child.close(kill=True)
         _children.give_back(None)
         code = child.process.exitcode
+        if isinstance(e, TimeoutError):
+            log.warning("an indexing job (%s) ran past %.0f s: its process was killed",
+                        fn.__name__, JOB_TIMEOUT)
+            raise IndexingTimeout(f"indexing took longer than {JOB_TIMEOUT:.0f} s") from None
+        if not isinstance(e, EOFError | ConnectionError):
+            raise
         log.warning("an indexing process died (exit code %s) in %s", code, fn.__name__)
         if code == -signal.SIGBUS:
             raise FileChanged("the file changed while it was being indexed") from None
         raise RuntimeError(f"the indexing process died (exit code {code})") from None
-    except BaseException:
-        _children.give_back(child)  # the job's own error: the child is fine
-        raise
     _children.give_back(child)
-    return result
+    if ok:
+        return value
+    raise value
 
 
 def warm() -> None:

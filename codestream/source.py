@@ -488,16 +488,33 @@ def index_file_codestream(path: str, key: tuple[int, int, int], offset: int, len
                           use_plt: bool, resolutions: int | None) -> CodestreamIndex:
     """Indexes one codestream of the file at `path`, which must still be the file of stat
     `key` (size, mtime, inode): `Source.index_codestreams` in a child process."""
-    with open(path, "rb") as f:
-        check_same_file(f, key, "indexed")
+    with open_same_file(path, key) as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return index_codestream(mm, offset, length, use_plt=use_plt,
-                                    resolutions=resolutions)
+            ix = index_codestream(mm, offset, length, use_plt=use_plt, resolutions=resolutions)
+        check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
+    return ix
 
 
 def stat_key(identity: FileIdentity) -> tuple[int, int, int]:
     """What a child process checks to index the very file a Source has open."""
     return identity.size, identity.mtime_ns, identity.inode
+
+
+def open_same_file(path: str, key: tuple[int, int, int]):
+    """The file at `path` opened for reading, if it is still the one of stat `key` (a child
+    process reads the file its parent has open by name). FileChanged if it was removed,
+    replaced or rewritten since."""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise FileChanged(f"the file was removed or replaced while it was being indexed "
+                          f"({e.strerror})") from None
+    try:
+        check_same_file(f, key, "indexed")
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def check_same_file(f, key: tuple[int, int, int], doing: str) -> None:

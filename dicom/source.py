@@ -14,11 +14,18 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from codestream.boxes import FileLayout
-from codestream.errors import CodestreamError
+from codestream.errors import CodestreamError, FileChanged
 from codestream.index import CodestreamIndex
 from codestream.metabins import MetadataBins
 from codestream.scattered import index_runs
-from codestream.source import FileIdentity, Source, check_same_file, file_identity, stat_key
+from codestream.source import (
+    FileIdentity,
+    Source,
+    check_same_file,
+    file_identity,
+    open_same_file,
+    stat_key,
+)
 
 from .errors import BAD_FILE, UNSUPPORTED, DicomError
 from .frames import FrameTable, frame_table, locate_codestream
@@ -108,6 +115,8 @@ class DicomSource(Source):
                                    runs, self.use_plt)
             else:
                 ix = _index_frame(self._mapped(), runs, self.use_plt)
+        except FileChanged:
+            raise  # not the frame's fault: asking again reads the file as it is now
         except (DicomError, CodestreamError) as e:
             status = UNSUPPORTED if getattr(e, "unsupported", False) else BAD_FILE
             err = DicomError(f"frame {i + 1}: {e}", status)
@@ -176,10 +185,11 @@ def index_file_frame(path: str, key: tuple[int, int, int], runs, use_plt: bool
                      ) -> CodestreamIndex:
     """Indexes one frame (its fragment `runs`) of the file at `path`, which must still be
     the file of stat `key`: `DicomSource._build` in a child process."""
-    with open(path, "rb") as f:
-        check_same_file(f, key, "indexed")
+    with open_same_file(path, key) as f:
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return _index_frame(mm, runs, use_plt)
+            ix = _index_frame(mm, runs, use_plt)
+        check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
+    return ix
 
 
 def _index_frame(buf, runs, use_plt: bool) -> CodestreamIndex:

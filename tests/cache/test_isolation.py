@@ -179,3 +179,59 @@ def test_a_span_reader_reads_its_spans_once_and_the_rest_through_the_file(tmp_pa
             f.truncate(2000)
         with pytest.raises(FileChanged):
             SpanReader(src.view, *spans)
+
+
+def test_a_job_past_its_time_is_given_up_and_its_child_killed(monkeypatch) -> None:
+    import time
+
+    from cache import isolation
+
+    monkeypatch.setattr(isolation, "JOB_TIMEOUT", 0.5)
+    with pytest.raises(isolation.IndexingTimeout) as err:
+        isolation.run_isolated(time.sleep, 30)
+    assert err.value.status == 503
+    assert isolation.run_isolated(sum, [2, 3]) == 5
+
+
+def test_an_idle_child_that_died_is_replaced_not_handed_out() -> None:
+    from cache import isolation
+
+    pids = {isolation.run_isolated(os.getpid) for _ in range(3)}
+    for pid in pids:  # the idle children, killed as the OOM killer would
+        os.kill(pid, signal.SIGKILL)
+    import time
+    time.sleep(0.2)
+    assert isolation.run_isolated(sum, [1, 1]) == 2
+
+
+def test_a_file_removed_before_its_lazy_index_is_completed_is_file_changed(tmp_path) -> None:
+    """The child opens the file by name: gone, it is FileChanged (503), not a 500."""
+    path = tmp_path / "img.j2k"
+    shutil.copyfile(CORPUS / "p0_04.j2k", path)
+    cache = IndexCache(None, background=False)
+    try:
+        src = cache.get(path)
+        assert not src.complete
+        with src.in_use():
+            path.unlink()
+            with pytest.raises(FileChanged, match="removed or replaced"):
+                src.index_codestreams([0])
+    finally:
+        cache.close()
+
+
+def test_a_dicom_file_changed_before_a_frame_is_indexed_is_503_not_a_bad_frame(tmp_path) -> None:
+    from tests.data.dicom import build_dicom
+
+    path = tmp_path / "two.dcm"
+    build_dicom(path, [[(CORPUS / "p0_01.j2k").read_bytes()]] * 2)
+    cache = IndexCache(None, background=False)
+    try:
+        src = cache.get(path)
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))
+        with pytest.raises(FileChanged):
+            src.codestreams[1]
+        assert 1 not in src._failures, "not remembered as a bad frame"
+    finally:
+        cache.close()

@@ -137,31 +137,38 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a child process (blocking: call it from a worker thread).
 
     A child killed by SIGBUS read a file cut shorter meanwhile: FileChanged, which the
-    server answers like any file it cannot read. Any other death is a defect or a resource
+    server answers 503. A child that died otherwise gets its job once more in a new child
+    (its exit status is not always known: the fork server may not have reported it yet, and
+    several children reading one file die together); dying again is a defect or a resource
     limit (the kernel's OOM killer): RuntimeError."""
-    child = _children.take()
-    try:
-        ok, value = child.call(fn, args, JOB_TIMEOUT)
-    except BaseException as e:
-        # No answer read: the child died, hung, or this thread was interrupted (its answer
-        # would reach the next job). It goes either way.
-        child.close(kill=True)
-        _children.give_back(None)
-        code = child.process.exitcode
-        if isinstance(e, TimeoutError):
-            log.warning("an indexing job (%s) ran past %.0f s: its process was killed",
-                        fn.__name__, JOB_TIMEOUT)
-            raise IndexingTimeout(f"indexing took longer than {JOB_TIMEOUT:.0f} s") from None
-        if not isinstance(e, EOFError | ConnectionError):
-            raise
-        log.warning("an indexing process died (exit code %s) in %s", code, fn.__name__)
-        if code == -signal.SIGBUS:
-            raise FileChanged("the file changed while it was being indexed") from None
-        raise RuntimeError(f"the indexing process died (exit code {code})") from None
-    _children.give_back(child)
-    if ok:
-        return value
-    raise value
+    for attempt in range(2):
+        child = _children.take()
+        try:
+            ok, value = child.call(fn, args, JOB_TIMEOUT)
+        except BaseException as e:
+            # No answer read: the child died, hung, or this thread was interrupted (its
+            # answer would reach the next job). It goes either way.
+            child.close(kill=True)
+            _children.give_back(None)
+            code = child.process.exitcode
+            if isinstance(e, TimeoutError):
+                log.warning("an indexing job (%s) ran past %.0f s: its process was killed",
+                            fn.__name__, JOB_TIMEOUT)
+                raise IndexingTimeout(f"indexing took longer than {JOB_TIMEOUT:.0f} s") \
+                    from None
+            if not isinstance(e, EOFError | ConnectionError):
+                raise
+            log.warning("an indexing process died (exit code %s) in %s", code, fn.__name__)
+            if code == -signal.SIGBUS:
+                raise FileChanged("the file changed while it was being indexed") from None
+            if attempt:
+                raise RuntimeError(f"the indexing process died (exit code {code})") from None
+            continue
+        _children.give_back(child)
+        if ok:
+            return value
+        raise value
+    raise AssertionError("unreachable")
 
 
 def warm() -> None:

@@ -210,8 +210,12 @@ class Source:
 
     @contextmanager
     def in_use(self) -> Iterator[Source]:
-        """Keeps the map open while the block runs (see the class docstring)."""
+        """Keeps the file open while the block runs (see the class docstring). FileChanged if
+        it was already released (another thread found the file changed and closed this
+        source between the caller's lookup and this call): look it up again."""
         with self._users_lock:
+            if self.view is None:
+                raise FileChanged("the file changed while it was being opened")
             self._users += 1
         try:
             yield self
@@ -313,7 +317,7 @@ class Source:
     def _mapped(self) -> mmap.mmap:
         """A map of the file for indexing in this process (made on first use)."""
         if self._map is None:
-            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._map = map_file(self._file)
         return self._map
 
     def index_steps(self, position: int) -> list[int | None]:
@@ -469,18 +473,26 @@ def index_file(path: Path, use_plt: bool, lazy: bool
     metadata-bins (picklable: cache.isolation runs this in a child process)."""
     identity = file_identity(path)
     with open(path, "rb") as f:
-        if identity.size < 4:
-            raise CodestreamError(0, "file too short to be JPEG 2000", not_jpeg2000=True)
-        check_same_file(f, stat_key(identity), "opened")
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            layout = read_layout(mm)
-            first = FIRST_RESOLUTIONS if lazy else None
-            streams = [index_codestream(mm, off, ln, use_plt=use_plt, resolutions=first)
-                       for off, ln in layout.codestreams]
-            metadata = partition_metadata(mm, layout)
-        finally:
-            mm.close()
+            if identity.size < 4:
+                raise CodestreamError(0, "file too short to be JPEG 2000", not_jpeg2000=True)
+            check_same_file(f, stat_key(identity), "opened")
+            mm = map_file(f)
+            try:
+                layout = read_layout(mm)
+                first = FIRST_RESOLUTIONS if lazy else None
+                streams = [index_codestream(mm, off, ln, use_plt=use_plt, resolutions=first)
+                           for off, ln in layout.codestreams]
+                metadata = partition_metadata(mm, layout)
+            finally:
+                mm.close()
+        except FileChanged:
+            raise
+        except CodestreamError:
+            # A file being written (copied over in place) looks damaged or short: if it
+            # changed while it was read, say so (503: ask again), not "damaged" (422).
+            check_same_file(f, stat_key(identity), "read")
+            raise
     return identity, layout, streams, metadata
 
 
@@ -489,7 +501,7 @@ def index_file_codestream(path: str, key: tuple[int, int, int], offset: int, len
     """Indexes one codestream of the file at `path`, which must still be the file of stat
     `key` (size, mtime, inode): `Source.index_codestreams` in a child process."""
     with open_same_file(path, key) as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with map_file(f) as mm:
             ix = index_codestream(mm, offset, length, use_plt=use_plt, resolutions=resolutions)
         check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
     return ix
@@ -498,6 +510,15 @@ def index_file_codestream(path: str, key: tuple[int, int, int], offset: int, len
 def stat_key(identity: FileIdentity) -> tuple[int, int, int]:
     """What a child process checks to index the very file a Source has open."""
     return identity.size, identity.mtime_ns, identity.inode
+
+
+def map_file(f) -> mmap.mmap:
+    """A read-only map of the open file `f`. FileChanged if it is empty now: it was cut to
+    nothing after it was checked (a rewrite in place under way)."""
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except ValueError:  # "cannot mmap an empty file"
+        raise FileChanged("the file was cut shorter while it was being indexed") from None
 
 
 def open_same_file(path: str, key: tuple[int, int, int]):

@@ -8,7 +8,6 @@ rest in the background and then persists the whole object). Frame N is JPIP code
 from __future__ import annotations
 
 import logging
-import mmap
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from codestream.source import (
     Source,
     check_same_file,
     file_identity,
+    map_file,
     open_same_file,
     stat_key,
 )
@@ -174,7 +174,7 @@ def read_dicom(path: Path) -> tuple[FileIdentity, str, FrameTable]:
     header = read_header(path)
     with open(path, "rb") as f:
         check_same_file(f, stat_key(identity), "opened")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with map_file(f) as mm:
             table = frame_table(mm, header.items_offset, header.number_of_frames,
                                 extended_offsets=header.extended_offsets,
                                 extended_lengths=header.extended_lengths)
@@ -186,7 +186,7 @@ def index_file_frame(path: str, key: tuple[int, int, int], runs, use_plt: bool
     """Indexes one frame (its fragment `runs`) of the file at `path`, which must still be
     the file of stat `key`: `DicomSource._build` in a child process."""
     with open_same_file(path, key) as f:
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with map_file(f) as mm:
             ix = _index_frame(mm, runs, use_plt)
         check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
     return ix

@@ -36,6 +36,7 @@ from cache.sessions import (
     TurnTaken,
     new_channel_id,
 )
+from codestream.errors import FileChanged
 from jpip.errors import RequestError
 from jpip.machine import Exchange, JPIPMachine, Reply, Turn, TurnKind
 from jpip.request import JPIPRequest, parse_form_body, parse_query
@@ -266,6 +267,20 @@ async def _source(state: JPIPState, path: str):
         raise TargetError("the target cannot be read", 403) from None
 
 
+async def _held_source(state: JPIPState, path: str, held: contextlib.ExitStack):
+    """The target's source, held open until the answer is written (Source.in_use). A source
+    closed by another request between the lookup and the hold (its file changed) is looked
+    up again: the cache then has the new file's."""
+    for attempt in range(3):
+        source = await _source(state, path)
+        try:
+            return held.enter_context(source.in_use())
+        except FileChanged:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _channels_touched(channel: str | None, changes: Iterable[Change]) -> list[str | None]:
     out = [channel]
     for change in changes:
@@ -298,7 +313,7 @@ async def _handle_jpip(request: web.Request, target: str | None,
     if not ex.close_only:
         path = _target_path(state, ex, target, session, principal)
         if path is not None:
-            source = held.enter_context((await _source(state, path)).in_use())
+            source = await _held_source(state, path, held)
             await index_requested_frames(source, req)  # what a lazy index lacks, off the loop
     ex.bind(session, source, path)
 

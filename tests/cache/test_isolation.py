@@ -31,6 +31,13 @@ def _die_by_sigbus() -> None:
     os.kill(os.getpid(), signal.SIGBUS)
 
 
+def _die_the_first_time(flag: str) -> str:
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(1)
+    return "second try"
+
+
 def _raise_codestream_error() -> None:
     raise CodestreamError(12, "bad marker", unsupported=True)
 
@@ -45,10 +52,14 @@ def test_a_child_killed_by_sigbus_is_a_file_error_and_the_next_jobs_run() -> Non
     assert run_isolated(os.getpid) != os.getpid()  # a new child answers
 
 
-def test_a_child_that_dies_otherwise_is_our_error() -> None:
+def test_a_child_that_dies_otherwise_gets_its_job_again_then_it_is_our_error(
+        tmp_path) -> None:
     with pytest.raises(RuntimeError, match="indexing process died"):
         run_isolated(os._exit, 3)
     assert run_isolated(sum, [1, 2]) == 3
+    # Dead once, then done: one more try in a new child answers.
+    flag = tmp_path / "died-once"
+    assert run_isolated(_die_the_first_time, str(flag)) == "second try"
 
 
 def test_errors_come_back_from_the_child_whole() -> None:

@@ -246,3 +246,30 @@ def test_a_dicom_file_changed_before_a_frame_is_indexed_is_503_not_a_bad_frame(t
         assert 1 not in src._failures, "not remembered as a bad frame"
     finally:
         cache.close()
+
+
+async def test_a_server_whose_children_cannot_start_indexes_in_its_own_process(
+        tmp_path, monkeypatch, caplog) -> None:
+    """A sandbox without fork: one warning at startup, and files are still served."""
+    import logging
+
+    import aiohttp
+
+    from cache import isolation
+    from tests.reliability.harness import running_app
+
+    def refuse() -> None:
+        raise OSError("fork refused")
+
+    monkeypatch.setattr(isolation, "warm", refuse)
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(CORPUS / "p0_04.j2k", root / "a.j2k")
+    with caplog.at_level(logging.WARNING, logger="jpip.request"):
+        async with running_app(root) as app:
+            assert app.state.index_cache._index_in is None
+            async with aiohttp.ClientSession() as http:
+                url = f"{app.url}/jpip?target=a.j2k&fsiz=64,64&type=jpp-stream"
+                async with http.get(url) as r:
+                    assert r.status == 200, await r.text()
+    assert "cannot start indexing processes (fork refused)" in caplog.text

@@ -91,20 +91,11 @@ class FileBytes:
             return []
         offsets = np.asarray(offsets, np.int64)
         lengths = np.asarray(lengths, np.int64)
-        order = np.argsort(offsets, kind="stable")
-        off, size = offsets[order], lengths[order]
-        reach = np.maximum.accumulate(off + size)  # the furthest byte read so far
-        starts_block = np.empty(n, bool)
-        starts_block[0] = True
-        starts_block[1:] = off[1:] > reach[:-1] + RUN_GAP
-        firsts = np.flatnonzero(starts_block)
-        lo = off[firsts]
-        hi = reach[np.append(firsts[1:] - 1, n - 1)]
-        block_of = np.cumsum(starts_block) - 1
+        order, block_of, lo, hi = _blocks(offsets, lengths, RUN_GAP)
         blocks = [memoryview(self[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
-        at = (off - lo[block_of]).tolist()
-        pieces = [blocks[b][a:a + m]
-                  for b, a, m in zip(block_of.tolist(), at, size.tolist(), strict=True)]
+        at = (offsets[order] - lo[block_of]).tolist()
+        pieces = [blocks[b][a:a + m] for b, a, m in
+                  zip(block_of.tolist(), at, lengths[order].tolist(), strict=True)]
         out: list = [None] * n
         for k, piece in zip(order.tolist(), pieces, strict=True):
             out[k] = piece
@@ -127,14 +118,8 @@ class SpanReader:
         keep = lengths > 0
         lo = np.asarray(offsets, np.int64)[keep]
         hi = lo + np.asarray(lengths, np.int64)[keep]
-        order = np.argsort(lo, kind="stable")
-        lo, hi = lo[order], hi[order]
         if len(lo):  # spans that touch or overlap become one
-            reach = np.maximum.accumulate(hi)
-            first = np.ones(len(lo), bool)
-            first[1:] = lo[1:] > reach[:-1]
-            starts = np.flatnonzero(first)
-            lo, hi = lo[starts], reach[np.append(starts[1:] - 1, len(reach) - 1)]
+            _, _, lo, hi = _blocks(lo, hi - lo, 0)
         total = int((hi - lo).sum())
         self._lo = self._hi = self._at = None
         if 0 < total <= budget:
@@ -159,6 +144,21 @@ class SpanReader:
         rel = offsets - self._lo[span] + self._at[span]
         buf = self._buf
         return [buf[a:e] for a, e in zip(rel.tolist(), (rel + lengths).tolist(), strict=True)]
+
+
+def _blocks(offsets: np.ndarray, lengths: np.ndarray, gap: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs (offset, length; at least one) grouped into blocks read at once: runs at most
+    `gap` bytes apart share a block (0: runs that touch or overlap). Returns the order that
+    sorts the runs by offset, the block of each sorted run, and each block's [lo, hi)."""
+    order = np.argsort(offsets, kind="stable")
+    off = offsets[order]
+    reach = np.maximum.accumulate(off + lengths[order])  # the furthest byte so far
+    first = np.ones(len(off), bool)
+    first[1:] = off[1:] > reach[:-1] + gap
+    starts = np.flatnonzero(first)
+    return order, np.cumsum(first) - 1, off[starts], reach[np.append(starts[1:] - 1,
+                                                                      len(off) - 1)]
 
 
 # FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import free_port
+from tests.server_process import free_port, stop_process
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -88,12 +88,7 @@ class RedisServer:
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             print(f"redis-server had exited ({self.proc.returncode}): {tail}", file=sys.stderr)
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
         self.proc = None
 
     def command(self, *args: str) -> str:

@@ -72,10 +72,15 @@ def running_server(root: Path, *args: str, env: dict[str, str] | None = None,
         wait_healthy(port, proc, log)
         yield ServerProcess(proc, port, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.unlink(missing_ok=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM (a server drains and exits), then SIGKILL if it is not gone in `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

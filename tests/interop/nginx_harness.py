@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_ROOT
+from tests.server_process import stop_process
 
 NGINX = "/usr/sbin/nginx"
 CONF = PROJECT_ROOT / "docker" / "nginx.conf"
@@ -124,11 +125,6 @@ def running_nginx(backends: Mapping[str, int | Sequence[int]],
                 time.sleep(0.02)
         yield nginx
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=5)
         stderr.close()
         shutil.rmtree(ngx_dir, ignore_errors=True)

@@ -35,6 +35,7 @@ import pytest
 
 from codestream.markers import COD, read_segment
 from jpip.jpp import TILE_HEADER, EndOfResponse, MessageWriter, message_bytes, parse_stream
+from tests.server_process import stop_process
 
 OPJ_SERVER = Path("/usr/bin/opj_server")            # Debian libopenjpip-server
 OPJ_TRANSCODE = Path("/usr/bin/opj_jpip_transcode")  # Debian libopenjpip-dec-server
@@ -176,12 +177,7 @@ def _nginx_conf(work: Path, port: int, sock: Path) -> str:
 def _stop(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None or proc.poll() is not None:
         return
-    proc.terminate()
-    try:
-        proc.wait(STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(STOP_TIMEOUT)
+    stop_process(proc, timeout=STOP_TIMEOUT)
 
 
 def _get(url: str, timeout: float) -> tuple[int, str, bytes]:

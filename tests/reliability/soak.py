@@ -42,7 +42,7 @@ from client.bincache import BinCache, StreamError
 from jpip.jpp import StreamParser
 from tests.conftest import CORPUS, INTEROP, PROJECT_ROOT
 from tests.reliability.harness import process_usage
-from tests.server_process import free_port, wait_healthy
+from tests.server_process import free_port, stop_process, wait_healthy
 
 CLIENTS = {"session": 24, "fresh": 12, "thumbnail": 10, "slow": 8, "vanish": 6, "storm": 4}
 MAX_SESSIONS = 40
@@ -549,12 +549,7 @@ async def soak(seconds: float, work: Path, *, seed: int = 64) -> SoakReport:
         wait_healthy(port, proc, log)
         return await _drive(proc, port, targets, seconds, seed, dump, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
 
 
 async def _drive(proc: subprocess.Popen, port: int, targets: list[Target], seconds: float,

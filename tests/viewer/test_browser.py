@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from codestream.source import build_source
 from jpip.window import resolve_window
 from tests.conftest import CORPUS, INTEROP, PROJECT_ROOT
 from tests.oracle import decode_codestream, window_crops
+from tests.server_process import free_port, stop_process, wait_healthy
 from tests.tokens import hs_secret, mint
 from tests.viewer.conftest import require_viewer_build
 
@@ -39,43 +39,23 @@ TIMEOUT_MS = 30_000
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]'")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(tmp_path_factory, *extra: str):
     """`jpip-server` serving tests/data, strict (the JPIP grammar accepts `access_token`, which
     the viewer passes on); yields its URL and its log file."""
     require_viewer_build()
     if not (PROJECT_ROOT / "server" / "viewer_static" / "viewer.js").is_file():
         pytest.fail("the viewer bundle is not built: run `make viewer`")
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     cmd = [sys.executable, "-m", "server.cli", "--root", str(DATA), "--host", "127.0.0.1",
            "--port", str(port), "--index-cache-dir", str(log.parent / "ix"), *extra]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.1)
-        yield base, log
+        wait_healthy(port, proc, log)
+        yield f"http://127.0.0.1:{port}", log
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -36,26 +36,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tests.redis_server import RedisServer
 
 from . import loadgen
 from .procs import cpu_seconds, jpip_server, loadavg, tree_cpu_seconds
+from .server_bench import JPIP_PATH, RESULTS_DIR, ROOT, SHARED, _pct, link_into
 from .workloads import Needs, region_requests, viewer_traces
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SHARED = Path(os.environ.get("JPIP_SHARED", ROOT.parent / "shared")).resolve()
 IMAGES = (SHARED / "interop" / "rgb4096.jp2", ROOT / "tests" / "data" / "interop" /
           "rgb4096.jp2")
-RESULTS_DIR = HERE / "results"
-JPIP_PATH = "/jpip"
 CONFIGS = (("memory-1w", "memory", 1), ("redis-1w", "redis", 1), ("redis-2w", "redis", 2))
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else math.nan
 
 
 def _metric_sum(base_url: str, prefix: str) -> float:
@@ -188,12 +178,7 @@ def main(argv: list[str]) -> int:
     work = Path(tempfile.mkdtemp(prefix="jpip-scaleout-"))
     try:
         root = work / "root"
-        root.mkdir()
-        target = args.image.name
-        try:
-            os.link(args.image, root / target)
-        except OSError:
-            shutil.copy2(args.image, root / target)
+        target = link_into(root, args.image)
         cache = work / "index-cache"
         from codestream.source import build_source
         source = build_source(root / target)

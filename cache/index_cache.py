@@ -59,11 +59,11 @@ from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
 from codestream.metabins import MetadataBins
-from codestream.source import FileIdentity, Source, build_source, file_identity, index_file
+from codestream.source import FileIdentity, Source, file_identity, index_file
 from dicom.errors import DicomError
 from dicom.frames import FrameTable
 from dicom.part10 import is_part10_file
-from dicom.source import DicomSource, open_dicom, read_dicom
+from dicom.source import DicomSource, read_dicom
 
 from .isolation import run_isolated
 
@@ -500,16 +500,17 @@ def open_source(path: Path, *, use_plt: bool = True,
 
     `index_in`: where the file is read and indexed, now and later (Source.index_in): None in
     this process, cache.isolation.run_isolated in a child process."""
-    if index_in is None:
-        if is_part10_file(path):
-            return open_dicom(path, use_plt=use_plt)
-        return build_source(path, use_plt=use_plt, lazy=True)
+    run = index_in or _here
     if is_part10_file(path):
-        src: Source = DicomSource(path, *index_in(read_dicom, path), use_plt=use_plt)
+        src: Source = DicomSource(path, *run(read_dicom, path), use_plt=use_plt)
     else:
-        src = Source(path, *index_in(index_file, path, use_plt, True), use_plt=use_plt)
+        src = Source(path, *run(index_file, path, use_plt, True), use_plt=use_plt)
     src.index_in = index_in
     return src
+
+
+def _here(fn: Callable[..., Any], *args: Any) -> Any:
+    return fn(*args)
 
 
 class _Completer:

@@ -226,22 +226,13 @@ class RedisSessionStore(SessionStore):
     # --- round trips ------------------------------------------------------------------------
     async def _run(self, name: str, keys: list[str], args: list) -> object:
         """One script, one round trip; Redis being unavailable becomes StoreUnavailable."""
-        if time.monotonic() < self._down_until:
-            self._on_event("unavailable")
-            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+        self._check_up()
         try:
             result = await self._scripts[name](keys=keys, args=args)
         except _UNAVAILABLE as e:
-            self._down_until = time.monotonic() + DOWN_FOR
-            log.warning("session store %s unreachable: %s", self.url, e)
-            self._on_event("unavailable")
-            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER) from None
+            raise self._unreachable(e) from None
         except rx.ResponseError as e:
-            if any(code in str(e) for code in _UNAVAILABLE_REPLIES):
-                log.warning("session store %s refused: %s", self.url, e)
-                self._on_event("unavailable")
-                raise StoreUnavailable("the session store cannot take writes now",
-                                       RETRY_AFTER) from None
+            self._check_refusal(e)
             raise
         self._on_round_trip(name)
         return result
@@ -250,9 +241,7 @@ class RedisSessionStore(SessionStore):
         """Commands in one MULTI/EXEC transaction: atomic, one round trip. Scripts go by
         their digest; after a Redis restart (its scripts forgotten) they are loaded and the
         transaction is sent again (what ran of it twice is idempotent: model records)."""
-        if time.monotonic() < self._down_until:
-            self._on_event("unavailable")
-            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+        self._check_up()
         for attempt in (0, 1):
             pipe = self.client.pipeline(transaction=True)
             for command in commands:
@@ -260,11 +249,7 @@ class RedisSessionStore(SessionStore):
             try:
                 results = await pipe.execute(raise_on_error=False)
             except _UNAVAILABLE as e:
-                self._down_until = time.monotonic() + DOWN_FOR
-                log.warning("session store %s unreachable: %s", self.url, e)
-                self._on_event("unavailable")
-                raise StoreUnavailable("the session store is unreachable",
-                                       RETRY_AFTER) from None
+                raise self._unreachable(e) from None
             errors = [r for r in results if isinstance(r, Exception)]
             if not errors:
                 self._on_round_trip(op)
@@ -274,14 +259,32 @@ class RedisSessionStore(SessionStore):
                     await self.client.script_load(script.script)
                 continue
             e = errors[0]
-            if isinstance(e, rx.ResponseError) and any(
-                    code in str(e) for code in _UNAVAILABLE_REPLIES):
-                log.warning("session store %s refused: %s", self.url, e)
-                self._on_event("unavailable")
-                raise StoreUnavailable("the session store cannot take writes now",
-                                       RETRY_AFTER) from None
+            if isinstance(e, rx.ResponseError):
+                self._check_refusal(e)
             raise e
         raise AssertionError("unreachable")
+
+    def _check_up(self) -> None:
+        """Fails fast while Redis was found unreachable in the last DOWN_FOR seconds."""
+        if time.monotonic() < self._down_until:
+            self._on_event("unavailable")
+            raise StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+
+    def _unreachable(self, e: Exception) -> StoreUnavailable:
+        """Redis could not be reached: said once, then failing fast for DOWN_FOR seconds."""
+        self._down_until = time.monotonic() + DOWN_FOR
+        log.warning("session store %s unreachable: %s", self.url, e)
+        self._on_event("unavailable")
+        return StoreUnavailable("the session store is unreachable", RETRY_AFTER)
+
+    def _check_refusal(self, e: rx.ResponseError) -> None:
+        """A reply that means Redis cannot take writes now (a replica, loading, out of
+        memory...) is StoreUnavailable; any other error reply is ours."""
+        if any(code in str(e) for code in _UNAVAILABLE_REPLIES):
+            log.warning("session store %s refused: %s", self.url, e)
+            self._on_event("unavailable")
+            raise StoreUnavailable("the session store cannot take writes now",
+                                   RETRY_AFTER) from None
 
     def _script(self, name: str, *args: object) -> tuple:
         """A script call inside a transaction (no keys declared: see redis_scripts)."""

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -49,6 +50,15 @@ def file_identity(path: Path) -> FileIdentity:
         head = f.read(65536)
     return FileIdentity(str(path), st.st_size, st.st_mtime_ns, st.st_ino,
                         hashlib.sha256(head).hexdigest())
+
+
+T = TypeVar("T")
+
+# SpanReader: at most this many bytes of a response's spans are read up front.
+SPAN_BUDGET = 8 << 20
+# FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
+# bytes per run that are not asked for).
+RUN_GAP = 4096
 
 
 class FileBytes:
@@ -113,7 +123,7 @@ class SpanReader:
     (a large streamed response) are not read up front: runs then go to FileBytes.runs."""
 
     def __init__(self, view: FileBytes, offsets: np.ndarray, lengths: np.ndarray, *,
-                 budget: int = 8 << 20) -> None:
+                 budget: int = SPAN_BUDGET) -> None:
         self.view = view
         keep = lengths > 0
         lo = np.asarray(offsets, np.int64)[keep]
@@ -161,9 +171,6 @@ def _blocks(offsets: np.ndarray, lengths: np.ndarray, gap: int
                                                                       len(off) - 1)]
 
 
-# FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
-# bytes per run that are not asked for).
-RUN_GAP = 4096
 
 
 class Source:
@@ -192,11 +199,11 @@ class Source:
         self._closing = False
         self._users_lock = threading.Lock()
         self._file = open(path, "rb")
-        st = os.fstat(self._file.fileno())
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != (identity.size, identity.mtime_ns,
-                                                       identity.inode):
+        try:
+            check_same_file(self._file, stat_key(identity), "opened")
+        except FileChanged:
             self._file.close()
-            raise FileChanged("the file changed while it was being opened")
+            raise
         self.view: FileBytes | None = FileBytes(self._file, identity.size)
         self._map: mmap.mmap | None = None  # for indexing in this process (_mapped)
         # Where indexing runs: in this process (None), or through a runner such as
@@ -500,11 +507,19 @@ def index_file_codestream(path: str, key: tuple[int, int, int], offset: int, len
                           use_plt: bool, resolutions: int | None) -> CodestreamIndex:
     """Indexes one codestream of the file at `path`, which must still be the file of stat
     `key` (size, mtime, inode): `Source.index_codestreams` in a child process."""
+    return in_same_file(path, key, lambda mm: index_codestream(
+        mm, offset, length, use_plt=use_plt, resolutions=resolutions))
+
+
+def in_same_file(path: str, key: tuple[int, int, int], work: Callable[[mmap.mmap], T]) -> T:
+    """`work(map)` on the file at `path`, which must be the file of stat `key` before and
+    after (a child process indexes the file its parent has open, by name): FileChanged if it
+    was removed, replaced or rewritten meanwhile, even without being cut."""
     with open_same_file(path, key) as f:
         with map_file(f) as mm:
-            ix = index_codestream(mm, offset, length, use_plt=use_plt, resolutions=resolutions)
-        check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
-    return ix
+            result = work(mm)
+        check_same_file(f, key, "indexed")
+    return result
 
 
 def stat_key(identity: FileIdentity) -> tuple[int, int, int]:

@@ -22,8 +22,8 @@ from codestream.source import (
     Source,
     check_same_file,
     file_identity,
+    in_same_file,
     map_file,
-    open_same_file,
     stat_key,
 )
 
@@ -185,11 +185,7 @@ def index_file_frame(path: str, key: tuple[int, int, int], runs, use_plt: bool
                      ) -> CodestreamIndex:
     """Indexes one frame (its fragment `runs`) of the file at `path`, which must still be
     the file of stat `key`: `DicomSource._build` in a child process."""
-    with open_same_file(path, key) as f:
-        with map_file(f) as mm:
-            ix = _index_frame(mm, runs, use_plt)
-        check_same_file(f, key, "indexed")  # rewritten without being cut: not this index
-    return ix
+    return in_same_file(path, key, lambda mm: _index_frame(mm, runs, use_plt))
 
 
 def _index_frame(buf, runs, use_plt: bool) -> CodestreamIndex:

@@ -28,7 +28,7 @@ from itertools import chain
 import numpy as np
 
 from cache.model import BinKind, CacheModel, Received, ReceivedRows
-from codestream.source import FileBytes, Source, SpanReader
+from codestream.source import SPAN_BUDGET, FileBytes, Source, SpanReader
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
 from .metareq import MetaPlan
@@ -250,12 +250,12 @@ class ResponseBuilder:
             rows, held, planned_end = rows[order], held[order], planned_end[order]
             ids = pr["id"][rows]
             bin_len = pr["bin_length"][rows]
+            whole = bin_runs(ix)[rows]  # bins that are one run of the file
             if self._whole_bins(rows, held, planned_end):
                 # One message per precinct whose bin is one run of the file: [held, planned
                 # end) of it. (A bin in pieces, e.g. the layers of an LRCP/RLCP file, keeps a
                 # message per packet below: clients such as OpenJPEG's JPIP transcoder rebuild
                 # those packets from the message boundaries.)
-                whole = bin_runs(ix)[rows]
                 sel = np.flatnonzero(whole & (held < planned_end))
                 if len(sel):
                     frm, ends = held[sel], planned_end[sel]
@@ -268,14 +268,15 @@ class ResponseBuilder:
                     continue
                 rest = np.flatnonzero(~whole)
                 rows, held, ids, bin_len = rows[rest], held[rest], ids[rest], bin_len[rest]
-                planned_end = planned_end[rest]
+            else:
+                # Layer by layer: each precinct whose bin is one run of the file is read
+                # whole ([held, planned end)) before its first layer is sent, not a packet
+                # at a time (within what a byte limit lets through).
+                first_at = pk["offset"][pr["pkt_start"][rows[whole]]]
+                self._reader = SpanReader(src.view, first_at + held[whole],
+                                          planned_end[whole] - held[whole],
+                                          budget=min(SPAN_BUDGET, self._room()))
             starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
-            # Each precinct whose bin is one run of the file is read whole ([held, planned
-            # end)) when its first layer is sent, not a packet at a time.
-            one_run = bin_runs(ix)[rows]
-            first_at = pk["offset"][starts[one_run]]
-            self._reader = SpanReader(src.view, first_at + held[one_run],
-                                      planned_end[one_run] - held[one_run])
             for layer in range(plan.layers):
                 live = np.nonzero(counts > layer)[0]
                 if len(live) == 0:

@@ -43,11 +43,11 @@ from prometheus_client.registry import Collector
 
 from server.access import DENIAL_REASONS
 from server.logs import INFO_KEY, RequestInfo, request_info
+from server.workers import MULTIPROC_ENV
 
 # 1 ms .. 10 s: a cached thumbnail answers in a few ms, a large region in seconds.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 INDEX_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 STATS_SHARE_PERIOD = 1.0      # seconds between a worker's writes of its RequestStats
 STATS_FILE = "requeststats_{pid}.json"
 

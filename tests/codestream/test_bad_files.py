@@ -23,7 +23,7 @@ from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from codestream.source import build_source
 from tests.conftest import CORPUS, PROJECT_ROOT, corpus_files
-from tests.data.corrupt import corrupt_variants, sample
+from tests.data.corrupt import corrupt_variants, flip, sample
 from tests.fuzz.targets import measure, target_codestream
 
 SOLO = "2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2"  # one tile-part, one PLT
@@ -292,17 +292,11 @@ def test_bad_coding_parameters() -> None:
 # --------------------------------------------------------------------------- what OpenJPEG refuses
 # Damage the index once accepted but OpenJPEG refuses (found by serving damaged corpus files,
 # tests/reliability/test_corrupt_served.py): refused here too, so what is served decodes.
-def flipped(data: bytes, pos: int, bit: int) -> bytes:
-    out = bytearray(data)
-    out[pos] ^= 1 << bit
-    return bytes(out)
-
-
 def test_a_code_block_with_more_coding_passes_than_can_exist() -> None:
     """CT1's last packet header with one bit flipped claims 158 passes for a code-block: at
     most 3 x 37 - 2 = 109 exist (OpenJPEG opens a second codeword segment after 109 and so
     reads other lengths than a single-segment reading)."""
-    expect_error(flipped(read("CT1.j2k"), 54520, 6), None, "coding passes")
+    expect_error(flip(read("CT1.j2k"), 54520, 6), None, "coding passes")
 
 
 def test_tile_parts_out_of_sequence() -> None:

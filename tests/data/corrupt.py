@@ -89,7 +89,7 @@ def flip_regions(data: bytes) -> tuple[dict[str, list[int]], int]:
     return out, packets
 
 
-def _flip(data: bytes, pos: int, bit: int) -> bytes:
+def flip(data: bytes, pos: int, bit: int) -> bytes:
     out = bytearray(data)
     out[pos] ^= 1 << bit
     return bytes(out)
@@ -109,7 +109,7 @@ def corrupt_variants(name: str, data: bytes, *, cuts: int = CUTS_PER_FILE,
     for region, positions in regions.items():
         for pos in sample(positions, -(-flips // share), seed=seed ^ zlib.crc32(region.encode())):
             bit = rng.randrange(8)
-            out.append((f"{region} bit {bit} flipped at {pos}", _flip(data, pos, bit)))
+            out.append((f"{region} bit {bit} flipped at {pos}", flip(data, pos, bit)))
     return out
 
 
@@ -156,5 +156,5 @@ def dicom_variants(name: str, data: bytes, items_offset: int, frames: list[tuple
     for region, positions in regions.items():
         for pos in sample(positions, flips, seed=seed ^ zlib.crc32(region.encode())):
             bit = rng.randrange(8)
-            out.append((f"{region} bit {bit} flipped at {pos}", _flip(data, pos, bit)))
+            out.append((f"{region} bit {bit} flipped at {pos}", flip(data, pos, bit)))
     return out

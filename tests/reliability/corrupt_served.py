@@ -314,13 +314,13 @@ def _tile_mask(siz: Siz, present: np.ndarray, c: int, discard: int,
     x0, y0, x1, y1 = region
 
     def tile_of(start: int, end: int, origin: int, t_origin: int, t_size: int, count: int,
-                limit: int, s: int) -> np.ndarray:
+                s: int) -> np.ndarray:
         starts = [ceil_div(max(t_origin + k * t_size, origin), s) for k in range(count)]
         samples = np.arange(ceil_div(start, s), ceil_div(end, s))
         return np.searchsorted(np.asarray(starts), samples, side="right") - 1
 
-    cols = tile_of(x0, x1, siz.xosiz, siz.xtosiz, siz.xtsiz, siz.tiles_x, siz.xsiz, sx)
-    rows = tile_of(y0, y1, siz.yosiz, siz.ytosiz, siz.ytsiz, siz.tiles_y, siz.ysiz, sy)
+    cols = tile_of(x0, x1, siz.xosiz, siz.xtosiz, siz.xtsiz, siz.tiles_x, sx)
+    rows = tile_of(y0, y1, siz.yosiz, siz.ytosiz, siz.ytsiz, siz.tiles_y, sy)
     return present[rows[:, None] * siz.tiles_x + cols[None, :]]
 
 

@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,12 @@ class ErrorLog(logging.Handler):
         """The ERROR records (unhandled exceptions, i.e. our own defects), as text."""
         return [self.format(r) for r in self.records if r.levelno >= logging.ERROR]
 
-    def count(self, text: str) -> int:
-        return sum(text in r.getMessage() for r in self.records)
-
 
 @dataclass
 class RunningApp:
     app: web.Application
     port: int
     log: ErrorLog
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:

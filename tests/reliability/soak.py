@@ -265,7 +265,6 @@ class SessionClient:
         self.cache = BinCache()
         self.cid: str | None = None
         self.resync: set[int] = set()  # codestreams whose holdings must be stated again
-        self.sessions = 0
 
     def _query(self) -> tuple[str, Stream]:
         stream = self.rng.choice(self.target.streams)
@@ -336,7 +335,6 @@ class SessionClient:
         cnew = answer.headers.get("jpip-cnew")
         if cnew:
             self.cid = dict(kv.split("=", 1) for kv in cnew.split(","))["cid"]
-            self.sessions += 1
         if self.cid and not self.slow and self.rng.random() < 0.03:
             await self._second_channel()
 

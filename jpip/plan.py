@@ -18,7 +18,7 @@ import numpy as np
 
 from codestream.geometry import tile_bounds
 from codestream.index import CodestreamIndex
-from codestream.intmath import ceil_div as _cdiv
+from codestream.intmath import ceil_div
 
 from .window import ViewWindow
 
@@ -34,44 +34,53 @@ class Plan:
     ends: np.ndarray | None = None  # per row, the bin length up to `layers` (None: not known)
 
 
-class _TcrTable:
-    """Per (tile, component) the rows of the tcr table, looked up once per index."""
+class _Grids:
+    """What planning reads of a file's precinct grids, made once per index (kept on it): per
+    (tile, component, resolution) row of the tcr table its grid as plain ints (the planner
+    reads single values, which numpy makes slow), per tile-component where its rows start,
+    and for the vectorised steps the same as arrays."""
 
     def __init__(self, ix: CodestreamIndex) -> None:
-        # Plain lists: the planner reads single values, which numpy makes slow.
-        self.tcr = {k: v.tolist() for k, v in ix.tcr.items()}
-        self.first: dict[tuple[int, int], int] = {}
-        # Tile-components with the same geometry (all components of an image without
-        # subsampling, say) need the same precincts: one shape key per (tile, component).
-        self.shape: dict[tuple[int, int], int] = {}  # a small number per distinct geometry
+        tcr, siz = ix.tcr, ix.siz
+        self.num_components = nc = siz.num_components
+        cols = {k: v.tolist() for k, v in tcr.items()}
+        # Per tcr row: x0, y0, x1, y1, ppx, ppy, npw, nph, prec_base (one lookup per row).
+        self.grid = list(zip(*(cols[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw",
+                                                 "nph", "prec_base")), strict=True))
+        self.levels, self.reversible = cols["levels"], cols["reversible"]
+        # Per tile-component (t * num_components + c): the tcr row of its resolution 0 (-1:
+        # none), and a small number per distinct geometry: tile-components alike (all
+        # components of an image without subsampling, say) need the same precincts, shifted.
+        first = np.full(siz.num_tiles * nc, -1, np.int64)
+        self.shape = [-1] * len(first)
         shape_ids: dict[tuple, int] = {}
-        t, c, r = self.tcr["t"], self.tcr["c"], self.tcr["r"]
-        geometry = [self.tcr[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
-                                          "levels", "reversible")]
-        # Per tcr row, what the planner reads of it, as one tuple (one lookup per row).
-        self.geo = list(zip(*(self.tcr[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy",
-                                                    "npw", "nph", "prec_base")), strict=True))
-        dx = [comp.dx for comp in ix.siz.components]
-        dy = [comp.dy for comp in ix.siz.components]
-        for i, r_i in enumerate(r):
+        geometry = [cols[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
+                                      "levels", "reversible")]
+        dx = [comp.dx for comp in siz.components]
+        dy = [comp.dy for comp in siz.components]
+        t, c = cols["t"], cols["c"]
+        for i, r_i in enumerate(cols["r"]):
             if r_i == 0:
-                key = (t[i], c[i])
-                self.first[key] = i
-                last = i + self.tcr["levels"][i]
+                tc = t[i] * nc + c[i]
+                first[tc] = i
+                last = i + cols["levels"][i]
                 shape = (dx[c[i]], dy[c[i]]) + tuple(tuple(col[i:last + 1]) for col in geometry)
-                self.shape[key] = shape_ids.setdefault(shape, len(shape_ids))
+                self.shape[tc] = shape_ids.setdefault(shape, len(shape_ids))
+        self.first = first.tolist()
+        self.first_row = first
+        self.levels_arr = tcr["levels"]
+        self.prec_start = tcr["prec_base"]
+        self.prec_end = tcr["prec_base"] + tcr["npw"] * tcr["nph"]
+        # Every precinct row, for the rows of a rectangle of one grid as a slice of it.
+        self.all_rows = np.arange(len(ix.precincts["id"]), dtype=np.int64)
+        self.all_rows.flags.writeable = False
 
 
-def _table(ix: CodestreamIndex) -> _TcrTable:
-    tab = getattr(ix, "_tcr_table", None)
-    if tab is None:
-        tab = _TcrTable(ix)
-        ix._tcr_table = tab  # cached on the index: computed once per file
-    return tab
-
-
-# A rectangle of one precinct grid: (first row of the grid, grid width, px0, py0, px1, py1).
-Cells = tuple[int, int, int, int, int, int]
+def _grids(ix: CodestreamIndex) -> _Grids:
+    grids = getattr(ix, "_plan_grids", None)
+    if grids is None:
+        grids = ix._plan_grids = _Grids(ix)  # cached on the index: computed once per file
+    return grids
 
 
 def _span(lo: int, hi: int, shift: int, origin: int, count: int) -> tuple[int, int]:
@@ -82,51 +91,41 @@ def _span(lo: int, hi: int, shift: int, origin: int, count: int) -> tuple[int, i
     return (c0 if c0 > 0 else 0), (c1 if c1 < count else count)
 
 
-def _band_cells(g: tuple, xs: tuple[tuple[int, int], tuple[int, int]],
-                ys: tuple[tuple[int, int], tuple[int, int]], out: list[Cells]) -> bool:
-    """Adds to `out` the precinct cells of a resolution above 0 (tcr geometry `g`) that meet
-    its HL, LH and HH bands' ranges: xs = (low, high) x-ranges and ys likewise, in band
-    coordinates. Mostly the high ranges' cells hold the low ones' (precincts are far larger
-    than the filters' reach): then one rectangle. Returns True when rectangles that may
-    overlap were added (rows to deduplicate)."""
+def _rect_rows(all_rows: np.ndarray, base: int, npw: int, px0: int, py0: int, px1: int,
+               py1: int) -> np.ndarray:
+    """The rows of cells [px0, px1) x [py0, py1) of the grid whose rows start at `base` (a
+    grid `npw` cells wide), in raster order: slices of the file's row numbers."""
+    start, h = base + py0 * npw, py1 - py0
+    if h == 1 or px1 - px0 == npw:  # consecutive rows: one slice, no copy
+        return all_rows[start + px0:start + (h - 1) * npw + px1]
+    return all_rows[start:start + h * npw].reshape(h, npw)[:, px0:px1].ravel()
+
+
+def _band_rows(all_rows: np.ndarray, g: tuple, xs: tuple[int, int, int, int],
+               ys: tuple[int, int, int, int]) -> np.ndarray | None:
+    """The rows of the precincts of a resolution above 0 (grid `g`) that meet its HL, LH and
+    HH bands' ranges: xs = low x-range then high x-range, ys likewise, in band coordinates
+    (None: none). Mostly the high ranges' cells hold the low ones' (precincts are far larger
+    than the filters' reach): then one rectangle, else the union of the bands' rectangles."""
     x0, y0, _, _, ppx, ppy, npw, nph, base = g
     if npw == 0 or nph == 0:
-        return False
+        return None
     ox, oy = x0 >> ppx, y0 >> ppy
-    (lx0, lx1), (hx0, hx1) = (_span(a, b, ppx - 1, ox, npw) for a, b in xs)
-    (ly0, ly1), (hy0, hy1) = (_span(a, b, ppy - 1, oy, nph) for a, b in ys)
+    lx0, lx1 = _span(xs[0], xs[1], ppx - 1, ox, npw)
+    hx0, hx1 = _span(xs[2], xs[3], ppx - 1, ox, npw)
+    ly0, ly1 = _span(ys[0], ys[1], ppy - 1, oy, nph)
+    hy0, hy1 = _span(ys[2], ys[3], ppy - 1, oy, nph)
     high_x, high_y = hx1 > hx0, hy1 > hy0
-    low_x, low_y = lx1 > lx0, ly1 > ly0
-    if high_x and high_y and (not low_x or hx0 <= lx0 and lx1 <= hx1) and (
-            not low_y or hy0 <= ly0 and ly1 <= hy1):
-        out.append((base, npw, hx0, hy0, hx1, hy1))  # HH holds HL and LH
-        return False
-    added = 0
-    for (a0, a1), (b0, b1) in (((hx0, hx1), (ly0, ly1)), ((lx0, lx1), (hy0, hy1)),
-                               ((hx0, hx1), (hy0, hy1))):
-        if a1 > a0 and b1 > b0:
-            out.append((base, npw, a0, b0, a1, b1))
-            added += 1
-    return added > 1
-
-
-def _cell_rows(cells: list[Cells], dedupe: bool) -> np.ndarray:
-    """The precinct rows of every rectangle, sorted (one vectorised step for all of them)."""
-    if not cells:
-        return np.zeros(0, np.int64)
-    cells.sort()
-    c = np.array(cells, np.int64)
-    base, npw, px0, py0, px1, py1 = c.T
-    w, h = px1 - px0, py1 - py0
-    counts = w * h
-    total = int(counts.sum())
-    which = np.repeat(np.arange(len(c)), counts)
-    k = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    wk = w[which]
-    rows = base[which] + (py0[which] + k // wk) * npw[which] + px0[which] + k % wk
-    # Rectangles of different grids occupy disjoint, ordered row ranges; within one grid the
-    # rows of a rectangle ascend. Only overlapping rectangles of one grid need np.unique.
-    return np.unique(rows) if dedupe else rows
+    if high_x and high_y and (lx1 <= lx0 or hx0 <= lx0 and lx1 <= hx1) and (
+            ly1 <= ly0 or hy0 <= ly0 and ly1 <= hy1):
+        return _rect_rows(all_rows, base, npw, hx0, hy0, hx1, hy1)  # HH holds HL and LH
+    rects = [_rect_rows(all_rows, base, npw, a0, b0, a1, b1)
+             for (a0, a1), (b0, b1) in (((hx0, hx1), (ly0, ly1)), ((lx0, lx1), (hy0, hy1)),
+                                        ((hx0, hx1), (hy0, hy1)))
+             if a1 > a0 and b1 > b0]
+    if len(rects) > 1:
+        return np.unique(np.concatenate(rects))  # rectangles that may overlap
+    return rects[0] if rects else None
 
 
 PLANS_KEPT = 64  # per index: the windows asked again (a viewer's repeats, other viewers' same)
@@ -157,10 +156,26 @@ def planned_ends(ix: CodestreamIndex, rows: np.ndarray, layers: int) -> np.ndarr
     """Per precinct row, the length of its bin up to `layers` quality layers (0: nothing)."""
     if layers <= 0 or len(rows) == 0 or len(ix.packets["bin_end"]) == 0:
         return np.zeros(len(rows), np.int64)
+    if layers >= ix.max_layers:
+        return _whole_bins(ix)[rows]
+    return _bin_ends(ix, rows, layers)
+
+
+def _bin_ends(ix: CodestreamIndex, rows: np.ndarray | slice, layers: int) -> np.ndarray:
     pr = ix.precincts
     starts, counts = pr["pkt_start"][rows], pr["pkt_count"][rows]
     last = starts + np.minimum(counts, layers) - 1
     return np.where(counts > 0, ix.packets["bin_end"][np.maximum(last, 0)], 0)
+
+
+def _whole_bins(ix: CodestreamIndex) -> np.ndarray:
+    """Per precinct row, the length of its whole bin (every layer), kept on the index: what
+    a window at full quality, the usual one, needs of each precinct it plans."""
+    whole = getattr(ix, "_whole_bins", None)
+    if whole is None:
+        whole = ix._whole_bins = _bin_ends(ix, slice(None), ix.max_layers)
+        whole.flags.writeable = False
+    return whole
 
 
 def bin_runs(ix: CodestreamIndex) -> np.ndarray:
@@ -207,47 +222,48 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     d = window.discard
     # Tiles the region touches.
     p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
-    p1 = min(_cdiv(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
+    p1 = min(ceil_div(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
     q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
-    q1 = min(_cdiv(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
-    tiles = (np.arange(q0, q1, dtype=np.int64)[:, None] * siz.tiles_x
-             + np.arange(p0, p1, dtype=np.int64)[None, :]).ravel()
+    q1 = min(ceil_div(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
+    if q1 - q0 == 1:
+        tiles = np.arange(q0 * siz.tiles_x + p0, q0 * siz.tiles_x + p1, dtype=np.int64)
+    else:
+        tiles = (np.arange(q0, q1, dtype=np.int64)[:, None] * siz.tiles_x
+                 + np.arange(p0, p1, dtype=np.int64)[None, :]).ravel()
+    grids = _grids(ix)
     covered = None
     walk = tiles.tolist()
-    if len(tiles) >= INTERIOR_TILES:
+    if len(walk) >= INTERIOR_TILES:
         # Tiles wholly inside the region need every precinct up to the window's resolution
         # that holds a code-block: chosen at once; only the tiles on the border are walked.
         tx0, ty0, tx1, ty1 = tile_bounds(siz, tiles)
         inside = (tx0 >= X0) & (ty0 >= Y0) & (tx1 <= X1) & (ty1 <= Y1)
         if int(inside.sum()) >= INTERIOR_TILES:
-            covered = _covered_rows(ix, tiles[inside], window.comps, d)
+            covered = _covered_rows(ix, grids, tiles[inside], window.comps, d)
             walk = tiles[~inside].tolist()
-    table = _table(ix) if walk else None
-    tcr = table.tcr if table is not None else None
-    cells: list[Cells] = []
-    dedupe = False
+    parts: list[np.ndarray] = []
+    nc = grids.num_components
     for t in walk:
         tx0, ty0, tx1, ty1 = siz.tile_bounds(t)
         rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
         if rx1 <= rx0 or ry1 <= ry0:
             continue
-        done: dict[int, tuple[int, list[Cells]]] = {}  # shape -> (base, its cells)
+        done: dict[int, tuple[int, np.ndarray]] = {}  # shape -> (its first tcr row, its rows)
         for c in window.comps:
-            base = table.first.get((t, c))
-            if base is None:
+            first = grids.first[t * nc + c]
+            if first < 0:
                 continue
-            shape = table.shape[(t, c)]
-            if shape in done:  # the same precincts as an earlier component, shifted
+            shape = grids.shape[t * nc + c]
+            if shape in done:  # the same precincts as an earlier component's, shifted
                 other, theirs = done[shape]
-                shift = tcr["prec_base"][base] - tcr["prec_base"][other]
-                cells.extend((b + shift, *rest) for b, *rest in theirs)
+                parts.append(theirs + (grids.grid[first][8] - grids.grid[other][8]))
                 continue
-            mine: list[Cells] = []
-            dedupe |= _tile_component_cells(table, base, siz.components[c].dx,
-                                            siz.components[c].dy, d, (rx0, ry0, rx1, ry1), mine)
-            done[shape] = (base, mine)
-            cells.extend(mine)
-    rows = _cell_rows(cells, dedupe)
+            comp = siz.components[c]
+            mine = _tile_component_rows(grids, first, comp.dx, comp.dy, d, (rx0, ry0, rx1, ry1))
+            done[shape] = (first, mine)
+            parts.append(mine)
+    # Tiles, components and resolutions in the order of their rows: the rows ascend.
+    rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if covered is not None:
         # Interior and border tiles hold disjoint precincts: one sort joins them.
         rows = np.sort(np.concatenate((covered, rows)))
@@ -257,21 +273,19 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
 INTERIOR_TILES = 16  # from this many tiles wholly inside a window on, they are planned at once
 
 
-def _covered_rows(ix: CodestreamIndex, tiles: np.ndarray, comps, d: int) -> np.ndarray:
+def _covered_rows(ix: CodestreamIndex, grids: _Grids, tiles: np.ndarray, comps: tuple[int, ...],
+                  d: int) -> np.ndarray:
     """The precinct rows of tiles wholly inside the window (components `comps`, `d` levels
     discarded): what `_tile_component_rows` picks for a tile-component whose every sample is
     in the region. Its ranges are then whole resolutions at every level, so a precinct up to
     the window's resolution is picked when it holds a code-block: at resolution 0 always, above
-    when its cell meets the extent of a band whose range the others' cross it (HL, LH, HH)."""
-    tcr = ix.tcr
-    inside = np.zeros(ix.siz.num_tiles, bool)
-    inside[tiles] = True
-    wanted = np.zeros(ix.siz.num_components, bool)
-    for c in comps:
-        wanted[c] = True
-    sel = np.flatnonzero(inside[tcr["t"]] & wanted[tcr["c"]] & (tcr["r"] <= tcr["levels"] - d))
-    counts = (tcr["npw"] * tcr["nph"])[sel]
-    starts = tcr["prec_base"][sel]
+    when its cell meets the extent of a band whose range the others' cross it (HL, LH, HH).
+    A tile-component's resolutions 0 to its top are one run of rows: one per tile-component."""
+    tc = (tiles[:, None] * grids.num_components + np.asarray(comps, np.int64)[None, :]).ravel()
+    first = grids.first_row[tc]
+    first = first[first >= 0]
+    starts = grids.prec_start[first]
+    counts = grids.prec_end[first + grids.levels_arr[first] - d] - starts
     rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
     return rows[_with_code_blocks(ix)[rows]]
 
@@ -303,45 +317,50 @@ def _with_code_blocks(ix: CodestreamIndex) -> np.ndarray:
     return held
 
 
-def _tile_component_cells(table: _TcrTable, base: int, dx: int, dy: int, d: int,
-                          region: tuple[int, int, int, int], out: list[Cells]) -> bool:
-    """Adds the precinct cells one tile-component needs to `out` (see `_band_cells`)."""
-    tcr, geo = table.tcr, table.geo
-    nl = tcr["levels"][base]
+def _tile_component_rows(grids: _Grids, first: int, dx: int, dy: int, d: int,
+                         region: tuple[int, int, int, int]) -> np.ndarray:
+    """The precinct rows one tile-component (its resolution 0 at tcr row `first`) needs for
+    the part `region` of the window in its tile, going down from the window's resolution."""
+    grid, all_rows = grids.grid, grids.all_rows
+    nl = grids.levels[first]
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
     # synthesis filters: 5/3 has 3 and 5 taps, 9/7 has 7 and 9.
-    reach_low, reach_high = (1, 2) if tcr["reversible"][base] else (3, 4)
+    reach_low, reach_high = (1, 2) if grids.reversible[first] else (3, 4)
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
-    x0, y0, x1, y1 = geo[base + top][:4]
-    a, b = max(-(-rx0 // sx), x0), min(-(-rx1 // sx), x1)
-    c0, c1 = max(-(-ry0 // sy), y0), min(-(-ry1 // sy), y1)
-    overlap = False
+    x0, y0, x1, y1 = grid[first + top][:4]
+    a, b = max(ceil_div(rx0, sx), x0), min(ceil_div(rx1, sx), x1)
+    c0, c1 = max(ceil_div(ry0, sy), y0), min(ceil_div(ry1, sy), y1)
+    found: list[np.ndarray] = []  # per resolution, from the top down
     if b <= a or c1 <= c0:
-        return overlap
+        return all_rows[:0]
     for n in range(top, 0, -1):
-        g = geo[base + n]
+        g = grid[first + n]
         x0, y0, x1, y1 = g[:4]
         # Low-pass coefficient k sits at 2k (k in [ceil(lo/2), ceil(hi/2))), high-pass k at
         # 2k+1 (k in [lo>>1, hi>>1)); both ranges are clipped to the resolution (boundary
         # extension mirrors inside, never further than the reach).
         lo, hi = max(a - reach_low, x0), min(b + reach_low, x1)
-        low_x = (-(-lo >> 1), -(-hi >> 1))
-        high_x = (max(a - reach_high, x0) >> 1, min(b + reach_high, x1) >> 1)
+        xs = (-(-lo >> 1), -(-hi >> 1),
+              max(a - reach_high, x0) >> 1, min(b + reach_high, x1) >> 1)
         lo, hi = max(c0 - reach_low, y0), min(c1 + reach_low, y1)
-        low_y = (-(-lo >> 1), -(-hi >> 1))
-        high_y = (max(c0 - reach_high, y0) >> 1, min(c1 + reach_high, y1) >> 1)
-        overlap |= _band_cells(g, (low_x, high_x), (low_y, high_y), out)
-        a, b = low_x
-        c0, c1 = low_y
+        ys = (-(-lo >> 1), -(-hi >> 1),
+              max(c0 - reach_high, y0) >> 1, min(c1 + reach_high, y1) >> 1)
+        rows = _band_rows(all_rows, g, xs, ys)
+        if rows is not None:
+            found.append(rows)
+        a, b, c0, c1 = xs[0], xs[1], ys[0], ys[1]
         if b <= a or c1 <= c0:
-            return overlap
-    # Resolution 0: the LL band, one rectangle in the resolution's own coordinates.
-    x0, y0, _, _, ppx, ppy, npw, nph, prec_base = geo[base]
-    if npw and nph:
-        px0, px1 = _span(a, b, ppx, x0 >> ppx, npw)
-        py0, py1 = _span(c0, c1, ppy, y0 >> ppy, nph)
-        if px1 > px0 and py1 > py0:
-            out.append((prec_base, npw, px0, py0, px1, py1))
-    return overlap
+            break
+    else:
+        # Resolution 0: the LL band, one rectangle in the resolution's own coordinates.
+        x0, y0, _, _, ppx, ppy, npw, nph, base = grid[first]
+        if npw and nph:
+            px0, px1 = _span(a, b, ppx, x0 >> ppx, npw)
+            py0, py1 = _span(c0, c1, ppy, y0 >> ppy, nph)
+            if px1 > px0 and py1 > py0:
+                found.append(_rect_rows(all_rows, base, npw, px0, py0, px1, py1))
+    if len(found) == 1:
+        return found[0]
+    return np.concatenate(found[::-1]) if found else all_rows[:0]

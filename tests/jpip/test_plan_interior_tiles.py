@@ -26,7 +26,7 @@ def _plans(ix, windows, interior: int):
     try:
         out = []
         for w in windows:
-            for attr in ("_plans", "_with_code_blocks", "_tcr_table"):
+            for attr in ("_plans", "_with_code_blocks", "_plan_grids"):
                 if hasattr(ix, attr):
                     delattr(ix, attr)
             out.append(plan.plan_window(ix, w))

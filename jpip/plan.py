@@ -44,9 +44,17 @@ class _Grids:
         tcr, siz = ix.tcr, ix.siz
         self.num_components = nc = siz.num_components
         cols = {k: v.tolist() for k, v in tcr.items()}
-        # Per tcr row: x0, y0, x1, y1, ppx, ppy, npw, nph, prec_base (one lookup per row).
-        self.grid = list(zip(*(cols[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw",
-                                                 "nph", "prec_base")), strict=True))
+        # Per tcr row and axis: the resolution's extent [x0, x1), and its precinct grid as
+        # the exponent of a cell in the coordinates the planner finds there (band coordinates
+        # above resolution 0, where a cell holds 2**(ppx - 1) coefficients of each band), the
+        # index of its first cell and the count of cells; one tuple per row, read at once.
+        for axis, (lo, hi, pp, count) in (("x", ("x0", "x1", "ppx", "npw")),
+                                         ("y", ("y0", "y1", "ppy", "nph"))):
+            setattr(self, axis, [(lo_i, hi_i, pp_i - (r_i > 0), lo_i >> pp_i, count_i)
+                                 for lo_i, hi_i, pp_i, count_i, r_i in zip(
+                                     cols[lo], cols[hi], cols[pp], cols[count], cols["r"],
+                                     strict=True)])
+        self.npw, self.prec_base = cols["npw"], cols["prec_base"]
         self.levels, self.reversible = cols["levels"], cols["reversible"]
         # Per tile-component (t * num_components + c): the tcr row of its resolution 0 (-1:
         # none), and a small number per distinct geometry: tile-components alike (all
@@ -101,22 +109,16 @@ def _rect_rows(all_rows: np.ndarray, base: int, npw: int, px0: int, py0: int, px
     return all_rows[start:start + h * npw].reshape(h, npw)[:, px0:px1].ravel()
 
 
-def _band_rows(all_rows: np.ndarray, g: tuple, xs: tuple[int, int, int, int],
+def _band_rows(all_rows: np.ndarray, base: int, npw: int, xs: tuple[int, int, int, int],
                ys: tuple[int, int, int, int]) -> np.ndarray | None:
-    """The rows of the precincts of a resolution above 0 (grid `g`) that meet its HL, LH and
-    HH bands' ranges: xs = low x-range then high x-range, ys likewise, in band coordinates
-    (None: none). Mostly the high ranges' cells hold the low ones' (precincts are far larger
-    than the filters' reach): then one rectangle, else the union of the bands' rectangles."""
-    x0, y0, _, _, ppx, ppy, npw, nph, base = g
-    if npw == 0 or nph == 0:
-        return None
-    ox, oy = x0 >> ppx, y0 >> ppy
-    lx0, lx1 = _span(xs[0], xs[1], ppx - 1, ox, npw)
-    hx0, hx1 = _span(xs[2], xs[3], ppx - 1, ox, npw)
-    ly0, ly1 = _span(ys[0], ys[1], ppy - 1, oy, nph)
-    hy0, hy1 = _span(ys[2], ys[3], ppy - 1, oy, nph)
-    high_x, high_y = hx1 > hx0, hy1 > hy0
-    if high_x and high_y and (lx1 <= lx0 or hx0 <= lx0 and lx1 <= hx1) and (
+    """The rows of the precincts of a resolution above 0 (its rows start at `base`, `npw`
+    across) whose cells meet its HL, LH and HH bands' needed coefficients: xs = the cells
+    across of the low-pass range then of the high-pass range, ys likewise (None: none). Mostly
+    the high ranges' cells hold the low ones' (precincts are far larger than the filters'
+    reach): then one rectangle, else the union of the bands' rectangles."""
+    lx0, lx1, hx0, hx1 = xs
+    ly0, ly1, hy0, hy1 = ys
+    if hx1 > hx0 and hy1 > hy0 and (lx1 <= lx0 or hx0 <= lx0 and lx1 <= hx1) and (
             ly1 <= ly0 or hy0 <= ly0 and ly1 <= hy1):
         return _rect_rows(all_rows, base, npw, hx0, hy0, hx1, hy1)  # HH holds HL and LH
     rects = [_rect_rows(all_rows, base, npw, a0, b0, a1, b1)
@@ -126,6 +128,34 @@ def _band_rows(all_rows: np.ndarray, g: tuple, xs: tuple[int, int, int, int],
     if len(rects) > 1:
         return np.unique(np.concatenate(rects))  # rectangles that may overlap
     return rects[0] if rects else None
+
+
+def _axis_cells(axis: list[tuple[int, int, int, int, int]], first: int, top: int, a: int,
+                b: int, reach_low: int, reach_high: int) -> list[tuple[int, ...]]:
+    """On one axis of a tile-component (its resolution 0 at tcr row `first`), going down from
+    the window's samples [a, b) at resolution `top`: per resolution n = top, ..., 1 the cells
+    (low0, low1, high0, high1) that its needed low-pass and high-pass coefficients fall in,
+    then (c0, c1) at resolution 0. It stops after a resolution whose low-pass range is empty
+    (nothing below it is needed). One axis at a time: the two are independent."""
+    out: list[tuple[int, ...]] = []
+    for n in range(top, 0, -1):
+        x0, x1, e, o, count = axis[first + n]
+        # Low-pass coefficient k sits at 2k (k in [ceil(lo/2), ceil(hi/2))), high-pass k at
+        # 2k+1 (k in [lo>>1, hi>>1)); both ranges are clipped to the resolution (boundary
+        # extension mirrors inside, never further than the reach). (Conditional expressions,
+        # not max/min: this is the planner's inner loop and they cost a tenth.)
+        lo, hi = a - reach_low, b + reach_low
+        la, lb = -(-(lo if lo > x0 else x0) >> 1), -(-(hi if hi < x1 else x1) >> 1)
+        lo, hi = a - reach_high, b + reach_high
+        ha, hb = (lo if lo > x0 else x0) >> 1, (hi if hi < x1 else x1) >> 1
+        out.append(_span(la, lb, e, o, count) + _span(ha, hb, e, o, count))
+        a, b = la, lb
+        if b <= a:
+            return out
+    # Resolution 0: the LL band, in the resolution's own coordinates.
+    _, _, e, o, count = axis[first]
+    out.append(_span(a, b, e, o, count))
+    return out
 
 
 PLANS_KEPT = 64  # per index: the windows asked again (a viewer's repeats, other viewers' same)
@@ -256,7 +286,7 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
             shape = grids.shape[t * nc + c]
             if shape in done:  # the same precincts as an earlier component's, shifted
                 other, theirs = done[shape]
-                parts.append(theirs + (grids.grid[first][8] - grids.grid[other][8]))
+                parts.append(theirs + (grids.prec_base[first] - grids.prec_base[other]))
                 continue
             comp = siz.components[c]
             mine = _tile_component_rows(grids, first, comp.dx, comp.dy, d, (rx0, ry0, rx1, ry1))
@@ -321,7 +351,6 @@ def _tile_component_rows(grids: _Grids, first: int, dx: int, dy: int, d: int,
                          region: tuple[int, int, int, int]) -> np.ndarray:
     """The precinct rows one tile-component (its resolution 0 at tcr row `first`) needs for
     the part `region` of the window in its tile, going down from the window's resolution."""
-    grid, all_rows = grids.grid, grids.all_rows
     nl = grids.levels[first]
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
@@ -329,38 +358,28 @@ def _tile_component_rows(grids: _Grids, first: int, dx: int, dy: int, d: int,
     reach_low, reach_high = (1, 2) if grids.reversible[first] else (3, 4)
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
-    x0, y0, x1, y1 = grid[first + top][:4]
+    x0, x1 = grids.x[first + top][:2]
+    y0, y1 = grids.y[first + top][:2]
     a, b = max(ceil_div(rx0, sx), x0), min(ceil_div(rx1, sx), x1)
     c0, c1 = max(ceil_div(ry0, sy), y0), min(ceil_div(ry1, sy), y1)
-    found: list[np.ndarray] = []  # per resolution, from the top down
+    all_rows = grids.all_rows
     if b <= a or c1 <= c0:
         return all_rows[:0]
-    for n in range(top, 0, -1):
-        g = grid[first + n]
-        x0, y0, x1, y1 = g[:4]
-        # Low-pass coefficient k sits at 2k (k in [ceil(lo/2), ceil(hi/2))), high-pass k at
-        # 2k+1 (k in [lo>>1, hi>>1)); both ranges are clipped to the resolution (boundary
-        # extension mirrors inside, never further than the reach).
-        lo, hi = max(a - reach_low, x0), min(b + reach_low, x1)
-        xs = (-(-lo >> 1), -(-hi >> 1),
-              max(a - reach_high, x0) >> 1, min(b + reach_high, x1) >> 1)
-        lo, hi = max(c0 - reach_low, y0), min(c1 + reach_low, y1)
-        ys = (-(-lo >> 1), -(-hi >> 1),
-              max(c0 - reach_high, y0) >> 1, min(c1 + reach_high, y1) >> 1)
-        rows = _band_rows(all_rows, g, xs, ys)
-        if rows is not None:
-            found.append(rows)
-        a, b, c0, c1 = xs[0], xs[1], ys[0], ys[1]
-        if b <= a or c1 <= c0:
-            break
-    else:
-        # Resolution 0: the LL band, one rectangle in the resolution's own coordinates.
-        x0, y0, _, _, ppx, ppy, npw, nph, base = grid[first]
-        if npw and nph:
-            px0, px1 = _span(a, b, ppx, x0 >> ppx, npw)
-            py0, py1 = _span(c0, c1, ppy, y0 >> ppy, nph)
+    xs = _axis_cells(grids.x, first, top, a, b, reach_low, reach_high)
+    ys = _axis_cells(grids.y, first, top, c0, c1, reach_low, reach_high)
+    npw, prec_base = grids.npw, grids.prec_base
+    found: list[np.ndarray] = []  # per resolution, from the top down
+    for i in range(min(len(xs), len(ys))):
+        n = top - i
+        w, base = npw[first + n], prec_base[first + n]
+        if n:
+            rows = _band_rows(all_rows, base, w, xs[i], ys[i])
+            if rows is not None:
+                found.append(rows)
+        else:
+            (px0, px1), (py0, py1) = xs[i], ys[i]
             if px1 > px0 and py1 > py0:
-                found.append(_rect_rows(all_rows, base, npw, px0, py0, px1, py1))
+                found.append(_rect_rows(all_rows, base, w, px0, py0, px1, py1))
     if len(found) == 1:
         return found[0]
     return np.concatenate(found[::-1]) if found else all_rows[:0]

@@ -35,16 +35,26 @@ def _index_frame_sizes(ix: CodestreamIndex) -> tuple[tuple[int, int], ...]:
 def choose_discard(sizes: tuple[tuple[int, int], ...], fx: int, fy: int, rounding: str) -> int:
     """The discard level the rounding rule picks for a requested frame size (C.4.2), given
     the frame sizes of the levels a client may discard (`frame_sizes`)."""
-    max_discard = len(sizes) - 1
+    # Plain loops over the few levels (this runs on every request): round-up takes the
+    # largest d whose frame holds the request, round-down the smallest d whose frame fits in
+    # it, closest the nearest in area (on a tie the larger frame, the smaller d).
     if rounding == "round-up":
-        fits = [d for d, (w, h) in enumerate(sizes) if w >= fx and h >= fy]
-        return max(fits) if fits else 0
+        for d in range(len(sizes) - 1, -1, -1):
+            w, h = sizes[d]
+            if w >= fx and h >= fy:
+                return d
+        return 0
     if rounding == "closest":
-        target = fx * fy
-        # Nearest in area; on a tie the larger frame (smaller d).
-        return min(range(len(sizes)), key=lambda d: (abs(sizes[d][0] * sizes[d][1] - target), d))
-    fits = [d for d, (w, h) in enumerate(sizes) if w <= fx and h <= fy]
-    return min(fits) if fits else max_discard
+        target, best, best_gap = fx * fy, 0, -1
+        for d, (w, h) in enumerate(sizes):
+            gap = abs(w * h - target)
+            if best_gap < 0 or gap < best_gap:
+                best, best_gap = d, gap
+        return best
+    for d, (w, h) in enumerate(sizes):
+        if w <= fx and h <= fy:
+            return d
+    return len(sizes) - 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,11 +38,14 @@ Files (their SIZ, from the corpus MANIFEST):
 from __future__ import annotations
 
 from functools import cache
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from codestream.source import build_source
-from jpip.window import frame_size, resolve_window
+from jpip.window import choose_discard, frame_size, frame_sizes, resolve_window
 from tests.conftest import CORPUS
 
 FULL = "all"  # the expected comps: every component of the file
@@ -246,3 +249,27 @@ def test_window_matches_the_hand_worked_value(name: str, request_fields: dict, w
         expected["comps"] = tuple(range(ix.num_components))
     for key, value in expected.items():
         assert got[key] == value, f"{key}: got {got[key]}, worked out {value}"
+
+
+# --- the discard rule against its wording, on random frames (hypothesis) -----------------------
+
+def _rule(sizes, fx: int, fy: int, rounding: str) -> int:
+    """The rules above, as written: round-up the largest d whose frame holds fx x fy (else 0),
+    round-down the smallest d whose frame fits in it (else the last), closest the nearest
+    area, the larger frame on a tie."""
+    if rounding == "round-up":
+        return max([d for d, (w, h) in enumerate(sizes) if w >= fx and h >= fy], default=0)
+    if rounding == "closest":
+        return min(range(len(sizes)), key=lambda d: (abs(sizes[d][0] * sizes[d][1] - fx * fy), d))
+    return min([d for d, (w, h) in enumerate(sizes) if w <= fx and h <= fy],
+               default=len(sizes) - 1)
+
+
+@given(st.integers(1, 1 << 20), st.integers(1, 1 << 20), st.integers(0, 1 << 12),
+       st.integers(0, 1 << 12), st.integers(0, 12), st.integers(1, 1 << 21),
+       st.integers(1, 1 << 21), st.sampled_from(["round-down", "round-up", "closest"]))
+@settings(max_examples=300)
+def test_choose_discard_follows_the_rule(w, h, xo, yo, levels, fx, fy, rounding) -> None:
+    siz = SimpleNamespace(xsiz=xo + w, ysiz=yo + h, xosiz=xo, yosiz=yo)
+    sizes = frame_sizes(siz, levels)
+    assert choose_discard(sizes, fx, fy, rounding) == _rule(sizes, fx, fy, rounding)

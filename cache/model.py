@@ -106,6 +106,9 @@ class SparseHoldings:
     def get(self, rows: np.ndarray) -> np.ndarray:
         if len(self.rows) == 0 or len(rows) == 0:
             return np.zeros(len(rows), np.int64)
+        # The query in the holdings' type: searching int64 values in the int32 rows would
+        # convert every row held, on every request.
+        rows = np.asarray(rows, np.int32)
         pos = np.searchsorted(self.rows, rows)
         pos_c = np.minimum(pos, len(self.rows) - 1)
         found = self.rows[pos_c] == rows
@@ -124,21 +127,35 @@ class SparseHoldings:
             first = np.ones(len(rows), bool)
             first[1:] = rows[1:] != rows[:-1]
             rows, values = rows[first], values[first]
+        n = len(self.rows)
+        if n == 0:
+            # (Copies: the caller's arrays are its own.)
+            self.rows, self.held = rows.copy(), values.copy()
+            return
         # Merged into the sorted holdings (a session's model grows by a window at a time:
         # no sort of everything held, only a search for the new rows).
         pos = np.searchsorted(self.rows, rows)
-        found = pos < len(self.rows)
-        found[found] = self.rows[pos[found]] == rows[found]
+        found = self.rows[np.minimum(pos, n - 1)] == rows
         held = self.held
         if found.any():
             held = held.copy()  # the arrays may be shared (a snapshot): never changed in place
             at = pos[found]
             held[at] = np.maximum(held[at], values[found])
-        new = ~found
-        if new.any():
-            self.rows = np.insert(self.rows, pos[new], rows[new])
-            held = np.insert(held, pos[new], values[new])
-        self.held = held
+            new = ~found
+            if not new.any():
+                self.held = held
+                return
+            pos, rows, values = pos[new], rows[new], values[new]
+        # The new rows go in before the held rows at their positions: the i-th new row lands
+        # at pos[i] + i of the merged arrays, the held rows fill the rest in order.
+        at = pos + np.arange(len(pos))
+        old = np.ones(n + len(pos), bool)
+        old[at] = False
+        merged_rows = np.empty(len(old), np.int32)
+        merged_rows[at], merged_rows[old] = rows, self.rows
+        merged_held = np.empty(len(old), np.int64)
+        merged_held[at], merged_held[old] = values, held
+        self.rows, self.held = merged_rows, merged_held
 
     def lower_to(self, rows: np.ndarray, values: np.ndarray) -> None:
         """held[row] = min(held[row], value) for each pair; rows left with 0 are dropped."""

@@ -43,6 +43,7 @@ class _Grids:
     def __init__(self, ix: CodestreamIndex) -> None:
         tcr, siz = ix.tcr, ix.siz
         self.num_components = nc = siz.num_components
+        self.tiles_x, self.tiles_y = siz.tiles_x, siz.tiles_y
         cols = {k: v.tolist() for k, v in tcr.items()}
         # Per tcr row and axis: the resolution's extent [x0, x1), and its precinct grid as
         # the exponent of a cell in the coordinates the planner finds there (band coordinates
@@ -172,8 +173,6 @@ def plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
         kept.move_to_end(key)
         return plan
     plan = _plan_window(ix, window)
-    plan = Plan(plan.codestream, plan.tiles, plan.rows, plan.layers,
-                planned_ends(ix, plan.rows, plan.layers))
     for a in (plan.rows, plan.tiles, plan.ends):
         a.flags.writeable = False
     kept[key] = plan
@@ -246,21 +245,23 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
         raise RuntimeError(f"window needs {resolutions_needed(ix, window)} resolutions, the "
                            f"index holds {have}")
     if window.empty:
-        return Plan(window.codestream, np.zeros(0, np.int64), np.zeros(0, np.int64), 0)
+        return Plan(window.codestream, np.zeros(0, np.int64), np.zeros(0, np.int64), 0,
+                    np.zeros(0, np.int64))
     siz = ix.siz
     X0, Y0, X1, Y1 = window.region
     d = window.discard
-    # Tiles the region touches.
-    p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
-    p1 = min(ceil_div(X1 - siz.xtosiz, siz.xtsiz), siz.tiles_x)
-    q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
-    q1 = min(ceil_div(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
-    if q1 - q0 == 1:
-        tiles = np.arange(q0 * siz.tiles_x + p0, q0 * siz.tiles_x + p1, dtype=np.int64)
-    else:
-        tiles = (np.arange(q0, q1, dtype=np.int64)[:, None] * siz.tiles_x
-                 + np.arange(p0, p1, dtype=np.int64)[None, :]).ravel()
     grids = _grids(ix)
+    # Tiles the region touches.
+    tiles_x = grids.tiles_x
+    p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
+    p1 = min(ceil_div(X1 - siz.xtosiz, siz.xtsiz), tiles_x)
+    q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
+    q1 = min(ceil_div(Y1 - siz.ytosiz, siz.ytsiz), grids.tiles_y)
+    if q1 - q0 == 1:
+        tiles = np.arange(q0 * tiles_x + p0, q0 * tiles_x + p1, dtype=np.int64)
+    else:
+        tiles = (np.arange(q0, q1, dtype=np.int64)[:, None] * tiles_x
+                 + np.arange(p0, p1, dtype=np.int64)[None, :]).ravel()
     covered = None
     walk = tiles.tolist()
     if len(walk) >= INTERIOR_TILES:
@@ -297,7 +298,8 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     if covered is not None:
         # Interior and border tiles hold disjoint precincts: one sort joins them.
         rows = np.sort(np.concatenate((covered, rows)))
-    return Plan(window.codestream, tiles, rows, window.layers)
+    return Plan(window.codestream, tiles, rows, window.layers,
+                planned_ends(ix, rows, window.layers))
 
 
 INTERIOR_TILES = 16  # from this many tiles wholly inside a window on, they are planned at once

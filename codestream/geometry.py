@@ -140,14 +140,14 @@ def resolution_rows(siz: Siz, tiles: np.ndarray, styles: list[CodingStyle]) -> R
         for k, (px, py) in enumerate(st.precincts):
             ppx[c, k], ppy[c, k] = px, py
     # [T, C]: tile-component bounds; [T, C, R]: resolution bounds.
-    tcx0, tcx1 = -(-tx0[:, None] // dx), -(-tx1[:, None] // dx)
-    tcy0, tcy1 = -(-ty0[:, None] // dy), -(-ty1[:, None] // dy)
+    tcx0, tcx1 = ceil_div(tx0[:, None], dx), ceil_div(tx1[:, None], dx)
+    tcy0, tcy1 = ceil_div(ty0[:, None], dy), ceil_div(ty1[:, None], dy)
     scale = (np.int64(1) << shift)[None]
-    x0, x1 = -(-tcx0[:, :, None] // scale), -(-tcx1[:, :, None] // scale)
-    y0, y1 = -(-tcy0[:, :, None] // scale), -(-tcy1[:, :, None] // scale)
+    x0, x1 = ceil_div(tcx0[:, :, None], scale), ceil_div(tcx1[:, :, None], scale)
+    y0, y1 = ceil_div(tcy0[:, :, None], scale), ceil_div(tcy1[:, :, None], scale)
     nonempty = (x1 > x0) & (y1 > y0)
-    npw = np.where(nonempty, -(-x1 // (np.int64(1) << ppx)) - (x0 >> ppx), 0)
-    nph = np.where(nonempty, -(-y1 // (np.int64(1) << ppy)) - (y0 >> ppy), 0)
+    npw = np.where(nonempty, ceil_div(x1, np.int64(1) << ppx) - (x0 >> ppx), 0)
+    nph = np.where(nonempty, ceil_div(y1, np.int64(1) << ppy) - (y0 >> ppy), 0)
     keep = np.broadcast_to(valid, x0.shape)
     shape = x0.shape
 

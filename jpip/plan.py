@@ -96,6 +96,7 @@ def _span(lo: int, hi: int, shift: int, origin: int, count: int) -> tuple[int, i
     """The precinct cells [c0, c1) of a grid of `count` cells of 2**shift that meet [lo, hi)."""
     if hi <= lo:
         return 0, 0
+    # (-(-hi >> shift): the ceiling of hi / 2**shift, inline: this runs per resolution.)
     c0, c1 = (lo >> shift) - origin, -(-hi >> shift) - origin
     return (c0 if c0 > 0 else 0), (c1 if c1 < count else count)
 
@@ -340,10 +341,10 @@ def _with_code_blocks(ix: CodestreamIndex) -> np.ndarray:
 
     def meets(cell, lo, hi, e):
         """The cell's band range [cell << e, (cell + 1) << e) meets [lo, hi)."""
-        return (hi > lo) & (cell >= lo >> e) & (cell < -(-hi // (np.int64(1) << e)))
+        return (hi > lo) & (cell >= lo >> e) & (cell < ceil_div(hi, np.int64(1) << e))
 
-    hx, lx = meets(cx, x0 >> 1, x1 >> 1, bx), meets(cx, -(-x0 // 2), -(-x1 // 2), bx)
-    hy, ly = meets(cy, y0 >> 1, y1 >> 1, by), meets(cy, -(-y0 // 2), -(-y1 // 2), by)
+    hx, lx = meets(cx, x0 >> 1, x1 >> 1, bx), meets(cx, ceil_div(x0, 2), ceil_div(x1, 2), bx)
+    hy, ly = meets(cy, y0 >> 1, y1 >> 1, by), meets(cy, ceil_div(y0, 2), ceil_div(y1, 2), by)
     held = (r == 0) | (hx & ly) | (lx & hy) | (hx & hy)
     ix._with_code_blocks = held
     return held

@@ -64,11 +64,11 @@ def _plan_tiles(ix: CodestreamIndex, plan: Plan, whole: bool) -> TilePlan:
     if whole:
         return _frozen(plan.codestream, tiles, tb.bin_length[tiles],
                        tb.first[tiles + 1] - tb.first[tiles])
-    # The last part position holding a needed packet, per tile; at least the first part.
-    last = np.full(ix.num_tiles, -1, np.int64)
-    last[tiles] = tb.first[tiles]
+    # The last part position holding a needed packet, per tile of the plan (not per tile of
+    # the image: a window's work is sized by the window); at least the first part.
+    lastq = tb.first[tiles].astype(np.int64)
     rows = plan.rows
-    if len(rows) and plan.layers > 0:
+    if len(rows) and plan.layers > 0 and len(tiles):
         pr = ix.precincts
         n = np.minimum(pr["pkt_count"][rows], plan.layers).astype(np.int64)
         total = int(n.sum())
@@ -78,8 +78,8 @@ def _plan_tiles(ix: CodestreamIndex, plan: Plan, whole: bool) -> TilePlan:
             packets = np.repeat(starts - offsets, n) + np.arange(total)
             q = tb.packet_part[packets].astype(np.int64)
             q = q[q >= 0]
-            np.maximum.at(last, tb.tile[q], q)
-    lastq = last[tiles]
+            # A part's tile has parts, so it is one of `tiles` (sorted).
+            np.maximum.at(lastq, np.searchsorted(tiles, tb.tile[q]), q)
     return _frozen(plan.codestream, tiles, tb.end[lastq], lastq - tb.first[tiles] + 1)
 
 

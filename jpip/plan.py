@@ -34,55 +34,77 @@ class Plan:
     ends: np.ndarray | None = None  # per row, the bin length up to `layers` (None: not known)
 
 
+@dataclass(frozen=True, slots=True)
+class _TileComponent:
+    """What the planner reads of one tile-component's precinct grids, per resolution 0 up, as
+    plain ints (it reads single values, which numpy makes slow)."""
+
+    levels: int
+    reversible: bool
+    # Per resolution and axis: its extent [x0, x1), and its precinct grid as the exponent of
+    # a cell in the coordinates the planner finds there (band coordinates above resolution 0,
+    # where a cell holds 2**(ppx - 1) coefficients of each band), the index of its first cell
+    # and the count of cells.
+    x: tuple[tuple[int, int, int, int, int], ...]
+    y: tuple[tuple[int, int, int, int, int], ...]
+    npw: tuple[int, ...]
+    prec_base: tuple[int, ...]  # the index row of each resolution's first precinct
+    # A small number per distinct geometry: tile-components alike (all components of an image
+    # without subsampling, say) need the same precincts, shifted.
+    shape: int
+
+
 class _Grids:
-    """What planning reads of a file's precinct grids, made once per index (kept on it): per
-    (tile, component, resolution) row of the tcr table its grid as plain ints (the planner
-    reads single values, which numpy makes slow), per tile-component where its rows start,
-    and for the vectorised steps the same as arrays."""
+    """A file's precinct grids as the planner reads them, kept on its index: per
+    tile-component (t * num_components + c) the tcr row of its resolution 0 (-1: none) and the
+    arrays of the vectorised steps, made at once; each tile-component's `_TileComponent` made
+    the first time a window's border crosses it (a window's work stays sized by the window,
+    even on the first request to a file of many tiles)."""
 
     def __init__(self, ix: CodestreamIndex) -> None:
         tcr, siz = ix.tcr, ix.siz
         self.num_components = nc = siz.num_components
         self.tiles_x, self.tiles_y = siz.tiles_x, siz.tiles_y
-        cols = {k: v.tolist() for k, v in tcr.items()}
-        # Per tcr row and axis: the resolution's extent [x0, x1), and its precinct grid as
-        # the exponent of a cell in the coordinates the planner finds there (band coordinates
-        # above resolution 0, where a cell holds 2**(ppx - 1) coefficients of each band), the
-        # index of its first cell and the count of cells; one tuple per row, read at once.
-        for axis, (lo, hi, pp, count) in (("x", ("x0", "x1", "ppx", "npw")),
-                                         ("y", ("y0", "y1", "ppy", "nph"))):
-            setattr(self, axis, [(lo_i, hi_i, pp_i - (r_i > 0), lo_i >> pp_i, count_i)
-                                 for lo_i, hi_i, pp_i, count_i, r_i in zip(
-                                     cols[lo], cols[hi], cols[pp], cols[count], cols["r"],
-                                     strict=True)])
-        self.npw, self.prec_base = cols["npw"], cols["prec_base"]
-        self.levels, self.reversible = cols["levels"], cols["reversible"]
-        # Per tile-component (t * num_components + c): the tcr row of its resolution 0 (-1:
-        # none), and a small number per distinct geometry: tile-components alike (all
-        # components of an image without subsampling, say) need the same precincts, shifted.
-        first = np.full(siz.num_tiles * nc, -1, np.int64)
-        self.shape = [-1] * len(first)
-        shape_ids: dict[tuple, int] = {}
-        geometry = [cols[k] for k in ("x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
-                                      "levels", "reversible")]
-        dx = [comp.dx for comp in siz.components]
-        dy = [comp.dy for comp in siz.components]
-        t, c = cols["t"], cols["c"]
-        for i, r_i in enumerate(cols["r"]):
-            if r_i == 0:
-                tc = t[i] * nc + c[i]
-                first[tc] = i
-                last = i + cols["levels"][i]
-                shape = (dx[c[i]], dy[c[i]]) + tuple(tuple(col[i:last + 1]) for col in geometry)
-                self.shape[tc] = shape_ids.setdefault(shape, len(shape_ids))
-        self.first = first.tolist()
-        self.first_row = first
-        self.levels_arr = tcr["levels"]
+        self.tcr = tcr
+        self.dx = [comp.dx for comp in siz.components]
+        self.dy = [comp.dy for comp in siz.components]
+        r0 = np.flatnonzero(tcr["r"] == 0)
+        self.first_row = np.full(siz.num_tiles * nc, -1, np.int64)
+        self.first_row[tcr["t"][r0] * nc + tcr["c"][r0]] = r0
+        self.levels = tcr["levels"]
         self.prec_start = tcr["prec_base"]
         self.prec_end = tcr["prec_base"] + tcr["npw"] * tcr["nph"]
         # Every precinct row, for the rows of a rectangle of one grid as a slice of it.
         self.all_rows = np.arange(len(ix.precincts["id"]), dtype=np.int64)
         self.all_rows.flags.writeable = False
+        self._made: dict[int, _TileComponent | None] = {}
+        self._shapes: dict[tuple, int] = {}
+
+    def tile_component(self, tc: int) -> _TileComponent | None:
+        """Tile-component `tc` (t * num_components + c); None when the index has none."""
+        try:
+            return self._made[tc]
+        except KeyError:
+            pass
+        first = int(self.first_row[tc])
+        made = None
+        if first >= 0:
+            tcr = self.tcr
+            rows = slice(first, first + int(tcr["levels"][first]) + 1)
+            cols = {k: tuple(tcr[k][rows].tolist()) for k in (
+                "r", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph", "prec_base")}
+            c = int(tcr["c"][first])
+            axes = [tuple((lo, hi, pp - (r > 0), lo >> pp, n) for lo, hi, pp, n, r in zip(
+                        cols[f"{a}0"], cols[f"{a}1"], cols[f"pp{a}"], cols[count], cols["r"],
+                        strict=True))
+                    for a, count in (("x", "npw"), ("y", "nph"))]
+            levels, reversible = int(tcr["levels"][first]), bool(tcr["reversible"][first])
+            shape = (self.dx[c], self.dy[c], levels, reversible, *axes)
+            made = _TileComponent(levels, reversible, axes[0], axes[1], cols["npw"],
+                                  cols["prec_base"],
+                                  self._shapes.setdefault(shape, len(self._shapes)))
+        self._made[tc] = made
+        return made
 
 
 def _grids(ix: CodestreamIndex) -> _Grids:
@@ -132,16 +154,16 @@ def _band_rows(all_rows: np.ndarray, base: int, npw: int, xs: tuple[int, int, in
     return rects[0] if rects else None
 
 
-def _axis_cells(axis: list[tuple[int, int, int, int, int]], first: int, top: int, a: int,
-                b: int, reach_low: int, reach_high: int) -> list[tuple[int, ...]]:
-    """On one axis of a tile-component (its resolution 0 at tcr row `first`), going down from
+def _axis_cells(axis: tuple[tuple[int, int, int, int, int], ...], top: int, a: int, b: int,
+                reach_low: int, reach_high: int) -> list[tuple[int, ...]]:
+    """On one axis of a tile-component (`_TileComponent.x` or `.y`), going down from
     the window's samples [a, b) at resolution `top`: per resolution n = top, ..., 1 the cells
     (low0, low1, high0, high1) that its needed low-pass and high-pass coefficients fall in,
     then (c0, c1) at resolution 0. It stops after a resolution whose low-pass range is empty
     (nothing below it is needed). One axis at a time: the two are independent."""
     out: list[tuple[int, ...]] = []
     for n in range(top, 0, -1):
-        x0, x1, e, o, count = axis[first + n]
+        x0, x1, e, o, count = axis[n]
         # Low-pass coefficient k sits at 2k (k in [ceil(lo/2), ceil(hi/2))), high-pass k at
         # 2k+1 (k in [lo>>1, hi>>1)); both ranges are clipped to the resolution (boundary
         # extension mirrors inside, never further than the reach). (Conditional expressions,
@@ -155,7 +177,7 @@ def _axis_cells(axis: list[tuple[int, int, int, int, int]], first: int, top: int
         if b <= a:
             return out
     # Resolution 0: the LL band, in the resolution's own coordinates.
-    _, _, e, o, count = axis[first]
+    _, _, e, o, count = axis[0]
     out.append(_span(a, b, e, o, count))
     return out
 
@@ -280,19 +302,19 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
         rx0, ry0, rx1, ry1 = max(X0, tx0), max(Y0, ty0), min(X1, tx1), min(Y1, ty1)
         if rx1 <= rx0 or ry1 <= ry0:
             continue
-        done: dict[int, tuple[int, np.ndarray]] = {}  # shape -> (its first tcr row, its rows)
+        done: dict[int, tuple[int, np.ndarray]] = {}  # shape -> (its first row, its rows)
         for c in window.comps:
-            first = grids.first[t * nc + c]
-            if first < 0:
+            tc = grids.tile_component(t * nc + c)
+            if tc is None:
                 continue
-            shape = grids.shape[t * nc + c]
-            if shape in done:  # the same precincts as an earlier component's, shifted
-                other, theirs = done[shape]
-                parts.append(theirs + (grids.prec_base[first] - grids.prec_base[other]))
+            if tc.shape in done:  # the same precincts as an earlier component's, shifted
+                other, theirs = done[tc.shape]
+                parts.append(theirs + (tc.prec_base[0] - other))
                 continue
             comp = siz.components[c]
-            mine = _tile_component_rows(grids, first, comp.dx, comp.dy, d, (rx0, ry0, rx1, ry1))
-            done[shape] = (first, mine)
+            mine = _tile_component_rows(grids.all_rows, tc, comp.dx, comp.dy, d,
+                                        (rx0, ry0, rx1, ry1))
+            done[tc.shape] = (tc.prec_base[0], mine)
             parts.append(mine)
     # Tiles, components and resolutions in the order of their rows: the rows ascend.
     rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
@@ -318,7 +340,7 @@ def _covered_rows(ix: CodestreamIndex, grids: _Grids, tiles: np.ndarray, comps: 
     first = grids.first_row[tc]
     first = first[first >= 0]
     starts = grids.prec_start[first]
-    counts = grids.prec_end[first + grids.levels_arr[first] - d] - starts
+    counts = grids.prec_end[first + grids.levels[first] - d] - starts
     rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
     return rows[_with_code_blocks(ix)[rows]]
 
@@ -350,39 +372,37 @@ def _with_code_blocks(ix: CodestreamIndex) -> np.ndarray:
     return held
 
 
-def _tile_component_rows(grids: _Grids, first: int, dx: int, dy: int, d: int,
+def _tile_component_rows(all_rows: np.ndarray, tc: _TileComponent, dx: int, dy: int, d: int,
                          region: tuple[int, int, int, int]) -> np.ndarray:
-    """The precinct rows one tile-component (its resolution 0 at tcr row `first`) needs for
-    the part `region` of the window in its tile, going down from the window's resolution."""
-    nl = grids.levels[first]
+    """The precinct rows one tile-component needs for the part `region` of the window in its
+    tile, going down from the window's resolution."""
+    nl = tc.levels
     top = max(nl - d, 0)
     # How far (in interleaved samples) a low-pass / high-pass coefficient reaches through the
     # synthesis filters: 5/3 has 3 and 5 taps, 9/7 has 7 and 9.
-    reach_low, reach_high = (1, 2) if grids.reversible[first] else (3, 4)
+    reach_low, reach_high = (1, 2) if tc.reversible else (3, 4)
     sx, sy = dx << min(d, nl), dy << min(d, nl)
     rx0, ry0, rx1, ry1 = region
-    x0, x1 = grids.x[first + top][:2]
-    y0, y1 = grids.y[first + top][:2]
+    x0, x1 = tc.x[top][:2]
+    y0, y1 = tc.y[top][:2]
     a, b = max(ceil_div(rx0, sx), x0), min(ceil_div(rx1, sx), x1)
     c0, c1 = max(ceil_div(ry0, sy), y0), min(ceil_div(ry1, sy), y1)
-    all_rows = grids.all_rows
     if b <= a or c1 <= c0:
         return all_rows[:0]
-    xs = _axis_cells(grids.x, first, top, a, b, reach_low, reach_high)
-    ys = _axis_cells(grids.y, first, top, c0, c1, reach_low, reach_high)
-    npw, prec_base = grids.npw, grids.prec_base
+    xs = _axis_cells(tc.x, top, a, b, reach_low, reach_high)
+    ys = _axis_cells(tc.y, top, c0, c1, reach_low, reach_high)
     found: list[np.ndarray] = []  # per resolution, from the top down
     for i in range(min(len(xs), len(ys))):
         n = top - i
-        w, base = npw[first + n], prec_base[first + n]
         if n:
-            rows = _band_rows(all_rows, base, w, xs[i], ys[i])
+            rows = _band_rows(all_rows, tc.prec_base[n], tc.npw[n], xs[i], ys[i])
             if rows is not None:
                 found.append(rows)
         else:
             (px0, px1), (py0, py1) = xs[i], ys[i]
             if px1 > px0 and py1 > py0:
-                found.append(_rect_rows(all_rows, base, w, px0, py0, px1, py1))
+                found.append(_rect_rows(all_rows, tc.prec_base[0], tc.npw[0], px0, py0, px1,
+                                        py1))
     if len(found) == 1:
         return found[0]
     return np.concatenate(found[::-1]) if found else all_rows[:0]

@@ -121,12 +121,15 @@ class SparseHoldings:
         rows = np.asarray(rows, np.int32)
         values = np.asarray(values, np.int64)
         if len(rows) > 1 and not bool((rows[1:] > rows[:-1]).all()):
-            # Sorted, one value per row (the largest): what the merge below needs.
-            order = np.lexsort((-values, rows))
+            # Sorted, one value per row (the largest): what the merge below needs. (Records
+            # come in delivery order, lowest resolution first, so this is the usual case;
+            # repeats are rare: a row sent in several messages.)
+            order = np.argsort(rows, kind="stable")
             rows, values = rows[order], values[order]
-            first = np.ones(len(rows), bool)
-            first[1:] = rows[1:] != rows[:-1]
-            rows, values = rows[first], values[first]
+            repeat = rows[1:] == rows[:-1]
+            if repeat.any():
+                first = np.flatnonzero(np.concatenate(([True], ~repeat)))
+                rows, values = rows[first], np.maximum.reduceat(values, first)
         n = len(self.rows)
         if n == 0:
             # (Copies: the caller's arrays are its own.)
@@ -243,10 +246,20 @@ class CacheModel:
     def apply(self, records: Iterable[ModelRecord]) -> None:
         """Applies model records in order."""
         self.version += 1
+        # Consecutive ReceivedRows of one kind and codestream (a response's batches of
+        # messages) are raised at once: one merge into the holdings instead of one each.
+        run: list[ReceivedRows] = []
         for r in records:
             if type(r) is ReceivedRows:
-                self._rows(r.kind, r.codestream).raise_to(r.rows, r.ends)
-            elif type(r) is Received:
+                if run and (r.kind != run[0].kind or r.codestream != run[0].codestream):
+                    self._raise_rows(run)
+                    run = []
+                run.append(r)
+                continue
+            if run:
+                self._raise_rows(run)
+                run = []
+            if type(r) is Received:
                 self._one(r.kind, r.codestream, r.bin_id, r.end, max)
             elif type(r) is EvictedRows:
                 self._rows(r.kind, r.codestream).lower_to(r.rows, r.keep)
@@ -254,6 +267,17 @@ class CacheModel:
                 self._one(r.kind, r.codestream, r.bin_id, r.keep, min)
             else:
                 raise TypeError(f"not a model record: {r!r}")
+        if run:
+            self._raise_rows(run)
+
+    def _raise_rows(self, run: list[ReceivedRows]) -> None:
+        first = run[0]
+        if len(run) == 1:
+            rows, ends = first.rows, first.ends
+        else:
+            rows = np.concatenate([r.rows for r in run])
+            ends = np.concatenate([r.ends for r in run])
+        self._rows(first.kind, first.codestream).raise_to(rows, ends)
 
     def _rows(self, kind: BinKind, cs: int) -> SparseHoldings:
         h = self.stream(cs)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.model import SparseHoldings
+from cache.model import BinKind, CacheModel, EvictedRows, ReceivedRows, SparseHoldings
 
 pairs = st.lists(st.tuples(st.integers(0, 200), st.integers(0, 1 << 40)), max_size=60)
 
@@ -42,3 +42,30 @@ def test_holdings_match_a_dict(steps) -> None:
         assert all(np.array_equal(a, b) for a, b in zip(before, frozen, strict=True))
         query = np.arange(0, 205, dtype=np.int64)
         assert h.get(query).tolist() == [ref.get(int(q), 0) for q in query]
+
+
+records = st.lists(st.tuples(st.booleans(), st.integers(0, 1), st.booleans(), pairs), max_size=8)
+
+
+def _record(received: bool, cs: int, tile: bool, batch):
+    kind = BinKind.TILE if tile else BinKind.PRECINCT
+    rows = np.array([r for r, _ in batch], np.int32)
+    vals = np.array([v for _, v in batch], np.int64)
+    return (ReceivedRows if received else EvictedRows)(kind, cs, rows, vals)
+
+
+@settings(max_examples=200, deadline=None)
+@given(records)
+def test_records_applied_at_once_as_one_by_one(steps) -> None:
+    """CacheModel.apply raises consecutive ReceivedRows together: the same holdings as
+    applying each record alone, whatever the kinds, codestreams and evictions between."""
+    batch = [_record(*s) for s in steps]
+    together, alone = CacheModel(), CacheModel()
+    together.apply(batch)
+    for r in batch:
+        alone.apply([r])
+    for cs in range(2):
+        for name in ("precincts", "tiles"):
+            a = getattr(together.stream(cs), name)
+            b = getattr(alone.stream(cs), name)
+            assert _state(a) == _state(b)

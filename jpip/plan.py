@@ -8,6 +8,12 @@ splits into the low-pass range (the next resolution's samples) and the high-pass
 HL/LH/HH coefficients at this level), by the parity of the absolute coordinate. The loop is over
 tile-component-resolutions; precincts are taken as rectangles of the precinct grid, never one
 by one.
+
+Per request the planner does integer arithmetic per resolution and one slice per rectangle:
+each axis's ranges are followed down on their own (they are independent) in plain ints, against
+a tile-component's grids kept on the index (`_Grids`, made once per file and tile-component),
+and a rectangle's rows are a slice of the file's row numbers. Tiles wholly inside a window are
+planned at once, vectorised over tile-components.
 """
 from __future__ import annotations
 

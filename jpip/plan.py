@@ -346,7 +346,8 @@ def _covered_rows(ix: CodestreamIndex, grids: _Grids, tiles: np.ndarray, comps: 
     first = grids.first_row[tc]
     first = first[first >= 0]
     starts = grids.prec_start[first]
-    counts = grids.prec_end[first + grids.levels[first] - d] - starts
+    # (Resolution 0 at least, as `_tile_component_rows` takes when d exceeds the levels.)
+    counts = grids.prec_end[first + np.maximum(grids.levels[first] - d, 0)] - starts
     rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
     return rows[_with_code_blocks(ix)[rows]]
 

@@ -104,3 +104,11 @@ def test_scaleout_bench_smoke(tmp_path) -> None:
         assert cell["fresh"]["store_round_trips_per_req"] == 0
     assert cells["memory-1w"]["pans"]["store_round_trips_per_req"] == 0
     assert cells["redis-1w"]["pans"]["store_round_trips_per_req"] >= 3
+
+
+def test_plan_bench_smoke() -> None:
+    cmd = [sys.executable, "-m", "bench", "plan", "--rounds", "1", "--windows", "5"]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for word in ("fresh", "pan", "resolve", "plan", "model"):
+        assert word in proc.stdout

@@ -30,14 +30,14 @@ import numpy as np
 from .errors import CodestreamError
 from .geometry import (
     ResolutionRows,
-    precinct_band_grids,
+    precinct_band_grid_rows,
     precinct_id,
-    resolution_grids,
     resolution_rows,
     tile_bounds,
 )
 from .markers import Cod, CodingStyle, Siz
-from .packets import BitReader, PrecinctState
+from .native import native_decoder
+from .packets import MAX_LBLOCK, MAX_PASSES, MAX_ZERO_BITPLANES, BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
 from .progression import packet_sequence, precincts_of_rows
 
@@ -49,6 +49,10 @@ ROW_MARGIN = 1 << 16
 PAUSE_EVERY = (1 << 12) - 1  # `pause` is called once per 4096 packet headers decoded
 ABSENT_TILE_FACTOR = 4
 ABSENT_TILE_MARGIN = 1024
+# The C decoder keeps precinct state in plain arrays: a tag tree of more nodes, or more live
+# state in a tile, makes it hand the tile to Python (whose large trees are sparse).
+NATIVE_MAX_NODES = 1 << 22
+NATIVE_MAX_BYTES = 1 << 30
 
 # Columns of the per (tile, component, resolution) table.
 TCR_FIELDS = ("t", "c", "r", "levels", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
@@ -324,6 +328,7 @@ class _Builder:
         tcr = {k: np.ascontiguousarray(v, np.int64) for k, v in tcr.items()}
         total = int(counts.sum())
         grp = np.repeat(np.arange(len(rows)), counts)
+        self.tcr, self.tcr_of_precinct = tcr, grp  # for the code-block grids (_precinct_grids)
         p = np.arange(total, dtype=np.int64) - np.repeat(prec_base, counts)
         npw, ppx, ppy = rows.npw[grp], rows.ppx[grp], rows.ppy[grp]
         px, py = p % npw, p // npw
@@ -505,6 +510,36 @@ class _Builder:
         minus = np.full(n, -1, np.int64)
         return offsets, lengths, minus, minus, np.zeros(n, np.int64), sops
 
+    def _precinct_grids(self, t: int, seq_p: np.ndarray, styles: list[CodingStyle]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The precincts a tile's packet sequence visits, numbered 0..m-1 in row order:
+        (the sequence in those numbers, their code-block grids per band (m, 3, 2), their
+        code-block styles), worked out at once rather than per precinct."""
+        if not len(seq_p):
+            return seq_p, np.zeros((0, 3, 2), np.int32), np.zeros(0, np.uint8)
+        lo = int(seq_p.min())
+        seen = np.zeros(int(seq_p.max()) - lo + 1, bool)
+        seen[seq_p - lo] = True
+        used = np.flatnonzero(seen)
+        number = np.cumsum(seen) - 1  # row - lo -> its number among the used rows
+        local = number[seq_p - lo]
+        rows = used + lo
+        c = self.prec_c[rows]
+        tcr = self.tcr_of_precinct[rows]
+        siz = self.siz
+        tx0, ty0, tx1, ty1 = (int(v[0]) for v in tile_bounds(siz, np.asarray([t])))
+        dx = np.asarray([cm.dx for cm in siz.components], np.int64)[c]
+        dy = np.asarray([cm.dy for cm in siz.components], np.int64)[c]
+        tc = (-(-tx0 // dx), -(-ty0 // dy), -(-tx1 // dx), -(-ty1 // dy))
+        cb_w = np.asarray([s.cb_w for s in styles], np.int64)[c]
+        cb_h = np.asarray([s.cb_h for s in styles], np.int64)[c]
+        tab = self.tcr
+        grids = precinct_band_grid_rows(tc, tab["levels"][tcr], tab["r"][tcr], tab["x0"][tcr],
+                                        tab["y0"][tcr], tab["ppx"][tcr], tab["ppy"][tcr],
+                                        self.prec_p[rows], tab["npw"][tcr], cb_w, cb_h)
+        cb_style = np.asarray([s.cb_style for s in styles], np.uint8)[c]
+        return local, grids, cb_style
+
     def _decode_headers(self, t: int, th: TileHeaders, cod: Cod, styles: list[CodingStyle],
                         seq_p: np.ndarray, seq_l: np.ndarray, partial: bool = False) -> int:
         """Locates the tile's packets by decoding their headers, appending them to the located
@@ -517,12 +552,69 @@ class _Builder:
             packed_stream = b"".join(bytes(buf[s.body_offset + 1:s.end]) for _, s in order)
         elif self.ppm:
             packed_stream = b"".join(self.ppm[p.sot_offset] for p in th.parts)
+        local, grids, cb_style = self._precinct_grids(t, seq_p, styles)
+        native = native_decoder() if packed_stream is None else None
+        done = None
+        if native is not None:
+            done = self._decode_in_c(native, t, th, cod, local, seq_l, grids, cb_style)
+        if done is None:
+            done = self._decode_in_python(t, th, cod, local, seq_l, grids, cb_style,
+                                          packed_stream)
+        count, pos, end, part_no = done
+        self.decoded += count
+        parts = th.parts
+        if not partial and (pos < end or part_no + 1 < len(parts)):
+            left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
+            if left > 0 and count < len(seq_p):
+                raise CodestreamError(pos, f"tile {t}: {left} bytes of tile data after its last "
+                                      "packet")
+            # Some encoders pad the last tile-part (e.g. zero bytes before a missing EOC).
+            self.padding_bytes += max(left, 0)
+        return count
+
+    def _decode_in_c(self, native, t: int, th: TileHeaders, cod: Cod, local: np.ndarray,
+                     seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray
+                     ) -> tuple[int, int, int, int] | None:
+        """_decode_in_python's work (headers in the tile-parts) by codestream._headers in one
+        call: (count, pos, end, part_no), or None when a precinct's code-block grid is too
+        large for the C decoder's plain arrays (then Python decodes the tile)."""
+        n = len(local)
+        offsets, lengths, hlens = (np.empty(n, np.int64) for _ in range(3))
+        sops = np.empty(n, np.uint8)
+        parts = np.asarray([(p.header_end, p.data_end) for p in th.parts], np.int64)
+        limits = (MAX_ZERO_BITPLANES, MAX_PASSES, MAX_LBLOCK, NATIVE_MAX_NODES, NATIVE_MAX_BYTES)
+        out = native.decode_tile(self.buf, parts, np.ascontiguousarray(local, np.int64),
+                                 np.ascontiguousarray(seq_l, np.int32), grids, cb_style,
+                                 cod.layers - 1, bool(cod.sop), bool(cod.eph), t, self.pause,
+                                 self.decoded, limits, offsets, lengths, hlens, sops)
+        if out is None:
+            return None
+        count, pos, end, part_no, error = out
+        if error is not None:
+            raise CodestreamError(*error)
+        loc = self.located
+        loc["offset"].frombytes(offsets[:count].tobytes())
+        loc["length"].frombytes(lengths[:count].tobytes())
+        loc["header_length"].frombytes(hlens[:count].tobytes())
+        loc["packed_offset"].frombytes(np.full(count, -1, np.int64).tobytes())
+        loc["packed_length"].frombytes(np.zeros(count, np.int64).tobytes())
+        self.located_sop.frombytes(sops[:count].tobytes())
+        return count, pos, end, part_no
+
+    def _decode_in_python(self, t: int, th: TileHeaders, cod: Cod, local: np.ndarray,
+                          seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray,
+                          packed_stream: bytes | None) -> tuple[int, int, int, int]:
+        """The reference decoder (packets.py), packet by packet: headers in the tile-parts or
+        in `packed_stream` (PPM/PPT). Returns (count, pos, end, part_no): how many packets
+        were located and where the tile's data was left."""
+        buf = self.buf
         packed_base = len(self.packed)
         if packed_stream is not None:
             self.packed += packed_stream
         hpos = 0
         states: dict[int, PrecinctState] = {}  # precincts with packets still to come
-        grids: dict[int, list] = {}  # component -> its resolution grids in this tile
+        band_grids = grids.tolist()
+        styles = cb_style.tolist()
         last_layer = cod.layers - 1
         loc = self.located
         offsets, lengths, hlens = loc["offset"], loc["length"], loc["header_length"]
@@ -531,7 +623,7 @@ class _Builder:
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end
         eph = cod.eph
-        rows, layers = seq_p.tolist(), seq_l.tolist()
+        rows, layers = local.tolist(), seq_l.tolist()
         count = 0
         pause, decoded = self.pause, self.decoded
         for row, layer in zip(rows, layers, strict=True):
@@ -557,7 +649,9 @@ class _Builder:
                     hend = _after_eph(buf, pos + 1, end, t) if eph else pos + 1
                     body = 0
                 else:
-                    state = states.get(row) or self._state(states, grids, t, row, styles)
+                    state = states.get(row)
+                    if state is None:
+                        state = states[row] = PrecinctState(band_grids[row], styles[row])
                     bits = BitReader(buf, pos, end)
                     body = state.read_header(bits, layer)
                     hend = bits.align()
@@ -574,7 +668,9 @@ class _Builder:
                 plens.append(0)
                 pos = hend + body
             else:
-                state = states.get(row) or self._state(states, grids, t, row, styles)
+                state = states.get(row)
+                if state is None:
+                    state = states[row] = PrecinctState(band_grids[row], styles[row])
                 bits = BitReader(packed_stream, hpos, len(packed_stream))
                 body = state.read_header(bits, layer)
                 hend = bits.align()
@@ -592,26 +688,7 @@ class _Builder:
                 pos += body
             if layer == last_layer:
                 states.pop(row, None)  # the precinct's last packet: its state is not needed
-        self.decoded = decoded + count
-        if not partial and (pos < end or part_no + 1 < len(parts)):
-            left = end - pos + sum(p.data_end - p.header_end for p in parts[part_no + 1:])
-            if left > 0 and count < len(rows):
-                raise CodestreamError(pos, f"tile {t}: {left} bytes of tile data after its last "
-                                      "packet")
-            # Some encoders pad the last tile-part (e.g. zero bytes before a missing EOC).
-            self.padding_bytes += max(left, 0)
-        return count
-
-    def _state(self, states: dict[int, PrecinctState], grids: dict[int, list], t: int, row: int,
-               styles: list[CodingStyle]) -> PrecinctState:
-        """The header-decoding state of a precinct, made on its first non-empty packet."""
-        c, r, p = int(self.prec_c[row]), int(self.prec_r[row]), int(self.prec_p[row])
-        comp_grids = grids.get(c)
-        if comp_grids is None:
-            comp_grids = grids[c] = resolution_grids(self.siz, t, c, styles[c])
-        bands = precinct_band_grids(self.siz, t, c, styles[c], comp_grids[r], p)
-        state = states[row] = PrecinctState(bands, styles[c].cb_style)
-        return state
+        return count, pos, end, part_no
 
     # --- the index ------------------------------------------------------------------------
     def build(self) -> CodestreamIndex:

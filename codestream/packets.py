@@ -16,6 +16,7 @@ MAX_ZERO_BITPLANES = 80  # more would mean a corrupt (looping) tag tree
 # claiming more is corrupt, and decoders disagree on how to read it (OpenJPEG starts a new
 # codeword segment after 109 passes, and so reads other lengths).
 MAX_PASSES = 109
+MAX_LBLOCK = 64  # Lblock past this (a 64-bit length field) means a corrupt header
 
 
 class BitReader:
@@ -282,7 +283,7 @@ class PrecinctState:
                                       f"coding passes (at most {MAX_PASSES} can exist)")
             while bit():  # Lblock increment, a comma code
                 state[0] += 1
-                if state[0] > 64:
+                if state[0] > MAX_LBLOCK:
                     raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
             if one_segment:
                 body += read(state[0] + n.bit_length() - 1)

@@ -25,6 +25,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cache.redis_sessions import redact_url
+from codestream.native import decoder_description
 from server.access import create_guard
 from server.app import create_app
 from server.config import ConfigError, ServerConfig, load_config
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("the image root %s is empty: mount or copy the images there",
                         config.root.resolve())
     sock = inherited_socket()  # set when this process is a worker of a supervisor
+    if sock is None:  # once, not per worker
+        log.info("packet headers are decoded by the %s", decoder_description())
     if sock is None and config.workers > 1:
         try:  # the key files are read here too: a bad one stops the start, not each worker
             create_guard(config)

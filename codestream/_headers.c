@@ -1,0 +1,641 @@
+/* Packet-header decoding of one tile's packets in one call: a C port of the reference,
+ * codestream/packets.py (BitReader, TagTree, PrecinctState.read_header) driven as in
+ * codestream/index.py (_Builder._decode_headers, headers in the tile-part data).
+ *
+ * Why C: a file without PLT must have every packet header decoded to be indexed (2.1M packets
+ * for a 16384² RGB image in 64² precincts), and the Python loop costs ~10 µs a packet. This
+ * module is optional: without it (or with JPIP_PURE_PYTHON=1) the Python code does the same.
+ * The semantics are the Python code's, error positions and messages included; the tests
+ * compare both on every corpus file and on damaged variants (tests/codestream/test_native.py).
+ *
+ * Every header field is hostile: every byte read is checked against the tile-part's end (which
+ * the caller checks against the buffer), lengths saturate instead of overflowing, and a
+ * precinct whose code-block grid is too large for plain arrays makes the call return None (the
+ * caller then decodes that tile in Python, which stores large tag trees sparsely).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdio.h>
+
+/* Code-block style bits (T.800 Table A.19; 15444-15 for HT), as codestream/markers.py. */
+#define CBLK_BYPASS 0x01
+#define CBLK_TERMALL 0x04
+#define CBLK_HT 0x40
+
+#define INF_VALUE (1 << 30)   /* a tag-tree node whose value is not known yet */
+/* Body lengths saturate here: far past any tile-part, so a huge claimed length is reported as
+ * "runs past the tile-part" as in Python (whose integers do not overflow). */
+#define BODY_CAP ((int64_t)1 << 62)
+#define MAX_TREE_LEVELS 40
+
+typedef struct {
+    char msg[200];
+    int64_t pos;
+    int set;
+} Error;
+
+static int fail(Error *e, int64_t pos, const char *msg) {
+    e->pos = pos;
+    snprintf(e->msg, sizeof e->msg, "%s", msg);
+    e->set = 1;
+    return -1;
+}
+
+/* --- bits (B.10.1): 7 bits after a 0xFF byte ------------------------------------------- */
+typedef struct {
+    const uint8_t *buf;
+    int64_t pos, end;
+    unsigned byte, bits, last;
+} Bits;
+
+static int next_byte(Bits *b, Error *e) {
+    if (b->pos >= b->end)
+        return fail(e, b->pos, "packet header runs past the data");
+    int stuffed = b->last == 0xFF;
+    b->last = b->buf[b->pos++];
+    if (stuffed) {
+        b->byte = b->last & 0x7F;
+        b->bits = 7;
+    } else {
+        b->byte = b->last;
+        b->bits = 8;
+    }
+    return 0;
+}
+
+/* 0 or 1, or -1 with the error set. */
+static inline int get_bit(Bits *b, Error *e) {
+    if (b->bits == 0 && next_byte(b, e))
+        return -1;
+    b->bits--;
+    return (b->byte >> b->bits) & 1;
+}
+
+/* n bits (n <= 72: Lblock <= 64 plus a pass count's bits), saturating at BODY_CAP. */
+static int read_bits(Bits *b, int n, int64_t *out, Error *e) {
+    uint64_t v = 0;
+    int saturated = 0;
+    while (n > 0) {
+        if (b->bits == 0 && next_byte(b, e))
+            return -1;
+        unsigned take = (unsigned)n < b->bits ? (unsigned)n : b->bits;
+        b->bits -= take;
+        uint64_t chunk = (b->byte >> b->bits) & ((1u << take) - 1);
+        if (v > ((uint64_t)BODY_CAP >> take))
+            saturated = 1;
+        else
+            v = (v << take) | chunk;
+        n -= take;
+    }
+    *out = saturated || v > (uint64_t)BODY_CAP ? BODY_CAP : (int64_t)v;
+    return 0;
+}
+
+static int align_bits(Bits *b, Error *e, int64_t *hend) {
+    b->bits = 0;
+    if (b->last == 0xFF) {
+        if (b->pos >= b->end)
+            return fail(e, b->pos, "packet header ends on 0xFF at the end");
+        b->pos++;
+        b->last = 0;
+    }
+    *hend = b->pos;
+    return 0;
+}
+
+/* --- tag trees (B.10.2) ------------------------------------------------------------------
+ * Nodes level by level, leaves first. `value` holds INF_VALUE - value so that zeroed memory
+ * (calloc: pages untouched until used) means "unknown"; memory then follows the bits read. */
+typedef struct {
+    int32_t *value_c;  /* INF_VALUE - value */
+    int32_t *low;
+    int64_t w;
+    int levels;
+    int64_t off[MAX_TREE_LEVELS], lw[MAX_TREE_LEVELS];
+} Tree;
+
+static int64_t tree_layout(Tree *t, int64_t w, int64_t h) {
+    int64_t total = 0, lw = w, lh = h;
+    int n = 0;
+    for (;;) {
+        if (n >= MAX_TREE_LEVELS)
+            return -1;
+        t->off[n] = total;
+        t->lw[n] = lw;
+        n++;
+        total += lw * lh;
+        if (lw * lh <= 1)
+            break;
+        lw = (lw + 1) >> 1;
+        lh = (lh + 1) >> 1;
+    }
+    t->w = w;
+    t->levels = n;
+    return total;
+}
+
+/* -1: below threshold; >= 0: the level of the highest node known >= threshold; -2: error. */
+static int tree_decode(Tree *t, Bits *b, int64_t leaf, int32_t threshold, Error *e) {
+    int64_t x = leaf % t->w, y = leaf / t->w;
+    int32_t low = 0;
+    for (int lev = t->levels - 1; lev >= 0; lev--) {
+        int64_t node = t->off[lev] + (y >> lev) * t->lw[lev] + (x >> lev);
+        if (low > t->low[node])
+            t->low[node] = low;
+        else
+            low = t->low[node];
+        int32_t v = INF_VALUE - t->value_c[node];
+        while (low < threshold && low < v) {
+            int bit = get_bit(b, e);
+            if (bit < 0)
+                return -2;
+            if (bit) {
+                v = low;
+                t->value_c[node] = INF_VALUE - v;
+            } else {
+                low++;
+            }
+        }
+        t->low[node] = low;
+        if (v >= threshold)
+            return lev;
+    }
+    return -1;
+}
+
+/* The leaf's value read to the end (TagTree.value_of); -1 on error. */
+static int tree_value_of(Tree *t, Bits *b, int64_t leaf, int32_t limit, Error *e) {
+    int64_t x = leaf % t->w, y = leaf / t->w;
+    int32_t low = 0;
+    for (int lev = t->levels - 1; lev >= 0; lev--) {
+        int64_t node = t->off[lev] + (y >> lev) * t->lw[lev] + (x >> lev);
+        if (low < t->low[node])
+            low = t->low[node];
+        int32_t v = INF_VALUE - t->value_c[node];
+        while (low < v) {
+            int bit = get_bit(b, e);
+            if (bit < 0)
+                return -1;
+            if (bit) {
+                v = low;
+                t->value_c[node] = INF_VALUE - v;
+            } else {
+                low++;
+                if (low > limit)
+                    return fail(e, b->pos, "zero bit-plane tag tree does not terminate");
+            }
+        }
+        t->low[node] = low;
+    }
+    return 0;
+}
+
+/* --- precinct state (PrecinctState / BandState) ------------------------------------------ */
+typedef struct {
+    int32_t passes, segno, seg_passes, seg_max;
+    uint8_t lblock, included;
+} Block;
+
+typedef struct {
+    int64_t cw, count;
+    Tree incl, zbp;
+    Block *blocks;
+} Band;
+
+typedef struct {
+    Band bands[3];
+    int style;
+    size_t bytes;
+} Precinct;
+
+typedef struct {
+    int32_t max_zero_bitplanes, max_passes, max_lblock;
+    int64_t max_nodes;    /* per tag tree, beyond which the tile goes to Python */
+    int64_t max_bytes;    /* all live precinct state of a call, likewise */
+} Limits;
+
+static void free_precinct(Precinct *p) {
+    if (!p)
+        return;
+    for (int i = 0; i < 3; i++) {
+        free(p->bands[i].incl.value_c);
+        free(p->bands[i].incl.low);
+        free(p->bands[i].zbp.value_c);
+        free(p->bands[i].zbp.low);
+        free(p->bands[i].blocks);
+    }
+    free(p);
+}
+
+/* NULL with *too_big set when the grids exceed the limits, NULL alone when out of memory. */
+static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim,
+                               int64_t *live, int *too_big) {
+    Precinct *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->style = style;
+    for (int i = 0; i < 3; i++) {
+        Band *band = &p->bands[i];
+        int64_t cw = grid[2 * i], ch = grid[2 * i + 1];
+        band->cw = cw;
+        band->count = cw * ch;
+        if (band->count == 0)
+            continue;
+        int64_t a = tree_layout(&band->incl, cw, ch);
+        int64_t z = tree_layout(&band->zbp, cw, ch);
+        if (a < 0 || z < 0 || a > lim->max_nodes) {
+            *too_big = 1;
+            free_precinct(p);
+            return NULL;
+        }
+        size_t bytes = (size_t)a * 4 * sizeof(int32_t) + (size_t)band->count * sizeof(Block);
+        p->bytes += bytes;
+        if (*live + (int64_t)p->bytes > lim->max_bytes) {
+            *too_big = 1;
+            free_precinct(p);
+            return NULL;
+        }
+        band->incl.value_c = calloc((size_t)a, sizeof(int32_t));
+        band->incl.low = calloc((size_t)a, sizeof(int32_t));
+        band->zbp.value_c = calloc((size_t)a, sizeof(int32_t));
+        band->zbp.low = calloc((size_t)a, sizeof(int32_t));
+        band->blocks = calloc((size_t)band->count, sizeof(Block));
+        if (!band->incl.value_c || !band->incl.low || !band->zbp.value_c || !band->zbp.low ||
+            !band->blocks) {
+            free_precinct(p);
+            return NULL;
+        }
+    }
+    *live += (int64_t)p->bytes;
+    return p;
+}
+
+static int num_passes(Bits *b, Error *e) {
+    int bit = get_bit(b, e);
+    if (bit <= 0)
+        return bit < 0 ? -1 : 1;
+    bit = get_bit(b, e);
+    if (bit <= 0)
+        return bit < 0 ? -1 : 2;
+    int64_t v;
+    if (read_bits(b, 2, &v, e))
+        return -1;
+    if (v != 3)
+        return 3 + (int)v;
+    if (read_bits(b, 5, &v, e))
+        return -1;
+    if (v != 31)
+        return 6 + (int)v;
+    if (read_bits(b, 7, &v, e))
+        return -1;
+    return 37 + (int)v;
+}
+
+/* How many passes codeword segment `segno` may hold (packets.py _segment_max). */
+static int32_t segment_max(int style, int32_t segno, int32_t first_passes) {
+    if (style & CBLK_HT) {
+        if (segno == 0)
+            return first_passes;
+        return segno % 2 == 1 ? 2 : 1;
+    }
+    if (style & CBLK_TERMALL)
+        return 1;
+    if (style & CBLK_BYPASS) {
+        if (segno == 0)
+            return 10;
+        return segno % 2 == 1 ? 2 : 1;
+    }
+    return 1 << 30;
+}
+
+static int bit_length(int32_t n) {
+    int k = 0;
+    while (n > 0) {
+        k++;
+        n >>= 1;
+    }
+    return k;
+}
+
+static int64_t add_cap(int64_t a, int64_t b) {
+    return a >= BODY_CAP - b ? BODY_CAP : a + b;
+}
+
+static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limits *lim,
+                     int64_t *body, Error *e) {
+    int style = p->style;
+    int ht = (style & CBLK_HT) != 0;
+    int one_segment = !(style & (CBLK_HT | CBLK_TERMALL | CBLK_BYPASS));
+    int32_t threshold = layer + 1;
+    int64_t count = band->count, cw = band->cw, k = 0;
+    while (k < count) {
+        Block *s = &band->blocks[k];
+        int first;
+        if (s->included) {
+            int bit = get_bit(b, e);
+            if (bit < 0)
+                return -1;
+            if (!bit) {
+                k++;
+                continue;
+            }
+            first = 0;
+        } else {
+            int level = tree_decode(&band->incl, b, k, threshold, e);
+            if (level == -2)
+                return -1;
+            if (level >= 0) {
+                /* Not included, nor any code-block under that node: skip its span on this
+                 * row (no bits are read for them). */
+                if (level) {
+                    int64_t x = k % cw;
+                    int64_t end = ((x >> level) + 1) << level;
+                    k += (end < cw ? end : cw) - x;
+                } else {
+                    k++;
+                }
+                continue;
+            }
+            if (tree_value_of(&band->zbp, b, k, lim->max_zero_bitplanes, e))
+                return -1;
+            s->included = 1;
+            s->lblock = 3;
+            first = 1;
+        }
+        int n = num_passes(b, e);
+        if (n < 0)
+            return -1;
+        s->passes += n;
+        if (s->passes > lim->max_passes && !ht) {
+            char msg[120];
+            snprintf(msg, sizeof msg, "a code-block with %d coding passes (at most %d can exist)",
+                     (int)s->passes, (int)lim->max_passes);
+            return fail(e, b->pos, msg);
+        }
+        for (;;) { /* Lblock increment, a comma code */
+            int bit = get_bit(b, e);
+            if (bit < 0)
+                return -1;
+            if (!bit)
+                break;
+            s->lblock++;
+            if (s->lblock > lim->max_lblock)
+                return fail(e, b->pos, "Lblock grows without bound");
+        }
+        int64_t v;
+        if (one_segment) {
+            if (read_bits(b, s->lblock + bit_length(n) - 1, &v, e))
+                return -1;
+            *body = add_cap(*body, v);
+            k++;
+            continue;
+        }
+        if (first) {
+            s->seg_max = segment_max(style, 0, ht ? 1 + 3 * ((n - 1) / 3) : 0);
+        } else if (s->seg_passes >= s->seg_max) {
+            s->segno++;
+            s->seg_passes = 0;
+            s->seg_max = segment_max(style, s->segno, 0);
+        }
+        while (n > 0) {
+            int32_t room = s->seg_max - s->seg_passes;
+            int32_t take = room < n ? room : n;
+            if (read_bits(b, s->lblock + bit_length(take) - 1, &v, e))
+                return -1;
+            *body = add_cap(*body, v);
+            s->seg_passes += take;
+            n -= take;
+            if (n > 0) {
+                s->segno++;
+                s->seg_passes = 0;
+                s->seg_max = segment_max(style, s->segno, 0);
+            }
+        }
+        k++;
+    }
+    return 0;
+}
+
+/* PrecinctState.read_header for a non-empty first bit already known or not. */
+static int read_header(Precinct *p, Bits *b, int32_t layer, const Limits *lim, int64_t *body,
+                       Error *e) {
+    *body = 0;
+    int bit = get_bit(b, e);
+    if (bit <= 0)
+        return bit;  /* an empty packet, or an error */
+    for (int i = 0; i < 3; i++) {
+        if (p->bands[i].count && read_band(p, &p->bands[i], b, layer, lim, body, e))
+            return -1;
+    }
+    return 0;
+}
+
+static int after_eph(const uint8_t *buf, int64_t pos, int64_t end, long tile, int64_t *out,
+                     Error *e) {
+    if (pos + 2 > end || buf[pos] != 0xFF || buf[pos + 1] != 0x92) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "tile %ld: packet header not followed by EPH (COD announces "
+                 "EPH markers)", tile);
+        return fail(e, pos, msg);
+    }
+    *out = pos + 2;
+    return 0;
+}
+
+static int check_buffer(Py_buffer *v, Py_ssize_t itemsize, Py_ssize_t count, const char *name) {
+    if (v->len < itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, %zd needed", name, v->len,
+                     itemsize * count);
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(decode_tile_doc,
+"decode_tile(buf, parts, rows, layers, grids, styles, last_layer, sop, eph, tile, pause,\n"
+"            decoded, limits, offsets, lengths, header_lengths, sops)\n"
+"\n"
+"Decodes the packet headers of one tile (headers in its tile-parts' data), in the order of\n"
+"`rows` (precinct numbers 0..n-1) and `layers`, filling the output arrays; returns\n"
+"(count, pos, end, part_no, error) with error None or (position, message), or None when a\n"
+"precinct's grid is beyond `limits` (the caller decodes the tile in Python).");
+
+static PyObject *decode_tile(PyObject *self, PyObject *args) {
+    Py_buffer buf = {0}, parts = {0}, rows = {0}, layers = {0}, grids = {0}, styles = {0};
+    Py_buffer o_off = {0}, o_len = {0}, o_hlen = {0}, o_sop = {0};
+    int last_layer, use_sop, eph;
+    long tile;
+    PyObject *pause;
+    long long decoded;
+    int max_zbp, max_passes, max_lblock;
+    long long max_nodes, max_bytes;
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*ippl" "OL(iiiLL)w*w*w*w*", &buf, &parts, &rows,
+                          &layers, &grids, &styles, &last_layer, &use_sop, &eph, &tile, &pause,
+                          &decoded, &max_zbp, &max_passes, &max_lblock, &max_nodes, &max_bytes,
+                          &o_off, &o_len, &o_hlen, &o_sop))
+        return NULL;
+    PyObject *result = NULL;
+    Precinct **states = NULL;
+    Py_ssize_t npackets = rows.len / 8, nprec = styles.len, nparts = parts.len / 16;
+    const uint8_t *data = buf.buf;
+    const int64_t *part = parts.buf, *row = rows.buf;
+    const int32_t *layer_of = layers.buf, *grid = grids.buf;
+    const uint8_t *style_of = styles.buf;
+    int64_t *out_off = o_off.buf, *out_len = o_len.buf, *out_hlen = o_hlen.buf;
+    uint8_t *out_sop = o_sop.buf;
+    Limits lim = {max_zbp, max_passes, max_lblock, max_nodes, max_bytes};
+
+    if (check_buffer(&layers, 4, npackets, "layers") || check_buffer(&grids, 24, nprec, "grids")
+        || check_buffer(&o_off, 8, npackets, "offsets") || check_buffer(&o_len, 8, npackets,
+        "lengths") || check_buffer(&o_hlen, 8, npackets, "header_lengths")
+        || check_buffer(&o_sop, 1, npackets, "sops"))
+        goto done;
+    if (nparts < 1) {
+        PyErr_SetString(PyExc_ValueError, "parts: no tile-part");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nparts; i++) {
+        if (part[2 * i] < 0 || part[2 * i] > part[2 * i + 1] || part[2 * i + 1] > buf.len) {
+            PyErr_SetString(PyExc_ValueError, "parts: a tile-part outside the buffer");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < npackets; i++) {
+        if (row[i] < 0 || row[i] >= nprec || layer_of[i] < 0 || layer_of[i] >= (1 << 30)) {
+            PyErr_SetString(PyExc_ValueError, "rows/layers: out of range");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < 6 * nprec; i++) {
+        if (grid[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "grids: a negative size");
+            goto done;
+        }
+    }
+    states = calloc(nprec ? (size_t)nprec : 1, sizeof *states);
+    if (!states) {
+        PyErr_NoMemory();
+        goto done;
+    }
+
+    Error err = {{0}, 0, 0};
+    int too_big = 0, no_memory = 0;
+    int64_t live = 0;
+    Py_ssize_t part_no = 0, count = 0;
+    int64_t pos = part[0], end = part[1];
+    int has_pause = pause != Py_None;
+    /* The GIL is released while decoding, taken back to call `pause` (every 4096 packets, as
+     * the Python loop): other threads (the server's requests) run meanwhile. */
+    PyThreadState *ts = PyEval_SaveThread();
+    for (Py_ssize_t i = 0; i < npackets; i++) {
+        if (has_pause && !((decoded + count) & 4095)) {
+            PyEval_RestoreThread(ts);
+            PyObject *r = PyObject_CallNoArgs(pause);
+            if (!r)
+                goto done;
+            Py_DECREF(r);
+            ts = PyEval_SaveThread();
+        }
+        while (pos >= end && part_no + 1 < nparts) {
+            part_no++;
+            pos = part[2 * part_no];
+            end = part[2 * part_no + 1];
+        }
+        if (pos >= end)
+            break;  /* the tile's data ends here: later packets are absent */
+        uint8_t sop = 0;
+        if (use_sop && pos + 6 <= end && data[pos] == 0xFF && data[pos + 1] == 0x91) {
+            sop = 1;
+            pos += 6;
+        }
+        int64_t hend, body = 0;
+        if (pos < end && data[pos] < 0x80) {
+            /* An empty packet: one zero bit padded to the byte; no precinct state needed. */
+            hend = pos + 1;
+            if (eph && after_eph(data, pos + 1, end, tile, &hend, &err))
+                break;
+        } else {
+            Precinct *p = states[row[i]];
+            if (!p) {
+                p = states[row[i]] = make_precinct(grid + 6 * row[i], style_of[row[i]], &lim,
+                                                   &live, &too_big);
+                if (!p) {
+                    no_memory = !too_big;
+                    break;
+                }
+            }
+            Bits b = {data, pos, end, 0, 0, 0};
+            if (read_header(p, &b, layer_of[i], &lim, &body, &err) < 0)
+                break;
+            if (align_bits(&b, &err, &hend))
+                break;
+            if (eph && after_eph(data, hend, end, tile, &hend, &err))
+                break;
+            if (hend + body > end) {
+                char msg[80];
+                snprintf(msg, sizeof msg, "tile %ld: packet body runs past the tile-part", tile);
+                fail(&err, pos, msg);
+                break;
+            }
+        }
+        out_sop[count] = sop;
+        out_off[count] = pos;
+        out_hlen[count] = hend - pos;
+        out_len[count] = hend - pos + body;
+        count++;
+        pos = hend + body;
+        if (layer_of[i] == last_layer && states[row[i]]) {
+            live -= (int64_t)states[row[i]]->bytes;  /* the precinct's last packet */
+            free_precinct(states[row[i]]);
+            states[row[i]] = NULL;
+        }
+    }
+    PyEval_RestoreThread(ts);
+    if (no_memory) {
+        PyErr_NoMemory();
+    } else if (too_big) {
+        result = Py_NewRef(Py_None);
+    } else if (err.set) {
+        /* A packet that fails is counted, as in Python (whose count is then discarded). */
+        result = Py_BuildValue("(nLLn(Ls))", count, (long long)pos, (long long)end, part_no,
+                               (long long)err.pos, err.msg);
+    } else {
+        result = Py_BuildValue("(nLLnO)", count, (long long)pos, (long long)end, part_no,
+                               Py_None);
+    }
+
+done:
+    if (states) {
+        for (Py_ssize_t i = 0; i < nprec; i++)
+            free_precinct(states[i]);
+        free(states);
+    }
+    PyBuffer_Release(&buf);
+    PyBuffer_Release(&parts);
+    PyBuffer_Release(&rows);
+    PyBuffer_Release(&layers);
+    PyBuffer_Release(&grids);
+    PyBuffer_Release(&styles);
+    PyBuffer_Release(&o_off);
+    PyBuffer_Release(&o_len);
+    PyBuffer_Release(&o_hlen);
+    PyBuffer_Release(&o_sop);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"decode_tile", decode_tile, METH_VARARGS, decode_tile_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "codestream._headers",
+    "Packet-header decoding in C (the reference is codestream/packets.py).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__headers(void) {
+    return PyModule_Create(&module);
+}

@@ -108,6 +108,8 @@ def test_serving_is_logged_once_listening(image_root: Path, tmp_path: Path) -> N
     with running_server(image_root, index_cache=tmp_path / "ix") as server:
         log = server.log.read_text()
     assert f"serving {image_root} on http://127.0.0.1:{server.port} (JPIP at /jpip" in log, log
+    # Once, at start: which packet-header decoder indexes (codestream/native.py).
+    assert log.count("packet headers are decoded by the C extension codestream._headers") == 1, log
 
 
 def test_version() -> None:

@@ -1,0 +1,136 @@
+"""The C packet-header decoder (codestream/_headers.c) against the Python reference
+(codestream/packets.py): the same located packets on every corpus file, whole and by lowest
+resolutions, and the same errors (positions and messages) on cut and bit-flipped copies.
+
+PLT is ignored (use_plt=False) so that every packet header is decoded. JPIP_PURE_PYTHON=1
+forces the reference; the rest of the suite runs with the C decoder when it is built."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from codestream import native
+from codestream.boxes import read_layout
+from codestream.errors import CodestreamError
+from codestream.index import CodestreamIndex, index_codestream
+from codestream.parse import parse_codestream
+from tests.conftest import corpus_files
+from tests.data.corrupt import flip, flip_regions, sample, seed_of
+
+FILES = corpus_files()
+HEAVY = 200_000  # bytes: larger files get fewer damaged copies (the Python side is slow)
+
+
+def _index(data: bytes, pure: bool, monkeypatch, **kw) -> list[CodestreamIndex] | CodestreamError:
+    with monkeypatch.context() as m:
+        if pure:
+            m.setenv(native.PURE_PYTHON_ENV, "1")
+        else:
+            m.delenv(native.PURE_PYTHON_ENV, raising=False)
+        try:
+            return [index_codestream(data, off, ln, use_plt=False, **kw)
+                    for off, ln in read_layout(data).codestreams]
+        except CodestreamError as e:
+            return e
+
+
+def _same(c, py, what: str) -> None:
+    if isinstance(py, CodestreamError) or isinstance(c, CodestreamError):
+        assert type(c) is type(py), f"{what}: C gave {c!r}, Python {py!r}"
+        assert (c.offset, c.reason) == (py.offset, py.reason), what
+        return
+    assert len(c) == len(py)
+    for a, b in zip(c, py, strict=True):
+        for table in ("packets", "precincts"):
+            ta, tb = getattr(a, table), getattr(b, table)
+            assert ta.keys() == tb.keys()
+            for k in ta:
+                assert np.array_equal(ta[k], tb[k]), f"{what}: {table}[{k}] differs"
+        assert (a.padding_bytes, a.source, a.resolutions_indexed) == \
+            (b.padding_bytes, b.source, b.resolutions_indexed), what
+
+
+def _compare(data: bytes, what: str, monkeypatch, **kw) -> None:
+    _same(_index(data, False, monkeypatch, **kw), _index(data, True, monkeypatch, **kw), what)
+
+
+def test_the_c_decoder_is_built() -> None:
+    # `make setup` installs a compiler and Python's headers (scripts/system-deps.sh), so the
+    # optional build must have succeeded: a failed one would pass every test below unseen.
+    assert native._headers is not None, native.decoder_description()
+
+
+def test_the_environment_forces_python(monkeypatch) -> None:
+    monkeypatch.setenv(native.PURE_PYTHON_ENV, "1")
+    assert native.native_decoder() is None
+    assert native.decoder_description().startswith("pure Python")
+    monkeypatch.setenv(native.PURE_PYTHON_ENV, "0")
+    assert native.native_decoder() is native._headers
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_whole_files_locate_the_same_packets(path, monkeypatch) -> None:
+    data = path.read_bytes()
+    _compare(data, path.name, monkeypatch)
+    _compare(data, f"{path.name}, lowest resolution", monkeypatch, resolutions=1)
+
+
+def _tile_data(data: bytes) -> list[int]:
+    """Positions of the bytes in tile-part data (packet headers and bodies)."""
+    out: list[int] = []
+    for off, ln in read_layout(data).codestreams:
+        for part in parse_codestream(data, off, ln).tile_parts:
+            out += range(part.header_end, part.data_end)
+    return out
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_damaged_files_give_the_same_errors(path, monkeypatch) -> None:
+    data = path.read_bytes()
+    seed = seed_of(path.name)
+    rng = random.Random(seed)
+    light = len(data) < HEAVY
+    inside = _tile_data(data)
+    if not inside:
+        return
+    # Cuts in the tile data (a cut tile loses its last packets), flips in packet headers (the
+    # decoder's hostile input) and anywhere in the tile data.
+    for cut in sample(inside, 6 if light else 2, seed=seed):
+        _compare(data[:cut], f"{path.name} cut at {cut}", monkeypatch)
+    headers = flip_regions(data)[0]["packet_header"]
+    for pos in sample(headers, 12 if light else 3, seed=seed ^ 1):
+        bit = rng.randrange(8)
+        _compare(flip(data, pos, bit), f"{path.name} bit {bit} at {pos}", monkeypatch)
+    for pos in sample(inside, 4 if light else 1, seed=seed ^ 2):
+        _compare(flip(data, pos, 7), f"{path.name} bit 7 at {pos}", monkeypatch)
+
+
+SMALL = [p for p in FILES if p.stat().st_size < 20_000]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.integers(0, len(SMALL) - 1), edits=st.lists(
+    st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=6))
+def test_hostile_tile_data_gives_the_same_result(which, edits, monkeypatch) -> None:
+    path = SMALL[which]
+    data = bytearray(path.read_bytes())
+    inside = _tile_data(bytes(data))
+    for where, value in edits:
+        data[inside[int(where * len(inside))]] = value
+    _compare(bytes(data), f"{path.name} edited {edits}", monkeypatch)
+
+
+def test_a_precinct_too_large_for_the_c_arrays_is_decoded_in_python(monkeypatch) -> None:
+    from codestream import index as index_module
+
+    path = max(FILES, key=lambda p: p.stat().st_size if p.suffix == ".j2k" else 0)
+    data = path.read_bytes()
+    expected = _index(data, True, monkeypatch)
+    monkeypatch.setattr(index_module, "NATIVE_MAX_NODES", 2)
+    _same(_index(data, False, monkeypatch), expected, path.name)
+

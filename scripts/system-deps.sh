@@ -10,7 +10,9 @@
 # reference server (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
 # chromium: the browser the viewer's tests drive; redis-server: the shared session store the
 # scale-out tests (several server processes) and `python -m bench scaleout` start; openssl:
-# the certificates of the rediss:// (TLS) test.
+# the certificates of the rediss:// (TLS) test; gcc, libc6-dev and python3-dev (the latter
+# only when the Python in use has no headers): build the C packet-header decoder
+# codestream._headers at install (optional: without them the pure-Python decoder is used).
 #   --test   also what the tests need
 #   --print  print the missing packages, one a line, and install nothing
 set -euo pipefail
@@ -23,7 +25,7 @@ for arg in "$@"; do
     *) echo "usage: $0 [--test] [--print]" >&2; exit 2 ;;
   esac
 done
-packages=(libopenjp2-7 libopenjp2-tools openjph-tools)
+packages=(libopenjp2-7 libopenjp2-tools openjph-tools gcc libc6-dev)
 if [ "$test_deps" = 1 ]; then
   packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium redis-server
              openssl)
@@ -37,6 +39,12 @@ done
 # Debian ships ensurepip (which `-m venv` runs) in python3-venv.
 if ! "${PYTHON:-python3}" -c "import ensurepip, venv" >/dev/null 2>&1; then
   missing+=(python3-venv)
+fi
+# Python.h of the Python that makes the venv (a Debian python3 needs python3-dev; pyenv's and
+# python.org's builds bring their own).
+if ! "${PYTHON:-python3}" -c "import os, sysconfig, sys; sys.exit(not os.path.isfile(
+    os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" >/dev/null 2>&1; then
+  missing+=(python3-dev)
 fi
 if [ "$print_only" = 1 ]; then
   [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"

@@ -98,6 +98,7 @@ class _Banner:
             return
         log.info("serving %s on %s (JPIP at %s, loop: %s)", self.config.root.resolve(), urls,
                  self.config.jpip_path, self.loop_name)
+        log.info("packet headers are decoded by the %s", decoder_description())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("the image root %s is empty: mount or copy the images there",
                         config.root.resolve())
     sock = inherited_socket()  # set when this process is a worker of a supervisor
-    if sock is None:  # once, not per worker
-        log.info("packet headers are decoded by the %s", decoder_description())
     if sock is None and config.workers > 1:
         try:  # the key files are read here too: a bad one stops the start, not each worker
             create_guard(config)
@@ -177,6 +176,7 @@ def _supervise(config: ServerConfig, argv: list[str]) -> int:
     log.info("%d workers serving %s on http://%s (JPIP at %s, sessions in %s)", config.workers,
              config.root.resolve(), _where(host, port), config.jpip_path,
              redact_url(config.session_store))
+    log.info("packet headers are decoded by the %s", decoder_description())
     status = Supervisor(config.workers, argv, sock,
                         shutdown_grace=config.shutdown_grace).run()
     log.info("stopped")

@@ -94,6 +94,31 @@ def precincts_of_rows(rows: ResolutionRows, subsampling: list[tuple[int, int]],
                          rows.t[grp])
 
 
+LAYER = None  # in a sort key list of packet_sequence: the packet's layer
+
+
+def _lexsort_packets(keys: tuple, p: np.ndarray, layer: np.ndarray, layers: int) -> np.ndarray:
+    """np.lexsort of the packets (precinct p[k], layer[k]) by `keys` (least significant
+    first, as np.lexsort): precinct fields, and LAYER for the layer. The keys are packed into
+    one int64 per packet (dense ranks of each precinct field, worked out per precinct) and
+    sorted once, stably, which is several times faster than lexsort over millions of packets;
+    lexsort itself when the ranks do not fit in 63 bits."""
+    packed = np.zeros(int(p.max()) + 1, np.int64)  # per precinct (p is never empty here)
+    scale = 1  # the weight of the next (more significant) key
+    layer_scale = 0
+    for key in keys:
+        if key is LAYER:
+            width, layer_scale = layers, scale
+        else:
+            values, rank = np.unique(key[:len(packed)], return_inverse=True)
+            width = len(values)
+            packed += rank.astype(np.int64) * scale
+        scale *= max(width, 1)
+        if scale >= 1 << 62:
+            return np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
+    return np.argsort(packed[p] + layer.astype(np.int64) * layer_scale, kind="stable")
+
+
 def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
                     pocs: list[PocEntry]) -> tuple[np.ndarray, np.ndarray]:
     """(precinct row, layer) of every packet of the tile (of the tiles, tile after tile), in
@@ -113,22 +138,22 @@ def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         layer = np.repeat(done[sel], counts) + (np.arange(len(p)) - starts)
         done[sel] = lye
-        c, r, i = prec.comp[p], prec.res[p], prec.index[p]
-        y, x = prec.trig_y[p], prec.trig_x[p]
+        c, r, i = prec.comp, prec.res, prec.index  # per precinct; LAYER: the packet's layer
+        y, x = prec.trig_y, prec.trig_x
         order = step.progression
         if order == 0:    # LRCP
-            keys = (i, c, r, layer)
+            keys = (i, c, r, LAYER)
         elif order == 1:  # RLCP
-            keys = (i, c, layer, r)
+            keys = (i, c, LAYER, r)
         elif order == 2:  # RPCL
-            keys = (layer, c, x, y, r)
+            keys = (LAYER, c, x, y, r)
         elif order == 3:  # PCRL
-            keys = (layer, r, c, x, y)
+            keys = (LAYER, r, c, x, y)
         else:             # CPRL
-            keys = (layer, r, x, y, c)
+            keys = (LAYER, r, x, y, c)
         if prec.tile is not None:
-            keys = (*keys, prec.tile[p])  # tile after tile
-        perm = np.lexsort(keys)
+            keys = (*keys, prec.tile)  # tile after tile
+        perm = _lexsort_packets(keys, p, layer, lye)
         out_p.append(p[perm])
         out_l.append(layer[perm])
     if not out_p:

@@ -71,3 +71,38 @@ def test_many_tiles_at_once_equal_each_tile_alone(image) -> None:
     assert k == len(rows)
     assert np.array_equal(seq, np.concatenate(expected_p))
     assert np.array_equal(seq_l, np.concatenate(expected_l))
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.data())
+def test_packed_packet_sort_is_lexsort(data) -> None:
+    """progression._lexsort_packets (one int64 key per packet) orders as np.lexsort does,
+    ties included."""
+    from codestream.progression import LAYER, _lexsort_packets
+
+    n = data.draw(st.integers(1, 40))
+    layers = data.draw(st.integers(1, 5))
+    big = data.draw(st.booleans())
+    field = st.lists(st.integers(0, 1 << 40 if big else 6), min_size=n, max_size=n)
+    fields = [np.asarray(data.draw(field), np.int64) for _ in range(data.draw(st.integers(1, 5)))]
+    keys = list(fields)
+    keys.insert(data.draw(st.integers(0, len(keys))), LAYER)
+    p = np.repeat(np.arange(n), layers)
+    layer = np.tile(np.arange(layers), n)
+    keep = np.asarray(data.draw(st.lists(st.booleans(), min_size=len(p), max_size=len(p))))
+    if not keep.any():
+        keep[0] = True
+    p, layer = p[keep], layer[keep]
+    expected = np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
+    assert np.array_equal(_lexsort_packets(tuple(keys), p, layer, layers), expected)
+
+
+def test_packed_packet_sort_falls_back_past_63_bits() -> None:
+    from codestream.progression import LAYER, _lexsort_packets
+
+    rng = np.random.default_rng(5)
+    n = 70_000  # four fields of ~70,000 distinct values each: 64 bits of ranks
+    keys = tuple(rng.integers(0, 1 << 40, n) for _ in range(4)) + (LAYER,)
+    p, layer = np.arange(n), np.zeros(n, np.int64)
+    expected = np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
+    assert np.array_equal(_lexsort_packets(keys, p, layer, 1), expected)

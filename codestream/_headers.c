@@ -1,6 +1,7 @@
 /* Packet-header decoding of one tile's packets in one call: a C port of the reference,
  * codestream/packets.py (BitReader, TagTree, PrecinctState.read_header) driven as in
- * codestream/index.py (_Builder._decode_headers, headers in the tile-part data).
+ * codestream/index.py (_Builder._decode_in_python: headers in the tile-part data, or packed
+ * in PPM/PPT marker segments with the bodies in the tile-part data).
  *
  * Why C: a file without PLT must have every packet header decoded to be indexed (2.1M packets
  * for a 16384² RGB image in 64² precincts), and the Python loop costs ~10 µs a packet. This
@@ -273,6 +274,15 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
     return p;
 }
 
+/* A precinct's state, made on its first non-empty packet (NULL as make_precinct). */
+static Precinct *state_of(Precinct **states, int64_t r, const int32_t *grid,
+                          const uint8_t *style_of, const Limits *lim, int64_t *live,
+                          int *too_big) {
+    if (!states[r])
+        states[r] = make_precinct(grid + 6 * r, style_of[r], lim, live, too_big);
+    return states[r];
+}
+
 static int num_passes(Bits *b, Error *e) {
     int bit = get_bit(b, e);
     if (bit <= 0)
@@ -455,42 +465,58 @@ static int check_buffer(Py_buffer *v, Py_ssize_t itemsize, Py_ssize_t count, con
 }
 
 PyDoc_STRVAR(decode_tile_doc,
-"decode_tile(buf, parts, rows, layers, grids, styles, last_layer, sop, eph, tile, pause,\n"
-"            decoded, limits, offsets, lengths, header_lengths, sops)\n"
+"decode_tile(buf, parts, packed, rows, layers, grids, styles, last_layer, sop, eph, tile,\n"
+"            pause, decoded, limits, offsets, lengths, header_lengths, packed_offsets, sops)\n"
 "\n"
-"Decodes the packet headers of one tile (headers in its tile-parts' data), in the order of\n"
-"`rows` (precinct numbers 0..n-1) and `layers`, filling the output arrays; returns\n"
-"(count, pos, end, part_no, error) with error None or (position, message), or None when a\n"
-"precinct's grid is beyond `limits` (the caller decodes the tile in Python).");
+"Decodes the packet headers of one tile, in the order of `rows` (precinct numbers 0..n-1)\n"
+"and `layers`: from its tile-parts' data (`parts`: header_end, data_end, sot_offset each), or\n"
+"from `packed` (its PPM/PPT headers; None: not packed); fills the output arrays (the\n"
+"packed offsets are positions in `packed`, -1 when not packed); returns (count, pos, end,\n"
+"part_no, error) with error None or (position, message), or None when a precinct's grid is\n"
+"beyond `limits` (the caller decodes the tile in Python).");
 
 static PyObject *decode_tile(PyObject *self, PyObject *args) {
     Py_buffer buf = {0}, parts = {0}, rows = {0}, layers = {0}, grids = {0}, styles = {0};
-    Py_buffer o_off = {0}, o_len = {0}, o_hlen = {0}, o_sop = {0};
+    Py_buffer o_off = {0}, o_len = {0}, o_hlen = {0}, o_poff = {0}, o_sop = {0};
+    Py_buffer packed = {0};
+    PyObject *packed_obj;
     int last_layer, use_sop, eph;
     long tile;
     PyObject *pause;
     long long decoded;
     int max_zbp, max_passes, max_lblock;
     long long max_nodes, max_bytes;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*ippl" "OL(iiiLL)w*w*w*w*", &buf, &parts, &rows,
-                          &layers, &grids, &styles, &last_layer, &use_sop, &eph, &tile, &pause,
-                          &decoded, &max_zbp, &max_passes, &max_lblock, &max_nodes, &max_bytes,
-                          &o_off, &o_len, &o_hlen, &o_sop))
+    if (!PyArg_ParseTuple(args, "y*y*Oy*y*y*y*ippl" "OL(iiiLL)w*w*w*w*w*", &buf, &parts,
+                          &packed_obj, &rows, &layers, &grids, &styles, &last_layer, &use_sop,
+                          &eph, &tile, &pause, &decoded, &max_zbp, &max_passes, &max_lblock,
+                          &max_nodes, &max_bytes, &o_off, &o_len, &o_hlen, &o_poff, &o_sop))
         return NULL;
+    int is_packed = packed_obj != Py_None;
+    if (is_packed && PyObject_GetBuffer(packed_obj, &packed, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&buf); PyBuffer_Release(&parts); PyBuffer_Release(&rows);
+        PyBuffer_Release(&layers); PyBuffer_Release(&grids); PyBuffer_Release(&styles);
+        PyBuffer_Release(&o_off); PyBuffer_Release(&o_len); PyBuffer_Release(&o_hlen);
+        PyBuffer_Release(&o_poff); PyBuffer_Release(&o_sop);
+        return NULL;
+    }
     PyObject *result = NULL;
     Precinct **states = NULL;
-    Py_ssize_t npackets = rows.len / 8, nprec = styles.len, nparts = parts.len / 16;
+    Py_ssize_t npackets = rows.len / 8, nprec = styles.len, nparts = parts.len / 24;
     const uint8_t *data = buf.buf;
     const int64_t *part = parts.buf, *row = rows.buf;
     const int32_t *layer_of = layers.buf, *grid = grids.buf;
     const uint8_t *style_of = styles.buf;
     int64_t *out_off = o_off.buf, *out_len = o_len.buf, *out_hlen = o_hlen.buf;
+    int64_t *out_poff = o_poff.buf;
+    const uint8_t *pk = packed.buf;
+    int64_t pk_len = is_packed ? packed.len : 0, hpos = 0;
     uint8_t *out_sop = o_sop.buf;
     Limits lim = {max_zbp, max_passes, max_lblock, max_nodes, max_bytes};
 
     if (check_buffer(&layers, 4, npackets, "layers") || check_buffer(&grids, 24, nprec, "grids")
         || check_buffer(&o_off, 8, npackets, "offsets") || check_buffer(&o_len, 8, npackets,
         "lengths") || check_buffer(&o_hlen, 8, npackets, "header_lengths")
+        || check_buffer(&o_poff, 8, npackets, "packed_offsets")
         || check_buffer(&o_sop, 1, npackets, "sops"))
         goto done;
     if (nparts < 1) {
@@ -498,7 +524,7 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
         goto done;
     }
     for (Py_ssize_t i = 0; i < nparts; i++) {
-        if (part[2 * i] < 0 || part[2 * i] > part[2 * i + 1] || part[2 * i + 1] > buf.len) {
+        if (part[3 * i] < 0 || part[3 * i] > part[3 * i + 1] || part[3 * i + 1] > buf.len) {
             PyErr_SetString(PyExc_ValueError, "parts: a tile-part outside the buffer");
             goto done;
         }
@@ -541,31 +567,59 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
         }
         while (pos >= end && part_no + 1 < nparts) {
             part_no++;
-            pos = part[2 * part_no];
-            end = part[2 * part_no + 1];
+            pos = part[3 * part_no];
+            end = part[3 * part_no + 1];
         }
-        if (pos >= end)
+        if (pos >= end && !is_packed)
             break;  /* the tile's data ends here: later packets are absent */
+        if (is_packed && hpos >= pk_len)
+            break;
         uint8_t sop = 0;
         if (use_sop && pos + 6 <= end && data[pos] == 0xFF && data[pos + 1] == 0x91) {
             sop = 1;
             pos += 6;
         }
         int64_t hend, body = 0;
-        if (pos < end && data[pos] < 0x80) {
+        if (is_packed) {
+            /* The header from the packed stream, the body from the tile-part. */
+            Precinct *p = state_of(states, row[i], grid, style_of, &lim, &live, &too_big);
+            if (!p) {
+                no_memory = !too_big;
+                break;
+            }
+            Bits b = {pk, hpos, pk_len, 0, 0, 0};
+            if (read_header(p, &b, layer_of[i], &lim, &body, &err) < 0)
+                break;
+            if (align_bits(&b, &err, &hend))
+                break;
+            if (eph && after_eph(pk, hend, pk_len, tile, &hend, &err)) {
+                err.pos = part[3 * part_no + 2];  /* named by its tile-part's SOT */
+                break;
+            }
+            if (pos + body > end) {
+                char msg[80];
+                snprintf(msg, sizeof msg, "tile %ld: packet body runs past the tile-part", tile);
+                fail(&err, pos, msg);
+                break;
+            }
+            out_sop[count] = sop;
+            out_off[count] = pos;
+            out_len[count] = body;
+            out_hlen[count] = hend - hpos;
+            out_poff[count] = hpos;
+            count++;
+            hpos = hend;
+            pos += body;
+        } else if (pos < end && data[pos] < 0x80) {
             /* An empty packet: one zero bit padded to the byte; no precinct state needed. */
             hend = pos + 1;
             if (eph && after_eph(data, pos + 1, end, tile, &hend, &err))
                 break;
         } else {
-            Precinct *p = states[row[i]];
+            Precinct *p = state_of(states, row[i], grid, style_of, &lim, &live, &too_big);
             if (!p) {
-                p = states[row[i]] = make_precinct(grid + 6 * row[i], style_of[row[i]], &lim,
-                                                   &live, &too_big);
-                if (!p) {
-                    no_memory = !too_big;
-                    break;
-                }
+                no_memory = !too_big;
+                break;
             }
             Bits b = {data, pos, end, 0, 0, 0};
             if (read_header(p, &b, layer_of[i], &lim, &body, &err) < 0)
@@ -581,12 +635,15 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
                 break;
             }
         }
-        out_sop[count] = sop;
-        out_off[count] = pos;
-        out_hlen[count] = hend - pos;
-        out_len[count] = hend - pos + body;
-        count++;
-        pos = hend + body;
+        if (!is_packed) {
+            out_sop[count] = sop;
+            out_off[count] = pos;
+            out_hlen[count] = hend - pos;
+            out_len[count] = hend - pos + body;
+            out_poff[count] = -1;
+            count++;
+            pos = hend + body;
+        }
         if (layer_of[i] == last_layer && states[row[i]]) {
             live -= (int64_t)states[row[i]]->bytes;  /* the precinct's last packet */
             free_precinct(states[row[i]]);
@@ -622,7 +679,10 @@ done:
     PyBuffer_Release(&o_off);
     PyBuffer_Release(&o_len);
     PyBuffer_Release(&o_hlen);
+    PyBuffer_Release(&o_poff);
     PyBuffer_Release(&o_sop);
+    if (is_packed)
+        PyBuffer_Release(&packed);
     return result;
 }
 

@@ -552,14 +552,18 @@ class _Builder:
             packed_stream = b"".join(bytes(buf[s.body_offset + 1:s.end]) for _, s in order)
         elif self.ppm:
             packed_stream = b"".join(self.ppm[p.sot_offset] for p in th.parts)
+        packed_base = len(self.packed)
+        if packed_stream is not None:
+            self.packed += packed_stream
         local, grids, cb_style = self._precinct_grids(t, seq_p, styles)
-        native = native_decoder() if packed_stream is None else None
+        native = native_decoder()
         done = None
         if native is not None:
-            done = self._decode_in_c(native, t, th, cod, local, seq_l, grids, cb_style)
+            done = self._decode_in_c(native, t, th, cod, local, seq_l, grids, cb_style,
+                                     packed_stream, packed_base)
         if done is None:
             done = self._decode_in_python(t, th, cod, local, seq_l, grids, cb_style,
-                                          packed_stream)
+                                          packed_stream, packed_base)
         count, pos, end, part_no = done
         self.decoded += count
         parts = th.parts
@@ -573,20 +577,23 @@ class _Builder:
         return count
 
     def _decode_in_c(self, native, t: int, th: TileHeaders, cod: Cod, local: np.ndarray,
-                     seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray
+                     seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray,
+                     packed_stream: bytes | None, packed_base: int
                      ) -> tuple[int, int, int, int] | None:
-        """_decode_in_python's work (headers in the tile-parts) by codestream._headers in one
-        call: (count, pos, end, part_no), or None when a precinct's code-block grid is too
-        large for the C decoder's plain arrays (then Python decodes the tile)."""
+        """_decode_in_python's work by codestream._headers in one call: (count, pos, end,
+        part_no), or None when a precinct's code-block grid is too large for the C decoder's
+        plain arrays (then Python decodes the tile)."""
         n = len(local)
-        offsets, lengths, hlens = (np.empty(n, np.int64) for _ in range(3))
+        offsets, lengths, hlens, poffs = (np.empty(n, np.int64) for _ in range(4))
         sops = np.empty(n, np.uint8)
-        parts = np.asarray([(p.header_end, p.data_end) for p in th.parts], np.int64)
+        parts = np.asarray([(p.header_end, p.data_end, p.sot_offset) for p in th.parts],
+                           np.int64)
         limits = (MAX_ZERO_BITPLANES, MAX_PASSES, MAX_LBLOCK, NATIVE_MAX_NODES, NATIVE_MAX_BYTES)
-        out = native.decode_tile(self.buf, parts, np.ascontiguousarray(local, np.int64),
+        out = native.decode_tile(self.buf, parts, packed_stream,
+                                 np.ascontiguousarray(local, np.int64),
                                  np.ascontiguousarray(seq_l, np.int32), grids, cb_style,
                                  cod.layers - 1, bool(cod.sop), bool(cod.eph), t, self.pause,
-                                 self.decoded, limits, offsets, lengths, hlens, sops)
+                                 self.decoded, limits, offsets, lengths, hlens, poffs, sops)
         if out is None:
             return None
         count, pos, end, part_no, error = out
@@ -596,21 +603,23 @@ class _Builder:
         loc["offset"].frombytes(offsets[:count].tobytes())
         loc["length"].frombytes(lengths[:count].tobytes())
         loc["header_length"].frombytes(hlens[:count].tobytes())
-        loc["packed_offset"].frombytes(np.full(count, -1, np.int64).tobytes())
-        loc["packed_length"].frombytes(np.zeros(count, np.int64).tobytes())
+        if packed_stream is None:
+            loc["packed_offset"].frombytes(poffs[:count].tobytes())  # -1: not packed
+            loc["packed_length"].frombytes(np.zeros(count, np.int64).tobytes())
+        else:  # positions in this tile's packed headers, appended at packed_base
+            loc["packed_offset"].frombytes((poffs[:count] + packed_base).tobytes())
+            loc["packed_length"].frombytes(hlens[:count].tobytes())
         self.located_sop.frombytes(sops[:count].tobytes())
         return count, pos, end, part_no
 
     def _decode_in_python(self, t: int, th: TileHeaders, cod: Cod, local: np.ndarray,
                           seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray,
-                          packed_stream: bytes | None) -> tuple[int, int, int, int]:
+                          packed_stream: bytes | None, packed_base: int
+                          ) -> tuple[int, int, int, int]:
         """The reference decoder (packets.py), packet by packet: headers in the tile-parts or
         in `packed_stream` (PPM/PPT). Returns (count, pos, end, part_no): how many packets
         were located and where the tile's data was left."""
         buf = self.buf
-        packed_base = len(self.packed)
-        if packed_stream is not None:
-            self.packed += packed_stream
         hpos = 0
         states: dict[int, PrecinctState] = {}  # precincts with packets still to come
         band_grids = grids.tolist()

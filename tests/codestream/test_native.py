@@ -1,6 +1,7 @@
 """The C packet-header decoder (codestream/_headers.c) against the Python reference
 (codestream/packets.py): the same located packets on every corpus file, whole and by lowest
-resolutions, and the same errors (positions and messages) on cut and bit-flipped copies.
+resolutions, and the same errors (positions and messages) on cut and bit-flipped copies, with
+headers in the tile data and packed in PPM/PPT.
 
 PLT is ignored (use_plt=False) so that every packet header is decoded. JPIP_PURE_PYTHON=1
 forces the reference; the rest of the suite runs with the C decoder when it is built."""
@@ -107,6 +108,34 @@ def test_damaged_files_give_the_same_errors(path, monkeypatch) -> None:
         _compare(flip(data, pos, bit), f"{path.name} bit {bit} at {pos}", monkeypatch)
     for pos in sample(inside, 4 if light else 1, seed=seed ^ 2):
         _compare(flip(data, pos, 7), f"{path.name} bit 7 at {pos}", monkeypatch)
+
+
+def _packed_headers(data: bytes) -> list[int]:
+    """Positions of the bytes of PPM and PPT marker segment bodies (packed packet headers)."""
+    out: list[int] = []
+    for off, ln in read_layout(data).codestreams:
+        cs = parse_codestream(data, off, ln)
+        segs = [seg for _, seg in cs.ppm]
+        segs += [seg for th in cs.tiles.values() for _, seg in th.ppt]
+        for seg in segs:
+            out += range(seg.body_offset + 1, seg.end)
+    return out
+
+
+PACKED = [p for p in FILES if _packed_headers(p.read_bytes())]
+
+
+def test_the_corpus_has_packed_headers() -> None:
+    assert PACKED  # else the next test checks nothing
+
+
+@pytest.mark.parametrize("path", PACKED, ids=lambda p: p.name)
+def test_damaged_packed_headers_give_the_same_errors(path, monkeypatch) -> None:
+    data = path.read_bytes()
+    rng = random.Random(seed_of(path.name))
+    for pos in sample(_packed_headers(data), 10, seed=seed_of(path.name)):
+        bit = rng.randrange(8)
+        _compare(flip(data, pos, bit), f"{path.name} bit {bit} at {pos}", monkeypatch)
 
 
 SMALL = [p for p in FILES if p.stat().st_size < 20_000]

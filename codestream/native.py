@@ -1,9 +1,10 @@
 """Which packet-header decoder indexing uses.
 
 The C extension `codestream._headers` (built from codestream/_headers.c at install, optionally:
-an install without a compiler still works) decodes a tile's packet headers in one call, about
-50 times faster than the reference in packets.py, with the same results and errors. Without it,
-or with JPIP_PURE_PYTHON=1 in the environment (the tests run both), the Python code is used.
+an install without a compiler still works) decodes a tile's packet headers in one call, with
+the same results and errors as the reference in packets.py: a 16384² RGB file without PLT
+(2.1M packets) is indexed in about 1 s instead of 20 s. Without it, or with
+JPIP_PURE_PYTHON=1 in the environment (the tests run both), the Python code is used.
 """
 from __future__ import annotations
 

@@ -163,3 +163,34 @@ def test_a_precinct_too_large_for_the_c_arrays_is_decoded_in_python(monkeypatch)
     monkeypatch.setattr(index_module, "NATIVE_MAX_NODES", 2)
     _same(_index(data, False, monkeypatch), expected, path.name)
 
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_code_block_grids_at_once_match_one_precinct_at_a_time(path, monkeypatch) -> None:
+    """geometry.precinct_band_grid_rows (what both decoders use) against the scalar
+    precinct_band_grids, for every precinct of every tile the packet sequence visits."""
+    from codestream import index as index_module
+    from codestream.geometry import precinct_band_grids, resolution_grids
+
+    seen: list[tuple] = []
+    original = index_module._Builder._precinct_grids
+
+    def spy(self, t, seq_p, styles):
+        local, grids, cb_style = original(self, t, seq_p, styles)
+        seen.append((self, t, seq_p, styles, local, grids))
+        return local, grids, cb_style
+
+    monkeypatch.setattr(index_module._Builder, "_precinct_grids", spy)
+    data = path.read_bytes()
+    _index(data, False, monkeypatch)
+    assert seen
+    for builder, t, seq_p, styles, local, grids in seen[:64]:
+        per_comp = {}
+        for row, k in zip(seq_p.tolist()[:4096], local.tolist()[:4096], strict=True):
+            c, r, p = (int(builder.prec_c[row]), int(builder.prec_r[row]),
+                       int(builder.prec_p[row]))
+            if c not in per_comp:
+                per_comp[c] = resolution_grids(builder.siz, t, c, styles[c])
+            expected = precinct_band_grids(builder.siz, t, c, styles[c], per_comp[c][r], p)
+            expected += [(0, 0)] * (3 - len(expected))
+            assert grids[k].tolist() == [list(b) for b in expected], (path.name, t, row)

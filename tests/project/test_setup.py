@@ -43,6 +43,22 @@ def test_system_deps_installs_python3_venv_when_venv_cannot_work(tmp_path: Path)
     assert "python3-venv" not in missing
 
 
+def test_system_deps_installs_python3_dev_when_python_has_no_headers(tmp_path: Path) -> None:
+    # The C packet-header decoder is built at install (codestream/_headers.c): it needs
+    # Python.h of the Python that makes the venv, and a compiler.
+    no_headers = tmp_path / "python3"
+    no_headers.write_text("#!/bin/sh\nexit 1\n")  # as a Python without Python.h answers
+    no_headers.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(no_headers)}
+    missing = subprocess.run([str(SYSTEM_DEPS), "--print"], env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+    assert "python3-dev" in missing
+    env["PYTHON"] = sys.executable  # built with its headers (the extension was built by it)
+    missing = subprocess.run([str(SYSTEM_DEPS), "--print"], env=env, capture_output=True,
+                             text=True, timeout=60, check=True).stdout.split()
+    assert "python3-dev" not in missing and "gcc" not in missing
+
+
 def readme_commands() -> list[list[str]]:
     """The shell commands of the README's ```sh blocks (continuation lines joined)."""
     commands = []

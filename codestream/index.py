@@ -31,7 +31,9 @@ from .errors import CodestreamError
 from .geometry import (
     ResolutionRows,
     precinct_band_grid_rows,
+    precinct_band_grids,
     precinct_id,
+    resolution_grids,
     resolution_rows,
     tile_bounds,
 )
@@ -53,6 +55,10 @@ ABSENT_TILE_MARGIN = 1024
 # state in a tile, makes it hand the tile to Python (whose large trees are sparse).
 NATIVE_MAX_NODES = 1 << 22
 NATIVE_MAX_BYTES = 1 << 30
+# Tiles of fewer packets are decoded in Python: the C call's set-up (the code-block grids of
+# the tile's precincts, worked out with numpy) costs more than it saves there (a file of
+# 62,500 one-pixel tiles).
+NATIVE_MIN_PACKETS = 64
 
 # Columns of the per (tile, component, resolution) table.
 TCR_FIELDS = ("t", "c", "r", "levels", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph",
@@ -555,15 +561,15 @@ class _Builder:
         packed_base = len(self.packed)
         if packed_stream is not None:
             self.packed += packed_stream
-        local, grids, cb_style = self._precinct_grids(t, seq_p, styles)
         native = native_decoder()
         done = None
-        if native is not None:
+        if native is not None and len(seq_p) >= NATIVE_MIN_PACKETS:
+            local, grids, cb_style = self._precinct_grids(t, seq_p, styles)
             done = self._decode_in_c(native, t, th, cod, local, seq_l, grids, cb_style,
                                      packed_stream, packed_base)
         if done is None:
-            done = self._decode_in_python(t, th, cod, local, seq_l, grids, cb_style,
-                                          packed_stream, packed_base)
+            done = self._decode_in_python(t, th, cod, styles, seq_p, seq_l, packed_stream,
+                                          packed_base)
         count, pos, end, part_no = done
         self.decoded += count
         parts = th.parts
@@ -612,18 +618,16 @@ class _Builder:
         self.located_sop.frombytes(sops[:count].tobytes())
         return count, pos, end, part_no
 
-    def _decode_in_python(self, t: int, th: TileHeaders, cod: Cod, local: np.ndarray,
-                          seq_l: np.ndarray, grids: np.ndarray, cb_style: np.ndarray,
-                          packed_stream: bytes | None, packed_base: int
-                          ) -> tuple[int, int, int, int]:
+    def _decode_in_python(self, t: int, th: TileHeaders, cod: Cod, styles: list[CodingStyle],
+                          seq_p: np.ndarray, seq_l: np.ndarray, packed_stream: bytes | None,
+                          packed_base: int) -> tuple[int, int, int, int]:
         """The reference decoder (packets.py), packet by packet: headers in the tile-parts or
         in `packed_stream` (PPM/PPT). Returns (count, pos, end, part_no): how many packets
         were located and where the tile's data was left."""
         buf = self.buf
         hpos = 0
         states: dict[int, PrecinctState] = {}  # precincts with packets still to come
-        band_grids = grids.tolist()
-        styles = cb_style.tolist()
+        grids: dict[int, list] = {}  # component -> its resolution grids in this tile
         last_layer = cod.layers - 1
         loc = self.located
         offsets, lengths, hlens = loc["offset"], loc["length"], loc["header_length"]
@@ -632,7 +636,7 @@ class _Builder:
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end
         eph = cod.eph
-        rows, layers = local.tolist(), seq_l.tolist()
+        rows, layers = seq_p.tolist(), seq_l.tolist()
         count = 0
         pause, decoded = self.pause, self.decoded
         for row, layer in zip(rows, layers, strict=True):
@@ -658,9 +662,7 @@ class _Builder:
                     hend = _after_eph(buf, pos + 1, end, t) if eph else pos + 1
                     body = 0
                 else:
-                    state = states.get(row)
-                    if state is None:
-                        state = states[row] = PrecinctState(band_grids[row], styles[row])
+                    state = states.get(row) or self._state(states, grids, t, row, styles)
                     bits = BitReader(buf, pos, end)
                     body = state.read_header(bits, layer)
                     hend = bits.align()
@@ -677,9 +679,7 @@ class _Builder:
                 plens.append(0)
                 pos = hend + body
             else:
-                state = states.get(row)
-                if state is None:
-                    state = states[row] = PrecinctState(band_grids[row], styles[row])
+                state = states.get(row) or self._state(states, grids, t, row, styles)
                 bits = BitReader(packed_stream, hpos, len(packed_stream))
                 body = state.read_header(bits, layer)
                 hend = bits.align()
@@ -698,6 +698,17 @@ class _Builder:
             if layer == last_layer:
                 states.pop(row, None)  # the precinct's last packet: its state is not needed
         return count, pos, end, part_no
+
+    def _state(self, states: dict[int, PrecinctState], grids: dict[int, list], t: int, row: int,
+               styles: list[CodingStyle]) -> PrecinctState:
+        """The header-decoding state of a precinct, made on its first non-empty packet."""
+        c, r, p = int(self.prec_c[row]), int(self.prec_r[row]), int(self.prec_p[row])
+        comp_grids = grids.get(c)
+        if comp_grids is None:
+            comp_grids = grids[c] = resolution_grids(self.siz, t, c, styles[c])
+        bands = precinct_band_grids(self.siz, t, c, styles[c], comp_grids[r], p)
+        state = states[row] = PrecinctState(bands, styles[c].cb_style)
+        return state
 
     # --- the index ------------------------------------------------------------------------
     def build(self) -> CodestreamIndex:

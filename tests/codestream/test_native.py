@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from codestream import index as index_module
 from codestream import native
 from codestream.boxes import read_layout
 from codestream.errors import CodestreamError
@@ -32,6 +33,7 @@ def _index(data: bytes, pure: bool, monkeypatch, **kw) -> list[CodestreamIndex] 
             m.setenv(native.PURE_PYTHON_ENV, "1")
         else:
             m.delenv(native.PURE_PYTHON_ENV, raising=False)
+            m.setattr(index_module, "NATIVE_MIN_PACKETS", 0)  # small tiles too
         try:
             return [index_codestream(data, off, ln, use_plt=False, **kw)
                     for off, ln in read_layout(data).codestreams]
@@ -155,8 +157,6 @@ def test_hostile_tile_data_gives_the_same_result(which, edits, monkeypatch) -> N
 
 
 def test_a_precinct_too_large_for_the_c_arrays_is_decoded_in_python(monkeypatch) -> None:
-    from codestream import index as index_module
-
     path = max(FILES, key=lambda p: p.stat().st_size if p.suffix == ".j2k" else 0)
     data = path.read_bytes()
     expected = _index(data, True, monkeypatch)
@@ -169,7 +169,6 @@ def test_a_precinct_too_large_for_the_c_arrays_is_decoded_in_python(monkeypatch)
 def test_code_block_grids_at_once_match_one_precinct_at_a_time(path, monkeypatch) -> None:
     """geometry.precinct_band_grid_rows (what both decoders use) against the scalar
     precinct_band_grids, for every precinct of every tile the packet sequence visits."""
-    from codestream import index as index_module
     from codestream.geometry import precinct_band_grids, resolution_grids
 
     seen: list[tuple] = []

@@ -212,6 +212,8 @@ class Source:
         self._use_plt = use_plt
         self._urgent = threading.Condition()  # requests' indexing under way (_urgent_count)
         self._urgent_count = 0
+        # codestream position -> (resolutions, done) of the indexing job under way for it
+        self._jobs: dict[int, tuple[int | None, threading.Event]] = {}
         self._main_bins: dict[int, bytes] = {}
         self._tile_bins: dict[tuple[int, int], bytes] = {}
 
@@ -278,32 +280,58 @@ class Source:
         lowest resolutions. A request's indexing (`background` False) goes first: background
         work pauses while one runs, so a request never waits for a larger step than its own.
         A result replaces the codestream's index only if it holds more (a request still
-        reading the old index reads a consistent, if partial, one)."""
+        reading the old index reads a consistent, if partial, one).
+
+        Work already under way for a codestream is not done twice: a caller whose need it
+        covers, and exceeds by at most one resolution, waits for it (on two cores a second
+        job only halves the speed of both); a job that failed leaves the caller to try."""
         for i in positions:
-            if _holds(self.codestreams[i], resolutions):
-                continue
-            self._check_intact()
-            off, ln = self.layout.codestreams[i]
-            if self.index_in is not None:
-                ident = self.identity
-                ix = self.index_in(index_file_codestream, ident.path, stat_key(ident), off, ln,
-                                   self._use_plt, resolutions)
-            elif background:
-                ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
-                                      resolutions=resolutions, pause=self._yield_to_requests)
-            else:
+            while not _holds(self.codestreams[i], resolutions):
                 with self._urgent:
-                    self._urgent_count += 1
+                    running = self._jobs.get(i)
+                    if running is not None and _worth_waiting(self.codestreams[i],
+                                                              running[0], resolutions):
+                        done = running[1]
+                    else:
+                        done = None
+                        mine = (resolutions, threading.Event())
+                        if running is None:
+                            self._jobs[i] = mine
+                if done is not None:
+                    done.wait()
+                    continue  # its index is in place now, or it failed: then try ourselves
                 try:
-                    ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
-                                          resolutions=resolutions)
+                    self._index_one(i, resolutions, background)
                 finally:
                     with self._urgent:
-                        self._urgent_count -= 1
-                        self._urgent.notify_all()
+                        if self._jobs.get(i) is mine:
+                            del self._jobs[i]
+                    mine[1].set()
+                break
+
+    def _index_one(self, i: int, resolutions: int | None, background: bool) -> None:
+        self._check_intact()
+        off, ln = self.layout.codestreams[i]
+        if self.index_in is not None:
+            ident = self.identity
+            ix = self.index_in(index_file_codestream, ident.path, stat_key(ident), off, ln,
+                               self._use_plt, resolutions)
+        elif background:
+            ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
+                                  resolutions=resolutions, pause=self._yield_to_requests)
+        else:
             with self._urgent:
-                if not _holds(self.codestreams[i], ix.resolutions_indexed):
-                    self.codestreams[i] = ix
+                self._urgent_count += 1
+            try:
+                ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
+                                      resolutions=resolutions)
+            finally:
+                with self._urgent:
+                    self._urgent_count -= 1
+                    self._urgent.notify_all()
+        with self._urgent:
+            if not _holds(self.codestreams[i], ix.resolutions_indexed):
+                self.codestreams[i] = ix
 
     def _yield_to_requests(self) -> None:
         """Background indexing's pause point: waits while a request's indexing runs, and
@@ -335,8 +363,7 @@ class Source:
         have = ix.resolutions_indexed
         if have is None:
             return []
-        top = int(ix.tcr["levels"].max()) + 1 if len(ix.tcr["levels"]) else 1
-        return [*range(have + 1, top), None]
+        return [*range(have + 1, _resolution_count(ix)), None]
 
     @property
     def complete(self) -> bool:
@@ -462,8 +489,28 @@ FIRST_RESOLUTIONS = 1  # what a lazily built index holds at first (codestream.in
 
 def _holds(ix: CodestreamIndex, resolutions: int | None) -> bool:
     """Whether an index holds (at least) that many lowest resolutions (None: all)."""
-    have = ix.resolutions_indexed
-    return have is None or (resolutions is not None and have >= resolutions)
+    return _covers(ix.resolutions_indexed, resolutions)
+
+
+def _covers(have: int | None, want: int | None) -> bool:
+    return have is None or (want is not None and have >= want)
+
+
+def _worth_waiting(ix: CodestreamIndex, running: int | None, want: int | None) -> bool:
+    """Whether a job indexing `running` resolutions (None: all) serves a caller that needs
+    `want` sooner than a job of its own: it covers the need and reaches at most one resolution
+    further (each resolution holds about 3/4 of all the packets up to it, so a job for more
+    would make the caller wait about four times longer than needed)."""
+    if not _covers(running, want):
+        return False
+    top = _resolution_count(ix)
+    return (top if running is None else running) <= (top if want is None else want) + 1
+
+
+def _resolution_count(ix: CodestreamIndex) -> int:
+    """How many resolutions the codestream's deepest tile-component has."""
+    levels = ix.tcr["levels"]
+    return int(levels.max()) + 1 if len(levels) else 1
 
 
 def build_source(path: Path | str, *, use_plt: bool = True, lazy: bool = False) -> Source:

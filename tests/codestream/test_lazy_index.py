@@ -133,3 +133,79 @@ async def test_a_jpt_request_indexes_the_whole_codestream_first() -> None:
         assert src.codestreams[0].resolutions_indexed is not None  # a thumbnail: still lazy
         await index_requested_frames(src, parse_query("fsiz=64,48&type=jpt-stream;ttype=ext"))
         assert src.codestreams[0].resolutions_indexed is None and src.complete
+
+
+class _SlowRunner:
+    """An `index_in` runner that counts its jobs and holds each until released (a child's job
+    in the server); `fail_whole` makes the first job for the whole codestream raise instead."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.jobs: list[int | None] = []
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+        self.fail_whole = False
+
+    def __call__(self, fn, *args):
+        self.jobs.append(args[-1])  # the resolutions asked for
+        self.started.release()
+        assert self.release.wait(30)
+        if self.fail_whole and args[-1] is None:
+            self.fail_whole = False
+            raise RuntimeError("the job died")
+        return fn(*args)
+
+
+def _index_in_thread(src, resolutions):
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            src.index_codestreams([0], resolutions)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, errors
+
+
+def test_a_request_waits_for_the_job_under_way_that_covers_it() -> None:
+    """A request needing what a running job will index waits for that job: a second job for
+    the same packets would halve the speed of both on two cores (a 16384² file's first window
+    at full resolution took 3.9 s with two jobs, for 1.4 s of work)."""
+    with build_source(CORPUS / "p0_04.j2k", lazy=True) as src:
+        runner = src.index_in = _SlowRunner()
+        background, _ = _index_in_thread(src, None)
+        assert runner.started.acquire(timeout=30)
+        request, errors = _index_in_thread(src, src.index_steps(0)[-2])  # top resolution
+        request.join(0.3)
+        assert request.is_alive(), "the request should wait for the running job"
+        runner.release.set()
+        background.join(30)
+        request.join(30)
+        assert not errors and runner.jobs == [None] and src.complete
+
+
+def test_a_request_needing_far_less_does_not_wait_and_a_failed_job_is_retried() -> None:
+    with build_source(CORPUS / "p0_04.j2k", lazy=True) as src:
+        steps = src.index_steps(0)
+        assert len(steps) >= 3  # the whole job reaches 2+ resolutions past the request's
+        runner = src.index_in = _SlowRunner()
+        runner.fail_whole = True
+        background, bg_errors = _index_in_thread(src, None)
+        assert runner.started.acquire(timeout=30)
+        small, _ = _index_in_thread(src, steps[0])
+        assert runner.started.acquire(timeout=30), "a small need runs its own job"
+        waiter, errors = _index_in_thread(src, steps[-2])
+        waiter.join(0.3)
+        assert runner.jobs == [None, steps[0]], "the waiter should wait, not run a job"
+        runner.release.set()  # the whole job fails: the waiter runs its own
+        for t in (background, small, waiter):
+            t.join(30)
+        assert [type(e) for e in bg_errors] == [RuntimeError] and not errors
+        assert runner.jobs == [None, steps[0], steps[-2]]
+        assert src.codestreams[0].resolutions_indexed in (None, steps[-2])

@@ -1,11 +1,9 @@
-"""The aiohttp application: routes, middlewares, CORS, health and metrics.
+"""The aiohttp application: routes, the request middleware, CORS, health and metrics.
 
-Middlewares, outermost first: observe (metrics, request info, finishing every response) ->
-proxy (real client address; only with trusted proxies) -> errors (one place mapping
-exceptions to answers) -> bounds (HTTP version, body size, deadline). CORS headers are
-added in the on_response_prepare signal (only when CORS is on), so they reach streamed
-responses and error answers alike. Every layer runs on every request: none is installed that
-would do nothing.
+Every request goes through one middleware (server.middleware: metrics and request info,
+the real client behind trusted proxies, errors, bounds and deadline); the response's headers
+through one on_response_prepare hook (time to first byte, and CORS headers when CORS is on, so
+they reach streamed responses and error answers alike).
 """
 from __future__ import annotations
 
@@ -13,20 +11,21 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
-from aiohttp import HttpVersion10, HttpVersion11, web
+from aiohttp import web
 
 from server.access import GUARD_KEY, create_guard
 from server.config import ServerConfig, load_config
-from server.deadline import DEADLINE_KEY
+from server.deadline import Deadlines
 from server.dicom_http import dicom_json
-from server.errors import ServiceUnavailable, error_middleware
 from server.jpip_handler import STATE_KEY, handle_jpip, setup_jpip
 from server.logs import ACCESS_FLUSH_PERIOD, ACCESS_LOGGER, AccessLogger, flush_logs
 from server.metrics import STATS_SHARE_PERIOD, Metrics, multiprocess_dir
-from server.proxy import TrustedProxies, proxy_middleware
+from server.middleware import EXPOSED_HEADERS, request_middleware, response_prepare_hook
+from server.proxy import TrustedProxies
 from server.viewer import root_or_jpip, setup_viewer
 from server.workers import WORKER_ENV
 
@@ -38,12 +37,6 @@ CONFIG_KEY = web.AppKey("jpip_config", ServerConfig)
 METRICS_KEY = web.AppKey("jpip_metrics", Metrics)
 HEALTH_POOL_KEY = web.AppKey("jpip_health_pool", ThreadPoolExecutor)
 
-EXPOSED_HEADERS = (
-    "JPIP-cnew", "JPIP-tid", "JPIP-qid", "JPIP-fsiz", "JPIP-rsiz", "JPIP-roff", "JPIP-comps",
-    "JPIP-layers", "JPIP-len", "JPIP-stream", "JPIP-context", "JPIP-metareq", "JPIP-quality",
-    "JPIP-type", "JPIP-mset", "JPIP-cap", "JPIP-pref", "JPIP-handled", "JPIP-roi", "JPIP-srate",
-    "WWW-Authenticate",  # why a token was refused (401/403), for a viewer on another origin
-)
 JPIP_METHODS = ("GET", "HEAD", "POST", "OPTIONS")
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 PREFLIGHT_MAX_AGE = "86400"
@@ -51,7 +44,6 @@ PREFLIGHT_MAX_AGE = "86400"
 # allowed as they are named, this when none are.
 PREFLIGHT_HEADERS = "Authorization, Content-Type"
 HEALTH_CHECK_TIMEOUT = 2.0
-TIMEOUT_RETRY_AFTER = 2
 
 
 # ----- handlers -----
@@ -133,59 +125,15 @@ def _not_allowed(allowed: Sequence[str]) -> web.Handler:
     return not_allowed
 
 
-# ----- middlewares and signals -----
+# ----- background work -----
 
-@web.middleware
-async def bounds_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    """A request's bounds: its HTTP version, its body's size (refused up front, whether or
-    not the handler would have read it) and its deadline. One middleware, not three: a layer
-    per request."""
-    # aiohttp's parser lets "HTTP/2.0" request lines through; only HTTP/1.x is spoken here.
-    if request.version not in (HttpVersion10, HttpVersion11):
-        raise web.HTTPVersionNotSupported(
-            text=f"HTTP/{request.version.major}.{request.version.minor} is not supported: "
-                 "use HTTP/1.1\n")
-    config = request.app[CONFIG_KEY]
-    length = request.content_length
-    if length is not None and length > config.max_request_body:
-        raise web.HTTPRequestEntityTooLarge(max_size=config.max_request_body,
-                                            actual_size=length)
-    seconds = config.request_timeout
-    try:
-        async with asyncio.timeout(seconds) as deadline:
-            # A streaming handler lifts this deadline once its response has started and then
-            # bounds each write instead, so a large response is never cut for its size alone.
-            request[DEADLINE_KEY] = deadline
-            return await handler(request)
-    except TimeoutError:
-        if not deadline.expired():
-            raise  # a TimeoutError of the handler's own: an ordinary error
-        # Not started: 503 + Retry-After. Started: the error middleware cuts the connection.
-        raise ServiceUnavailable(f"request took longer than {seconds:g} s",
-                                 retry_after=TIMEOUT_RETRY_AFTER) from None
-
-
-def cors_headers(origins: Sequence[str]) -> Callable[[web.Request, web.StreamResponse],
-                                                     Awaitable[None]]:
-    """The on_response_prepare handler adding CORS headers for `origins` (not registered at
-    all when there are none); what does not depend on the request is computed once."""
-    origins = frozenset(origins)
-    any_origin = "*" in origins
-    exposed = ", ".join(EXPOSED_HEADERS)
-
-    async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-        origin = request.headers.get("Origin")
-        headers = response.headers
-        if origin is not None and origin in origins:
-            headers["Access-Control-Allow-Origin"] = origin
-            headers.add("Vary", "Origin")
-        elif any_origin:
-            headers["Access-Control-Allow-Origin"] = "*"
-        else:
-            return  # an origin we do not serve: the browser will refuse, as it should
-        headers["Access-Control-Expose-Headers"] = exposed
-
-    return add_cors_headers
+async def sweep_deadlines(deadlines: Deadlines, app: web.Application) -> AsyncIterator[None]:
+    """Cuts the requests that outlive their deadline (server.deadline), while the app runs."""
+    task = asyncio.create_task(deadlines.run(), name="jpip-deadlines")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def health_pool(app: web.Application) -> AsyncIterator[None]:
@@ -243,15 +191,12 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
                       worker=os.environ.get(WORKER_ENV, "0"))
     # Access control (None: off); reads the key files (server.tokens.KeyFileError).
     guard = create_guard(config, on_denial=metrics.auth_denied)
+    deadlines = Deadlines(config.request_timeout)
     app = web.Application(
-        middlewares=[
-            metrics.middleware(),
+        middlewares=[request_middleware(
+            metrics, deadlines, config.max_request_body,
             # Only with trusted proxies: without, request.remote is the client already.
-            *([proxy_middleware(TrustedProxies(config.trusted_proxies))]
-              if config.trusted_proxies else []),
-            error_middleware,
-            bounds_middleware,
-        ],
+            TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None)],
         client_max_size=config.max_request_body,
         handler_args={
             "max_line_size": config.max_field_size,
@@ -266,9 +211,8 @@ def create_app(config: ServerConfig | None = None) -> web.Application:
     app[METRICS_KEY] = metrics
     if guard is not None:
         app[GUARD_KEY] = guard
-    app.on_response_prepare.append(metrics.on_response_prepare)
-    if config.cors_origins:
-        app.on_response_prepare.append(cors_headers(config.cors_origins))
+    app.on_response_prepare.append(response_prepare_hook(metrics, config.cors_origins))
+    app.cleanup_ctx.append(partial(sweep_deadlines, deadlines))
     app.cleanup_ctx.append(health_pool)
     app.cleanup_ctx.append(log_flusher)
     if multiprocess_dir() is not None:

@@ -113,24 +113,21 @@ def _client_gone(request: web.Request, exc: Exception) -> bool:
     return isinstance(exc, ConnectionError) and (transport is None or transport.is_closing())
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except Exception as exc:
-        if _client_gone(request, exc):
-            # Nothing can be answered and nobody needs alarming; 499 as nginx counts it.
-            answer = ErrorAnswer(CLIENT_CLOSED, "client connection lost", {}, logging.INFO,
-                                 f"client connection lost ({type(exc).__name__})")
-        else:
-            answer = classify(exc)
-        if response_started(request):
-            _log(request, answer, exc, suffix=" (response cut)")
-            return _cut(request)
-        _log(request, answer, exc)
-        return error_response(answer)
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request whose handler raised `exc` (not an HTTPException, which
+    aiohttp answers itself), logged once: the error's answer, or, when the response had
+    already started, that response cut (server.middleware calls this)."""
+    if _client_gone(request, exc):
+        # Nothing can be answered and nobody needs alarming; 499 as nginx counts it.
+        answer = ErrorAnswer(CLIENT_CLOSED, "client connection lost", {}, logging.INFO,
+                             f"client connection lost ({type(exc).__name__})")
+    else:
+        answer = classify(exc)
+    if response_started(request):
+        _log(request, answer, exc, suffix=" (response cut)")
+        return _cut(request)
+    _log(request, answer, exc)
+    return error_response(answer)
 
 
 def _log(request: web.Request, answer: ErrorAnswer, exc: BaseException,

@@ -1,8 +1,8 @@
 """Prometheus metrics, one registry per application (so tests and several apps never collide).
 
-The observing middleware is the outermost one: it sees every request, including errors and the
+The app's one middleware (server.middleware) sees every request, including errors and the
 router's 404/405, finishes the response itself (so the byte count and duration are exact), and
-counts it by status.
+counts it here by status.
 
 What happens on every request (its status, duration, time to first byte, bytes, index and
 response cache lookups, bytes a model saved) is counted in plain numbers by `RequestStats`, on
@@ -42,7 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from server.access import DENIAL_REASONS
-from server.logs import INFO_KEY, RequestInfo, request_info
+from server.logs import INFO_KEY
 from server.workers import MULTIPROC_ENV
 
 # 1 ms .. 10 s: a cached thumbnail answers in a few ms, a large region in seconds.
@@ -309,45 +309,10 @@ class Metrics:
         if directory is not None:
             share_stats(self.stats, directory)
 
-    def middleware(self) -> web.Middleware:
-        """Outermost middleware: request info, status counts, durations, bytes."""
-
-        stats = self.stats
-
-        @web.middleware
-        async def observe(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-            info = RequestInfo(start=time.perf_counter(), remote=request.remote)
-            request[INFO_KEY] = info
-            status = 500
-            resp: web.StreamResponse | None = None
-            try:
-                try:
-                    resp = await handler(request)
-                except web.HTTPException as exc:
-                    # What aiohttp would do after us, done here so it is counted and timed.
-                    resp = web.Response(status=exc.status, reason=exc.reason, text=exc.text,
-                                        headers=exc.headers)
-                status = resp.status
-                if not resp.prepared:
-                    await resp.prepare(request)
-                await resp.write_eof()
-                return resp
-            except ConnectionError:
-                # Client gone while we finished the response; aiohttp will notice and drop it.
-                if resp is not None:
-                    return resp
-                raise
-            finally:
-                stats.request(status, time.perf_counter() - info.start,
-                              (resp.body_length or request.writer.output_size)
-                              if resp is not None else 0)
-
-        return observe
-
-    async def on_response_prepare(self, request: web.Request,
-                                  response: web.StreamResponse) -> None:
-        """Signal handler: the response's headers are being sent now."""
-        info = request_info(request)
+    def headers_sent(self, request: web.BaseRequest, response: web.StreamResponse) -> None:
+        """The response's headers are being sent now (from the app's on_response_prepare
+        hook, server.middleware): the time to first byte."""
+        info = request.get(INFO_KEY)
         if info is None:
             return
         now = time.perf_counter()

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from server.logs import request_info
+from server.logs import RequestInfo
 
 log = logging.getLogger("jpip.proxy")
 
@@ -70,27 +70,21 @@ class TrustedProxies:
         return client, scheme
 
 
-def proxy_middleware(trusted: TrustedProxies) -> web.Middleware:
-    """Middleware giving handlers the real client in request.remote / request.scheme."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-        info = request_info(request)
-        remote, scheme = request.remote, None
-        if trusted:
-            remote, scheme = trusted.client(
-                request.remote,
-                request.headers.getall("X-Forwarded-For", ()),
-                request.headers.getall("X-Forwarded-Proto", ()))
-        if info is not None:
-            info.remote, info.scheme = remote, scheme or request.scheme
-        if remote != request.remote or (scheme and scheme != request.scheme):
-            kwargs: dict[str, str] = {}
-            if remote is not None:
-                kwargs["remote"] = remote
-            if scheme:
-                kwargs["scheme"] = scheme
-            request = request.clone(**kwargs)
-        return await handler(request)
-
-    return middleware
+def forwarded_request(request: web.Request, info: RequestInfo,
+                      trusted: TrustedProxies) -> web.Request:
+    """The request as handlers see it behind trusted proxies: the real client in
+    request.remote and request.scheme (a clone when they differ from the peer's), also noted
+    in `info` for the access log (server.middleware calls this, only with trusted proxies)."""
+    remote, scheme = trusted.client(
+        request.remote,
+        request.headers.getall("X-Forwarded-For", ()),
+        request.headers.getall("X-Forwarded-Proto", ()))
+    info.remote, info.scheme = remote, scheme or request.scheme
+    if remote != request.remote or (scheme and scheme != request.scheme):
+        kwargs: dict[str, str] = {}
+        if remote is not None:
+            kwargs["remote"] = remote
+        if scheme:
+            kwargs["scheme"] = scheme
+        request = request.clone(**kwargs)
+    return request

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -81,12 +82,22 @@ PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class PlainFormatter(logging.Formatter):
     """PLAIN_FORMAT, with the time's text kept for the second it names (strftime on every
-    line costs as much as the rest of an access line)."""
+    line costs as much as the rest of an access line), and a line without a traceback made
+    in one step."""
 
     def __init__(self) -> None:
         super().__init__(PLAIN_FORMAT)
         self._second = -1
         self._text = ""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        # What logging.Formatter.format makes of PLAIN_FORMAT, without its generic steps
+        # (an access line is written for every request).
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         second = int(record.created)
@@ -185,11 +196,14 @@ def setup_logging(config: ServerConfig) -> None:
 
 # ----- access log -----
 
+_NAMES_A_SECRET = re.compile("|".join(map(re.escape, SECRET_FIELDS)), re.IGNORECASE).search
+
+
 def redact_query(query: str) -> str:
     """The raw query string with the value of every credential field replaced: a field is one
     when its name, %-decoded and in any case, is in SECRET_FIELDS (as the JPIP parser would
     read `acc%65ss_token`)."""
-    if "%" not in query and not any(name in query.lower() for name in SECRET_FIELDS):
+    if "%" not in query and not _NAMES_A_SECRET(query):
         return query  # the usual case: nothing to look at
     pairs = query.split("&")
     for i, pair in enumerate(pairs):
@@ -203,45 +217,82 @@ def _cid_of(request: web.BaseRequest, response: web.StreamResponse,
             info: RequestInfo | None) -> str | None:
     if info is not None and info.cid:
         return info.cid
-    cnew = response.headers.get("JPIP-cnew", "")
-    for part in cnew.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "cid" and value:
-            return value
+    cnew = response.headers.get("JPIP-cnew")
+    if cnew:
+        for part in cnew.split(","):
+            key, _, value = part.strip().partition("=")
+            if key == "cid" and value:
+                return value
+    raw = request.rel_url.raw_query_string
+    if "cid" not in raw and "%" not in raw:
+        return None  # no cid field, even %-encoded: the query need not be parsed
     try:
         return request.query.get("cid") or None
     except Exception:  # an unparsable query must not break logging
         return None
 
 
+ACCESS_FORMAT = '%s "%s %s%s%s" %s %s %.2fms%s%s'
+
+
 class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, path, status, bytes, duration_ms, remote, cid."""
+    """One line per request: method, path, status, bytes, duration_ms, remote, cid.
+
+    The line's record is made here and handed to the logger's handlers (Logger.handle), the
+    message formatted only when a handler writes it (%-style arguments). Every record of an
+    AccessLogger (aiohttp makes one per connection) comes from the same place, thread and
+    process, so what LogRecord works out for each of those is worked out once, in a record
+    made by the logger itself, whose attributes every line's record starts from; a line costs
+    its own fields only."""
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._base: dict[str, Any] | None = None
+
+    def _record(self) -> logging.LogRecord:
+        base = self._base
+        if base is None:
+            first = self.logger.makeRecord(self.logger.name, logging.INFO, __file__, 0,
+                                           ACCESS_FORMAT, (), None, "log")
+            base = self._base = vars(first)
+        record = logging.LogRecord.__new__(logging.LogRecord)
+        attrs = record.__dict__
+        attrs.update(base)
+        now = time.time()
+        attrs["created"] = now
+        attrs["msecs"] = (now - int(now)) * 1000 // 1 + 0.0
+        attrs["relativeCreated"] = base["relativeCreated"] + (now - base["created"]) * 1000
+        return record
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse,
             time_taken: float) -> None:
-        info = request_info(request)
+        logger = self.logger
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        info = request.get(INFO_KEY)
         if info is not None:  # finer than aiohttp's loop clock (1 ms with uvloop)
             time_taken = time.perf_counter() - info.start
-        query = redact_query(request.rel_url.raw_query_string)
-        fields: dict[str, Any] = {
-            "method": request.method,
-            "path": request.rel_url.raw_path,
-            "query": query[:_MAX_QUERY_LOGGED],
-            "status": response.status,
-            "bytes": response.body_length,
-            "duration_ms": round(time_taken * 1000, 3),
-            "remote": (info.remote if info and info.remote else request.remote) or "-",
-        }
+        url = request.rel_url
+        query = redact_query(url.raw_query_string)
+        record = self._record()
+        fields = record.__dict__  # the extra fields (JSON lines show them) are attributes
+        fields["method"] = method = request.method
+        fields["path"] = path = url.raw_path
+        fields["query"] = query = query[:_MAX_QUERY_LOGGED]
+        fields["status"] = status = response.status
+        fields["bytes"] = nbytes = response.body_length
+        fields["duration_ms"] = duration = round(time_taken * 1000, 3)
+        fields["remote"] = remote = (info.remote if info is not None and info.remote
+                                     else request.remote) or "-"
         cid = _cid_of(request, response, info)
         if cid:
             fields["cid"] = cid
-        if info is not None and info.cut:
+        cut = info is not None and info.cut
+        if cut:
             fields["cut"] = True
-        # Formatted only when a handler writes it (%-style arguments, not an f-string).
-        self.logger.info('%s "%s %s%s%s" %s %s %.2fms%s%s', fields["remote"], request.method,
-                         fields["path"], "?" if query else "", fields["query"], response.status,
-                         fields["bytes"], fields["duration_ms"], f" cid={cid}" if cid else "",
-                         " cut" if info is not None and info.cut else "", extra=fields)
+        record.args = (remote, method, path, "?" if query else "", query, status, nbytes,
+                       duration, f" cid={cid}" if cid else "", " cut" if cut else "")
+        logger.handle(record)
 
     @property
     def enabled(self) -> bool:

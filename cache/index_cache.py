@@ -635,6 +635,14 @@ class IndexCache:
         self._emit("miss", time.perf_counter() - t0)
         return src
 
+    def cached(self, path: str) -> Source | None:
+        """The Source of the resolved `path` when memory holds it and the file is unchanged
+        (a "hit", as `aget` would report), else None: call `aget`, which loads or builds it."""
+        src = self._lookup(path)
+        if src is not None:
+            self._emit("hit", 0.0)
+        return src
+
     async def aget(self, path: Path | str, *, resolved: bool = False) -> Source:
         """As `get`, with disk loads and builds in a worker thread; concurrent requests for one
         path share one load or build. `resolved`: the caller resolved the path already (the
@@ -729,8 +737,7 @@ class IndexCache:
 
     def _lookup(self, key: str) -> Source | None:
         """The cached Source if the file still has the size, mtime and inode it was built from."""
-        with self._lock:
-            src = self._entries.get(key)
+        src = self._entries.get(key)  # one dict read: atomic, no lock needed
         if src is None:
             return None
         try:

@@ -471,9 +471,6 @@ class Exchange:
                return_type: str) -> Iterator[Chunk]:
         responses = self.machine.responses
         windows = [w for _, w in win.windows]
-        whole_streams = [_whole_codestream(source, cs, w) for cs, w in win.windows]
-        whole = (need is None and not metadata_only
-                 and len(windows) == len(source.codestreams) and all(whole_streams))
         # What the answer depends on besides the model (a request with need= is not kept).
         asked = None if need is not None else (
             self.target_id, return_type, limit, server_limit, metadata_only,
@@ -500,6 +497,9 @@ class Exchange:
             yield Chunk(MessageWriter().eor(done[2]))
             self._complete = True
             return
+        whole_streams = [_whole_codestream(source, cs, w) for cs, w in win.windows]
+        whole = (need is None and not metadata_only
+                 and len(windows) == len(source.codestreams) and all(whole_streams))
         plans = [plan_window(source.codestreams[cs], w) for cs, w in win.windows]
         meta_plan = plan_metadata(source.metadata, self.req.metareq, windows, metadata_only)
         if return_type == JPP_STREAM:

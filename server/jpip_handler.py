@@ -80,6 +80,11 @@ class ChannelTurns:
             if entry[1] == 0:
                 del self._waiting[cid]
 
+    @property
+    def waiting(self) -> bool:
+        """True while any request waits for its turn (else `notify` has nobody to wake)."""
+        return bool(self._waiting)
+
     async def notify(self, cids: Iterable[str | None]) -> None:
         if not self._waiting:
             return
@@ -267,17 +272,23 @@ async def _source(state: JPIPState, path: str):
         raise TargetError("the target cannot be read", 403) from None
 
 
-async def _held_source(state: JPIPState, path: str, held: contextlib.ExitStack):
-    """The target's source, held open until the answer is written (Source.in_use). A source
-    closed by another request between the lookup and the hold (its file changed) is looked
-    up again: the cache then has the new file's."""
+async def _held_source(state: JPIPState, path: str, held: list):
+    """The target's source, held open until the answer is written (Source.in_use; its
+    context manager is appended to `held`, whose owner exits it). A source closed by another
+    request between the lookup and the hold (its file changed) is looked up again: the cache
+    then has the new file's."""
     for attempt in range(3):
-        source = await _source(state, path)
+        # The usual case, an index in memory of an unchanged file, needs no await.
+        source = state.index_cache.cached(path) or await _source(state, path)
+        use = source.in_use()
         try:
-            return held.enter_context(source.in_use())
+            use.__enter__()
         except FileChanged:
             if attempt == 2:
                 raise
+            continue
+        held.append(use)
+        return source
     raise AssertionError("unreachable")
 
 
@@ -293,12 +304,16 @@ async def handle_jpip(request: web.Request, target: str | None = None) -> web.St
     """Serve one JPIP request; `target` is the path form's target (the URL path), if any."""
     # The target's file stays open until the answer is written, even if it is replaced,
     # deleted or evicted from the index cache meanwhile (Source.in_use).
-    with contextlib.ExitStack() as held:
+    held: list = []
+    try:
         return await _handle_jpip(request, target, held)
+    finally:
+        for use in held:
+            use.__exit__(None, None, None)
 
 
 async def _handle_jpip(request: web.Request, target: str | None,
-                       held: contextlib.ExitStack) -> web.StreamResponse:
+                       held: list) -> web.StreamResponse:
     state = _state(request)
     req = await _read_request(request, state.lenient)
     principal = None
@@ -314,7 +329,8 @@ async def _handle_jpip(request: web.Request, target: str | None,
         path = _target_path(state, ex, target, session, principal)
         if path is not None:
             source = await _held_source(state, path, held)
-            await index_requested_frames(source, req)  # what a lazy index lacks, off the loop
+            if not source.complete:  # what a lazy index lacks, off the loop
+                await index_requested_frames(source, req)
     ex.bind(session, source, path)
 
     if ex.opening is not None:
@@ -324,12 +340,13 @@ async def _handle_jpip(request: web.Request, target: str | None,
             raise ServiceUnavailable(e.reason, retry_after=e.retry_after) from e
     elif ex.arrival:
         await store.apply(session, ex.arrival)
-        await state.turns.notify([ex.channel])  # a waiting request may now be superseded
+        if state.turns.waiting:  # a waiting request may now be superseded
+            await state.turns.notify([ex.channel])
     if ex.channel is not None:
         set_request_cid(request, ex.channel)
     if ex.queued:
         turn, session = await _await_turn(state, ex, session)  # its changes are recorded
-        if ex.req.qid is not None:
+        if ex.req.qid is not None and state.turns.waiting:
             await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
             return await _answer(request, state, ex, ex.preempted_reply(session), None)
@@ -338,7 +355,8 @@ async def _handle_jpip(request: web.Request, target: str | None,
         reply = ex.reply(session)
         if reply.changes and session is not None:
             await store.apply(session, reply.changes)
-            await state.turns.notify(_channels_touched(None, reply.changes))
+            if state.turns.waiting:
+                await state.turns.notify(_channels_touched(None, reply.changes))
         return await _answer(request, state, ex, reply, None)
 
     # The channel is ours (busy) from here: whatever happens, free it and wake the next.
@@ -352,8 +370,9 @@ async def _handle_jpip(request: web.Request, target: str | None,
     finally:
         changes = ex.finish(session, progress.sent, progress.complete)
         await store.apply(session, changes)
-        touched = [*(reply.changes if reply is not None else ()), *changes]
-        await state.turns.notify(_channels_touched(ex.channel, touched))
+        if state.turns.waiting:
+            touched = [*(reply.changes if reply is not None else ()), *changes]
+            await state.turns.notify(_channels_touched(ex.channel, touched))
         _observe(state, ex, reply)
 
 

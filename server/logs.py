@@ -28,7 +28,7 @@ SECRET_FIELDS = frozenset(("access_token",))  # query fields whose values are ne
 REDACTED = "[redacted]"
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestInfo:
     start: float                      # perf_counter() when the first middleware saw the request
     remote: str | None = None         # client address, after trusted-proxy headers

@@ -35,6 +35,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 
 from cache.model import CacheModel, ModelRecord
 from cache.response_cache import ResponseCache
@@ -145,6 +146,7 @@ def served_codestreams(req: JPIPRequest, source: Source) -> tuple[list[int], str
     return sorted(served), (",".join(str(r) for r in kept) if changed else None)
 
 
+@lru_cache(maxsize=64)  # clients send a few type lists, again and again (refusals not kept)
 def _negotiate_type(types: tuple[str, ...] | None) -> str | None:
     """The first acceptable return type wins (None: the request names none); 415 when none
     can be produced."""
@@ -176,7 +178,9 @@ def _check_prefs(req: JPIPRequest) -> None:
     """Preference sets marked required (`/r`) that the server does not honour: 501 with
     JPIP-pref echoing them (15444-9 C.10.2). This server honours no preference, so every
     required set is refused; optional ones are hints and ignored."""
-    required = [p.raw for p in req.pref or () if p.required]
+    if not req.pref:
+        return
+    required = [p.raw for p in req.pref if p.required]
     if required:
         raise RequestError("pref", f"required preferences cannot be honoured: "
                            f"{','.join(required)}", 501, headers={"JPIP-pref": ",".join(required)})

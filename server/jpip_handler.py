@@ -345,7 +345,9 @@ async def _handle_jpip(request: web.Request, target: str | None,
     if ex.channel is not None:
         set_request_cid(request, ex.channel)
     if ex.queued:
-        turn, session = await _await_turn(state, ex, session)  # its changes are recorded
+        turn = ex.turn(session)  # the usual case: its turn has come (no wait, no reload)
+        if turn.kind not in _NOW or not await _record_turn(state, ex, session, turn):
+            turn, session = await _await_turn(state, ex, session)  # its changes are recorded
         if ex.req.qid is not None and state.turns.waiting:
             await state.turns.notify([ex.channel])  # its qid is taken: the next may go
         if turn.kind is TurnKind.PREEMPTED:
@@ -376,16 +378,16 @@ async def _handle_jpip(request: web.Request, target: str | None,
         _observe(state, ex, reply)
 
 
+_NOW = (TurnKind.GO, TurnKind.PREEMPTED)  # turns that need no wait
+
+
 async def _await_turn(state: JPIPState, ex: Exchange,
                       session: SessionState) -> tuple[Turn, SessionState]:
     """Waits until the machine says this channel request may go (or was superseded), and
-    records that turn. The session is loaded again after every wake-up, as a store shared by
+    records that turn; called once its first turn said wait (or was taken by another
+    process). The session is loaded again after every wake-up, as a store shared by
     processes requires; such a store also wakes us for changes made elsewhere, and we reload
     every `poll_interval` anyway (a missed wake-up, a dead holder's lease running out)."""
-    turn = ex.turn(session)
-    if turn.kind in (TurnKind.GO, TurnKind.PREEMPTED):
-        if await _record_turn(state, ex, session, turn):
-            return turn, session
     store = state.sessions
     poll = store.poll_interval
     loop = asyncio.get_running_loop()

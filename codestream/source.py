@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,6 +60,8 @@ SPAN_BUDGET = 8 << 20
 # FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
 # bytes per run that are not asked for).
 RUN_GAP = 4096
+# The most buffers one preadv takes (Linux: 1024).
+IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 
 
 class FileBytes:
@@ -112,6 +115,30 @@ class FileBytes:
         return out
 
 
+    def read_runs_into(self, views: list, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Reads each run (file offset, length) into its view (a writable buffer of that
+        length: a response's message bodies, in place), straight from the file: runs that
+        follow each other in the file go into one preadv, which scatters them."""
+        n = len(views)
+        if n == 0:
+            return
+        offsets = np.asarray(offsets, np.int64)
+        order = np.argsort(offsets, kind="stable")
+        starts = offsets[order]
+        ends = starts + np.asarray(lengths, np.int64)[order]
+        # Where a read starts: the first run, and every run not right after the one before.
+        first = [0, *(np.flatnonzero(starts[1:] != ends[:-1]) + 1).tolist(), n]
+        views = [views[k] for k in order.tolist()]
+        starts, ends = starts.tolist(), ends.tolist()
+        fd = self._file.fileno()
+        for s, e in pairwise(first):
+            while s < e:  # at most IOV_MAX buffers a call
+                t = min(e, s + IOV_MAX)
+                if os.preadv(fd, views[s:t], starts[s]) != ends[t - 1] - starts[s]:
+                    raise FileChanged("the file was cut shorter while it was being served")
+                s = t
+
+
 class SpanReader:
     """Runs of a file read through the spans a response will need (`spans`: offsets and
     lengths), read once, up front, with a pread per span, into one buffer.
@@ -154,6 +181,25 @@ class SpanReader:
         rel = offsets - self._lo[span] + self._at[span]
         buf = self._buf
         return [buf[a:e] for a, e in zip(rel.tolist(), (rel + lengths).tolist(), strict=True)]
+
+
+    def read_runs_into(self, views: list, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """As FileBytes.read_runs_into; runs outside the spans are read by it."""
+        if self._lo is None:
+            self.view.read_runs_into(views, offsets, lengths)
+            return
+        offsets = np.asarray(offsets, np.int64)
+        lengths = np.asarray(lengths, np.int64)
+        span = np.searchsorted(self._lo, offsets, side="right") - 1
+        np.maximum(span, 0, out=span)
+        if not (offsets + lengths <= self._hi[span]).all() or not (
+                offsets >= self._lo[span]).all():
+            self.view.read_runs_into(views, offsets, lengths)  # (not the usual case)
+            return
+        rel = offsets - self._lo[span] + self._at[span]
+        buf = self._buf
+        for view, a, e in zip(views, rel.tolist(), (rel + lengths).tolist(), strict=True):
+            view[:] = buf[a:e]
 
 
 def _blocks(offsets: np.ndarray, lengths: np.ndarray, gap: int

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from .plan import Plan, bin_runs, planned_ends
 
 CHUNK_TARGET = 256 * 1024
 MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
+CLASS_CSN_BYTES = 9  # what class and CSn add to a header, at most (1 + 8 VBAS bytes)
 RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at most)
 # A response of up to this much image data goes out in one write (server/), so its layer
 # order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
@@ -315,6 +315,12 @@ class ResponseBuilder:
                     last: np.ndarray) -> Iterator[Chunk]:
         """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`."""
         pos, count = 0, len(sel)
+        if count == 0 or self._stopped:
+            return
+        if int(runs.min()) >= 0 and self._fits(ends - frm, CLASS_CSN_BYTES):
+            # Every message is one file run and all of them fit: no per-message checks.
+            yield from self._in_batches(cs, rows, held, sel, ids, frm, ends, runs, last)
+            return
         csn = cs + self.first
         # The first precinct message after header bins carries class and CSn: general path.
         while pos < count and not self.writer.continues(PRECINCT, csn) and not self._stopped:
@@ -323,21 +329,27 @@ class ResponseBuilder:
             pos += 1
         if pos == count or self._stopped:
             return
-        lengths = ends[pos:] - frm[pos:]
-        if int(runs[pos:].min()) >= 0 and (self.limit is None or int(lengths.sum()) + (
-                count - pos) * MAX_HEADER_BYTES <= self._room()):
-            # Every message is one file run and all of them fit: no per-message checks.
+        if int(runs[pos:].min()) >= 0 and self._fits(ends[pos:] - frm[pos:], 0):
             yield from self._in_batches(cs, rows, held, sel[pos:], ids[pos:], frm[pos:],
                                         ends[pos:], runs[pos:], last[pos:])
         else:
             yield from self._one_by_one(cs, rows, held, sel, ids, frm, ends, runs, last,
                                         pos, count)
 
+    def _fits(self, lengths: np.ndarray, extra: int) -> bool:
+        """Whether messages of these body lengths (plus `extra` header bytes) surely fit in
+        what the byte limit leaves."""
+        return self.limit is None or (int(lengths.sum()) + len(lengths) * MAX_HEADER_BYTES
+                                      + extra <= self._room())
+
     def _in_batches(self, cs, rows, held, sel, ids, frm, ends, runs, last) -> Iterator[Chunk]:
-        """Queues every message, flushing a chunk about every CHUNK_TARGET bytes."""
+        """Queues every message, flushing a chunk about every CHUNK_TARGET bytes. A batch is
+        one buffer: the headers written in place, the bodies read from the file straight
+        into place between them (no copy of them but the file's into the batch)."""
         lengths = ends - frm
         reach = np.cumsum(lengths)
-        reader = self._reader
+        writer = self.writer
+        csn = cs + self.first
         start = 0
         while start < len(sel):
             before = int(reach[start - 1]) if start else 0
@@ -345,17 +357,32 @@ class ResponseBuilder:
             stop = min(stop, len(sel))
             span = slice(start, stop)
             sizes = lengths[span].tolist()
-            bodies = reader.runs(runs[span], lengths[span])
-            headers = self.writer.next_headers(ids[span].tolist(), frm[span].tolist(), sizes,
-                                               last[span].tolist())
-            header_bytes = sum(map(len, headers))
-            # header, body, header, body, ... (self._parts is a new list after every flush)
-            self._parts.extend(chain.from_iterable(zip(headers, bodies, strict=True)))
-            total = header_bytes + int(reach[stop - 1]) - before
+            bin_ids, offsets, lasts = ids[span].tolist(), frm[span].tolist(), last[span].tolist()
+            if writer.continues(PRECINCT, csn):
+                headers = writer.next_headers(bin_ids, offsets, sizes, lasts)
+            else:  # the first precinct message of the response (or after other classes)
+                headers = [writer.header(PRECINCT, csn, bin_ids[0], offsets[0], sizes[0],
+                                         lasts[0])]
+                headers += writer.next_headers(bin_ids[1:], offsets[1:], sizes[1:], lasts[1:])
+            data = int(reach[stop - 1]) - before
+            total = sum(map(len, headers)) + data
+            batch = bytearray(total)
+            place = memoryview(batch)
+            bodies = []  # each message's body, in place after its header
+            pos = 0
+            for header, size in zip(headers, sizes, strict=True):
+                end = pos + len(header)
+                place[pos:end] = header
+                pos = end + size
+                bodies.append(place[end:pos])
+            self._reader.read_runs_into(bodies, runs[span], lengths[span])
+            del bodies
+            place.release()
+            self._parts.append(batch)
             self._size += total
             out = self.outcome
             out.bytes_sent += total
-            out.data_bytes += int(reach[stop - 1]) - before
+            out.data_bytes += data
             out.messages += stop - start
             held[sel[span]] = ends[span]
             self._records.append(ReceivedRows(BinKind.PRECINCT, cs,

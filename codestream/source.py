@@ -57,6 +57,10 @@ T = TypeVar("T")
 
 # SpanReader: at most this many bytes of a response's spans are read up front.
 SPAN_BUDGET = 8 << 20
+# Source.metadata_pieces keeps metadata-bins of at most KEPT_METADATA_BIN bytes, up to
+# KEPT_METADATA_BYTES in all.
+KEPT_METADATA_BIN = 16 << 10
+KEPT_METADATA_BYTES = 1 << 20
 # FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
 # bytes per run that are not asked for).
 RUN_GAP = 4096
@@ -261,6 +265,8 @@ class Source:
         # codestream position -> (resolutions, done) of the indexing job under way for it
         self._jobs: dict[int, tuple[int | None, threading.Event]] = {}
         self._main_bins: dict[int, bytes] = {}
+        self._meta_bins: dict[int, bytes] = {}  # small metadata-bins (metadata_pieces)
+        self._meta_kept = 0  # bytes in _meta_bins
         self._tile_bins: dict[tuple[int, int], bytes] = {}
 
     @contextmanager
@@ -418,8 +424,17 @@ class Source:
 
     # --- data-bins -------------------------------------------------------------------------
     def metadata_pieces(self, bin_id: int, start: int = 0, end: int | None = None) -> list:
-        """Bytes [start, end) of metadata-bin `bin_id`, as buffers."""
-        return self.metadata.pieces_of(bin_id, self.view, start, end)
+        """Bytes [start, end) of metadata-bin `bin_id`, as buffers. Small bins (metadata-bin
+        0 of most files: the top-level boxes) are read once and kept, like header bins."""
+        kept = self._meta_bins.get(bin_id)
+        if kept is None:
+            length = self.metadata.length(bin_id)
+            if length > KEPT_METADATA_BIN or self._meta_kept + length > KEPT_METADATA_BYTES:
+                return self.metadata.pieces_of(bin_id, self.view, start, end)
+            kept = self.metadata.bin_bytes(bin_id, self.view)
+            self._meta_bins[bin_id] = kept
+            self._meta_kept += length
+        return [kept[start:end]]
 
     @property
     def metadata0(self) -> bytes:

@@ -245,8 +245,7 @@ class ResponseBuilder:
                 if len(lacking) == 0:
                     continue
                 rows, held, planned_end = rows[lacking], held[lacking], planned_end[lacking]
-            # Lowest resolution first, then tile, component, position.
-            order = np.lexsort((pr["p"][rows], pr["c"][rows], pr["t"][rows], pr["r"][rows]))
+            order = np.argsort(_send_rank(ix)[rows])
             rows, held, planned_end = rows[order], held[order], planned_end[order]
             ids = pr["id"][rows]
             bin_len = pr["bin_length"][rows]
@@ -366,10 +365,14 @@ class ResponseBuilder:
                 headers += writer.next_headers(bin_ids[1:], offsets[1:], sizes[1:], lasts[1:])
             data = int(reach[stop - 1]) - before
             total = sum(map(len, headers)) + data
-            batch = bytearray(total)
+            # The messages queued before (header bins, metadata) open the batch: the chunk is
+            # then the batch itself, not a join of it.
+            queued = b"".join(self._parts) if self._parts else b""
+            batch = bytearray(len(queued) + total)
             place = memoryview(batch)
+            place[:len(queued)] = queued
             bodies = []  # each message's body, in place after its header
-            pos = 0
+            pos = len(queued)
             for header, size in zip(headers, sizes, strict=True):
                 end = pos + len(header)
                 place[pos:end] = header
@@ -378,7 +381,7 @@ class ResponseBuilder:
             self._reader.read_runs_into(bodies, runs[span], lengths[span])
             del bodies
             place.release()
-            self._parts.append(batch)
+            self._parts = [batch]
             self._size += total
             out = self.outcome
             out.bytes_sent += total
@@ -447,6 +450,20 @@ class ResponseBuilder:
         held[where] = new_end
         self._records.append(ReceivedRows(BinKind.PRECINCT, cs, rows[where].astype(np.int32),
                                           new_end))
+
+
+def _send_rank(ix) -> np.ndarray:
+    """Per precinct row: its place in the order precincts are sent, lowest resolution first,
+    then tile, component, position. Computed once per index."""
+    rank = getattr(ix, "_send_rank", None)
+    if rank is None:
+        pr = ix.precincts
+        order = np.lexsort((pr["p"], pr["c"], pr["t"], pr["r"]))
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        rank.flags.writeable = False
+        ix._send_rank = rank  # cached on the index, like plan.bin_runs
+    return rank
 
 
 def _take(pieces: list, n: int) -> list:

@@ -44,7 +44,7 @@ WHOLE_BINS_BYTES = 1 << 20
 
 @dataclass(slots=True)
 class Chunk:
-    data: bytes
+    data: bytes | bytearray  # (a bytearray is the builder's own, never changed once yielded)
     records: list = field(default_factory=list)  # cache-model records of the bytes in `data`
 
 

@@ -61,9 +61,6 @@ SPAN_BUDGET = 8 << 20
 # KEPT_METADATA_BYTES in all.
 KEPT_METADATA_BIN = 16 << 10
 KEPT_METADATA_BYTES = 1 << 20
-# FileBytes.runs: runs less than RUN_GAP bytes apart share a read (which reads at most RUN_GAP
-# bytes per run that are not asked for).
-RUN_GAP = 4096
 # The most buffers one preadv takes (Linux: 1024).
 IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
 
@@ -99,26 +96,6 @@ class FileBytes:
         if os.preadv(self._file.fileno(), [buffer], offset) != len(buffer):
             raise FileChanged("the file was cut shorter while it was being served")
 
-    def runs(self, offsets: np.ndarray, lengths: np.ndarray) -> list:
-        """The bytes of each run (file offset, length), as buffers: runs less than RUN_GAP
-        bytes apart are read with one pread (a response's precincts mostly follow each other
-        in the file), which costs far less than a call per run."""
-        n = len(offsets)
-        if n == 0:
-            return []
-        offsets = np.asarray(offsets, np.int64)
-        lengths = np.asarray(lengths, np.int64)
-        order, block_of, lo, hi = _blocks(offsets, lengths, RUN_GAP)
-        blocks = [memoryview(self[a:b]) for a, b in zip(lo.tolist(), hi.tolist(), strict=True)]
-        at = (offsets[order] - lo[block_of]).tolist()
-        pieces = [blocks[b][a:a + m] for b, a, m in
-                  zip(block_of.tolist(), at, lengths[order].tolist(), strict=True)]
-        out: list = [None] * n
-        for k, piece in zip(order.tolist(), pieces, strict=True):
-            out[k] = piece
-        return out
-
-
     def read_runs_into(self, views: list, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Reads each run (file offset, length) into its view (a writable buffer of that
         length: a response's message bodies, in place), straight from the file: runs that
@@ -147,11 +124,11 @@ class SpanReader:
     """Runs of a file read through the spans a response will need (`spans`: offsets and
     lengths), read once, up front, with a pread per span, into one buffer.
 
-    A response sends its precincts layer by layer, so one call of FileBytes.runs sees one
+    A response sends its precincts layer by layer, so one call of read_runs_into sees one
     layer's packets, scattered over the file; a precinct's packets of every layer are mostly
     one span (a progression with the layer innermost). Reading whole spans costs a few
     preads per response instead of one per packet. Spans of more than `budget` bytes in all
-    (a large streamed response) are not read up front: runs then go to FileBytes.runs."""
+    (a large streamed response) are not read up front: runs are then read from the file."""
 
     def __init__(self, view: FileBytes, offsets: np.ndarray, lengths: np.ndarray, *,
                  budget: int = SPAN_BUDGET) -> None:
@@ -160,7 +137,7 @@ class SpanReader:
         lo = np.asarray(offsets, np.int64)[keep]
         hi = lo + np.asarray(lengths, np.int64)[keep]
         if len(lo):  # spans that touch or overlap become one
-            _, _, lo, hi = _blocks(lo, hi - lo, 0)
+            lo, hi = _merged(lo, hi - lo)
         total = int((hi - lo).sum())
         self._lo = self._hi = self._at = None
         if 0 < total <= budget:
@@ -170,22 +147,6 @@ class SpanReader:
                 view.read_into(buf[p:p + b - a], a)
             self._lo, self._hi, self._at = lo, hi, at
             self._buf = buf
-
-    def runs(self, offsets: np.ndarray, lengths: np.ndarray) -> list:
-        """As FileBytes.runs; runs outside the spans are read by it."""
-        if self._lo is None:
-            return self.view.runs(offsets, lengths)
-        offsets = np.asarray(offsets, np.int64)
-        lengths = np.asarray(lengths, np.int64)
-        span = np.searchsorted(self._lo, offsets, side="right") - 1
-        np.maximum(span, 0, out=span)
-        if not (offsets + lengths <= self._hi[span]).all() or not (
-                offsets >= self._lo[span]).all():
-            return self.view.runs(offsets, lengths)  # (not a response's usual case)
-        rel = offsets - self._lo[span] + self._at[span]
-        buf = self._buf
-        return [buf[a:e] for a, e in zip(rel.tolist(), (rel + lengths).tolist(), strict=True)]
-
 
     def read_runs_into(self, views: list, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """As FileBytes.read_runs_into; runs outside the spans are read by it."""
@@ -206,21 +167,16 @@ class SpanReader:
             view[:] = buf[a:e]
 
 
-def _blocks(offsets: np.ndarray, lengths: np.ndarray, gap: int
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Runs (offset, length; at least one) grouped into blocks read at once: runs at most
-    `gap` bytes apart share a block (0: runs that touch or overlap). Returns the order that
-    sorts the runs by offset, the block of each sorted run, and each block's [lo, hi)."""
+def _merged(offsets: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs (offset, length; at least one) merged where they touch or overlap: the [lo, hi)
+    of each merged run, in file order."""
     order = np.argsort(offsets, kind="stable")
     off = offsets[order]
     reach = np.maximum.accumulate(off + lengths[order])  # the furthest byte so far
     first = np.ones(len(off), bool)
-    first[1:] = off[1:] > reach[:-1] + gap
+    first[1:] = off[1:] > reach[:-1]
     starts = np.flatnonzero(first)
-    return order, np.cumsum(first) - 1, off[starts], reach[np.append(starts[1:] - 1,
-                                                                      len(off) - 1)]
-
-
+    return off[starts], reach[np.append(starts[1:] - 1, len(off) - 1)]
 
 
 class Source:

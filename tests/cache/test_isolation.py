@@ -117,19 +117,42 @@ def test_a_file_cut_shorter_while_served_gives_an_error_not_sigbus(tmp_path) -> 
         with pytest.raises(CodestreamError, match="cut shorter while it was being served"):
             src.precinct_pieces(0, len(ix.precincts["pkt_start"]) - 1)
         with pytest.raises(CodestreamError, match="cut shorter"):
-            src.view.runs([500, 900], [100, 200])
+            _read_runs(src.view, [500, 900], [100, 200])
 
 
-def test_runs_are_read_together_and_returned_in_order(tmp_path) -> None:
+def _read_runs(reader, offsets, lengths) -> list[bytes]:
+    """Each run's bytes, read by `reader.read_runs_into` into one buffer (with a byte
+    between runs that no read may touch)."""
+    buf = bytearray(b"\xee" * (sum(lengths) + len(lengths) + 1))
+    mv = memoryview(buf)
+    views, pos = [], 1
+    for n in lengths:
+        views.append(mv[pos:pos + n])
+        pos += n + 1
+    reader.read_runs_into(views, np.array(offsets, np.int64), np.array(lengths, np.int64))
+    gaps = [buf[p] for p in np.cumsum([0] + [n + 1 for n in lengths]).tolist()]
+    assert set(gaps) == {0xEE}, "a read wrote outside its run"
+    return [bytes(v) for v in views]
+
+
+def test_runs_are_read_into_their_places(tmp_path) -> None:
     path = tmp_path / "img.jp2"
     shutil.copyfile(CORPUS / "file1.jp2", path)
     data = path.read_bytes()
     with build_source(path) as src:
-        offsets = [90_000, 10, 5_000, 400_000, 20, 0]
-        lengths = [100, 30, 7_000, 50, 0, 4]
-        got = src.view.runs(offsets, lengths)
+        # Out of order, adjacent (30+20 = 50 after 20...), overlapping, empty, at the end.
+        offsets = [90_000, 10, 5_000, 400_000, 20, 0, 40, 45, 50, len(data) - 7]
+        lengths = [100, 30, 7_000, 50, 0, 4, 10, 20, 5, 7]
         want = [data[o:o + n] for o, n in zip(offsets, lengths, strict=True)]
-        assert [bytes(g) for g in got] == want
+        assert _read_runs(src.view, offsets, lengths) == want
+        # More adjacent runs than one preadv takes (IOV_MAX buffers).
+        from codestream.source import IOV_MAX
+        count = IOV_MAX * 2 + 3
+        offsets = [1000 + 3 * i for i in range(count)]
+        want = [data[o:o + 3] for o in offsets]
+        assert _read_runs(src.view, offsets, [3] * count) == want
+        with pytest.raises(FileChanged, match="cut shorter"):
+            _read_runs(src.view, [len(data) - 5], [10])
 
 
 def test_the_server_cache_indexes_in_a_child_and_tools_in_process(tmp_path) -> None:
@@ -180,12 +203,11 @@ def test_a_span_reader_reads_its_spans_once_and_the_rest_through_the_file(tmp_pa
         reader = SpanReader(src.view, *spans)
         for offsets, lengths in (([1000, 5000, 5500, 3999], [10, 100, 500, 1]),
                                  ([1000, 200_000], [10, 50])):  # one run outside the spans
-            got = reader.runs(np.array(offsets), np.array(lengths))
-            assert [bytes(g) for g in got] == [data[o:o + n] for o, n in
-                                               zip(offsets, lengths, strict=True)]
+            got = _read_runs(reader, offsets, lengths)
+            assert got == [data[o:o + n] for o, n in zip(offsets, lengths, strict=True)]
         # Over the budget: nothing read up front, every run read through the file.
         small = SpanReader(src.view, *spans, budget=100)
-        assert bytes(small.runs(np.array([5000]), np.array([100]))[0]) == data[5000:5100]
+        assert _read_runs(small, [5000], [100]) == [data[5000:5100]]
         with open(path, "r+b") as f:
             f.truncate(2000)
         with pytest.raises(FileChanged):

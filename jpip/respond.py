@@ -36,6 +36,7 @@ from .plan import Plan, bin_runs, planned_ends
 CHUNK_TARGET = 256 * 1024
 MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
 CLASS_CSN_BYTES = 9  # what class and CSn add to a header, at most (1 + 8 VBAS bytes)
+BATCH_SLACK = 64  # bytes a batch buffer keeps free after its messages (_flush)
 RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at most)
 # A response of up to this much image data goes out in one write (server/), so its layer
 # order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
@@ -148,7 +149,16 @@ class ResponseBuilder:
         if not self._parts:
             return None
         parts = self._parts
-        chunk = Chunk(parts[0] if len(parts) == 1 else b"".join(parts), self._records)
+        if len(parts) == 1:
+            data = parts[0]
+        elif type(parts[0]) is bytearray and sum(map(len, parts[1:])) <= BATCH_SLACK:
+            # A batch and a few bytes after it (the EOR): they join the batch in its slack.
+            data = parts[0]
+            for part in parts[1:]:
+                data += part
+        else:
+            data = b"".join(parts)
+        chunk = Chunk(data, self._records)
         self._parts, self._size, self._records = [], 0, []
         return chunk
 
@@ -260,7 +270,7 @@ class ResponseBuilder:
                     frm, ends = held[sel], planned_end[sel]
                     runs = pk["offset"][pr["pkt_start"][rows[sel]]] + frm
                     yield from self._send_layer(cs, rows, held, sel, ids[sel], frm, ends, runs,
-                                                ends == bin_len[sel])
+                                                ends == bin_len[sel], one_chunk=True)
                     if self._stopped:
                         return
                 if whole.all():
@@ -311,14 +321,17 @@ class ResponseBuilder:
 
     def _send_layer(self, cs: int, rows: np.ndarray, held: np.ndarray, sel: np.ndarray,
                     ids: np.ndarray, frm: np.ndarray, ends: np.ndarray, runs: np.ndarray,
-                    last: np.ndarray) -> Iterator[Chunk]:
-        """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`."""
+                    last: np.ndarray, *, one_chunk: bool = False) -> Iterator[Chunk]:
+        """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`.
+        `one_chunk`: a response written whole (whole_bins_up_to) needs no chunks of
+        CHUNK_TARGET bytes; as one buffer it is written without a join."""
         pos, count = 0, len(sel)
         if count == 0 or self._stopped:
             return
         if int(runs.min()) >= 0 and self._fits(ends - frm, CLASS_CSN_BYTES):
             # Every message is one file run and all of them fit: no per-message checks.
-            yield from self._in_batches(cs, rows, held, sel, ids, frm, ends, runs, last)
+            yield from self._in_batches(cs, rows, held, sel, ids, frm, ends, runs, last,
+                                        one_chunk)
             return
         csn = cs + self.first
         # The first precinct message after header bins carries class and CSn: general path.
@@ -330,7 +343,7 @@ class ResponseBuilder:
             return
         if int(runs[pos:].min()) >= 0 and self._fits(ends[pos:] - frm[pos:], 0):
             yield from self._in_batches(cs, rows, held, sel[pos:], ids[pos:], frm[pos:],
-                                        ends[pos:], runs[pos:], last[pos:])
+                                        ends[pos:], runs[pos:], last[pos:], one_chunk)
         else:
             yield from self._one_by_one(cs, rows, held, sel, ids, frm, ends, runs, last,
                                         pos, count)
@@ -341,10 +354,12 @@ class ResponseBuilder:
         return self.limit is None or (int(lengths.sum()) + len(lengths) * MAX_HEADER_BYTES
                                       + extra <= self._room())
 
-    def _in_batches(self, cs, rows, held, sel, ids, frm, ends, runs, last) -> Iterator[Chunk]:
-        """Queues every message, flushing a chunk about every CHUNK_TARGET bytes. A batch is
-        one buffer: the headers written in place, the bodies read from the file straight
-        into place between them (no copy of them but the file's into the batch)."""
+    def _in_batches(self, cs, rows, held, sel, ids, frm, ends, runs, last,
+                    one_chunk: bool = False) -> Iterator[Chunk]:
+        """Queues every message, flushing a chunk about every CHUNK_TARGET bytes (one batch
+        for all when `one_chunk`). A batch is one buffer: the headers written in place, the
+        bodies read from the file straight into place between them (no copy of them but
+        the file's into the batch)."""
         lengths = ends - frm
         reach = np.cumsum(lengths)
         writer = self.writer
@@ -352,8 +367,11 @@ class ResponseBuilder:
         start = 0
         while start < len(sel):
             before = int(reach[start - 1]) if start else 0
-            stop = int(np.searchsorted(reach, before + max(CHUNK_TARGET - self._size, 1))) + 1
-            stop = min(stop, len(sel))
+            if one_chunk:
+                stop = len(sel)
+            else:
+                stop = int(np.searchsorted(reach, before + max(CHUNK_TARGET - self._size, 1)))
+                stop = min(stop + 1, len(sel))
             span = slice(start, stop)
             sizes = lengths[span].tolist()
             bin_ids, offsets, lasts = ids[span].tolist(), frm[span].tolist(), last[span].tolist()
@@ -368,7 +386,7 @@ class ResponseBuilder:
             # The messages queued before (header bins, metadata) open the batch: the chunk is
             # then the batch itself, not a join of it.
             queued = b"".join(self._parts) if self._parts else b""
-            batch = bytearray(len(queued) + total)
+            batch = bytearray(len(queued) + total + BATCH_SLACK)
             place = memoryview(batch)
             place[:len(queued)] = queued
             bodies = []  # each message's body, in place after its header
@@ -381,6 +399,7 @@ class ResponseBuilder:
             self._reader.read_runs_into(bodies, runs[span], lengths[span])
             del bodies
             place.release()
+            del batch[pos:]  # the slack stays allocated: the EOR joins the batch in place
             self._parts = [batch]
             self._size += total
             out = self.outcome
@@ -392,7 +411,8 @@ class ResponseBuilder:
                                               rows[sel[span]].astype(np.int32),
                                               ends[span].astype(np.int64)))
             start = stop
-            if self._size >= CHUNK_TARGET:
+            # (One chunk: the EOR joins it, unless more than a response written whole.)
+            if self._size >= (self.whole_bins_up_to if one_chunk else CHUNK_TARGET):
                 chunk = self._flush()
                 if chunk:
                     yield chunk

@@ -262,6 +262,7 @@ def test_qid_order(raw) -> None:
 def test_preemption_ends_the_response_with_eor_3_and_answers_queued_ones_202(
         raw, monkeypatch) -> None:
     monkeypatch.setattr("jpip.respond.CHUNK_TARGET", 256)  # responses of several chunks
+    monkeypatch.setattr("jpip.machine.WHOLE_BINS_BYTES", 0)  # (not one, as a small one is)
     wire = Wire(raw)
     names = run_table(wire, [("target=x&cnew=http&fsiz=16,16", Expect())])
     c0 = names["c0"]

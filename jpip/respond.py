@@ -154,8 +154,10 @@ class ResponseBuilder:
         elif type(parts[0]) is bytearray and sum(map(len, parts[1:])) <= BATCH_SLACK:
             # A batch and a few bytes after it (the EOR): they join the batch in its slack.
             data = parts[0]
-            for part in parts[1:]:
-                data += part
+            try:
+                data += b"".join(parts[1:])
+            except BufferError:  # (see _in_batches): as any other parts
+                data = b"".join(parts)
         else:
             data = b"".join(parts)
         chunk = Chunk(data, self._records)
@@ -397,9 +399,11 @@ class ResponseBuilder:
                 pos = end + size
                 bodies.append(place[end:pos])
             self._reader.read_runs_into(bodies, runs[span], lengths[span])
-            del bodies
-            place.release()
-            del batch[pos:]  # the slack stays allocated: the EOR joins the batch in place
+            del bodies, place
+            try:
+                del batch[pos:]  # the slack stays allocated: the EOR joins the batch in place
+            except BufferError:  # a view of it still held (a profiler keeping a frame)
+                batch = batch[:pos]
             self._parts = [batch]
             self._size += total
             out = self.outcome

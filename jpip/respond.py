@@ -37,6 +37,7 @@ CHUNK_TARGET = 256 * 1024
 MAX_HEADER_BYTES = 24  # a precinct message header without class/CSn: Bin-ID, offset, length
 CLASS_CSN_BYTES = 9  # what class and CSn add to a header, at most (1 + 8 VBAS bytes)
 BATCH_SLACK = 64  # bytes a batch buffer keeps free after its messages (_flush)
+MAX_EOR_BYTES = 3  # an EOR message with no body
 RAISED_BODY = 256  # body bytes a raised limit lets the first message carry (at most)
 # A response of up to this much image data goes out in one write (server/), so its layer
 # order would show nothing earlier: its precincts go one message each (`whole_bins_up_to`).
@@ -272,7 +273,8 @@ class ResponseBuilder:
                     frm, ends = held[sel], planned_end[sel]
                     runs = pk["offset"][pr["pkt_start"][rows[sel]]] + frm
                     yield from self._send_layer(cs, rows, held, sel, ids[sel], frm, ends, runs,
-                                                ends == bin_len[sel], one_chunk=True)
+                                                ends == bin_len[sel],
+                                                one_chunk=self._written_whole(ends - frm))
                     if self._stopped:
                         return
                 if whole.all():
@@ -321,11 +323,20 @@ class ResponseBuilder:
             return False
         return self.limit is None or total + len(rows) * MAX_HEADER_BYTES <= self._room()
 
+    def _written_whole(self, lengths: np.ndarray) -> bool:
+        """Whether the response ends with these messages and is small enough to go out in
+        one write (whole_bins_up_to): then it needs no chunks, and is one buffer. (A
+        response streamed keeps chunks of CHUNK_TARGET bytes: each is committed once
+        written, so a connection lost resends at most one.)"""
+        return (len(self.plans) == 1 and not self.meta_plan.last
+                and self._size + int(lengths.sum()) + len(lengths) * MAX_HEADER_BYTES
+                + CLASS_CSN_BYTES + MAX_EOR_BYTES <= self.whole_bins_up_to)
+
     def _send_layer(self, cs: int, rows: np.ndarray, held: np.ndarray, sel: np.ndarray,
                     ids: np.ndarray, frm: np.ndarray, ends: np.ndarray, runs: np.ndarray,
                     last: np.ndarray, *, one_chunk: bool = False) -> Iterator[Chunk]:
         """Messages for bytes [frm, ends) of the precincts at positions `sel` of `rows`.
-        `one_chunk`: a response written whole (whole_bins_up_to) needs no chunks of
+        `one_chunk`: the response is written whole (`_written_whole`): no chunks of
         CHUNK_TARGET bytes; as one buffer it is written without a join."""
         pos, count = 0, len(sel)
         if count == 0 or self._stopped:
@@ -415,8 +426,7 @@ class ResponseBuilder:
                                               rows[sel[span]].astype(np.int32),
                                               ends[span].astype(np.int64)))
             start = stop
-            # (One chunk: the EOR joins it, unless more than a response written whole.)
-            if self._size >= (self.whole_bins_up_to if one_chunk else CHUNK_TARGET):
+            if not one_chunk and self._size >= CHUNK_TARGET:  # (one chunk: the EOR joins it)
                 chunk = self._flush()
                 if chunk:
                     yield chunk

@@ -103,7 +103,9 @@ def test_scaleout_bench_smoke(tmp_path) -> None:
             assert c["server_cpu_ms_per_req"] > 0
         assert cell["fresh"]["store_round_trips_per_req"] == 0
     assert cells["memory-1w"]["pans"]["store_round_trips_per_req"] == 0
-    assert cells["redis-1w"]["pans"]["store_round_trips_per_req"] >= 3
+    # About three a request (cache.redis_sessions: a load, [Preempt, Begin], [records, End]
+    # for a response of one chunk; cclose and answers with nothing new cost fewer).
+    assert cells["redis-1w"]["pans"]["store_round_trips_per_req"] >= 2.5
 
 
 def test_plan_bench_smoke() -> None:

@@ -252,7 +252,9 @@ async def test_preemption_and_qid_order_hold_across_servers(root) -> None:
                 newer = asyncio.create_task(_get(http, f"{b.url}/{base}&fsiz=512,512"))
                 while chunk := await slow.content.read(65536):
                     body += chunk
-                    await asyncio.sleep(0.005)
+                    # Slow enough that B's request reaches Redis and A sees it before A's
+                    # last chunk, even on a loaded machine (5 ms per chunk lost that race).
+                    await asyncio.sleep(0.02)
             status, newer_items = await newer
             items = parse_stream(bytes(body))
             assert isinstance(items[-1], EndOfResponse) and items[-1].reason == EOR.WINDOW_CHANGE

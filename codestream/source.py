@@ -320,19 +320,20 @@ class Source:
     def _index_one(self, i: int, resolutions: int | None, background: bool) -> None:
         self._check_intact()
         off, ln = self.layout.codestreams[i]
-        if self.index_in is not None:
-            ident = self.identity
-            ix = self.index_in(index_file_codestream, ident.path, stat_key(ident), off, ln,
-                               self._use_plt, resolutions)
-        elif background:
-            ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
-                                  resolutions=resolutions, pause=self._yield_to_requests)
+        if background:
+            # In this process the pause points let requests' indexing go first; in a child
+            # there are none, so the step waits until no request's indexing runs.
+            pause = self._yield_to_requests
+            if self.index_in is not None:
+                pause()
+                if _holds(self.codestreams[i], resolutions):
+                    return  # a request's indexing did this step's work meanwhile
+            ix = self._index_with(off, ln, resolutions, pause)
         else:
             with self._urgent:
                 self._urgent_count += 1
             try:
-                ix = index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
-                                      resolutions=resolutions)
+                ix = self._index_with(off, ln, resolutions, None)
             finally:
                 with self._urgent:
                     self._urgent_count -= 1
@@ -340,6 +341,16 @@ class Source:
         with self._urgent:
             if not _holds(self.codestreams[i], ix.resolutions_indexed):
                 self.codestreams[i] = ix
+
+    def _index_with(self, off: int, ln: int, resolutions: int | None,
+                    pause: Callable[[], None] | None) -> CodestreamIndex:
+        """One indexing job: through `index_in` (a child process), else here on the map."""
+        if self.index_in is not None:
+            ident = self.identity
+            return self.index_in(index_file_codestream, ident.path, stat_key(ident), off, ln,
+                                 self._use_plt, resolutions)
+        return index_codestream(self._mapped(), off, ln, use_plt=self._use_plt,
+                                resolutions=resolutions, pause=pause)
 
     def _yield_to_requests(self) -> None:
         """Background indexing's pause point: waits while a request's indexing runs, and

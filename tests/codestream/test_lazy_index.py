@@ -209,3 +209,26 @@ def test_a_request_needing_far_less_does_not_wait_and_a_failed_job_is_retried() 
         assert [type(e) for e in bg_errors] == [RuntimeError] and not errors
         assert runner.jobs == [None, steps[0], steps[-2]]
         assert src.codestreams[0].resolutions_indexed in (None, steps[-2])
+
+
+def test_background_steps_in_a_child_wait_while_a_request_indexes() -> None:
+    """A child has no pause points: a background step waits before it starts while a request's
+    indexing runs (beside it on two cores it would halve the request's speed; a cold first
+    window at full resolution of a 16384² file took 3.5 s instead of 1.3 s), and then finds
+    its work done."""
+    with build_source(CORPUS / "p0_04.j2k", lazy=True) as src:
+        steps = src.index_steps(0)
+        runner = src.index_in = _SlowRunner()
+        request, errors = _index_in_thread(src, None)
+        assert runner.started.acquire(timeout=30)
+        import threading
+
+        background = threading.Thread(
+            target=lambda: src.index_codestreams([0], steps[0], background=True))
+        background.start()
+        background.join(0.3)
+        assert runner.jobs == [None], "a background step ran beside a request's indexing"
+        runner.release.set()
+        request.join(30)
+        background.join(30)
+        assert not errors and runner.jobs == [None] and src.complete

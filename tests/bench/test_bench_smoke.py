@@ -114,3 +114,19 @@ def test_plan_bench_smoke() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     for word in ("fresh", "pan", "resolve", "plan", "model"):
         assert word in proc.stdout
+
+
+def test_coldindex_bench_smoke(tmp_path) -> None:
+    """The cold-start benchmark on a small RLCP file without PLT: every step answers 200."""
+    from tests.conftest import CORPUS
+
+    results = tmp_path / "coldindex.json"
+    cmd = [sys.executable, "-m", "bench", "coldindex", "--image", str(CORPUS / "p0_04.j2k"),
+           "--windows", "1", "--no-whole", "--results", str(results)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(results.read_text())
+    steps = [rep["first_thumbnail"], *rep["windows"], rep["cached_thumbnail"],
+             rep["direct_full_window"]]
+    assert {s["status"] for s in steps} == {200} and all(s["bytes"] > 0 for s in steps)
+    assert rep["persisted_after_s"] is not None

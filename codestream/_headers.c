@@ -241,6 +241,11 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
     for (int i = 0; i < 3; i++) {
         Band *band = &p->bands[i];
         int64_t cw = grid[2 * i], ch = grid[2 * i + 1];
+        if (cw < 0 || ch < 0) {  /* checked on entry, but the array may have changed since */
+            *too_big = 1;
+            free_precinct(p);
+            return NULL;
+        }
         band->cw = cw;
         band->count = cw * ch;
         if (band->count == 0)
@@ -503,7 +508,8 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
     Precinct **states = NULL;
     Py_ssize_t npackets = rows.len / 8, nprec = styles.len, nparts = parts.len / 24;
     const uint8_t *data = buf.buf;
-    const int64_t *part = parts.buf, *row = rows.buf;
+    const int64_t *row = rows.buf;
+    int64_t *part = NULL;  /* a private copy: the tile-part bounds are checked once */
     const int32_t *layer_of = layers.buf, *grid = grids.buf;
     const uint8_t *style_of = styles.buf;
     int64_t *out_off = o_off.buf, *out_len = o_len.buf, *out_hlen = o_hlen.buf;
@@ -512,6 +518,11 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
     int64_t pk_len = is_packed ? packed.len : 0, hpos = 0;
     uint8_t *out_sop = o_sop.buf;
     Limits lim = {max_zbp, max_passes, max_lblock, max_nodes, max_bytes};
+    /* Lblock is a uint8_t and read_bits' fields are at most 64 + 8 bits long. */
+    if (max_zbp < 0 || max_passes < 0 || max_lblock < 3 || max_lblock > 64) {
+        PyErr_SetString(PyExc_ValueError, "limits: out of range");
+        goto done;
+    }
 
     if (check_buffer(&layers, 4, npackets, "layers") || check_buffer(&grids, 24, nprec, "grids")
         || check_buffer(&o_off, 8, npackets, "offsets") || check_buffer(&o_len, 8, npackets,
@@ -523,6 +534,12 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "parts: no tile-part");
         goto done;
     }
+    part = malloc((size_t)nparts * 3 * sizeof *part);
+    if (!part) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    memcpy(part, parts.buf, (size_t)nparts * 3 * sizeof *part);
     for (Py_ssize_t i = 0; i < nparts; i++) {
         if (part[3 * i] < 0 || part[3 * i] > part[3 * i + 1] || part[3 * i + 1] > buf.len) {
             PyErr_SetString(PyExc_ValueError, "parts: a tile-part outside the buffer");
@@ -548,7 +565,7 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
     }
 
     Error err = {{0}, 0, 0};
-    int too_big = 0, no_memory = 0;
+    int too_big = 0, no_memory = 0, changed = 0;
     int64_t live = 0;
     Py_ssize_t part_no = 0, count = 0;
     int64_t pos = part[0], end = part[1];
@@ -557,6 +574,15 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
      * the Python loop): other threads (the server's requests) run meanwhile. */
     PyThreadState *ts = PyEval_SaveThread();
     for (Py_ssize_t i = 0; i < npackets; i++) {
+        /* Each packet's precinct and layer are read once, and checked again: an output array
+         * may alias an input one (out_off[i] overwrites row[i] in this very iteration), and
+         * the arrays are not ours while the GIL is released. */
+        int64_t r = row[i];
+        int32_t layer = layer_of[i];
+        if (r < 0 || r >= nprec || layer < 0 || layer >= (1 << 30)) {
+            changed = 1;
+            break;
+        }
         if (has_pause && !((decoded + count) & 4095)) {
             PyEval_RestoreThread(ts);
             PyObject *r = PyObject_CallNoArgs(pause);
@@ -582,13 +608,13 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
         int64_t hend, body = 0;
         if (is_packed) {
             /* The header from the packed stream, the body from the tile-part. */
-            Precinct *p = state_of(states, row[i], grid, style_of, &lim, &live, &too_big);
+            Precinct *p = state_of(states, r, grid, style_of, &lim, &live, &too_big);
             if (!p) {
                 no_memory = !too_big;
                 break;
             }
             Bits b = {pk, hpos, pk_len, 0, 0, 0};
-            if (read_header(p, &b, layer_of[i], &lim, &body, &err) < 0)
+            if (read_header(p, &b, layer, &lim, &body, &err) < 0)
                 break;
             if (align_bits(&b, &err, &hend))
                 break;
@@ -616,13 +642,13 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
             if (eph && after_eph(data, pos + 1, end, tile, &hend, &err))
                 break;
         } else {
-            Precinct *p = state_of(states, row[i], grid, style_of, &lim, &live, &too_big);
+            Precinct *p = state_of(states, r, grid, style_of, &lim, &live, &too_big);
             if (!p) {
                 no_memory = !too_big;
                 break;
             }
             Bits b = {data, pos, end, 0, 0, 0};
-            if (read_header(p, &b, layer_of[i], &lim, &body, &err) < 0)
+            if (read_header(p, &b, layer, &lim, &body, &err) < 0)
                 break;
             if (align_bits(&b, &err, &hend))
                 break;
@@ -644,14 +670,16 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
             count++;
             pos = hend + body;
         }
-        if (layer_of[i] == last_layer && states[row[i]]) {
-            live -= (int64_t)states[row[i]]->bytes;  /* the precinct's last packet */
-            free_precinct(states[row[i]]);
-            states[row[i]] = NULL;
+        if (layer == last_layer && states[r]) {
+            live -= (int64_t)states[r]->bytes;  /* the precinct's last packet */
+            free_precinct(states[r]);
+            states[r] = NULL;
         }
     }
     PyEval_RestoreThread(ts);
-    if (no_memory) {
+    if (changed) {
+        PyErr_SetString(PyExc_ValueError, "rows/layers: changed during the call");
+    } else if (no_memory) {
         PyErr_NoMemory();
     } else if (too_big) {
         result = Py_NewRef(Py_None);
@@ -670,6 +698,7 @@ done:
             free_precinct(states[i]);
         free(states);
     }
+    free(part);
     PyBuffer_Release(&buf);
     PyBuffer_Release(&parts);
     PyBuffer_Release(&rows);

@@ -193,3 +193,57 @@ def test_code_block_grids_at_once_match_one_precinct_at_a_time(path, monkeypatch
             expected = precinct_band_grids(builder.siz, t, c, styles[c], per_comp[c][r], p)
             expected += [(0, 0)] * (3 - len(expected))
             assert grids[k].tolist() == [list(b) for b in expected], (path.name, t, row)
+
+
+# --- the call's own arguments: arrays it must not trust once checked -----------------------
+LIMITS = (index_module.MAX_ZERO_BITPLANES, index_module.MAX_PASSES, index_module.MAX_LBLOCK,
+          index_module.NATIVE_MAX_NODES, index_module.NATIVE_MAX_BYTES)
+
+
+def _empty_packets_call(n: int, size: int, alias_rows: bool = False, alias_parts: bool = False,
+                        limits: tuple = LIMITS):
+    """decode_tile over n empty packets (zero bytes) of one one-layer precinct at the end of a
+    zeroed buffer of `size` bytes, the outputs optionally sharing memory with the inputs."""
+    buf = np.zeros(size, np.uint8)  # untouched pages: no memory used
+    offsets, lengths, hlens, poffs = (np.empty(n, np.int64) for _ in range(4))
+    sops = np.empty(n, np.uint8)
+    # Two tile-parts of n / 2 packets each.
+    parts = np.asarray([(size - n, size - n // 2, 0), (size - n // 2, size, 0)], np.int64)
+    if alias_parts:  # the packed offsets (-1 here) written over the second part's start
+        assert n == 8
+        poffs[:6] = parts.ravel()
+        parts = poffs[:6].reshape(2, 3)
+    rows = offsets if alias_rows else np.zeros(n, np.int64)
+    rows[:] = 0
+    grids = np.zeros((1, 3, 2), np.int32)
+    grids[0, 0] = (1, 1)
+    return native._headers.decode_tile(
+        buf, parts, None, rows, np.zeros(n, np.int32), grids, np.zeros(1, np.uint8), 0, False,
+        False, 0, None, 1, limits, offsets, lengths, hlens, poffs, sops), offsets
+
+
+@pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
+def test_outputs_sharing_memory_with_the_inputs_change_nothing() -> None:
+    # Each packet's precinct is read once: out_off[i] overwriting rows[i] in the same
+    # iteration made it free states[offset] (far outside the array: a crash) before the fix.
+    expected, offsets = _empty_packets_call(64, 1 << 28)
+    got, aliased = _empty_packets_call(64, 1 << 28, alias_rows=True)
+    assert got == expected == (64, 1 << 28, 1 << 28, 1, None)
+    assert np.array_equal(aliased, offsets)
+    # The tile-part bounds are copied once checked: -1 written over the second part's start
+    # by the packed offsets made the decoder read buf[-1] and locate a packet there before
+    # the fix.
+    expected, offsets = _empty_packets_call(8, 1 << 16)
+    got, aliased = _empty_packets_call(8, 1 << 16, alias_parts=True)
+    assert got == expected == (8, 1 << 16, 1 << 16, 1, None)
+    assert np.array_equal(aliased, offsets)
+    assert aliased.tolist() == list(range((1 << 16) - 8, 1 << 16))
+
+
+@pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
+@pytest.mark.parametrize("limits", [(80, 109, 300, 1 << 22, 1 << 30), (80, 109, 2, 4, 4),
+                                    (-1, 109, 64, 4, 4)])
+def test_limits_outside_what_the_decoder_can_hold_are_refused(limits) -> None:
+    # Lblock is held in a byte: a bound past 64 would let it wrap around instead of failing.
+    with pytest.raises(ValueError, match="limits"):
+        _empty_packets_call(8, 64, limits=limits)

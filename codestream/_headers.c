@@ -585,10 +585,10 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
         }
         if (has_pause && !((decoded + count) & 4095)) {
             PyEval_RestoreThread(ts);
-            PyObject *r = PyObject_CallNoArgs(pause);
-            if (!r)
+            PyObject *res = PyObject_CallNoArgs(pause);
+            if (!res)
                 goto done;
-            Py_DECREF(r);
+            Py_DECREF(res);
             ts = PyEval_SaveThread();
         }
         while (pos >= end && part_no + 1 < nparts) {

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import gc
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +36,8 @@ from server.config import ServerConfig
 from server.scopes import TargetScope
 from server.tokens import TokenVerifier, load_keys
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ROOT = HERE.parent / "tests" / "data" / "interop"
-IMAGE = "rgb4096.jp2"
+from .request_bench import IMAGE, add_image_root, image_missing
+
 AUDIENCE = "bench"
 
 
@@ -171,14 +169,11 @@ def parts_bench(repeat: int = 2000) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench auth", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                    help=f"directory holding {IMAGE} (default: the test data)")
+    add_image_root(ap)
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    if not (args.root / IMAGE).exists():
-        print(f"{args.root / IMAGE} missing: run `python -m tests.data.generate`",
-              file=sys.stderr)
+    if image_missing(args.root):
         return 2
     results = asyncio.run(requests_bench(args.root, args.requests, args.rounds))
     print("CPU microseconds per request, access control off / on (same run)")

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +26,7 @@ from codestream.source import build_source
 from jpip.plan import plan_window
 from jpip.window import resolve_window
 
-from .request_bench import DEFAULT_ROOT, IMAGE, SIZE, WINDOW, pan_offsets
+from .request_bench import IMAGE, SIZE, WINDOW, add_image_root, image_missing, pan_offsets
 
 
 def _round(ix, offsets: list[tuple[int, int]]) -> dict[str, float]:
@@ -60,14 +58,11 @@ def _round(ix, offsets: list[tuple[int, int]]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                    help=f"directory holding {IMAGE} (default: the test data)")
+    add_image_root(ap)
     ap.add_argument("--windows", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args(argv)
-    if not (args.root / IMAGE).exists():
-        print(f"{args.root / IMAGE} missing: run `python -m tests.data.generate`",
-              file=sys.stderr)
+    if image_missing(args.root):
         return 2
     rng = random.Random(7)
     workloads = {

@@ -180,17 +180,28 @@ def model_cost(root: Path, count: int = 100_000) -> tuple[float, float]:
         return t1 - t0, time.perf_counter() - t1
 
 
+def add_image_root(ap: argparse.ArgumentParser) -> None:
+    """--root: the directory holding IMAGE, for the in-process benchmarks."""
+    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
+                    help=f"directory holding {IMAGE} (default: the test data)")
+
+
+def image_missing(root: Path) -> bool:
+    """True, and says how to make it, when `root` has no IMAGE."""
+    if (root / IMAGE).exists():
+        return False
+    print(f"{root / IMAGE} missing: run `python -m tests.data.generate`", file=sys.stderr)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench request", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=DEFAULT_ROOT,
-                    help=f"directory holding {IMAGE} (default: the test data)")
+    add_image_root(ap)
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv)
-    if not (args.root / IMAGE).exists():
-        print(f"{args.root / IMAGE} missing: run `python -m tests.data.generate`",
-              file=sys.stderr)
+    if image_missing(args.root):
         return 2
     results = asyncio.run(bench(args.root, args.requests, args.rounds))
     print("microseconds per request (CPU of this process; wall clock in brackets)")

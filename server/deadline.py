@@ -35,9 +35,6 @@ class Deadline:
     def lift(self) -> None:
         self.when = None
 
-    def expired(self) -> bool:
-        return self.fired
-
     def cut(self) -> bool:
         """Called once, when the guarded block ended: True when the deadline fired and the
         cancellation it caused is the only one pending (its CancelledError is then a timeout;

@@ -40,7 +40,7 @@ from tests.redis_server import RedisServer
 
 from . import loadgen
 from .procs import cpu_seconds, jpip_server, loadavg, tree_cpu_seconds
-from .server_bench import JPIP_PATH, RESULTS_DIR, ROOT, SHARED, _pct, link_into
+from .server_bench import JPIP_PATH, RESULTS_DIR, ROOT, SHARED, link_into, percentile
 from .workloads import Needs, region_requests, viewer_traces
 
 IMAGES = (SHARED / "interop" / "rgb4096.jp2", ROOT / "tests" / "data" / "interop" /
@@ -81,7 +81,7 @@ class Cell:
             "errors": len(run.errors) + len(run.samples) - len(ok),
             "error_examples": run.errors[:3], "wall_s": run.wall,
             "rps": len(ok) / run.wall if run.wall else math.nan,
-            "p50_ms": _pct(lat, 50), "p99_ms": _pct(lat, 99),
+            "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99),
             "mb_per_s": sent / run.wall / 1e6 if run.wall else math.nan,
             "bytes_per_req": sent / len(ok) if ok else math.nan,
             "server_cpu_ms_per_req": d["server_cpu"] * 1e3 / n,

@@ -113,7 +113,7 @@ def load_needs(path: Path, cache_dir: Path) -> Needs:
 
 
 # --------------------------------------------------------------------------- figures
-def _pct(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else math.nan
 
 
@@ -131,9 +131,9 @@ def summarise(run: Run) -> dict[str, Any]:
         "requests": n, "ok": len(ok), "errors": len(run.errors) + n - len(ok),
         "error_examples": run.errors[:3], "wall_s": run.wall,
         "rps": len(ok) / run.wall if run.wall else math.nan,
-        "p50_ms": _pct(lat, 50), "p95_ms": _pct(lat, 95), "p99_ms": _pct(lat, 99),
+        "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
         "max_ms": max(lat) if lat else math.nan,
-        "ttfb_p50_ms": _pct(ttfb, 50), "ttfb_p99_ms": _pct(ttfb, 99),
+        "ttfb_p50_ms": percentile(ttfb, 50), "ttfb_p99_ms": percentile(ttfb, 99),
         "mb_per_s": sent / run.wall / 1e6 if run.wall else math.nan,
         "sent_per_req": sent / len(ok) if ok else math.nan,
         "needed_per_req": needed / len(ok) if ok else math.nan,

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import Any
 
 from aiohttp import web
 
@@ -127,13 +128,20 @@ def _not_allowed(allowed: Sequence[str]) -> web.Handler:
 
 # ----- background work -----
 
-async def sweep_deadlines(deadlines: Deadlines, app: web.Application) -> AsyncIterator[None]:
-    """Cuts the requests that outlive their deadline (server.deadline), while the app runs."""
-    task = asyncio.create_task(deadlines.run(), name="jpip-deadlines")
+@contextlib.asynccontextmanager
+async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """`work` runs as a task inside the block, and is cancelled and awaited as it ends."""
+    task = asyncio.create_task(work, name=name)
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def sweep_deadlines(deadlines: Deadlines, app: web.Application) -> AsyncIterator[None]:
+    """Cuts the requests that outlive their deadline (server.deadline), while the app runs."""
+    async with _running(deadlines.run(), "jpip-deadlines"):
+        yield
 
 
 async def health_pool(app: web.Application) -> AsyncIterator[None]:
@@ -150,11 +158,8 @@ async def log_flusher(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(ACCESS_FLUSH_PERIOD)
             flush_logs()
 
-    task = asyncio.create_task(flush(), name="jpip-log-flusher")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(flush(), "jpip-log-flusher"):
+        yield
     flush_logs()
 
 
@@ -172,11 +177,8 @@ async def stats_sharer(app: web.Application) -> AsyncIterator[None]:
                 log.warning("cannot share request figures: %s", e)
 
     metrics.share()  # at once: the others' /metrics name this worker from the start
-    task = asyncio.create_task(share(), name="jpip-stats-sharer")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with _running(share(), "jpip-stats-sharer"):
+        yield
     with contextlib.suppress(OSError):
         metrics.share()
 

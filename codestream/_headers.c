@@ -606,70 +606,53 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
             pos += 6;
         }
         int64_t hend, body = 0;
-        if (is_packed) {
-            /* The header from the packed stream, the body from the tile-part. */
-            Precinct *p = state_of(states, r, grid, style_of, &lim, &live, &too_big);
-            if (!p) {
-                no_memory = !too_big;
-                break;
-            }
-            Bits b = {pk, hpos, pk_len, 0, 0, 0};
-            if (read_header(p, &b, layer, &lim, &body, &err) < 0)
-                break;
-            if (align_bits(&b, &err, &hend))
-                break;
-            if (eph && after_eph(pk, hend, pk_len, tile, &hend, &err)) {
-                err.pos = part[3 * part_no + 2];  /* named by its tile-part's SOT */
-                break;
-            }
-            if (pos + body > end) {
-                char msg[80];
-                snprintf(msg, sizeof msg, "tile %ld: packet body runs past the tile-part", tile);
-                fail(&err, pos, msg);
-                break;
-            }
-            out_sop[count] = sop;
-            out_off[count] = pos;
-            out_len[count] = body;
-            out_hlen[count] = hend - hpos;
-            out_poff[count] = hpos;
-            count++;
-            hpos = hend;
-            pos += body;
-        } else if (pos < end && data[pos] < 0x80) {
+        if (!is_packed && pos < end && data[pos] < 0x80) {
             /* An empty packet: one zero bit padded to the byte; no precinct state needed. */
             hend = pos + 1;
             if (eph && after_eph(data, pos + 1, end, tile, &hend, &err))
                 break;
         } else {
+            /* The header in place, or from the packed stream (PPM/PPT); the body always
+             * from the tile-part: in place after the header, else at `pos`. */
+            const uint8_t *hbuf = is_packed ? pk : data;
+            int64_t hstart = is_packed ? hpos : pos, hlimit = is_packed ? pk_len : end;
             Precinct *p = state_of(states, r, grid, style_of, &lim, &live, &too_big);
             if (!p) {
                 no_memory = !too_big;
                 break;
             }
-            Bits b = {data, pos, end, 0, 0, 0};
+            Bits b = {hbuf, hstart, hlimit, 0, 0, 0};
             if (read_header(p, &b, layer, &lim, &body, &err) < 0)
                 break;
             if (align_bits(&b, &err, &hend))
                 break;
-            if (eph && after_eph(data, hend, end, tile, &hend, &err))
+            if (eph && after_eph(hbuf, hend, hlimit, tile, &hend, &err)) {
+                if (is_packed)
+                    err.pos = part[3 * part_no + 2];  /* named by its tile-part's SOT */
                 break;
-            if (hend + body > end) {
+            }
+            if ((is_packed ? pos : hend) + body > end) {
                 char msg[80];
                 snprintf(msg, sizeof msg, "tile %ld: packet body runs past the tile-part", tile);
                 fail(&err, pos, msg);
                 break;
             }
         }
-        if (!is_packed) {
-            out_sop[count] = sop;
-            out_off[count] = pos;
+        out_sop[count] = sop;
+        out_off[count] = pos;
+        if (is_packed) {
+            out_len[count] = body;
+            out_hlen[count] = hend - hpos;
+            out_poff[count] = hpos;
+            hpos = hend;
+            pos += body;
+        } else {
             out_hlen[count] = hend - pos;
             out_len[count] = hend - pos + body;
             out_poff[count] = -1;
-            count++;
             pos = hend + body;
         }
+        count++;
         if (layer == last_layer && states[r]) {
             live -= (int64_t)states[r]->bytes;  /* the precinct's last packet */
             free_precinct(states[r]);

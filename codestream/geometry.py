@@ -229,13 +229,13 @@ def precinct_band_grid_rows(tc: tuple[np.ndarray, ...], levels: np.ndarray, r: n
     for k, (xob, yob) in enumerate(((1, 0), (0, 1), (1, 1))):
         if k == 0:
             xob, yob = np.where(low, 0, 1), np.where(low, 0, 0)
-        bx0, bx1 = -(-(tcx0 - half * xob) // s), -(-(tcx1 - half * xob) // s)
-        by0, by1 = -(-(tcy0 - half * yob) // s), -(-(tcy1 - half * yob) // s)
+        bx0, bx1 = ceil_div(tcx0 - half * xob, s), ceil_div(tcx1 - half * xob, s)
+        by0, by1 = ceil_div(tcy0 - half * yob, s), ceil_div(tcy1 - half * yob, s)
         x0, y0 = np.maximum(cx0, bx0), np.maximum(cy0, by0)
         x1 = np.minimum(cx0 + (np.int64(1) << bpx), bx1)
         y1 = np.minimum(cy0 + (np.int64(1) << bpy), by1)
-        cw = -(-x1 // (np.int64(1) << xcb)) - (x0 >> xcb)
-        ch = -(-y1 // (np.int64(1) << ycb)) - (y0 >> ycb)
+        cw = ceil_div(x1, np.int64(1) << xcb) - (x0 >> xcb)
+        ch = ceil_div(y1, np.int64(1) << ycb) - (y0 >> ycb)
         there = (x1 > x0) & (y1 > y0) & (~low if k else True)
         out[:, k, 0] = np.where(there, cw, 0)
         out[:, k, 1] = np.where(there, ch, 0)

@@ -36,6 +36,7 @@ from .geometry import (
     resolution_grids,
     resolution_rows,
     tile_bounds,
+    tile_component_bounds,
 )
 from .markers import Cod, CodingStyle, Siz
 from .native import native_decoder
@@ -533,10 +534,9 @@ class _Builder:
         c = self.prec_c[rows]
         tcr = self.tcr_of_precinct[rows]
         siz = self.siz
-        tx0, ty0, tx1, ty1 = (int(v[0]) for v in tile_bounds(siz, np.asarray([t])))
-        dx = np.asarray([cm.dx for cm in siz.components], np.int64)[c]
-        dy = np.asarray([cm.dy for cm in siz.components], np.int64)[c]
-        tc = (-(-tx0 // dx), -(-ty0 // dy), -(-tx1 // dx), -(-ty1 // dy))
+        bounds = np.asarray([tile_component_bounds(siz, t, k)
+                             for k in range(len(siz.components))], np.int64)
+        tc = tuple(bounds[c].T)  # (tcx0, tcy0, tcx1, tcy1) of each row's component
         cb_w = np.asarray([s.cb_w for s in styles], np.int64)[c]
         cb_h = np.asarray([s.cb_h for s in styles], np.int64)[c]
         tab = self.tcr

@@ -70,15 +70,12 @@ class _Grids:
     def __init__(self, ix: CodestreamIndex) -> None:
         tcr, siz = ix.tcr, ix.siz
         self.num_components = nc = siz.num_components
-        self.tiles_x, self.tiles_y = siz.tiles_x, siz.tiles_y
         self.tcr = tcr
         self.dx = [comp.dx for comp in siz.components]
         self.dy = [comp.dy for comp in siz.components]
         r0 = np.flatnonzero(tcr["r"] == 0)
         self.first_row = np.full(siz.num_tiles * nc, -1, np.int64)
         self.first_row[tcr["t"][r0] * nc + tcr["c"][r0]] = r0
-        self.levels = tcr["levels"]
-        self.prec_start = tcr["prec_base"]
         self.prec_end = tcr["prec_base"] + tcr["npw"] * tcr["nph"]
         # Every precinct row, for the rows of a rectangle of one grid as a slice of it.
         self.all_rows = np.arange(len(ix.precincts["id"]), dtype=np.int64)
@@ -96,7 +93,8 @@ class _Grids:
         made = None
         if first >= 0:
             tcr = self.tcr
-            rows = slice(first, first + int(tcr["levels"][first]) + 1)
+            levels, reversible = int(tcr["levels"][first]), bool(tcr["reversible"][first])
+            rows = slice(first, first + levels + 1)
             cols = {k: tuple(tcr[k][rows].tolist()) for k in (
                 "r", "x0", "y0", "x1", "y1", "ppx", "ppy", "npw", "nph", "prec_base")}
             c = int(tcr["c"][first])
@@ -104,7 +102,6 @@ class _Grids:
                         cols[f"{a}0"], cols[f"{a}1"], cols[f"pp{a}"], cols[count], cols["r"],
                         strict=True))
                     for a, count in (("x", "npw"), ("y", "nph"))]
-            levels, reversible = int(tcr["levels"][first]), bool(tcr["reversible"][first])
             shape = (self.dx[c], self.dy[c], levels, reversible, *axes)
             made = _TileComponent(levels, reversible, axes[0], axes[1], cols["npw"],
                                   cols["prec_base"],
@@ -281,11 +278,11 @@ def _plan_window(ix: CodestreamIndex, window: ViewWindow) -> Plan:
     d = window.discard
     grids = _grids(ix)
     # Tiles the region touches.
-    tiles_x = grids.tiles_x
+    tiles_x = siz.tiles_x
     p0 = max((X0 - siz.xtosiz) // siz.xtsiz, 0)
     p1 = min(ceil_div(X1 - siz.xtosiz, siz.xtsiz), tiles_x)
     q0 = max((Y0 - siz.ytosiz) // siz.ytsiz, 0)
-    q1 = min(ceil_div(Y1 - siz.ytosiz, siz.ytsiz), grids.tiles_y)
+    q1 = min(ceil_div(Y1 - siz.ytosiz, siz.ytsiz), siz.tiles_y)
     if q1 - q0 == 1:
         tiles = np.arange(q0 * tiles_x + p0, q0 * tiles_x + p1, dtype=np.int64)
     else:
@@ -345,9 +342,9 @@ def _covered_rows(ix: CodestreamIndex, grids: _Grids, tiles: np.ndarray, comps: 
     tc = (tiles[:, None] * grids.num_components + np.asarray(comps, np.int64)[None, :]).ravel()
     first = grids.first_row[tc]
     first = first[first >= 0]
-    starts = grids.prec_start[first]
+    starts = grids.tcr["prec_base"][first]
     # (Resolution 0 at least, as `_tile_component_rows` takes when d exceeds the levels.)
-    counts = grids.prec_end[first + np.maximum(grids.levels[first] - d, 0)] - starts
+    counts = grids.prec_end[first + np.maximum(grids.tcr["levels"][first] - d, 0)] - starts
     rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(int(counts.sum()))
     return rows[_with_code_blocks(ix)[rows]]
 

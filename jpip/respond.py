@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache.model import BinKind, CacheModel, Received, ReceivedRows
+from codestream.index import CodestreamIndex
 from codestream.source import SPAN_BUDGET, FileBytes, Source, SpanReader
 
 from .jpp import EOR, MAIN_HEADER, METADATA, PRECINCT, TILE_HEADER, MessageWriter
@@ -486,7 +487,7 @@ class ResponseBuilder:
                                           new_end))
 
 
-def _send_rank(ix) -> np.ndarray:
+def _send_rank(ix: CodestreamIndex) -> np.ndarray:
     """Per precinct row: its place in the order precincts are sent, lowest resolution first,
     then tile, component, position. Computed once per index."""
     rank = getattr(ix, "_send_rank", None)

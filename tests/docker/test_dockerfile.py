@@ -3,13 +3,17 @@
 The build context is computed with .dockerignore's rules; each stage gets a directory standing
 for its `/`, into which COPY copies (from the context, or `--from` an earlier stage); RUN steps
 run with stand-ins for the base images' tools (a fresh virtual environment of the local Python
-3.11 for python:3.11-slim's, the local node 20 and npm for node:20-slim's), paths inside the
+3.11 per python:3.11-slim stage, the local node 20 and npm for node:20-slim's), paths inside the
 image moved under that directory; the CMD and the HEALTHCHECK of the last stage run with its
-ENV. What cannot be reproduced without Docker: the base images themselves and USER (the server
-runs as the test's user). hadolint lints the file.
+ENV. `apt-get install` checks that its packages are installed on this machine
+(scripts/system-deps.sh) instead of installing them; a stage that did not install gcc has no C
+compiler (`gcc`/`cc` on its PATH fail), as in python:3.11-slim. What cannot be reproduced
+without Docker: the base images themselves and USER (the server runs as the test's user).
+hadolint lints the file.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -21,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +38,8 @@ from tests.server_process import free_port
 DOCKERFILE = PROJECT_ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
 SAMPLE = "file1.jp2"
+# What the server logs once it listens when the C packet-header decoder serves.
+C_DECODER_LOG = "packet headers are decoded by the C extension codestream._headers"
 # A Python warning as printed ("...py:82: BuildBackendWarning: ..."), not pip's "WARNING:".
 PYTHON_WARNING = re.compile(r"\b\w*Warning: .*")
 # What must never be sent to the Docker daemon (gigabytes, secrets, the tests' built data).
@@ -143,13 +150,19 @@ def build_context(root: Path = PROJECT_ROOT) -> dict[str, Path]:
 
 # The base images this test knows how to stand in for, and the local tool that must match.
 BASES = {"python:3.11-slim": "python", "node:20-slim": "node"}
+# What a base image without a C compiler answers to the compiler's names (setuptools calls
+# Python's configured CC, `gcc`; other builds `cc`).
+COMPILERS = ("gcc", "cc", "c++", "g++")
+# The Debian package that brings them.
+COMPILER_PACKAGE = "gcc"
 
 
 @dataclass
 class Image:
     fs: Path                    # stands for the stage's /
-    venv: Path                  # stands for python:3.11-slim's Python
+    venv: Path                  # stands for this stage's python:3.11-slim's Python
     base: str = ""
+    packages: set[str] = field(default_factory=set)  # by apt-get install
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     cmd: list[str] = field(default_factory=list)
@@ -160,30 +173,69 @@ class Image:
         assert path.startswith("/"), path
         return self.fs / path.lstrip("/")
 
-    def process_env(self) -> dict[str, str]:
-        """The image's ENV, paths moved under `fs`, the venv's python/pip first on PATH."""
+    def process_env(self, tools: Path | None = None) -> dict[str, str]:
+        """The image's ENV, paths moved under `fs`; on PATH the venv's python/pip first, then
+        (unless the stage installed gcc) compilers that fail, then the folder of `tools`."""
         env = {k: str(self.inside(v)) if v.startswith("/") else v for k, v in self.env.items()}
-        env["PATH"] = f"{self.venv / 'bin'}:/usr/bin:/bin"
+        path = [str(self.venv / "bin")]
+        if COMPILER_PACKAGE not in self.packages:
+            path.append(str(self._no_compiler()))
+        if tools is not None:
+            path.append(str(tools))
+        env["PATH"] = ":".join([*path, "/usr/bin", "/bin"])
         return env
+
+    def _no_compiler(self) -> Path:
+        folder = self.fs.parent / f"{self.fs.name}-no-compiler"
+        if not folder.is_dir():
+            folder.mkdir()
+            for name in COMPILERS:
+                script = folder / name
+                script.write_text(f"#!/bin/sh\necho '{name}: not in this stage' >&2\nexit 127\n")
+                script.chmod(0o755)
+        return folder
+
+
+def _apt_get(image: Image, argv: list[str]) -> None:
+    """`apt-get update` fetches nothing; `apt-get install` checks that the packages are
+    installed here (the stage then has them)."""
+    if argv[1:] == ["update"]:
+        return
+    assert argv[1] == "install", f"RUN {shlex.join(argv)}: no stand-in (extend _apt_get)"
+    for package in (a for a in argv[2:] if not a.startswith("-")):
+        done = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package],
+                              capture_output=True, text=True, timeout=30)
+        assert done.stdout == "install ok installed", \
+            f"RUN apt-get install: {package} is not installed here (scripts/system-deps.sh)"
+        image.packages.add(package)
+
+
+def _expand(image: Image, arg: str) -> list[str]:
+    """An argument as the image's shell passes it: a path moved under `fs`, globbed."""
+    if not arg.startswith("/"):
+        return [arg]
+    path = str(image.inside(arg))
+    if not glob.has_magic(path):
+        return [path]
+    return sorted(glob.glob(path)) or [path]  # no match: the pattern itself, as sh does
 
 
 def run_step(image: Image, command: str) -> None:
-    """A RUN step: `pip` with the venv's pip, `npm`/`node` with the local ones, `rm -rf` inside
-    the image; nothing else."""
+    """A RUN step: `pip`/`python` with the stage's venv's, `npm`/`node` with the local ones,
+    `apt-get` (see _apt_get), `rm -rf` inside the image; nothing else."""
     env = image.process_env()
     # The local pip cache is allowed here: it changes no installed file and spares downloads.
     env.pop("PIP_NO_CACHE_DIR", None)
     env["PIP_CACHE_DIR"] = os.environ.get("PIP_CACHE_DIR",
                                           str(Path.home() / ".cache" / "pip"))
     for part in command.split("&&"):
-        argv = shlex.split(part)
-        argv = [str(image.inside(a)) if a.startswith("/") else a for a in argv]
-        if argv[0] in ("pip", "npm", "node"):
-            tool = str(image.venv / "bin" / "pip") if argv[0] == "pip" else \
+        argv = [out for arg in shlex.split(part) for out in _expand(image, arg)]
+        if argv[0] in ("pip", "python", "npm", "node"):
+            tool = str(image.venv / "bin" / argv[0]) if argv[0] in ("pip", "python") else \
                 shutil.which(argv[0])
             assert tool, f"RUN {part}: {argv[0]} is not installed here"
-            if argv[0] != "pip":
-                env = {**env, "PATH": f"{Path(tool).parent}:/usr/bin:/bin",
+            if argv[0] in ("npm", "node"):
+                env = {**env, "PATH": image.process_env(Path(tool).parent)["PATH"],
                        "HOME": os.environ.get("HOME", "/root")}  # npm's cache
             done = subprocess.run([tool, *argv[1:]], env=env,
                                   cwd=image.inside(image.workdir), capture_output=True,
@@ -192,6 +244,8 @@ def run_step(image: Image, command: str) -> None:
             # No deprecation or other warning of the build backend about our project files.
             warned = PYTHON_WARNING.findall(done.stdout + done.stderr)
             assert not warned, f"RUN {part} warns: {warned}"
+        elif argv[0] == "apt-get":
+            _apt_get(image, argv)
         elif argv[:2] == ["rm", "-rf"]:
             for target in argv[2:]:
                 assert Path(target).is_relative_to(image.fs), target
@@ -240,17 +294,20 @@ def _check_stand_in(base: str) -> None:
         assert version.startswith("v20."), f"the stand-in for {base} is node {version}"
 
 
-def build_image(tmp: Path) -> Image:
-    """Runs every stage; returns the last (the image)."""
-    venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    context = build_context()
+def build_stages(tmp: Path, context: dict[str, Path] | None = None) -> dict[str, Image]:
+    """Runs every stage (from `context`, by default the project's build context); returns
+    them by name (or number), the last one being the image."""
+    context = build_context() if context is None else context
     stages: dict[str, Image] = {}
     image: Image | None = None
     for n, step in enumerate(instructions(DOCKERFILE.read_text())):
         if step.keyword == "FROM":
             base, _, name = step.args.partition(" AS ")
             _check_stand_in(base.strip())
+            venv = tmp / f"stage{n}-venv"
+            if BASES[base.strip()] == "python":  # each stage its own Python
+                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                               timeout=120)
             image = Image(tmp / f"stage{n}", venv, base.strip())
             image.fs.mkdir()
             stages[name.strip() or str(len(stages))] = image
@@ -275,9 +332,9 @@ def build_image(tmp: Path) -> Image:
         elif step.keyword in ("USER", "EXPOSE", "STOPSIGNAL", "LABEL"):
             pass  # nothing to build (USER: see the module doc)
         else:
-            pytest.fail(f"{step.keyword} has no stand-in in tests/docker: extend build_image")
+            pytest.fail(f"{step.keyword} has no stand-in in tests/docker: extend build_stages")
     assert image is not None and image.base == "python:3.11-slim", "the image is not Python's"
-    return image
+    return stages
 
 
 # ----- tests ---------------------------------------------------------------------------------
@@ -320,12 +377,27 @@ def _health(image: Image, env: dict[str, str]) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=30)
 
 
-def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
-    image = build_image(tmp_path)
-    # The source went away after the install, and only the server's dependencies came.
-    assert not image.inside("/src").exists()
-    site = image.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+def _site_packages(image: Image) -> Path:
+    return image.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
         "site-packages"
+
+
+def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
+    stages = build_stages(tmp_path)
+    image = list(stages.values())[-1]
+    # The build stage compiled codestream._headers into the project's wheel; the image
+    # installed that wheel and no compiler (nor any other Debian package).
+    wheels = list(stages["wheel"].inside("/wheels").iterdir())
+    assert len(wheels) == 1 and re.fullmatch(r"jpip_server-.*-cp311-cp311-linux_\w+\.whl",
+                                             wheels[0].name), wheels
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        assert any(re.fullmatch(r"codestream/_headers\.cpython-311-.*\.so", name)
+                   for name in wheel.namelist())
+    assert COMPILER_PACKAGE in stages["wheel"].packages and not image.packages
+    # The source and the wheel went away after the install, and only the server's
+    # dependencies came.
+    assert not image.inside("/src").exists() and not image.inside("/wheels").exists()
+    site = _site_packages(image)
     installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
     assert {"aiohttp", "numpy", "jpip_server"} <= installed
     assert not installed & {"glymur", "pillow", "tifffile"}, installed
@@ -336,6 +408,13 @@ def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
     assert image.cmd == ["jpip-server"]
     assert {"JPIP_ROOT", "JPIP_HOST", "JPIP_PORT"} <= set(image.env)
     assert image.env["JPIP_ROOT"] in image.volumes
+    # The installed package's extension imports in the image's environment.
+    where = subprocess.run([str(image.venv / "bin" / "python"), "-c",
+                            "import codestream._headers as m; print(m.__file__)"],
+                           env=image.process_env(), cwd=image.inside(image.workdir),
+                           capture_output=True, text=True, timeout=30)
+    assert where.returncode == 0, where.stderr
+    assert Path(where.stdout.strip()).parent == site / "codestream", where.stdout
 
     root = image.inside(image.env["JPIP_ROOT"])
     root.mkdir(parents=True)
@@ -374,3 +453,24 @@ def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert f"serving {root}" in log.read_text()
+    # ... and the server indexes with the C decoder (not the ~20x slower Python one).
+    assert C_DECODER_LOG in log.read_text(), log.read_text()
+
+
+def test_image_build_fails_when_the_extension_does_not_compile(tmp_path: Path) -> None:
+    """The extension is optional for `pip install` (setup.py): its compile failing does not
+    fail `pip wheel`. The image build must fail, not ship the pure-Python decoder."""
+    context = build_context()
+    broken = tmp_path / "_headers.c"
+    broken.write_text(context["codestream/_headers.c"].read_text() + "\n#error broken\n")
+    context["codestream/_headers.c"] = broken
+    build = tmp_path / "build"
+    build.mkdir()
+    with pytest.raises(AssertionError, match=r"No module named 'codestream\._headers'"):
+        build_stages(build, context)
+    # It stopped in the last stage, after the wheel was built (without the extension).
+    wheels = list(build.glob("stage*/wheels/*.whl"))
+    assert wheels
+    for path in wheels:
+        with zipfile.ZipFile(path) as wheel:
+            assert not any(name.endswith(".so") for name in wheel.namelist())

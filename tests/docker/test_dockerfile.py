@@ -352,6 +352,8 @@ def test_build_context_is_small_and_complete() -> None:
     tops = {rel.split("/")[0] for rel in context}
     assert not tops & set(NEVER_IN_CONTEXT), sorted(tops & set(NEVER_IN_CONTEXT))
     assert not any("__pycache__" in rel or rel.endswith(".pyc") for rel in context)
+    # The extension is compiled in the image's build stage, never sent built for this machine.
+    assert not any(rel.endswith(".so") for rel in context)
     # The image builds the viewer itself: no local packages or bundle go with the context.
     assert not any(rel.startswith(("viewer/node_modules/", "server/viewer_static/"))
                    for rel in context)

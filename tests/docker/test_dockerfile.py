@@ -379,11 +379,6 @@ def _health(image: Image, env: dict[str, str]) -> subprocess.CompletedProcess[st
                           capture_output=True, text=True, timeout=30)
 
 
-def _site_packages(image: Image) -> Path:
-    return image.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
-        "site-packages"
-
-
 def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
     stages = build_stages(tmp_path)
     image = list(stages.values())[-1]
@@ -399,7 +394,8 @@ def test_image_runs_the_server_from_its_environment(tmp_path: Path) -> None:
     # The source and the wheel went away after the install, and only the server's
     # dependencies came.
     assert not image.inside("/src").exists() and not image.inside("/wheels").exists()
-    site = _site_packages(image)
+    site = image.venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "site-packages"
     installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
     assert {"aiohttp", "numpy", "jpip_server"} <= installed
     assert not installed & {"glymur", "pillow", "tifffile"}, installed

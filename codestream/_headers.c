@@ -200,10 +200,19 @@ typedef struct {
     uint8_t lblock, included;
 } Block;
 
+/* A run of code-blocks on a row under a tag-tree node known > layer (see read_band), kept at
+ * its first column; valid in the packet whose stamp it carries. */
 typedef struct {
-    int64_t cw, count;
+    int64_t end, until;
+    uint32_t stamp;
+} Run;
+
+typedef struct {
+    int64_t cw, ch, count;
     Tree incl, zbp;
     Block *blocks;
+    Run *runs;       /* cw of them */
+    uint32_t stamp;  /* the packet being read: runs of earlier packets are stale */
 } Band;
 
 typedef struct {
@@ -227,6 +236,7 @@ static void free_precinct(Precinct *p) {
         free(p->bands[i].zbp.value_c);
         free(p->bands[i].zbp.low);
         free(p->bands[i].blocks);
+        free(p->bands[i].runs);
     }
     free(p);
 }
@@ -247,6 +257,7 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
             return NULL;
         }
         band->cw = cw;
+        band->ch = ch;
         band->count = cw * ch;
         if (band->count == 0)
             continue;
@@ -257,7 +268,8 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
             free_precinct(p);
             return NULL;
         }
-        size_t bytes = (size_t)a * 4 * sizeof(int32_t) + (size_t)band->count * sizeof(Block);
+        size_t bytes = (size_t)a * 4 * sizeof(int32_t) + (size_t)band->count * sizeof(Block)
+                       + (size_t)cw * sizeof(Run);
         p->bytes += bytes;
         if (*live + (int64_t)p->bytes > lim->max_bytes) {
             *too_big = 1;
@@ -269,8 +281,9 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
         band->zbp.value_c = calloc((size_t)a, sizeof(int32_t));
         band->zbp.low = calloc((size_t)a, sizeof(int32_t));
         band->blocks = calloc((size_t)band->count, sizeof(Block));
+        band->runs = calloc((size_t)cw, sizeof(Run));
         if (!band->incl.value_c || !band->incl.low || !band->zbp.value_c || !band->zbp.low ||
-            !band->blocks) {
+            !band->blocks || !band->runs) {
             free_precinct(p);
             return NULL;
         }
@@ -339,97 +352,128 @@ static int64_t add_cap(int64_t a, int64_t b) {
     return a >= BODY_CAP - b ? BODY_CAP : a + b;
 }
 
+/* The inclusion scan of packets.py's _read_band: code-blocks under a tag-tree node known
+ * > layer are skipped a whole rectangle at a time, through runs recorded at the node's first
+ * code-block, and a row made of runs only with the rows after it until one of its runs ends. */
 static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limits *lim,
                      int64_t *body, Error *e) {
     int style = p->style;
     int ht = (style & CBLK_HT) != 0;
     int one_segment = !(style & (CBLK_HT | CBLK_TERMALL | CBLK_BYPASS));
     int32_t threshold = layer + 1;
-    int64_t count = band->count, cw = band->cw, k = 0;
-    while (k < count) {
-        Block *s = &band->blocks[k];
-        int first;
-        if (s->included) {
-            int bit = get_bit(b, e);
-            if (bit < 0)
-                return -1;
-            if (!bit) {
-                k++;
+    int64_t cw = band->cw, ch = band->ch, y = 0;
+    Run *runs = band->runs;
+    uint32_t stamp = ++band->stamp;
+    if (stamp == 0) {  /* wrapped around (2^32 packets): no run may look current */
+        memset(runs, 0, (size_t)cw * sizeof *runs);
+        stamp = band->stamp = 1;
+    }
+    while (y < ch) {
+        int64_t skip_to = ch;
+        int met = 0;
+        for (int64_t x = 0; x < cw;) {
+            Run *run = &runs[x];
+            if (run->stamp == stamp && run->until > y) {
+                int64_t end = run->end, until = run->until;
+                while (end < cw && runs[end].stamp == stamp && runs[end].until == until)
+                    end = runs[end].end;
+                run->end = end;
+                if (until < skip_to)
+                    skip_to = until;
+                x = end;
                 continue;
             }
-            first = 0;
-        } else {
-            int level = tree_decode(&band->incl, b, k, threshold, e);
-            if (level == -2)
-                return -1;
-            if (level >= 0) {
-                /* Not included, nor any code-block under that node: skip its span on this
-                 * row (no bits are read for them). */
-                if (level) {
-                    int64_t x = k % cw;
-                    int64_t end = ((x >> level) + 1) << level;
-                    k += (end < cw ? end : cw) - x;
-                } else {
-                    k++;
+            met = 1;
+            int64_t k = y * cw + x;
+            Block *s = &band->blocks[k];
+            int first;
+            if (s->included) {
+                int bit = get_bit(b, e);
+                if (bit < 0)
+                    return -1;
+                if (!bit) {
+                    x++;
+                    continue;
                 }
+                first = 0;
+            } else {
+                int level = tree_decode(&band->incl, b, k, threshold, e);
+                if (level == -2)
+                    return -1;
+                if (level >= 0) {
+                    if (level) {  /* a node above the leaf: skip its rectangle */
+                        int64_t end = ((x >> level) + 1) << level;
+                        int64_t until = ((y >> level) + 1) << level;
+                        if (until > y + 1 && y + 1 < ch) {
+                            run->end = end < cw ? end : cw;
+                            run->until = until < ch ? until : ch;
+                            run->stamp = stamp;
+                        }
+                        x = end;
+                    } else {
+                        x++;
+                    }
+                    continue;
+                }
+                if (tree_value_of(&band->zbp, b, k, lim->max_zero_bitplanes, e))
+                    return -1;
+                s->included = 1;
+                s->lblock = 3;
+                first = 1;
+            }
+            int n = num_passes(b, e);
+            if (n < 0)
+                return -1;
+            s->passes += n;
+            if (s->passes > lim->max_passes && !ht) {
+                char msg[120];
+                snprintf(msg, sizeof msg,
+                         "a code-block with %d coding passes (at most %d can exist)",
+                         (int)s->passes, (int)lim->max_passes);
+                return fail(e, b->pos, msg);
+            }
+            for (;;) { /* Lblock increment, a comma code */
+                int bit = get_bit(b, e);
+                if (bit < 0)
+                    return -1;
+                if (!bit)
+                    break;
+                s->lblock++;
+                if (s->lblock > lim->max_lblock)
+                    return fail(e, b->pos, "Lblock grows without bound");
+            }
+            int64_t v;
+            if (one_segment) {
+                if (read_bits(b, s->lblock + bit_length(n) - 1, &v, e))
+                    return -1;
+                *body = add_cap(*body, v);
+                x++;
                 continue;
             }
-            if (tree_value_of(&band->zbp, b, k, lim->max_zero_bitplanes, e))
-                return -1;
-            s->included = 1;
-            s->lblock = 3;
-            first = 1;
-        }
-        int n = num_passes(b, e);
-        if (n < 0)
-            return -1;
-        s->passes += n;
-        if (s->passes > lim->max_passes && !ht) {
-            char msg[120];
-            snprintf(msg, sizeof msg, "a code-block with %d coding passes (at most %d can exist)",
-                     (int)s->passes, (int)lim->max_passes);
-            return fail(e, b->pos, msg);
-        }
-        for (;;) { /* Lblock increment, a comma code */
-            int bit = get_bit(b, e);
-            if (bit < 0)
-                return -1;
-            if (!bit)
-                break;
-            s->lblock++;
-            if (s->lblock > lim->max_lblock)
-                return fail(e, b->pos, "Lblock grows without bound");
-        }
-        int64_t v;
-        if (one_segment) {
-            if (read_bits(b, s->lblock + bit_length(n) - 1, &v, e))
-                return -1;
-            *body = add_cap(*body, v);
-            k++;
-            continue;
-        }
-        if (first) {
-            s->seg_max = segment_max(style, 0, ht ? 1 + 3 * ((n - 1) / 3) : 0);
-        } else if (s->seg_passes >= s->seg_max) {
-            s->segno++;
-            s->seg_passes = 0;
-            s->seg_max = segment_max(style, s->segno, 0);
-        }
-        while (n > 0) {
-            int32_t room = s->seg_max - s->seg_passes;
-            int32_t take = room < n ? room : n;
-            if (read_bits(b, s->lblock + bit_length(take) - 1, &v, e))
-                return -1;
-            *body = add_cap(*body, v);
-            s->seg_passes += take;
-            n -= take;
-            if (n > 0) {
+            if (first) {
+                s->seg_max = segment_max(style, 0, ht ? 1 + 3 * ((n - 1) / 3) : 0);
+            } else if (s->seg_passes >= s->seg_max) {
                 s->segno++;
                 s->seg_passes = 0;
                 s->seg_max = segment_max(style, s->segno, 0);
             }
+            while (n > 0) {
+                int32_t room = s->seg_max - s->seg_passes;
+                int32_t take = room < n ? room : n;
+                if (read_bits(b, s->lblock + bit_length(take) - 1, &v, e))
+                    return -1;
+                *body = add_cap(*body, v);
+                s->seg_passes += take;
+                n -= take;
+                if (n > 0) {
+                    s->segno++;
+                    s->seg_passes = 0;
+                    s->seg_max = segment_max(style, s->segno, 0);
+                }
+            }
+            x++;
         }
-        k++;
+        y = met ? y + 1 : skip_to;
     }
     return 0;
 }

@@ -169,16 +169,19 @@ class BandState:
     """Per band of a precinct: its code-block grid and the running state of the code-blocks
     included so far (Lblock, open codeword segment), keyed by raster index."""
 
-    __slots__ = ("cw", "count", "incl", "zbp", "blocks", "included")
+    __slots__ = ("cw", "ch", "count", "incl", "zbp", "blocks", "included", "steps")
 
     def __init__(self, cw: int, ch: int) -> None:
-        self.cw = cw
+        self.cw, self.ch = cw, ch
         self.count = cw * ch
         self.incl = TagTree(cw, ch) if self.count else None
         self.zbp = TagTree(cw, ch) if self.count else None
         # k -> [lblock, segno, seg_passes, seg_max, passes]
         self.blocks: dict[int, list[int]] = {}
         self.included: list[int] = []  # sorted raster indices of the included code-blocks
+        # Positions the inclusion scan has visited, all packets together: the work done, which
+        # must follow the bits read, not the size of the grid (tests/codestream/test_packets.py).
+        self.steps = 0
 
 
 def _num_passes(bits: BitReader) -> int:
@@ -239,7 +242,7 @@ class PrecinctState:
         style = self.style
         ht = bool(style & CBLK_HT)
         threshold = layer + 1
-        count, cw = band.count, band.cw
+        cw, ch = band.cw, band.ch
         blocks, included = band.blocks, band.included
         bit, incl_decode = bits.bit, band.incl.decode  # bound once: the loop is hot
         read = bits.read
@@ -248,65 +251,97 @@ class PrecinctState:
         newly: list[int] = []
         body = 0
         n_included = len(included)
-        i = 0  # next entry of `included` at or after k
-        k = 0
-        while k < count:
-            if i < n_included and included[i] == k:
-                i += 1
-                if not bit():
-                    k += 1
+        i = 0  # next entry of `included` at or after the position
+        # Code-blocks under a tag-tree node known > layer are not included, and no bits are
+        # read for them (B.10.2): the node's whole rectangle is skipped. Its span on each of its
+        # rows is a run, recorded at its first code-block (where the scan meets it first): run
+        # start x -> its end x and the row it ends before. A row made of runs only is skipped
+        # with every row after it until one of its runs ends. The work is then what the bits
+        # read and the nodes met cost, whatever the grid's size.
+        run_end: dict[int, int] = {}
+        run_until: dict[int, int] = {}
+        steps = 0
+        y = 0
+        while y < ch:
+            row = y * cw
+            skip_to = ch  # where this row's first-ending run ends
+            met = False  # a code-block of this row outside every run
+            x = 0
+            while x < cw:
+                steps += 1
+                until = run_until.get(x, 0)
+                if until > y:
+                    # Joined with the runs right after it that end on the same row: a row of
+                    # runs is crossed in as many steps as it has different ends.
+                    end = run_end[x]
+                    while end < cw and run_until.get(end, 0) == until:
+                        end = run_end[end]
+                    run_end[x] = end
+                    if until < skip_to:
+                        skip_to = until
+                    x = end
                     continue
-                state = blocks[k]
-                first = False
-            else:
-                level = incl_decode(bits, k, threshold)
-                if level >= 0:
-                    # Not included, nor is any code-block under that tag-tree node: skip the
-                    # rest of the node's span on this row (no bits are read for them).
-                    if level:
-                        x = k % cw
-                        end = ((x >> level) + 1) << level
-                        k += (end if end < cw else cw) - x
-                        while i < n_included and included[i] < k:
-                            i += 1
-                    else:
-                        k += 1
+                met = True
+                k = row + x
+                while i < n_included and included[i] < k:
+                    i += 1  # none is ever under a node known > layer: for safety only
+                if i < n_included and included[i] == k:
+                    i += 1
+                    if not bit():
+                        x += 1
+                        continue
+                    state = blocks[k]
+                    first = False
+                else:
+                    level = incl_decode(bits, k, threshold)
+                    if level >= 0:
+                        if level:  # a node above the leaf: skip its rectangle
+                            end = ((x >> level) + 1) << level
+                            until = ((y >> level) + 1) << level
+                            if until > y + 1 and y + 1 < ch:
+                                run_end[x] = end if end < cw else cw
+                                run_until[x] = until if until < ch else ch
+                            x = end
+                        else:
+                            x += 1
+                        continue
+                    band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
+                    state = blocks[k] = [3, 0, 0, 0, 0]
+                    newly.append(k)
+                    first = True
+                n = _num_passes(bits)
+                state[4] += n
+                if state[4] > MAX_PASSES and not ht:
+                    raise CodestreamError(bits.base + bits.pos, f"a code-block with {state[4]} "
+                                          f"coding passes (at most {MAX_PASSES} can exist)")
+                while bit():  # Lblock increment, a comma code
+                    state[0] += 1
+                    if state[0] > MAX_LBLOCK:
+                        raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
+                if one_segment:
+                    body += read(state[0] + n.bit_length() - 1)
+                    x += 1
                     continue
-                band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
-                state = blocks[k] = [3, 0, 0, 0, 0]
-                newly.append(k)
-                first = True
-            n = _num_passes(bits)
-            state[4] += n
-            if state[4] > MAX_PASSES and not ht:
-                raise CodestreamError(bits.base + bits.pos, f"a code-block with {state[4]} "
-                                      f"coding passes (at most {MAX_PASSES} can exist)")
-            while bit():  # Lblock increment, a comma code
-                state[0] += 1
-                if state[0] > MAX_LBLOCK:
-                    raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
-            if one_segment:
-                body += read(state[0] + n.bit_length() - 1)
-                k += 1
-                continue
-            if first:
-                first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
-                state[3] = _segment_max(style, 0, first_max)
-            elif state[2] >= state[3]:
-                state[1] += 1
-                state[2] = 0
-                state[3] = _segment_max(style, state[1], 0)
-            lblock = state[0]
-            while n > 0:
-                take = min(state[3] - state[2], n)
-                body += read(lblock + take.bit_length() - 1)
-                state[2] += take
-                n -= take
-                if n > 0:
+                if first:
+                    first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
+                    state[3] = _segment_max(style, 0, first_max)
+                elif state[2] >= state[3]:
                     state[1] += 1
                     state[2] = 0
                     state[3] = _segment_max(style, state[1], 0)
-            k += 1
+                lblock = state[0]
+                while n > 0:
+                    take = min(state[3] - state[2], n)
+                    body += read(lblock + take.bit_length() - 1)
+                    state[2] += take
+                    n -= take
+                    if n > 0:
+                        state[1] += 1
+                        state[2] = 0
+                        state[3] = _segment_max(style, state[1], 0)
+                x += 1
+            y = y + 1 if met else skip_to
+        band.steps += steps
         if newly:
             band.included = sorted(included + newly)  # two sorted runs: a linear merge
         return body

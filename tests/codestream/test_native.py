@@ -22,6 +22,7 @@ from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from tests.conftest import corpus_files
 from tests.data.corrupt import flip, flip_regions, sample, seed_of
+from tests.data.crafted import one_precinct_codestream, tall_precinct_codestream
 
 FILES = corpus_files()
 HEAVY = 200_000  # bytes: larger files get fewer damaged copies (the Python side is slow)
@@ -154,6 +155,34 @@ def test_hostile_tile_data_gives_the_same_result(which, edits, monkeypatch) -> N
     for where, value in edits:
         data[inside[int(where * len(inside))]] = value
     _compare(bytes(data), f"{path.name} edited {edits}", monkeypatch)
+
+
+def test_a_tall_precinct_of_one_byte_packets_locates_the_same_packets(monkeypatch) -> None:
+    # The hostile shape whose scan visited every code-block row on every packet (8192 of
+    # them); both decoders now skip the rows under the root at once.
+    data = tall_precinct_codestream(300)
+    _compare(data, "tall precinct", monkeypatch)
+    found = _index(data, False, monkeypatch)
+    assert not isinstance(found, CodestreamError)
+    assert found[0].packets["length"].tolist() == [1] * 300
+
+
+_SIDE = st.one_of(st.integers(1, 8), st.integers(1, 3), st.integers(40, 700))
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wide=_SIDE, tall=_SIDE, layers=st.integers(1, 40), seed=st.integers(0, 2**32),
+       ones=st.sampled_from([0.03, 0.1, 0.3]), style=st.sampled_from([0, 1, 4]))
+def test_crafted_precincts_locate_the_same_packets(wide, tall, layers, seed, ones, style,
+                                                   monkeypatch) -> None:
+    """One precinct of wide x tall code-blocks (long thin ones too) whose tile data is random
+    bytes, mostly zeros for many: tag-tree nodes high up exclude whole regions over many
+    layers, which is where the C and Python scans skip code-blocks."""
+    rng = random.Random(seed)
+    body = bytes(sum(1 << b for b in range(8) if rng.random() < ones) for _ in range(3000))
+    data = one_precinct_codestream(wide, tall, layers, body, style)
+    _compare(data, f"{wide} x {tall}, {layers} layers, seed {seed}", monkeypatch)
 
 
 def test_a_precinct_too_large_for_the_c_arrays_is_decoded_in_python(monkeypatch) -> None:

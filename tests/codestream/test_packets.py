@@ -157,3 +157,115 @@ def test_value_of_reads_like_rising_thresholds(w, h, data, leaves, limit) -> Non
             return
         assert ours.value_of(b1, leaf, limit) == expected
         assert (b1.pos, b1.bits) == (b2.pos, b2.bits)
+
+
+# --- the inclusion scan: whole excluded subtrees skipped, bits unchanged ---------------------
+def _reference_header(bands: list, grids: list, style: int, bits: BitReader, layer: int) -> int:
+    """A packet header read code-block by code-block over every band's whole grid, in raster
+    order, inclusion from ReferenceTagTree (B.10.2 word for word): what the skipping scan of
+    PrecinctState must read, bit for bit. `bands` holds the state across packets."""
+    if not bits.bit():
+        return 0
+    if not bands:
+        bands += [(ReferenceTagTree(cw, ch), TagTree(cw, ch), {}) if cw * ch else None
+                  for cw, ch in grids]
+    ht = bool(style & packets.CBLK_HT)
+    body = 0
+    for band in bands:
+        if band is None:
+            continue
+        incl, zbp, blocks = band
+        for k in range(len(incl.value[0])):
+            if k in blocks:
+                if not bits.bit():
+                    continue
+                state, first = blocks[k], False
+            else:
+                if not incl.decode(bits, k, layer + 1):
+                    continue
+                zbp.value_of(bits, k, packets.MAX_ZERO_BITPLANES)
+                state, first = [3, 0, 0, 0, 0], True
+                blocks[k] = state
+            n = packets._num_passes(bits)
+            state[4] += n
+            if state[4] > packets.MAX_PASSES and not ht:
+                raise CodestreamError(bits.base + bits.pos, f"a code-block with {state[4]} "
+                                      f"coding passes (at most {packets.MAX_PASSES} can exist)")
+            while bits.bit():
+                state[0] += 1
+                if state[0] > packets.MAX_LBLOCK:
+                    raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
+            # Codeword segments (B.10.7.1): one length per segment the new passes reach.
+            if first:
+                state[3] = packets._segment_max(style, 0, 1 + 3 * ((n - 1) // 3) if ht else 0)
+            elif state[2] >= state[3]:
+                state[1], state[2] = state[1] + 1, 0
+                state[3] = packets._segment_max(style, state[1], 0)
+            while n > 0:
+                take = min(state[3] - state[2], n)
+                body += bits.read(state[0] + take.bit_length() - 1)
+                state[2] += take
+                n -= take
+                if n > 0:
+                    state[1], state[2] = state[1] + 1, 0
+                    state[3] = packets._segment_max(style, state[1], 0)
+    return body
+
+
+def _headers(read, bits: BitReader, layers: int) -> list:
+    out: list = []
+    try:
+        for layer in range(layers):
+            out.append((read(bits, layer), bits.pos, bits.bits))
+    except CodestreamError as e:
+        out.append((e.offset, e.reason))
+    return out
+
+
+_SIDE = st.one_of(st.integers(1, 12), st.integers(1, 3), st.integers(20, 300))
+
+
+@settings(max_examples=300, deadline=None)
+@given(grids=st.lists(st.tuples(_SIDE, _SIDE), min_size=1, max_size=3),
+       seed=st.integers(0, 2**32), ones=st.sampled_from([0.03, 0.1, 0.3, 0.5]),
+       layers=st.integers(1, 24),
+       style=st.sampled_from([0, packets.CBLK_BYPASS, packets.CBLK_TERMALL, packets.CBLK_HT]))
+def test_packet_headers_read_the_bits_of_a_code_block_by_code_block_reader(
+        grids, seed, ones, layers, style) -> None:
+    """Random headers, mostly zeros for many (so that tag-tree nodes high up exclude whole
+    regions, over several layers): bodies, where each header ends, and errors are those of the
+    reference, which visits every code-block of every packet."""
+    import random
+
+    rng = random.Random(seed)
+    data = bytes(sum(1 << b for b in range(8) if rng.random() < ones) for _ in range(600))
+    bands: list = []
+    expected = _headers(lambda b, layer: _reference_header(bands, grids, style, b, layer),
+                        BitReader(data, 0, len(data)), layers)
+    state = PrecinctState(grids, style)
+    assert _headers(state.read_header, BitReader(data, 0, len(data)), layers) == expected
+
+
+def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:
+    """The hostile shape of tests/data/crafted.py: one code-block across, 8192 down, every
+    packet the byte 0x80 ("not empty; the inclusion root is > this layer"). Each packet reads
+    two bits, and the scan takes a step for the root's first code-block and one for the run
+    below it, not one per code-block row (8192 a packet before the fix)."""
+    layers = 64
+    data = b"\x80" * layers
+    state = PrecinctState([(1, 8192)], 0)
+    bits = BitReader(data, 0, len(data))
+    for layer in range(layers):
+        assert state.read_header(bits, layer) == 0
+        assert (bits.pos, bits.bits) == (layer + 1, 6)
+        bits.align()
+    assert state.bands is not None
+    assert state.bands[0].steps == 2 * layers
+    # 512 x 512 code-blocks: the root is 0 (bit 1), each of its four children (256 x 256
+    # code-blocks each) > 0 (bit 0). Two steps on row 0 (one per child), one on row 1 (its two
+    # runs joined, then rows 2..255 skipped), the same from row 256.
+    state = PrecinctState([(512, 512)], 0)
+    bits = BitReader(b"\xc0", 0, 1)  # 1 (not empty), 1, 0 0 0 0
+    assert state.read_header(bits, 0) == 0
+    assert (bits.pos, bits.bits) == (1, 2)
+    assert state.bands is not None and state.bands[0].steps == 6

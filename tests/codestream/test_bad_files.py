@@ -404,7 +404,7 @@ def test_wide_image_decodes_headers_in_memory_bounded_by_the_data(tmp_path) -> N
     """p0_01 with Xsiz = XTsiz = 2^32-1 (a 4G x 128 tile; default precincts 2^15): packet
     headers are decoded against precincts with large claimed code-block grids. Band state is
     made on a precinct's first non-empty packet, large tag trees hold only the nodes touched,
-    and code-blocks under an excluded tag-tree node are skipped a span at a time."""
+    and code-blocks under an excluded tag-tree node are skipped a rectangle at a time."""
     data = with_siz(P0_01, xsiz=MAX32, xtsiz=MAX32)
     assert_bounded(index_in_child(data, tmp_path))
 

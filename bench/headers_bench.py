@@ -6,7 +6,9 @@
    down, every packet the byte 0x80 (one tag-tree bit excludes every code-block). Indexed with
    the C decoder (N layers, default 65535) and with the Python reference (JPIP_PURE_PYTHON=1,
    default 2000 layers): microseconds per header byte.
-2. With --large (e.g. large-images/rgb16k_16384x16384_p64-noplt.jp2, which bench/index_bench.py
+2. Many precincts of large code-block grids (up to 1024 x 1024), one packet 0x80 each: what
+   making a precinct's state costs for one header byte, C decoder.
+3. With --large (e.g. large-images/rgb16k_16384x16384_p64-noplt.jp2, which bench/index_bench.py
    builds): the whole file indexed from its packet headers (use_plt=False) with the C decoder,
    best of --rounds.
 
@@ -25,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.data.crafted import tall_precinct_codestream
+from tests.data.crafted import many_precincts_codestream, tall_precinct_codestream
 
 from .server_bench import RESULTS_DIR
 
@@ -82,6 +84,15 @@ def main(argv: list[str]) -> int:
             path = Path(tmp) / f"tall-{layers}.j2k"
             path.write_bytes(tall_precinct_codestream(layers))
             cases.append((f"tall precinct 1x8192, {layers} one-byte packets", path, layers, pure))
+        # A precinct's state is made on its first non-empty packet: here one byte each.
+        for exp, side in ((8, 16384), (10, 65536), (12, 65536)):
+            data = many_precincts_codestream(exp, side)
+            path = Path(tmp) / f"many-{exp}.j2k"
+            path.write_bytes(data)
+            n = (side >> exp) ** 2
+            blocks = 1 << (exp - 2)
+            cases.append((f"{n} precincts of {blocks}^2 code-blocks, 1 byte each", path, n,
+                          False))
         if a.large:
             cases.append((f"{a.large.name}, whole", a.large, None, False))
         for what, path, header_bytes, pure in cases:

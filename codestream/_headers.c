@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <sys/mman.h>
 
 /* Code-block style bits (T.800 Table A.19; 15444-15 for HT), as codestream/markers.py. */
 #define CBLK_BYPASS 0x01
@@ -218,8 +219,30 @@ typedef struct {
 typedef struct {
     Band bands[3];
     int style;
-    size_t bytes;
+    size_t bytes;     /* of its arrays, all in `mem` */
+    void *mem;
+    int mapped;       /* mem is an anonymous mapping, else from calloc */
 } Precinct;
+
+/* Zeroed memory for a precinct's arrays. Large grids get an anonymous mapping: its pages are
+ * zeroed by the kernel when first touched, so a precinct whose packets touch a few nodes costs
+ * those pages, not the grid (calloc memsets a block of that size once glibc has raised its
+ * mmap threshold, which freeing a mapped block makes it do). */
+#define MAP_MIN_BYTES ((size_t)1 << 18)
+
+static void *zeroed(size_t size, int *mapped) {
+    *mapped = 0;
+#ifdef MAP_ANONYMOUS
+    if (size >= MAP_MIN_BYTES) {
+        void *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return NULL;
+        *mapped = 1;
+        return m;
+    }
+#endif
+    return calloc(1, size ? size : 1);
+}
 
 typedef struct {
     int32_t max_zero_bitplanes, max_passes, max_lblock;
@@ -230,15 +253,33 @@ typedef struct {
 static void free_precinct(Precinct *p) {
     if (!p)
         return;
-    for (int i = 0; i < 3; i++) {
-        free(p->bands[i].incl.value_c);
-        free(p->bands[i].incl.low);
-        free(p->bands[i].zbp.value_c);
-        free(p->bands[i].zbp.low);
-        free(p->bands[i].blocks);
-        free(p->bands[i].runs);
-    }
+#ifdef MAP_ANONYMOUS
+    if (p->mapped)
+        munmap(p->mem, p->bytes);
+    else
+#endif
+        free(p->mem);
     free(p);
+}
+
+/* A band's arrays, laid out in one block: runs (8-byte fields) first, then the trees' int32
+ * arrays and the code-blocks. */
+static size_t band_bytes(int64_t nodes, int64_t count, int64_t cw) {
+    return (size_t)cw * sizeof(Run) + (size_t)nodes * 4 * sizeof(int32_t)
+           + (size_t)count * sizeof(Block);
+}
+
+static uint8_t *place_band(Band *band, int64_t nodes, uint8_t *at) {
+    band->runs = (Run *)at;
+    at += (size_t)band->cw * sizeof(Run);
+    int32_t **arrays[4] = {&band->incl.value_c, &band->incl.low, &band->zbp.value_c,
+                           &band->zbp.low};
+    for (int j = 0; j < 4; j++) {
+        *arrays[j] = (int32_t *)at;
+        at += (size_t)nodes * sizeof(int32_t);
+    }
+    band->blocks = (Block *)at;
+    return at + (size_t)band->count * sizeof(Block);
 }
 
 /* NULL with *too_big set when the grids exceed the limits, NULL alone when out of memory. */
@@ -248,6 +289,7 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
     if (!p)
         return NULL;
     p->style = style;
+    int64_t nodes[3] = {0, 0, 0};
     for (int i = 0; i < 3; i++) {
         Band *band = &p->bands[i];
         int64_t cw = grid[2 * i], ch = grid[2 * i + 1];
@@ -268,25 +310,23 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
             free_precinct(p);
             return NULL;
         }
-        size_t bytes = (size_t)a * 4 * sizeof(int32_t) + (size_t)band->count * sizeof(Block)
-                       + (size_t)cw * sizeof(Run);
-        p->bytes += bytes;
+        nodes[i] = a;
+        p->bytes += band_bytes(a, band->count, cw);
         if (*live + (int64_t)p->bytes > lim->max_bytes) {
             *too_big = 1;
             free_precinct(p);
             return NULL;
         }
-        band->incl.value_c = calloc((size_t)a, sizeof(int32_t));
-        band->incl.low = calloc((size_t)a, sizeof(int32_t));
-        band->zbp.value_c = calloc((size_t)a, sizeof(int32_t));
-        band->zbp.low = calloc((size_t)a, sizeof(int32_t));
-        band->blocks = calloc((size_t)band->count, sizeof(Block));
-        band->runs = calloc((size_t)cw, sizeof(Run));
-        if (!band->incl.value_c || !band->incl.low || !band->zbp.value_c || !band->zbp.low ||
-            !band->blocks || !band->runs) {
-            free_precinct(p);
-            return NULL;
-        }
+    }
+    p->mem = zeroed(p->bytes, &p->mapped);
+    if (!p->mem) {
+        free_precinct(p);
+        return NULL;
+    }
+    uint8_t *at = p->mem;
+    for (int i = 0; i < 3; i++) {
+        if (p->bands[i].count)
+            at = place_band(&p->bands[i], nodes[i], at);
     }
     *live += (int64_t)p->bytes;
     return p;

@@ -22,7 +22,11 @@ from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from tests.conftest import corpus_files
 from tests.data.corrupt import flip, flip_regions, sample, seed_of
-from tests.data.crafted import one_precinct_codestream, tall_precinct_codestream
+from tests.data.crafted import (
+    many_precincts_codestream,
+    one_precinct_codestream,
+    tall_precinct_codestream,
+)
 
 FILES = corpus_files()
 HEAVY = 200_000  # bytes: larger files get fewer damaged copies (the Python side is slow)
@@ -165,6 +169,16 @@ def test_a_tall_precinct_of_one_byte_packets_locates_the_same_packets(monkeypatc
     found = _index(data, False, monkeypatch)
     assert not isinstance(found, CodestreamError)
     assert found[0].packets["length"].tolist() == [1] * 300
+
+
+def test_precincts_of_large_grids_locate_the_same_packets(monkeypatch) -> None:
+    # 256 precincts of 256 x 256 code-blocks, one one-byte packet each: the C states are one
+    # mapping each (pages zeroed when touched), Python's sparse trees.
+    data = many_precincts_codestream(10, 16384)
+    _compare(data, "many precincts", monkeypatch)
+    found = _index(data, False, monkeypatch)
+    assert not isinstance(found, CodestreamError)
+    assert found[0].packets["length"].tolist() == [1] * 256
 
 
 _SIDE = st.one_of(st.integers(1, 8), st.integers(1, 3), st.integers(40, 700))

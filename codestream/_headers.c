@@ -263,13 +263,15 @@ static void free_precinct(Precinct *p) {
 }
 
 /* A band's arrays, laid out in one block: runs (8-byte fields) first, then the trees' int32
- * arrays and the code-blocks. */
+ * arrays and the code-blocks, the whole rounded up to 8 bytes so that the next band's runs
+ * are aligned. */
 static size_t band_bytes(int64_t nodes, int64_t count, int64_t cw) {
-    return (size_t)cw * sizeof(Run) + (size_t)nodes * 4 * sizeof(int32_t)
-           + (size_t)count * sizeof(Block);
+    size_t n = (size_t)cw * sizeof(Run) + (size_t)nodes * 4 * sizeof(int32_t)
+               + (size_t)count * sizeof(Block);
+    return (n + 7) & ~(size_t)7;
 }
 
-static uint8_t *place_band(Band *band, int64_t nodes, uint8_t *at) {
+static void place_band(Band *band, int64_t nodes, uint8_t *at) {
     band->runs = (Run *)at;
     at += (size_t)band->cw * sizeof(Run);
     int32_t **arrays[4] = {&band->incl.value_c, &band->incl.low, &band->zbp.value_c,
@@ -279,7 +281,6 @@ static uint8_t *place_band(Band *band, int64_t nodes, uint8_t *at) {
         at += (size_t)nodes * sizeof(int32_t);
     }
     band->blocks = (Block *)at;
-    return at + (size_t)band->count * sizeof(Block);
 }
 
 /* NULL with *too_big set when the grids exceed the limits, NULL alone when out of memory. */
@@ -325,8 +326,11 @@ static Precinct *make_precinct(const int32_t *grid, int style, const Limits *lim
     }
     uint8_t *at = p->mem;
     for (int i = 0; i < 3; i++) {
-        if (p->bands[i].count)
-            at = place_band(&p->bands[i], nodes[i], at);
+        Band *band = &p->bands[i];
+        if (band->count) {
+            place_band(band, nodes[i], at);
+            at += band_bytes(nodes[i], band->count, band->cw);
+        }
     }
     *live += (int64_t)p->bytes;
     return p;

@@ -6,9 +6,11 @@
    down, every packet the byte 0x80 (one tag-tree bit excludes every code-block). Indexed with
    the C decoder (N layers, default 65535) and with the Python reference (JPIP_PURE_PYTHON=1,
    default 2000 layers): microseconds per header byte.
-2. Many precincts of large code-block grids (up to 1024 x 1024), one packet 0x80 each: what
+2. One precinct of 8192 x 8192 code-blocks, too large for the C arrays (decoded in Python
+   whatever the decoder), python-layers / 5 packets 0x80.
+3. Many precincts of large code-block grids (up to 1024 x 1024), one packet 0x80 each: what
    making a precinct's state costs for one header byte, C decoder.
-3. With --large (e.g. large-images/rgb16k_16384x16384_p64-noplt.jp2, which bench/index_bench.py
+4. With --large (e.g. large-images/rgb16k_16384x16384_p64-noplt.jp2, which bench/index_bench.py
    builds): the whole file indexed from its packet headers (use_plt=False) with the C decoder,
    best of --rounds.
 
@@ -27,7 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.data.crafted import many_precincts_codestream, tall_precinct_codestream
+from tests.data.crafted import (
+    MAX_BLOCKS,
+    many_precincts_codestream,
+    one_precinct_codestream,
+    tall_precinct_codestream,
+)
 
 from .server_bench import RESULTS_DIR
 
@@ -84,6 +91,14 @@ def main(argv: list[str]) -> int:
             path = Path(tmp) / f"tall-{layers}.j2k"
             path.write_bytes(tall_precinct_codestream(layers))
             cases.append((f"tall precinct 1x8192, {layers} one-byte packets", path, layers, pure))
+        # 8192 x 8192 code-blocks: beyond the C arrays' limit, so decoded in Python even with
+        # the C decoder built (sparse tag trees); every packet 0x80 again.
+        path = Path(tmp) / "huge.j2k"
+        layers = a.python_layers // 5
+        path.write_bytes(one_precinct_codestream(MAX_BLOCKS, MAX_BLOCKS, layers,
+                                                 b"\x80" * layers))
+        cases.append((f"precinct 8192x8192 (Python), {layers} one-byte packets", path, layers,
+                      False))
         # A precinct's state is made on its first non-empty packet: here one byte each.
         for exp, side in ((8, 16384), (10, 65536), (12, 65536)):
             data = many_precincts_codestream(exp, side)

@@ -179,8 +179,9 @@ class BandState:
         # k -> [lblock, segno, seg_passes, seg_max, passes]
         self.blocks: dict[int, list[int]] = {}
         self.included: list[int] = []  # sorted raster indices of the included code-blocks
-        # Positions the inclusion scan has visited, all packets together: the work done, which
-        # must follow the bits read, not the size of the grid (tests/codestream/test_packets.py).
+        # The inclusion scan's steps that read no bit, all packets together: rows visited, runs
+        # crossed and code-blocks found under a node > layer. The work that must follow the
+        # bits read, not the grid's size (tests/codestream/test_packets.py).
         self.steps = 0
 
 
@@ -264,46 +265,51 @@ class PrecinctState:
         y = 0
         while y < ch:
             row = y * cw
+            row_end = row + cw
             skip_to = ch  # where this row's first-ending run ends
-            met = False  # a code-block of this row outside every run
-            x = 0
-            while x < cw:
-                steps += 1
-                until = run_until.get(x, 0)
-                if until > y:
-                    # Joined with the runs right after it that end on the same row: a row of
-                    # runs is crossed in as many steps as it has different ends.
-                    end = run_end[x]
-                    while end < cw and run_until.get(end, 0) == until:
-                        end = run_end[end]
-                    run_end[x] = end
-                    if until < skip_to:
-                        skip_to = until
-                    x = end
-                    continue
-                met = True
-                k = row + x
-                while i < n_included and included[i] < k:
-                    i += 1  # none is ever under a node known > layer: for safety only
+            covered = 0  # code-blocks of this row in runs
+            steps += 1
+            k = row
+            while k < row_end:
+                if run_until:  # (no lookup while there is no run)
+                    x = k - row
+                    until = run_until.get(x, 0)
+                    if until > y:
+                        # Joined with the runs right after it that end on the same row: a row
+                        # of runs is crossed in as many steps as it has different ends.
+                        steps += 1
+                        end = run_end[x]
+                        while end < cw and run_until.get(end, 0) == until:
+                            end = run_end[end]
+                        run_end[x] = end
+                        if until < skip_to:
+                            skip_to = until
+                        covered += end - x
+                        k = row + end
+                        continue
+                # An included code-block's tag-tree nodes are all known <= layer, so none is
+                # ever in a run: `i` follows the scan.
                 if i < n_included and included[i] == k:
                     i += 1
                     if not bit():
-                        x += 1
+                        k += 1
                         continue
                     state = blocks[k]
                     first = False
                 else:
                     level = incl_decode(bits, k, threshold)
                     if level >= 0:
+                        steps += 1
                         if level:  # a node above the leaf: skip its rectangle
+                            x = k - row
                             end = ((x >> level) + 1) << level
                             until = ((y >> level) + 1) << level
                             if until > y + 1 and y + 1 < ch:
                                 run_end[x] = end if end < cw else cw
                                 run_until[x] = until if until < ch else ch
-                            x = end
+                            k = row + end  # past row_end when the node reaches the edge
                         else:
-                            x += 1
+                            k += 1
                         continue
                     band.zbp.value_of(bits, k, MAX_ZERO_BITPLANES)  # zero bit-planes: not needed
                     state = blocks[k] = [3, 0, 0, 0, 0]
@@ -320,7 +326,7 @@ class PrecinctState:
                         raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
                 if one_segment:
                     body += read(state[0] + n.bit_length() - 1)
-                    x += 1
+                    k += 1
                     continue
                 if first:
                     first_max = 1 + 3 * ((n - 1) // 3) if ht else 0
@@ -339,8 +345,8 @@ class PrecinctState:
                         state[1] += 1
                         state[2] = 0
                         state[3] = _segment_max(style, state[1], 0)
-                x += 1
-            y = y + 1 if met else skip_to
+                k += 1
+            y = skip_to if covered == cw else y + 1
         band.steps += steps
         if newly:
             band.included = sorted(included + newly)  # two sorted runs: a linear merge

@@ -249,8 +249,9 @@ def test_packet_headers_read_the_bits_of_a_code_block_by_code_block_reader(
 def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:
     """The hostile shape of tests/data/crafted.py: one code-block across, 8192 down, every
     packet the byte 0x80 ("not empty; the inclusion root is > this layer"). Each packet reads
-    two bits, and the scan takes a step for the root's first code-block and one for the run
-    below it, not one per code-block row (8192 a packet before the fix)."""
+    two bits, and the scan takes four steps that read none: row 0, its code-block found under
+    the root, row 1 and the run there (rows 2.. skipped with it), not one per code-block row
+    (8192 code-blocks visited a packet before the fix)."""
     layers = 64
     data = b"\x80" * layers
     state = PrecinctState([(1, 8192)], 0)
@@ -260,12 +261,12 @@ def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:
         assert (bits.pos, bits.bits) == (layer + 1, 6)
         bits.align()
     assert state.bands is not None
-    assert state.bands[0].steps == 2 * layers
+    assert state.bands[0].steps == 4 * layers
     # 512 x 512 code-blocks: the root is 0 (bit 1), each of its four children (256 x 256
-    # code-blocks each) > 0 (bit 0). Two steps on row 0 (one per child), one on row 1 (its two
-    # runs joined, then rows 2..255 skipped), the same from row 256.
+    # code-blocks each) > 0 (bit 0). Row 0 and its two children found > 0, row 1 and its two
+    # runs crossed as one (then rows 2..255 skipped), the same from row 256: 10 steps.
     state = PrecinctState([(512, 512)], 0)
     bits = BitReader(b"\xc0", 0, 1)  # 1 (not empty), 1, 0 0 0 0
     assert state.read_header(bits, 0) == 0
     assert (bits.pos, bits.bits) == (1, 2)
-    assert state.bands is not None and state.bands[0].steps == 6
+    assert state.bands is not None and state.bands[0].steps == 10

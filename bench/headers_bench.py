@@ -30,14 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.conftest import CORPUS
 from tests.data.crafted import (
     MAX_BLOCKS,
     many_precincts_codestream,
     one_precinct_codestream,
     tall_precinct_codestream,
 )
-
-from tests.conftest import CORPUS
 
 from .server_bench import RESULTS_DIR
 

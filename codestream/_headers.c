@@ -412,23 +412,27 @@ static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limi
         memset(runs, 0, (size_t)cw * sizeof *runs);
         stamp = band->stamp = 1;
     }
+    int have_runs = 0;  /* a run was recorded in this packet */
     while (y < ch) {
-        int64_t skip_to = ch;
-        int met = 0;
-        for (int64_t x = 0; x < cw;) {
-            Run *run = &runs[x];
-            if (run->stamp == stamp && run->until > y) {
-                int64_t end = run->end, until = run->until;
-                while (end < cw && runs[end].stamp == stamp && runs[end].until == until)
-                    end = runs[end].end;
-                run->end = end;
-                if (until < skip_to)
-                    skip_to = until;
-                x = end;
-                continue;
+        int64_t row = y * cw, row_end = row + cw, k = row;
+        int64_t skip_to = ch;  /* where this row's first-ending run ends */
+        int64_t covered = 0;   /* code-blocks of this row in runs */
+        while (k < row_end) {
+            if (have_runs) {
+                int64_t x = k - row;
+                Run *run = &runs[x];
+                if (run->stamp == stamp && run->until > y) {
+                    int64_t end = run->end, until = run->until;
+                    while (end < cw && runs[end].stamp == stamp && runs[end].until == until)
+                        end = runs[end].end;
+                    run->end = end;
+                    if (until < skip_to)
+                        skip_to = until;
+                    covered += end - x;
+                    k = row + end;
+                    continue;
+                }
             }
-            met = 1;
-            int64_t k = y * cw + x;
             Block *s = &band->blocks[k];
             int first;
             if (s->included) {
@@ -436,7 +440,7 @@ static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limi
                 if (bit < 0)
                     return -1;
                 if (!bit) {
-                    x++;
+                    k++;
                     continue;
                 }
                 first = 0;
@@ -446,16 +450,18 @@ static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limi
                     return -1;
                 if (level >= 0) {
                     if (level) {  /* a node above the leaf: skip its rectangle */
+                        int64_t x = k - row;
                         int64_t end = ((x >> level) + 1) << level;
                         int64_t until = ((y >> level) + 1) << level;
                         if (until > y + 1 && y + 1 < ch) {
-                            run->end = end < cw ? end : cw;
-                            run->until = until < ch ? until : ch;
-                            run->stamp = stamp;
+                            runs[x].end = end < cw ? end : cw;
+                            runs[x].until = until < ch ? until : ch;
+                            runs[x].stamp = stamp;
+                            have_runs = 1;
                         }
-                        x = end;
+                        k = row + end;  /* past row_end when the node reaches the edge */
                     } else {
-                        x++;
+                        k++;
                     }
                     continue;
                 }
@@ -491,7 +497,7 @@ static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limi
                 if (read_bits(b, s->lblock + bit_length(n) - 1, &v, e))
                     return -1;
                 *body = add_cap(*body, v);
-                x++;
+                k++;
                 continue;
             }
             if (first) {
@@ -515,9 +521,9 @@ static int read_band(Precinct *p, Band *band, Bits *b, int32_t layer, const Limi
                     s->seg_max = segment_max(style, s->segno, 0);
                 }
             }
-            x++;
+            k++;
         }
-        y = met ? y + 1 : skip_to;
+        y = covered == cw ? skip_to : y + 1;
     }
     return 0;
 }

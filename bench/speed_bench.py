@@ -49,7 +49,7 @@ from typing import Any
 from . import loadgen
 from .procs import ServerProcess, baseline_server, free_port, loadavg
 from .server_bench import INTEROP, RESULTS_DIR, _json, _loop_factory, link_into, summarise
-from .workloads import Needs, Request, SessionNeeds, Trace, Window, window_query
+from .workloads import Needs, Request, SessionNeeds, Trace, Window, thumbnail_requests, window_query
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,11 +77,6 @@ def find_image() -> Path:
 def full_window(needs: Needs, x: int, y: int) -> Window:
     w, h = needs.size
     return ((w, h), (x, y), (min(WINDOW, w), min(WINDOW, h)))
-
-
-def thumbnail_requests(needs: Needs, count: int) -> list[Request]:
-    win: Window = ((256, 256), None, None)
-    return [Request(window_query(win), needs.stateless(win))] * count
 
 
 def fresh_requests(needs: Needs, count: int, seed: int) -> list[Request]:

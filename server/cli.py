@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import os
 import socket
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if sock is None:  # (a worker's supervisor said it already)
         _log_access_control(config)
+    app.on_startup.append(freeze_startup_objects)  # last: once the app is set up
     loop = _event_loop()
     banner = _Banner(config, type(loop).__module__.split(".")[0])
     where = {"sock": sock} if sock is not None else {"host": config.host, "port": config.port}
@@ -156,6 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_LISTEN
     log.info("stopped")
     return 0
+
+
+async def freeze_startup_objects(app: web.Application) -> None:
+    """Takes the objects alive once the server has started (modules, the app and its state:
+    about 100,000) out of the garbage collector's sight: they live as long as the process,
+    and a full collection used to walk them all, a pause of 30-70 ms every few thousand
+    requests that every request in flight waited out (the p99 of fresh windows). Only the
+    server's process does it (tests run many apps in one process, whose cycles must stay
+    collectable)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _log_access_control(config: ServerConfig) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from cache import isolation
 from cache.redis_sessions import redact_url
 from codestream.native import decoder_description
 from server.access import create_guard
@@ -135,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if sock is None:  # (a worker's supervisor said it already)
         _log_access_control(config)
     app.on_startup.append(freeze_startup_objects)  # last: once the app is set up
+    # Indexing children import the main module (this one, through the jpip-server script or
+    # run with -m): the fork server imports it once, so that a child starts in milliseconds.
+    isolation.preload("server.cli")
     loop = _event_loop()
     banner = _Banner(config, type(loop).__module__.split(".")[0])
     where = {"sock": sock} if sock is not None else {"host": config.host, "port": config.port}

@@ -295,3 +295,131 @@ async def test_a_server_whose_children_cannot_start_indexes_in_its_own_process(
                 async with http.get(url) as r:
                     assert r.status == 200, await r.text()
     assert "cannot start indexing processes (fork refused)" in caplog.text
+
+
+# --- results through shared memory ------------------------------------------------------------
+def _large_result(n: int) -> dict:
+    return {"large": np.arange(n, dtype=np.int64), "small": np.arange(10, dtype=np.int32),
+            "text": "kept in the pickle"}
+
+
+def _memfd_descriptors() -> list[str]:
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            continue
+        if "jpip-index-result" in target:
+            out.append(target)
+    return out
+
+
+def _memfd_maps() -> list[str]:
+    with open("/proc/self/maps") as f:
+        return [line for line in f if "jpip-index-result" in line]
+
+
+def test_large_results_come_back_through_shared_memory_and_leave_nothing_behind(
+        monkeypatch) -> None:
+    from cache import isolation
+
+    shared = []
+    monkeypatch.setattr(isolation, "_receive_fd",
+                        lambda sock, real=isolation._receive_fd: shared.append(1) or real(sock))
+    shm_before = set(os.listdir("/dev/shm"))
+    result = run_isolated(_large_result, 1 << 20)  # 8 MiB: through a memfd, not the pipe
+    assert shared == [1]
+    assert np.array_equal(result["large"], np.arange(1 << 20))
+    assert result["small"].tolist() == list(range(10)) and result["text"] == "kept in the pickle"
+    assert result["large"].flags.writeable  # as the child's array was
+    assert _memfd_descriptors() == [] and _memfd_maps() == []
+    assert set(os.listdir("/dev/shm")) == shm_before, "nothing has a name"
+    assert run_isolated(_large_result, 1000)["large"].sum() == 499500
+    assert shared == [1], "small results come through the pipe"
+
+
+def test_failed_and_killed_jobs_leave_no_shared_memory_behind() -> None:
+    shm_before = set(os.listdir("/dev/shm"))
+    with pytest.raises(CodestreamError):
+        run_isolated(_raise_codestream_error)
+    with pytest.raises(FileChanged):
+        run_isolated(_die_by_sigbus)
+    assert run_isolated(_large_result, 1 << 18)["large"].sum() == (1 << 18) * ((1 << 18) - 1) // 2
+    assert _memfd_descriptors() == [] and _memfd_maps() == []
+    assert set(os.listdir("/dev/shm")) == shm_before
+
+
+def test_a_reply_cut_before_its_buffers_is_a_dead_child_and_leaks_nothing() -> None:
+    """The child died between the pickle and the descriptors of its buffers."""
+    import multiprocessing
+    import pickle
+
+    from cache.isolation import _receive, _send
+
+    ours, theirs = multiprocessing.Pipe()
+    try:
+        _send(theirs, (True, _large_result(1 << 18)))  # whole: it arrives
+        ok, value = _receive(ours)
+        assert ok and np.array_equal(value["large"], np.arange(1 << 18))
+        buffers: list = []
+        data = pickle.dumps(_large_result(1 << 18), protocol=5, buffer_callback=buffers.append)
+        theirs.send([b.raw().nbytes for b in buffers])
+        theirs.send_bytes(data)
+        theirs.close()  # and no descriptors
+        with pytest.raises(EOFError):
+            _receive(ours)
+        assert _memfd_descriptors() == []
+    finally:
+        ours.close()
+        theirs.close()
+
+
+# --- starting children ------------------------------------------------------------------------
+def test_a_job_beside_a_running_one_finds_a_started_child() -> None:
+    """A request's indexing while a background step holds a child: the server started two,
+    so it does not wait for a new one to start."""
+    import threading
+    import time
+
+    from cache import isolation
+
+    isolation.shutdown()  # no idle children left by other tests
+    isolation.warm()
+    warm = {c.process.pid for c in isolation._children._idle}
+    assert len(warm) == 2
+    busy = threading.Thread(target=run_isolated, args=(time.sleep, 1.0))
+    busy.start()
+    time.sleep(0.2)
+    try:
+        assert run_isolated(os.getpid) in warm
+    finally:
+        busy.join()
+
+
+def test_preloaded_modules_are_not_imported_again_by_each_child(tmp_path) -> None:
+    """Children import the parent's main module; what it imports, named to `preload`, the
+    fork server imports once (the server names its main module, server.cli)."""
+    log = tmp_path / "imports.log"
+    (tmp_path / "heavy_module.py").write_text(
+        f"import os\nwith open({str(log)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\n")
+    script = tmp_path / "main.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import heavy_module
+        from cache import isolation
+
+        if __name__ == "__main__":
+            isolation.preload("heavy_module")
+            isolation.warm()
+            print(*{isolation.run_isolated(os.getpid) for _ in range(4)})
+            isolation.shutdown()
+    """))
+    # Installed, as the server is (the fork server does not get the parent's sys.path).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120, check=True, env=env)
+    children = {int(p) for p in out.stdout.split()}
+    importers = {int(p) for p in log.read_text().split()}
+    assert len(importers) == 2, log.read_text()  # the main process and the fork server
+    assert not importers & children

@@ -76,6 +76,8 @@ _ALIGN = 64
 _SUFFIX = ".jpidx"
 _LOCK_SUFFIX = ".lock"
 STALE_TEMP_SECONDS = 3600.0
+# A completed index is persisted once no response holds its source, or after this long.
+SAVE_AFTER_RESPONSES = 2.0
 # The dataclass fields are part of the format: an index written by an older CodestreamIndex
 # is not decoded into a newer one (it is a miss and gets rebuilt).
 _SCHEMA = [f.name for f in dataclasses.fields(CodestreamIndex)]
@@ -691,6 +693,9 @@ class IndexCache:
         with self._lock:
             current = self._entries.get(key) is src
         if src.complete and self.cache_dir is not None and current:
+            # Writing the index (100+ MB for the largest files) would compete with the
+            # responses that waited for it: they go first, if they are quick.
+            src.wait_unused(SAVE_AFTER_RESPONSES)
             self._save(key, src)
         return src
 

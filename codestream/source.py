@@ -203,7 +203,7 @@ class Source:
         self.metadata = metadata  # the box structure as metadata-bins (codestream.metabins)
         self._users = 0  # responses reading the map (in_use)
         self._closing = False
-        self._users_lock = threading.Lock()
+        self._users_lock = threading.Condition()  # notified when the last user is done
         self._file = open(path, "rb")
         try:
             check_same_file(self._file, stat_key(identity), "opened")
@@ -240,8 +240,17 @@ class Source:
             with self._users_lock:
                 self._users -= 1
                 last = self._users == 0 and self._closing
+                if self._users == 0:
+                    self._users_lock.notify_all()
             if last:
                 self._release()
+
+    def wait_unused(self, timeout: float) -> bool:
+        """Waits until no response holds the source (`in_use`), at most `timeout` seconds;
+        True if none does. Background work that would compete with them for the processor
+        (persisting the index they waited for) goes after them."""
+        with self._users_lock:
+            return self._users_lock.wait_for(lambda: self._users == 0, timeout)
 
     @property
     def closed(self) -> bool:

@@ -486,3 +486,40 @@ async def test_a_cancelled_waiter_does_not_cancel_the_build(tmp_path) -> None:
     assert src is cache.get(path)
     assert events.counts["build"] == 1
     cache.close()
+
+
+def test_a_completed_index_is_persisted_after_the_responses_that_hold_its_source(
+        tmp_path, monkeypatch) -> None:
+    """Writing a large index would compete with the responses that waited for it."""
+    from cache import index_cache
+
+    monkeypatch.setattr(index_cache, "SAVE_AFTER_RESPONSES", 30.0)
+    path = tmp_path / "img.j2k"
+    shutil.copyfile(CORPUS / "p0_04.j2k", path)  # RPCL-like lazy: indexed a resolution first
+    cache = IndexCache(tmp_path / "ix", background=False, isolate=False)
+    try:
+        src = cache.get(path)
+        assert not src.complete
+        entry = entry_path(path, tmp_path / "ix")
+        with src.in_use():  # a response being written
+            done = threading.Thread(target=cache.complete, args=(path,))
+            done.start()
+            deadline = time.monotonic() + 10
+            while not src.complete and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            assert src.complete and not entry.exists(), "not while a response holds it"
+        done.join(10)
+        assert entry.exists()
+    finally:
+        cache.close()
+    monkeypatch.setattr(index_cache, "SAVE_AFTER_RESPONSES", 0.05)
+    entry.unlink()
+    cache = IndexCache(tmp_path / "ix", background=False, isolate=False)
+    try:
+        src = cache.get(path)
+        with src.in_use():  # a response that never ends does not keep it from disk
+            cache.complete(path)
+            assert entry.exists()
+    finally:
+        cache.close()

@@ -78,6 +78,8 @@ SPLIT = -2
 # after SOD) and where its data ends; `packed` is 1 for a tile whose packet headers are packed
 # in PPM/PPT marker segments.
 TILE_PART_FIELDS = ("tile", "tpsot", "tnsot", "sot", "header_end", "data_end", "packed")
+# The packet columns located tile by tile (then put in (precinct, layer) order).
+LOCATED_FIELDS = ("offset", "length", "header_length", "packed_offset", "packed_length")
 PACKET_DTYPES = {"precinct": np.int32, "layer": np.int32, "offset": np.int64, "length": np.int64,
                  "header_length": np.int32, "packed_offset": np.int64, "packed_length": np.int32,
                  "sop": np.uint8, "bin_end": np.int64}
@@ -135,6 +137,27 @@ class CodestreamIndex:
         of any tile-component (COD/COC may differ per component), since a decoder cannot drop
         more levels than a tile-component has (OpenJPEG refuses to)."""
         return int(self.tcr["levels"].min()) if len(self.tcr["levels"]) else 0
+
+
+def _joined(chunks: list, dtype: type) -> np.ndarray:
+    """Arrays (or array.array buffers) of `dtype` one after the other, as one array."""
+    arrays = [np.frombuffer(c, dtype) if isinstance(c, array) else c for c in chunks if len(c)]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype)
+
+
+def _cut(chunks: list, n: int) -> None:
+    """Keeps the first `n` items of a list of chunks (arrays or array.arrays)."""
+    for i, c in enumerate(chunks):
+        if n <= len(c):
+            if isinstance(c, array):
+                del c[n:]
+            else:
+                chunks[i] = c[:n]
+            del chunks[i + 1:]
+            return
+        n -= len(c)
 
 
 def _vbas_values(data: np.ndarray) -> np.ndarray | None:
@@ -273,10 +296,11 @@ class _Builder:
         self.padding_bytes = 0
         self.packed_tiles: set[int] = set()
         self.row_budget = ROW_MARGIN + (layout.end - layout.offset)
-        # Located packets in codestream order, tile after tile: compact growing arrays.
-        self.located = {k: array("q") for k in ("offset", "length", "header_length",
-                                                 "packed_offset", "packed_length")}
-        self.located_sop = array("B")
+        # Located packets in codestream order, tile after tile: per column, a list of chunks
+        # joined once by _finish: numpy arrays (a tile's, from C or PLT) and array.arrays that
+        # the Python decoder grows packet by packet, over as many tiles as it decodes in a row.
+        self.located: dict[str, list] = {k: [] for k in LOCATED_FIELDS}
+        self.located_sop: list = []
         self.located_count = np.zeros(self.siz.num_tiles, np.int64)  # per tile
 
     # --- geometry -------------------------------------------------------------------------
@@ -466,12 +490,12 @@ class _Builder:
             if located is None:
                 log.warning("tile %d: PLT does not match the tile data; decoding packet headers", t)
             elif self.verify_plt:
-                mark = len(self.located_sop)
+                mark = sum(len(c) for c in self.located_sop)
                 self._decode_headers(t, th, cod, styles, seq_p, seq_l)
-                decoded = [np.frombuffer(self.located[k], np.int64)[mark:].copy()
+                decoded = [_joined(self.located[k], np.int64)[mark:].copy()
                            for k in ("offset", "length")]
                 for col in (*self.located.values(), self.located_sop):
-                    del col[mark:]
+                    _cut(col, mark)
                 if not (np.array_equal(decoded[0], located[0])
                         and np.array_equal(decoded[1], located[1])):
                     raise CodestreamError(th.parts[0].sot_offset,
@@ -483,12 +507,24 @@ class _Builder:
         else:
             self.sources.add("plt")
             n = len(located[0])
-            for name, values in zip(("offset", "length", "header_length", "packed_offset",
-                                     "packed_length"), located[:5], strict=True):
-                self.located[name].frombytes(np.asarray(values, np.int64).tobytes())
-            self.located_sop.frombytes(np.asarray(located[5], np.uint8).tobytes())
+            self._add_located(*located)
         # A cut tile loses a suffix of its packets: the first n of its sequence are located.
         self.located_count[t] = n
+
+    def _add_located(self, *columns: np.ndarray) -> None:
+        """Appends located packets: LOCATED_FIELDS' columns, then the SOP flags."""
+        for name, values in zip(LOCATED_FIELDS, columns[:-1], strict=True):
+            self.located[name].append(np.asarray(values, np.int64))
+        self.located_sop.append(np.asarray(columns[-1], np.uint8))
+
+    def _growing_located(self) -> tuple[array, ...]:
+        """The array.arrays the Python decoder appends located packets to (LOCATED_FIELDS',
+        then the SOP flags): the last chunks, or new ones after a numpy chunk."""
+        if not self.located_sop or not isinstance(self.located_sop[-1], array):
+            for name in LOCATED_FIELDS:
+                self.located[name].append(array("q"))
+            self.located_sop.append(array("B"))
+        return (*(self.located[k][-1] for k in LOCATED_FIELDS), self.located_sop[-1])
 
     def _locate_with_plt(self, th: TileHeaders, plt: list[np.ndarray], npackets: int, cod: Cod):
         """Packet offsets and lengths from PLT, if they tile each tile-part's data exactly."""
@@ -605,17 +641,11 @@ class _Builder:
         count, pos, end, part_no, error = out
         if error is not None:
             raise CodestreamError(*error)
-        loc = self.located
-        loc["offset"].frombytes(offsets[:count].tobytes())
-        loc["length"].frombytes(lengths[:count].tobytes())
-        loc["header_length"].frombytes(hlens[:count].tobytes())
-        if packed_stream is None:
-            loc["packed_offset"].frombytes(poffs[:count].tobytes())  # -1: not packed
-            loc["packed_length"].frombytes(np.zeros(count, np.int64).tobytes())
+        if packed_stream is None:  # packed_offset -1: not packed
+            packed = poffs[:count], np.zeros(count, np.int64)
         else:  # positions in this tile's packed headers, appended at packed_base
-            loc["packed_offset"].frombytes((poffs[:count] + packed_base).tobytes())
-            loc["packed_length"].frombytes(hlens[:count].tobytes())
-        self.located_sop.frombytes(sops[:count].tobytes())
+            packed = poffs[:count] + packed_base, hlens[:count]
+        self._add_located(offsets[:count], lengths[:count], hlens[:count], *packed, sops[:count])
         return count, pos, end, part_no
 
     def _decode_in_python(self, t: int, th: TileHeaders, cod: Cod, styles: list[CodingStyle],
@@ -629,9 +659,7 @@ class _Builder:
         states: dict[int, PrecinctState] = {}  # precincts with packets still to come
         grids: dict[int, list] = {}  # component -> its resolution grids in this tile
         last_layer = cod.layers - 1
-        loc = self.located
-        offsets, lengths, hlens = loc["offset"], loc["length"], loc["header_length"]
-        poffs, plens, sops = loc["packed_offset"], loc["packed_length"], self.located_sop
+        offsets, lengths, hlens, poffs, plens, sops = self._growing_located()
         parts = th.parts
         part_no = 0
         pos, end = parts[0].header_end, parts[0].data_end
@@ -759,10 +787,8 @@ class _Builder:
         dest = starts[local] + layer
         pk = {}
         columns = [("precinct", local, np.int32), ("layer", layer, np.int32)]
-        columns += [(k, np.frombuffer(v, np.int64) if len(v) else np.zeros(0, np.int64),
-                     PACKET_DTYPES[k]) for k, v in self.located.items()]
-        columns.append(("sop", np.frombuffer(self.located_sop, np.uint8)
-                        if len(self.located_sop) else np.zeros(0, np.uint8), np.uint8))
+        columns += [(k, _joined(v, np.int64), PACKET_DTYPES[k]) for k, v in self.located.items()]
+        columns.append(("sop", _joined(self.located_sop, np.uint8), np.uint8))
         for name, values, dtype in columns:
             column = np.empty(len(local), dtype)
             column[dest] = values

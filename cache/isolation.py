@@ -240,6 +240,8 @@ def _serve(conn: Connection) -> None:
         except Exception as e:  # an error or a result that does not pickle
             _send(conn, (False, RuntimeError(f"{fn.__name__}: cannot send back "
                                              f"{reply!r:.200}: {e}")))
+        # An idle child holds nothing: an index is as large as 130 MB.
+        fn = args = reply = None
 
 
 # A reply on the pipe: the sizes of its out-of-band buffers, its pickle, then (if there are

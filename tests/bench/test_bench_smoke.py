@@ -122,11 +122,20 @@ def test_coldindex_bench_smoke(tmp_path) -> None:
 
     results = tmp_path / "coldindex.json"
     cmd = [sys.executable, "-m", "bench", "coldindex", "--image", str(CORPUS / "p0_04.j2k"),
-           "--windows", "1", "--no-whole", "--results", str(results)]
+           "--windows", "1", "--no-whole", "--direct-runs", "2", "--results", str(results)]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(results.read_text())
     steps = [rep["first_thumbnail"], *rep["windows"], rep["cached_thumbnail"],
-             rep["direct_full_window"]]
+             *rep["direct_full_windows"]]
+    assert len(rep["direct_full_windows"]) == 2
     assert {s["status"] for s in steps} == {200} and all(s["bytes"] > 0 for s in steps)
     assert rep["persisted_after_s"] is not None
+    # Step 5 alone (before/after comparisons of a cold server's first full-resolution window).
+    only = tmp_path / "direct.json"
+    cmd = [sys.executable, "-m", "bench", "coldindex", "--image", str(CORPUS / "p0_04.j2k"),
+           "--only-direct", "--direct-runs", "1", "--results", str(only)]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(only.read_text())
+    assert "first_thumbnail" not in rep and rep["direct_full_windows"][0]["status"] == 200

@@ -199,19 +199,31 @@ def preload(*modules: str) -> None:
 
 def warm(children: int = WARM_CHILDREN) -> None:
     """Starts `children` children now (at least: idle ones count), so that the first indexes
-    of a server's life do not wait for the fork server or for a child to start."""
-    started: list[_Child | None] = [_children.take() for _ in range(min(children, CHILDREN))]
+    of a server's life do not wait for the fork server or for a child to start. Raises only
+    if none could start (then files cannot be indexed in a child at all)."""
+    started: list[_Child | None] = []
+    failure: BaseException | None = None
     try:
-        for i, child in enumerate(started):
+        for _ in range(min(children, CHILDREN)):
+            try:
+                child = _children.take()
+            except Exception as e:  # noqa: BLE001 - reported below, or raised if all fail
+                failure = e
+                continue
+            started.append(child)
             try:
                 child.call(_nothing, (), JOB_TIMEOUT)
-            except BaseException:
+            except Exception as e:  # noqa: BLE001 - as above
                 child.close(kill=True)
-                started[i] = None
-                raise
+                started[-1] = None
+                failure = e
     finally:
         for child in started:
             _children.give_back(child)
+    if failure is not None:
+        if not any(started):
+            raise failure
+        log.warning("started fewer indexing processes than %d: %s", children, failure)
 
 
 def shutdown() -> None:

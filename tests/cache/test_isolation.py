@@ -423,3 +423,31 @@ def test_preloaded_modules_are_not_imported_again_by_each_child(tmp_path) -> Non
     importers = {int(p) for p in log.read_text().split()}
     assert len(importers) == 2, log.read_text()  # the main process and the fork server
     assert not importers & children
+
+
+def test_warm_settles_for_the_children_that_could_start(monkeypatch, caplog) -> None:
+    """A process limit that lets one child start: a warning, and jobs run in it; none: the
+    error (the server then indexes in its own process)."""
+    import logging
+
+    from cache import isolation
+
+    isolation.shutdown()
+    real = isolation._Child
+    made = []
+
+    def second_refused():
+        if made:
+            raise OSError("fork refused")
+        made.append(real())
+        return made[-1]
+
+    monkeypatch.setattr(isolation, "_Child", second_refused)
+    with caplog.at_level(logging.WARNING, logger="cache.isolation"):
+        isolation.warm(2)
+    assert "fewer indexing processes than 2: fork refused" in caplog.text
+    assert isolation.run_isolated(os.getpid) == made[0].process.pid
+    isolation.shutdown()
+    made.append(None)  # every start refused from now on
+    with pytest.raises(OSError, match="fork refused"):
+        isolation.warm(2)

@@ -107,3 +107,43 @@ def test_precinct_ids_follow_the_standard_equation() -> None:
         c = s % ncomp
         assert np.array_equal(c, pr["c"])
         assert len(np.unique(pr["id"])) == len(pr["id"])
+
+
+def test_located_chunks_join_and_cut_as_one_array() -> None:
+    """The builder's located columns: numpy chunks (C, PLT) and array.arrays (the Python
+    decoder), joined once; verify_plt cuts them back to a packet count."""
+    from array import array
+
+    from codestream.index import _cut, _joined
+
+    def chunks():
+        return [np.arange(3, dtype=np.int64), array("q", [3, 4]), np.zeros(0, np.int64),
+                np.arange(5, 7, dtype=np.int64)]
+
+    assert _joined(chunks(), np.int64).tolist() == list(range(7))
+    assert _joined([], np.int64).dtype == np.int64 and _joined([], np.int64).size == 0
+    for n in range(8):
+        cut = chunks()
+        _cut(cut, n)
+        assert _joined(cut, np.int64).tolist() == list(range(n)), n
+    grown = chunks()
+    _cut(grown, 4)
+    grown[-1].append(9)  # the Python decoder goes on growing its array after a cut
+    assert _joined(grown, np.int64).tolist() == [0, 1, 2, 3, 9]
+
+
+def test_verified_plt_gives_the_plt_index() -> None:
+    """verify_plt decodes the headers too, compares, and drops what it decoded."""
+    checked = 0
+    for name in ("2022_04_01__00_00_45__SOLO-EUI-FSI_EUI_FSI_174.jp2", "heliov.jpx"):
+        data = (CORPUS / name).read_bytes()
+        for off, ln in read_layout(data).codestreams:
+            plain = index_codestream(data, off, ln)
+            if plain.source != "plt":
+                continue
+            checked += 1
+            verified = index_codestream(data, off, ln, verify_plt=True)
+            assert verified.source == "plt"
+            for k, v in plain.packets.items():
+                assert np.array_equal(v, verified.packets[k]), (name, k)
+    assert checked >= 2

@@ -137,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         _log_access_control(config)
     app.on_startup.append(freeze_startup_objects)  # last: once the app is set up
     # Indexing children import the main module (this one, through the jpip-server script or
-    # run with -m): the fork server imports it once, so that a child starts in milliseconds.
-    isolation.preload("server.cli")
+    # run with -m), and through it the server: the fork server imports the server once, so
+    # that a child starts in milliseconds. (Not this module: run with -m, a child executes it
+    # again, which Python warns about when it was imported already.)
+    isolation.preload("server.app")
     loop = _event_loop()
     banner = _Banner(config, type(loop).__module__.split(".")[0])
     where = {"sock": sock} if sock is not None else {"host": config.host, "port": config.port}

@@ -399,7 +399,7 @@ def test_a_job_beside_a_running_one_finds_a_started_child() -> None:
 
 def test_preloaded_modules_are_not_imported_again_by_each_child(tmp_path) -> None:
     """Children import the parent's main module; what it imports, named to `preload`, the
-    fork server imports once (the server names its main module, server.cli)."""
+    fork server imports once (the server names server.app, which its main module imports)."""
     log = tmp_path / "imports.log"
     (tmp_path / "heavy_module.py").write_text(
         f"import os\nwith open({str(log)!r}, 'a') as f:\n    f.write(f'{{os.getpid()}}\\n')\n")

@@ -95,6 +95,15 @@ def precincts_of_rows(rows: ResolutionRows, subsampling: list[tuple[int, int]],
 
 
 LAYER = None  # in a sort key list of packet_sequence: the packet's layer
+# Each progression's sort keys, least significant first (np.lexsort's order), from the
+# precincts' index, component, resolution and trigger points.
+_ORDER_KEYS = {
+    0: lambda i, c, r, y, x: (i, c, r, LAYER),  # LRCP
+    1: lambda i, c, r, y, x: (i, c, LAYER, r),  # RLCP
+    2: lambda i, c, r, y, x: (LAYER, c, x, y, r),  # RPCL
+    3: lambda i, c, r, y, x: (LAYER, r, c, x, y),  # PCRL
+    4: lambda i, c, r, y, x: (LAYER, r, x, y, c),  # CPRL (and any larger value)
+}
 
 
 def _lexsort_packets(keys: tuple, p: np.ndarray, layer: np.ndarray, layers: int) -> np.ndarray:
@@ -103,20 +112,42 @@ def _lexsort_packets(keys: tuple, p: np.ndarray, layer: np.ndarray, layers: int)
     one int64 per packet (dense ranks of each precinct field, worked out per precinct) and
     sorted once, stably, which is several times faster than lexsort over millions of packets;
     lexsort itself when the ranks do not fit in 63 bits."""
-    packed = np.zeros(int(p.max()) + 1, np.int64)  # per precinct (p is never empty here)
+    ranked = _packed_ranks(keys, int(p.max()) + 1, layers)  # p is never empty here
+    if ranked is None:
+        return np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
+    packed, layer_scale = ranked
+    return np.argsort(packed[p] + layer.astype(np.int64) * layer_scale, kind="stable")
+
+
+def _packed_ranks(keys: tuple, size: int, layers: int) -> tuple[np.ndarray, int] | None:
+    """`keys` (as _lexsort_packets's) packed into one int64 for each precinct 0..size-1, and
+    the weight of LAYER in it (0 without); None when they do not fit in 63 bits."""
+    packed = np.zeros(size, np.int64)
     scale = 1  # the weight of the next (more significant) key
     layer_scale = 0
     for key in keys:
         if key is LAYER:
             width, layer_scale = layers, scale
         else:
-            values, rank = np.unique(key[:len(packed)], return_inverse=True)
+            values, rank = np.unique(key[:size], return_inverse=True)
             width = len(values)
             packed += rank.astype(np.int64) * scale
         scale *= max(width, 1)
         if scale >= 1 << 62:
-            return np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
-    return np.argsort(packed[p] + layer.astype(np.int64) * layer_scale, kind="stable")
+            return None
+    return packed, layer_scale
+
+
+def _precinct_order(keys: tuple, sel: np.ndarray) -> np.ndarray | None:
+    """The order of precincts `sel` (ascending) by `keys` (precinct fields only), when no two
+    of them are alike in all of them; None otherwise (or past 63 bits)."""
+    ranked = _packed_ranks(keys, int(sel[-1]) + 1, 1)
+    if ranked is None:
+        return None
+    key = ranked[0][sel]
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    return None if (ordered[1:] == ordered[:-1]).any() else order
 
 
 def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
@@ -134,25 +165,26 @@ def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
         if len(sel) == 0:
             continue
         counts = lye - done[sel]
+        c, r, i = prec.comp, prec.res, prec.index  # per precinct; LAYER: the packet's layer
+        y, x = prec.trig_y, prec.trig_x
+        keys = _ORDER_KEYS[min(step.progression, 4)](i, c, r, y, x)
+        if prec.tile is not None:
+            keys = (*keys, prec.tile)  # tile after tile
+        # The layer innermost (RPCL, PCRL, CPRL), precincts not alike in the other keys: each
+        # precinct's packets come together, by layer, so the precincts are sorted (8 times
+        # fewer items than packets for 8 layers), then each gives its packets.
+        order = _precinct_order(keys[1:], sel) if keys[0] is LAYER else None
+        if order is not None:
+            ps, run = sel[order], counts[order]
+            first = np.cumsum(run) - run
+            out_p.append(np.repeat(ps, run))
+            out_l.append(np.repeat(done[ps] - first, run) + np.arange(int(run.sum())))
+            done[sel] = lye
+            continue
         p = np.repeat(sel, counts)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         layer = np.repeat(done[sel], counts) + (np.arange(len(p)) - starts)
         done[sel] = lye
-        c, r, i = prec.comp, prec.res, prec.index  # per precinct; LAYER: the packet's layer
-        y, x = prec.trig_y, prec.trig_x
-        order = step.progression
-        if order == 0:    # LRCP
-            keys = (i, c, r, LAYER)
-        elif order == 1:  # RLCP
-            keys = (i, c, LAYER, r)
-        elif order == 2:  # RPCL
-            keys = (LAYER, c, x, y, r)
-        elif order == 3:  # PCRL
-            keys = (LAYER, r, c, x, y)
-        else:             # CPRL
-            keys = (LAYER, r, x, y, c)
-        if prec.tile is not None:
-            keys = (*keys, prec.tile)  # tile after tile
         perm = _lexsort_packets(keys, p, layer, lye)
         out_p.append(p[perm])
         out_l.append(layer[perm])

@@ -106,3 +106,45 @@ def test_packed_packet_sort_falls_back_past_63_bits() -> None:
     p, layer = np.arange(n), np.zeros(n, np.int64)
     expected = np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
     assert np.array_equal(_lexsort_packets(keys, p, layer, 1), expected)
+
+
+def _packet_by_packet(prec, layers: int, progression: int, pocs: list) -> tuple:
+    """packet_sequence the plain way: every packet of every POC step sorted by np.lexsort."""
+    from codestream.progression import _ORDER_KEYS, LAYER
+
+    done = np.zeros(len(prec.comp), np.int64)
+    out_p, out_l = [], []
+    for step in pocs or [PocEntry(0, 0, layers, 1 << 30, 1 << 30, progression)]:
+        lye = min(step.lye, layers)
+        sel = np.nonzero((prec.comp >= step.cs) & (prec.comp < step.ce) & (prec.res >= step.rs)
+                         & (prec.res < step.re) & (done < lye))[0]
+        p = np.asarray([k for k in sel for _ in range(done[k], lye)], np.int64)
+        layer = np.asarray([v for k in sel for v in range(done[k], lye)], np.int64)
+        done[sel] = lye
+        if not len(p):
+            continue
+        keys = _ORDER_KEYS[min(step.progression, 4)](prec.index, prec.comp, prec.res,
+                                                     prec.trig_y, prec.trig_x)
+        keys = (*keys, prec.tile)
+        perm = np.lexsort(tuple(layer if k is LAYER else k[p] for k in keys))
+        out_p.append(p[perm])
+        out_l.append(layer[perm])
+    if not out_p:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    seq_p, seq_l = np.concatenate(out_p), np.concatenate(out_l)
+    perm = np.argsort(prec.tile[seq_p], kind="stable")
+    return seq_p[perm], seq_l[perm]
+
+
+@settings(max_examples=100, deadline=None)
+@given(images())
+def test_precincts_sorted_whole_give_the_packet_by_packet_order(image) -> None:
+    """packet_sequence sorts precincts, not packets, where the layer is innermost: the same
+    order as sorting every packet (POC steps, partial layers and ties included)."""
+    siz, styles, layers, progression, pocs = image
+    rows = resolution_rows(siz, np.arange(siz.num_tiles), styles)
+    tx0, ty0, _, _ = tile_bounds(siz, rows.t)
+    prec = precincts_of_rows(rows, [(cm.dx, cm.dy) for cm in siz.components], (tx0, ty0))
+    got = packet_sequence(prec, layers, progression, pocs)
+    want = _packet_by_packet(prec, layers, progression, pocs)
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])

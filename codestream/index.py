@@ -241,6 +241,19 @@ def _after_eph(buf, pos: int, end: int, t: int, where: int | None = None) -> int
 BATCH_PACKETS = 1 << 18
 
 
+def tile_pocs(layout: CodestreamLayout, t: int) -> list:
+    """The progression changes that order tile t's packets: the main header's POC entries,
+    then those of the tile's own tile-part headers, in that order.
+
+    T.800 (Table A.2) says a tile-part POC overrides the main one; OpenJPEG and Grok append it
+    instead (opj_j2k_read_poc adds tile entries after the main ones it copied into the tile),
+    and Grok's encoder relies on that: given a main POC it also writes a tile-part POC whose
+    progressions are wrong (all LRCP), which only the appended reading skips (every packet is
+    then already included). OpenJPEG is the decoder our clients and our oracle use, so its
+    reading is the one served. When only one of the two is present both readings agree."""
+    return layout.main.pocs + layout.tiles[t].markers.pocs
+
+
 @dataclass
 class _CodingGroup:
     """Tiles that share their coding parameters (COD, per-component styles, POC): their
@@ -266,7 +279,7 @@ def _coding_groups(layout: CodestreamLayout) -> list[_CodingGroup]:
     for t in own:
         cod, styles = tile_coding(layout, t)
         groups.append(_CodingGroup(np.asarray([t], np.int64), cod, styles,
-                                   layout.tiles[t].markers.pocs or layout.main.pocs))
+                                   tile_pocs(layout, t)))
     return groups
 
 

@@ -12,7 +12,7 @@ DEMO_DIR := demo-images
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
 .PHONY: setup setup-test run test lint bench fuzz soak fuzz-requests corrupt-sweep clean viewer \
-	viewer-screenshot
+	viewer-screenshot sweep-encoders
 
 # The Debian packages come first: a fresh Debian has no python3-venv, so no `-m venv` yet.
 $(BIN)/python:
@@ -64,6 +64,11 @@ test: $(VENV)/.installed-test viewer
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
+
+# Every case of the encoder sweep (Grok and OpenJPH files served window by window against
+# OpenJPEG's pixels, tests/interop/encoder_cases.py); `make test` runs its QUICK subset.
+sweep-encoders: $(VENV)/.installed-test
+	JPIP_ENCODER_SWEEP=full $(BIN)/python -m pytest -q -rs tests/interop/test_encoders.py
 
 # Coverage-guided fuzzing (atheris) of the codestream indexer, box walker, request and model
 # grammars: FUZZ_SECONDS per target (default 180), findings under fuzz-work/ (tests/fuzz/).

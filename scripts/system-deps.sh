@@ -4,7 +4,9 @@
 # $PYTHON, which may not be Debian's); libopenjp2-7: the OpenJPEG library glymur loads;
 # libopenjp2-tools: opj_compress, the JPEG 2000 encoder of `jpip prepare IN.dcm OUT.dcm` (signed
 # samples and any bit depth, which glymur cannot write), and opj_decompress/opj_dump, the tests'
-# oracles; openjph-tools: ojph_compress, the HTJ2K encoder of `jpip prepare --htj2k`;
+# oracles; openjph-tools: ojph_compress, the HTJ2K encoder of `jpip prepare --htj2k` (and of
+# the encoder sweep, tests/interop/test_encoders.py); grokj2k-tools (test): Grok's grk_compress
+# and grk_decompress, the sweep's other encoder and second decoder;
 # nodejs, npm: build the browser viewer (`make viewer`; only when node/npm are not there
 # already, e.g. from NodeSource); libopenjpip-dec-server/-server: OpenJPEG's JPIP transcoder and
 # reference server (interop tests); nginx-light: the reverse proxy the proxy tests run in front of us;
@@ -28,7 +30,7 @@ done
 packages=(libopenjp2-7 libopenjp2-tools openjph-tools gcc libc6-dev)
 if [ "$test_deps" = 1 ]; then
   packages+=(curl libopenjpip-dec-server libopenjpip-server nginx-light chromium redis-server
-             openssl)
+             openssl grokj2k-tools)
 fi
 missing=()
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -221,6 +221,24 @@ def grok_cases() -> list[Case]:
         _grk("image-offset", RGB, "-n", "4", "-d", "1001,777", "-t", "40,30",
              "-T", "1000,770", "-c", "[16,16]"),
         _grk("modes", RGB, "-n", "3", "-M", "63", "-r", "10,1"),
+        _grk("ht-16bit-prec", Picture(90, 70, bits=16), "-M", "64", "-n", "4",
+             "-c", "[32,32],[16,16],[8,8]", "-b", "16,16", "-p", "RLCP"),
+        _grk("ht-jp2-sop-eph", MID, "-M", "64", "-n", "5", "-S", "-E", "-p", "CPRL",
+             suffix=".jp2"),
+        _grk("irrev-12bit-tiles", Picture(150, 110, bits=12), "-I", "-n", "3",
+             "-q", "40,50,60", "-t", "64,64", "-p", "PCRL", "-c", "[16,16]"),
+        _grk("irrev-signed-16", Picture(70, 50, bits=16, signed=True), "-I", "-n", "3",
+             "-q", "50,70"),
+        _grk("4comp-tiles-tp", Picture(130, 90, comps=4), "-n", "3", "-t", "64,64",
+             "-u", "C", "-p", "CPRL", "-X", "-L", "-S"),
+        _grk("jp2-16bit-rgb", Picture(70, 50, comps=3, bits=16), "-n", "3", "-q", "60,80",
+             "-p", "RLCP", suffix=".jp2"),
+        _grk("1xN-tiles", Picture(1, 300), "-n", "3", "-t", "1,64", "-p", "RPCL"),
+        _grk("Nx1-tiles", Picture(300, 1), "-n", "3", "-t", "100,1", "-u", "R", "-X"),
+        _grk("tiny-tiles", Picture(23, 19, comps=3), "-n", "2", "-t", "5,7", "-T", "2,3",
+             "-d", "4,4", "-L"),
+        _grk("modes-sop-eph", RGB, "-n", "3", "-M", "38", "-S", "-E", "-r", "20,4,1",
+             "-p", "RPCL", "-c", "[16,16]"),
         _grk("large-rpcl", LARGE, "-n", "6", "-p", "RPCL", "-c", "[64,64],[32,32]",
              "-q", "35,45,55", "-L", "-X", "-t", "512,512"),
         _grk("large-lrcp", LARGE, "-n", "5", "-p", "LRCP", "-c", "[128,128]", "-S", "-E",
@@ -262,6 +280,19 @@ def openjph_cases() -> list[Case]:
         _ojph("levels-0", G8, "-num_decomps", "0", "-reversible", "true"),
         _ojph("cblk-64x16", G8, "-num_decomps", "2", "-block_size", "{16,64}",
               "-reversible", "true"),
+        _ojph("irrev-16bit", Picture(67, 45, bits=16), "-num_decomps", "3", "-qstep", "0.0005",
+              "-prog_order", "RLCP"),
+        _ojph("signed-16-irrev", Picture(67, 45, bits=16, signed=True), "-num_decomps", "4",
+              "-qstep", "0.001"),
+        _ojph("image-offset", RGB, "-num_decomps", "3", "-reversible", "true",
+              "-image_offset", "{333,101}", "-tile_offset", "{300,90}", "-prog_order", "PCRL",
+              "-precincts", "{16,16}"),
+        _ojph("tiles-prec", MID, "-num_decomps", "4", "-reversible", "true",
+              "-tile_size", "{128,64}", "-precincts", "{8,8},{16,16},{32,32}",
+              "-block_size", "{8,8}", "-prog_order", "CPRL"),
+        _ojph("420-odd-offset", Picture(53, 31, comps=3, sub=((1, 1), (2, 2), (2, 2))),
+              "-num_decomps", "2", "-qstep", "0.01", "-image_offset", "{3,5}",
+              "-prog_order", "PCRL"),
         _ojph("large-rpcl", LARGE, "-num_decomps", "5", "-reversible", "true",
               "-precincts", "{32,32},{64,64}", "-prog_order", "RPCL"),
         _ojph("large-tiles", LARGE, "-num_decomps", "5", "-qstep", "0.003",
@@ -338,7 +369,8 @@ def _comps_ranges(text: str | None):
 
 
 async def check_file(url: str, path: Path, seed: int = 0,
-                     area_inexact: list[str] | None = None) -> int:
+                     area_inexact: list[str] | None = None,
+                     stream_type: str = "jpp-stream") -> int:
     """Serves every window of `windows_for` in one session and compares each, as the client
     reassembles and decodes it, with OpenJPEG's decode of the original; returns how many
     windows held at least one compared sample. A window whose only difference is OpenJPEG's
@@ -352,7 +384,7 @@ async def check_file(url: str, path: Path, seed: int = 0,
     with build_source(path) as src:
         for cs, ix in enumerate(src.codestreams):
             refs = _References(bytes(src.view[ix.offset:ix.offset + ix.length]))
-            async with JPIPClient(url) as client:
+            async with JPIPClient(url, stream_type=stream_type) as client:
                 for win in windows_for(ix, rng):
                     fsiz, roff, rsiz = win["fsiz"], win.get("roff"), win.get("rsiz")
                     layers, comps = win.get("layers"), win.get("comps")

@@ -337,27 +337,36 @@ class _References:
         return window_crops(self.decoded[key], ix.siz, w.discard, w.region, comps)
 
 
-def windows_for(ix, rng: np.random.Generator) -> list[dict]:
-    """The windows asked for in one session: the whole frame at up to three reductions, two
-    random regions at each, a layer limit, and component subsets."""
-    levels = int(ix.tcr["levels"].min())
+def _region(rng: np.random.Generator, fw: int, fh: int) -> dict:
+    x, y = int(rng.integers(0, fw)), int(rng.integers(0, fh))
+    return {"roff": (x, y), "rsiz": (int(rng.integers(1, fw - x + 1)),
+                                     int(rng.integers(1, fh - y + 1)))}
+
+
+def windows_for(ix, rng: np.random.Generator, many: bool = False) -> list[dict]:
+    """The windows asked for in one session: the whole frame at several reductions (every one
+    when `many`), random regions at each, a layer limit, frame sizes between two resolutions
+    (round-down and round-up), and component subsets."""
+    levels = ix.max_discard
+    layer_choices = [1, max(1, ix.max_layers // 2), None]
+    discards = range(levels + 1) if many else sorted({0, min(1, levels), min(3, levels)})
     out = []
-    layers_options = sorted({None, 1, max(1, ix.max_layers // 2)} - {None}) + [None]
-    for d in sorted({0, min(1, levels), min(3, levels)}):
+    for d in discards:
         fw, fh = frame_size(ix.siz, d)
-        out.append({"fsiz": (fw, fh), "layers": layers_options[-1 - d % len(layers_options)]})
-        for _ in range(2):
-            x, y = int(rng.integers(0, fw)), int(rng.integers(0, fh))
-            w, h = int(rng.integers(1, fw - x + 1)), int(rng.integers(1, fh - y + 1))
-            out.append({"fsiz": (fw, fh), "roff": (x, y), "rsiz": (w, h),
-                        "layers": layers_options[int(rng.integers(0, len(layers_options)))]})
-    n = ix.num_components
+        out.append({"fsiz": (fw, fh), "layers": layer_choices[-1 - d % 3]})
+        for _ in range(4 if many else 2):
+            out.append({"fsiz": (fw, fh), **_region(rng, fw, fh),
+                        "layers": layer_choices[int(rng.integers(0, 3))]})
     fw, fh = frame_size(ix.siz, 0)
+    odd = (max(1, fw * 2 // 3), max(1, fh * 3 // 5))  # no resolution's frame size
+    for rounding in ("round-down", "round-up"):
+        out.append({"fsiz": odd, "round": rounding, **_region(rng, *odd)})
+    n = ix.num_components
     if n > 1:
         out.append({"fsiz": (fw, fh), "comps": str(n - 1)})
         subset = sorted({0, n - 1, int(rng.integers(0, n))})
-        x, y = fw // 4, fh // 5
-        out.append({"fsiz": (fw, fh), "roff": (x, y), "rsiz": (max(1, fw // 2), max(1, fh // 2)),
+        out.append({"fsiz": (fw, fh), "roff": (fw // 4, fh // 5),
+                    "rsiz": (max(1, fw // 2), max(1, fh // 2)),
                     "comps": ",".join(map(str, subset)), "layers": 1})
     return out
 
@@ -370,7 +379,7 @@ def _comps_ranges(text: str | None):
 
 async def check_file(url: str, path: Path, seed: int = 0,
                      area_inexact: list[str] | None = None,
-                     stream_type: str = "jpp-stream") -> int:
+                     stream_type: str = "jpp-stream", many: bool = False) -> int:
     """Serves every window of `windows_for` in one session and compares each, as the client
     reassembles and decodes it, with OpenJPEG's decode of the original; returns how many
     windows held at least one compared sample. A window whose only difference is OpenJPEG's
@@ -385,19 +394,20 @@ async def check_file(url: str, path: Path, seed: int = 0,
         for cs, ix in enumerate(src.codestreams):
             refs = _References(bytes(src.view[ix.offset:ix.offset + ix.length]))
             async with JPIPClient(url, stream_type=stream_type) as client:
-                for win in windows_for(ix, rng):
+                for win in windows_for(ix, rng, many):
                     fsiz, roff, rsiz = win["fsiz"], win.get("roff"), win.get("rsiz")
                     layers, comps = win.get("layers"), win.get("comps")
+                    rounding = win.get("round", "round-down")
                     what = f"{path.name} cs{cs} {win}"
-                    w = resolve_window(ix, cs, fsiz=(fsiz[0], fsiz[1], "round-down"),
+                    w = resolve_window(ix, cs, fsiz=(fsiz[0], fsiz[1], rounding),
                                        roff=roff, rsiz=rsiz, layers=layers,
                                        comps=_comps_ranges(comps))
                     asked = tuple(c for c, _ in _comps_ranges(comps)) if comps else None
                     want = refs.window(ix, w, asked)
-                    await client.fetch_all(fsiz=fsiz, roff=roff, rsiz=rsiz, layers=layers,
-                                           comps=comps, stream=cs)
-                    got = client.decode(fsiz=fsiz, roff=roff, rsiz=rsiz, layers=layers,
-                                        comps=comps, stream=cs)
+                    await client.fetch_all(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
+                                           layers=layers, comps=comps, stream=cs)
+                    got = client.decode(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
+                                        layers=layers, comps=comps, stream=cs)
                     try:
                         compared += assert_same_pixels(want, got, what) > 0
                     except AssertionError:

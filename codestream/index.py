@@ -179,25 +179,40 @@ def _vbas_values(data: np.ndarray) -> np.ndarray | None:
 
 
 def _plt_lengths(buf, th: TileHeaders) -> list[np.ndarray] | None:
-    """Packet lengths per tile-part from PLT, or None when a tile-part has none or its PLT
-    does not decode."""
+    """Packet lengths per tile-part from PLT, or None when the PLT does not decode or does not
+    say which packets each tile-part holds."""
     by_part: dict[int, list[tuple[int, object]]] = {}
     for part_no, z, seg in th.plt:
         by_part.setdefault(part_no, []).append((z, seg))
     out: list[np.ndarray] = []
     for part_no in range(len(th.parts)):
         segs = sorted(by_part.get(part_no, []), key=lambda zs: zs[0])
-        if not segs:
-            return None
         data = np.concatenate([np.frombuffer(buf, np.uint8, seg.end - seg.body_offset - 1,
-                                             seg.body_offset + 1) for _, seg in segs])
+                                             seg.body_offset + 1) for _, seg in segs]
+                              or [np.zeros(0, np.uint8)])
         lengths = _vbas_values(data)
         if lengths is None:
             return None  # the last length is cut off: the PLT cannot be trusted
         # Kakadu reserves PLT space with zero entries at the end.
         nonzero = np.flatnonzero(lengths)
         out.append(lengths[:nonzero[-1] + 1] if len(nonzero) else lengths[:0])
-    return out
+    if all(part_no in by_part for part_no in range(len(th.parts))):
+        return out
+    # Grok writes the lengths of all the tile's packets in the PLT of its first tile-part
+    # and none in the others: split them where the tile-parts' data ends.
+    return _split_by_tile_parts(np.concatenate(out), th)
+
+
+def _split_by_tile_parts(lengths: np.ndarray, th: TileHeaders) -> list[np.ndarray] | None:
+    """A tile's packet lengths as the runs that fill each of its tile-parts exactly, or None
+    when they do not (the PLT then describes something else)."""
+    ends = np.cumsum(lengths)
+    cuts = np.cumsum([part.data_end - part.header_end for part in th.parts])
+    counts = np.searchsorted(ends, cuts, side="right")  # packets ending by each cut
+    reached = np.where(counts > 0, ends[np.maximum(counts - 1, 0)] if len(ends) else 0, 0)
+    if not np.array_equal(reached, cuts) or int(counts[-1]) != len(lengths):
+        return None
+    return np.split(lengths, counts[:-1])
 
 
 def _ppm_chunks(buf, layout: CodestreamLayout) -> dict[int, bytes]:

@@ -239,6 +239,13 @@ def grok_cases() -> list[Case]:
              "-d", "4,4", "-L"),
         _grk("modes-sop-eph", RGB, "-n", "3", "-M", "38", "-S", "-E", "-r", "20,4,1",
              "-p", "RPCL", "-c", "[16,16]"),
+        _grk("jp2-res-boxes", RGB, "-n", "3", "-Q", "2834.6,2834.6", "-D", "3779.5,3000",
+             "-C", "made by the encoder sweep", "-p", "RPCL", suffix=".jp2"),
+        # Profiles real pipelines write: digital cinema (2K, 12-bit, CPRL, one tile-part per
+        # component), broadcast and IMF (Rsiz profile bits, their own layouts).
+        _grk("cinema2k", Picture(2048, 1080, comps=3, bits=12), "-w", "24", "-H", "2"),
+        _grk("broadcast", Picture(960, 540, comps=3, bits=10), "-U", "MULTI,mainlevel=1"),
+        _grk("imf-2k-r", Picture(960, 540, comps=3, bits=10), "-z", "2K_R", suffix=".jp2"),
         _grk("large-rpcl", LARGE, "-n", "6", "-p", "RPCL", "-c", "[64,64],[32,32]",
              "-q", "35,45,55", "-L", "-X", "-t", "512,512"),
         _grk("large-lrcp", LARGE, "-n", "5", "-p", "LRCP", "-c", "[128,128]", "-S", "-E",
@@ -293,6 +300,10 @@ def openjph_cases() -> list[Case]:
         _ojph("420-odd-offset", Picture(53, 31, comps=3, sub=((1, 1), (2, 2), (2, 2))),
               "-num_decomps", "2", "-qstep", "0.01", "-image_offset", "{3,5}",
               "-prog_order", "PCRL"),
+        _ojph("imf", Picture(960, 540, comps=3, bits=10), "-profile", "IMF",
+              "-reversible", "true", "-block_size", "{32,32}"),
+        _ojph("broadcast", Picture(960, 540, comps=3, bits=10), "-profile", "BROADCAST",
+              "-precincts", "{128,128},{256,256}", "-qstep", "0.002"),
         _ojph("large-rpcl", LARGE, "-num_decomps", "5", "-reversible", "true",
               "-precincts", "{32,32},{64,64}", "-prog_order", "RPCL"),
         _ojph("large-tiles", LARGE, "-num_decomps", "5", "-qstep", "0.003",
@@ -350,7 +361,14 @@ def windows_for(ix, rng: np.random.Generator, many: bool = False) -> list[dict]:
     levels = ix.max_discard
     layer_choices = [1, max(1, ix.max_layers // 2), None]
     discards = range(levels + 1) if many else sorted({0, min(1, levels), min(3, levels)})
-    out = []
+    fw, fh = frame_size(ix.siz, 0)
+    # First, in pieces of at most `len` bytes (each response ends mid-bin): the whole frame at
+    # full size and a region at the next reduction.
+    piece = max(1500, ix.length // 7)
+    out = [{"fsiz": (fw, fh), "len": piece}]
+    if levels:
+        out.append({"fsiz": frame_size(ix.siz, 1), **_region(rng, *frame_size(ix.siz, 1)),
+                    "len": max(400, piece // 8)})
     for d in discards:
         fw, fh = frame_size(ix.siz, d)
         out.append({"fsiz": (fw, fh), "layers": layer_choices[-1 - d % 3]})
@@ -405,7 +423,8 @@ async def check_file(url: str, path: Path, seed: int = 0,
                     asked = tuple(c for c, _ in _comps_ranges(comps)) if comps else None
                     want = refs.window(ix, w, asked)
                     await client.fetch_all(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
-                                           layers=layers, comps=comps, stream=cs)
+                                           layers=layers, comps=comps, stream=cs,
+                                           length=win.get("len"), max_requests=400)
                     got = client.decode(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
                                         layers=layers, comps=comps, stream=cs)
                     try:

@@ -301,9 +301,10 @@ def openjph_cases() -> list[Case]:
               "-num_decomps", "2", "-qstep", "0.01", "-image_offset", "{3,5}",
               "-prog_order", "PCRL"),
         _ojph("imf", Picture(960, 540, comps=3, bits=10), "-profile", "IMF",
-              "-reversible", "true", "-block_size", "{32,32}"),
+              "-reversible", "true", "-block_size", "{32,32}", "-prog_order", "CPRL",
+              "-precincts", "{128,128},{256,256}"),
         _ojph("broadcast", Picture(960, 540, comps=3, bits=10), "-profile", "BROADCAST",
-              "-precincts", "{128,128},{256,256}", "-qstep", "0.002"),
+              "-precincts", "{128,128},{256,256}", "-qstep", "0.002", "-prog_order", "CPRL"),
         _ojph("large-rpcl", LARGE, "-num_decomps", "5", "-reversible", "true",
               "-precincts", "{32,32},{64,64}", "-prog_order", "RPCL"),
         _ojph("large-tiles", LARGE, "-num_decomps", "5", "-qstep", "0.003",
@@ -397,7 +398,8 @@ def _comps_ranges(text: str | None):
 
 async def check_file(url: str, path: Path, seed: int = 0,
                      area_inexact: list[str] | None = None,
-                     stream_type: str = "jpp-stream", many: bool = False) -> int:
+                     stream_type: str = "jpp-stream", many: bool = False,
+                     references: dict | None = None) -> int:
     """Serves every window of `windows_for` in one session and compares each, as the client
     reassembles and decodes it, with OpenJPEG's decode of the original; returns how many
     windows held at least one compared sample. A window whose only difference is OpenJPEG's
@@ -410,7 +412,11 @@ async def check_file(url: str, path: Path, seed: int = 0,
     area_inexact = [] if area_inexact is None else area_inexact
     with build_source(path) as src:
         for cs, ix in enumerate(src.codestreams):
-            refs = _References(bytes(src.view[ix.offset:ix.offset + ix.length]))
+            if references is None:
+                references = {}
+            if cs not in references:  # kept by the caller across sessions of the same file
+                references[cs] = _References(bytes(src.view[ix.offset:ix.offset + ix.length]))
+            refs = references[cs]
             async with JPIPClient(url, stream_type=stream_type) as client:
                 for win in windows_for(ix, rng, many):
                     fsiz, roff, rsiz = win["fsiz"], win.get("roff"), win.get("rsiz")

@@ -53,10 +53,11 @@ async def test_encoded_file_serves_exact_windows(aiohttp_server, tmp_path, case,
     url = str(server.make_url("/jpip")) + f"?target={path.name}"
     area_inexact: list[str] = []
     try:
-        compared = 0
+        compared, references = 0, {}
         for seed in range(case.seed, case.seed + (3 if FULL else 1)):  # a session each
             compared += await check_file(url, path, seed=seed, area_inexact=area_inexact,
-                                         stream_type=stream_type, many=FULL)
+                                         stream_type=stream_type, many=FULL,
+                                         references=references)
     except CodestreamError as e:
         # A refusal is right only for a file OpenJPEG cannot decode either.
         try:

@@ -473,18 +473,3 @@ def _layers(codestream: bytes) -> int:
     layout = parse_codestream(codestream, 0, len(codestream))
     return max(tile_coding(layout, t)[0].layers for t in range(layout.siz.num_tiles))
 
-
-def grok_full_decode(path: Path, work: Path) -> list[np.ndarray]:
-    """Grok's own decode of the whole file (the second opinion when OpenJPEG's decode is in
-    doubt), one array per component, read with the oracle's PGX reader."""
-    from tests.oracle import read_pgx
-
-    work.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(["grk_decompress", "-i", str(path), "-o", str(work / "g.pgx")],
-                          capture_output=True, timeout=120)
-    outs = sorted(work.glob("g*.pgx"), key=lambda p: int(p.stem[2:] or 0))
-    if proc.returncode != 0 or not outs:
-        raise RuntimeError(proc.stderr.decode(errors="replace")[-400:])
-    return [read_pgx(str(p)) for p in outs]
-
-

@@ -239,6 +239,10 @@ def grok_cases() -> list[Case]:
              "-d", "4,4", "-L"),
         _grk("modes-sop-eph", RGB, "-n", "3", "-M", "38", "-S", "-E", "-r", "20,4,1",
              "-p", "RPCL", "-c", "[16,16]"),
+        # ROI by up-shift (RGN): more bit-planes, so more coding passes per code-block.
+        _grk("roi", RGB, "-n", "3", "-R", "c=0,U=20", "-p", "RPCL", "-c", "[16,16]"),
+        _grk("roi-37-layers-tiles", MID, "-n", "4", "-R", "c=1,U=37", "-r", "20,5,1",
+             "-t", "128,128", "-S", "-E"),
         _grk("jp2-res-boxes", RGB, "-n", "3", "-Q", "2834.6,2834.6", "-D", "3779.5,3000",
              "-C", "made by the encoder sweep", "-p", "RPCL", suffix=".jp2"),
         # Profiles real pipelines write: digital cinema (2K, 12-bit, CPRL, one tile-part per
@@ -320,11 +324,11 @@ def all_cases() -> list[Case]:
 
 # A representative subset for `make test`: both tools, every progression once, tiles with
 # offsets, tile-parts with TLM/PLT, POC, SOP/EPH, several layers, HT, irreversible, signed,
-# 12/16-bit, 4 components, 4:2:0, JP2, odd small sizes.
+# 12/16-bit, 4 components, 4:2:0, JP2, ROI up-shift, odd small sizes.
 QUICK = (
     "grk-prog-LRCP", "grk-prog-PCRL-tiles", "grk-tpR-RPCL", "grk-tpC-CPRL", "grk-poc",
     "grk-prec-per-res", "grk-layers-8", "grk-irrev-tiles", "grk-ht-irrev-tiles", "grk-signed-12",
-    "grk-4comp", "grk-jp2-tiles", "grk-17x37", "grk-image-offset",
+    "grk-4comp", "grk-jp2-tiles", "grk-17x37", "grk-image-offset", "grk-roi-37-layers-tiles",
     "ojph-prog-RLCP-tiles", "ojph-prog-CPRL", "ojph-420-12-tiles", "ojph-signed-12",
     "ojph-irrev-tiles", "ojph-1xN",
 )

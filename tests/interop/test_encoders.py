@@ -102,7 +102,12 @@ def _lossless(case) -> bool:
 # alters the high bits of 12- and 16-bit ones, OpenJPH 0.9 clips them), so the file does not
 # hold the generated image; it is still a valid signed codestream, served and compared with
 # OpenJPEG's decode in the window test.
+# grk-roi-37: an up-shift of 37 bit-planes on 8-bit samples, more than OpenJPEG's 32-bit
+# coefficients hold (OpenJPEG decodes it, not to the source; Grok's decoder refuses it). The
+# window test still serves it exactly as OpenJPEG decodes it.
+NOT_LOSSLESS_IN_OPENJPEG = {"grk-roi-37"}
 LOSSLESS = [c for c in all_cases() if _lossless(c) and not c.picture.signed
+            and c.name not in NOT_LOSSLESS_IN_OPENJPEG
             and c.picture.width * c.picture.height <= 400_000]
 
 

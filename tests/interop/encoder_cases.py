@@ -7,22 +7,29 @@ Two encoders besides OpenJPEG's `opj_compress`, both from Debian:
   irreversible, JP2 or raw codestream, signed and 12/16-bit raw input);
 - OpenJPH 0.9 (`ojph_compress`, openjph-tools): HTJ2K codestreams (.j2c) with its own layout
   of the same options, and the only one of the two that takes subsampled raw input (4:2:0).
-  OpenJPH 0.9 has no tile-part, TLM or PLT option (those came in later versions).
+  OpenJPH 0.9 has no tile-part, TLM or PLT option (those came in later versions), reads
+  raw (.yuv) input of 1 or 3 components only and no signed samples as written.
+
+What the tools cannot write here, and so is not swept: Grok 10 fails to load subsampled raw
+input (-F ...@1x1:2x2:2x2: "Unable to load raw file"), refuses POC together with tiles
+("Problem with specified progression order changes"), crashes (SIGSEGV) writing PLT with
+-r rates (so PLT cases use -q), and its -m custom MCT reported no matrix in the two
+matrix files tried (Part 2 MCT is therefore not swept).
 
 Each case is an image spec and the encoder's options; `encode` writes the image (gradients plus
 noise, so that no decode is trivial) in the form the tool reads and runs the tool. `check_file`
 serves the file through the real server app and compares every window of a set (whole frame at
-several reductions, random regions at several reductions, component subsets, layer limits, all
-in one session) with OpenJPEG's own decode of the original file (tests/oracle.py).
+several reductions, random regions at several reductions, frame sizes between resolutions,
+byte-limited responses, component subsets, layer limits, all in one session) with OpenJPEG's
+own decode of the original file (tests/oracle.py).
 
 tests/interop/test_encoders.py runs a bounded subset (`QUICK`); `make sweep-encoders` runs
 every case (`JPIP_ENCODER_SWEEP=full`).
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +37,7 @@ import numpy as np
 from client.api import JPIPClient
 from codestream.parse import parse_codestream, tile_coding
 from codestream.source import build_source
-from jpip.window import frame_size
+from jpip.window import frame_size, resolve_window
 from tests.oracle import assert_same_pixels, decode_codestream, window_crops
 
 GRK_COMPRESS = "grk_compress"
@@ -77,7 +84,6 @@ class Case:
     options: tuple[str, ...] = ()
     suffix: str = ".j2k"            # grk: .j2k or .jp2; ojph: .j2c
     seed: int = 0
-    notes: str = field(default="", compare=False)
 
 
 def _write_pnm(path: Path, planes: list[np.ndarray], bits: int) -> None:
@@ -146,10 +152,6 @@ def encode(case: Case, work: Path) -> Path:
         text = (proc.stderr + proc.stdout).decode(errors="replace").strip()
         raise EncoderFailed(f"{' '.join(cmd)}: {text[-400:]}")
     return out
-
-
-def missing_tools() -> list[str]:
-    return [t for t in (GRK_COMPRESS, OJPH_COMPRESS) if shutil.which(t) is None]
 
 
 # --- the cases --------------------------------------------------------------------------------
@@ -412,8 +414,6 @@ async def check_file(url: str, path: Path, seed: int = 0,
     windows held at least one compared sample. A window whose only difference is OpenJPEG's
     own area decoding (see _openjpeg_area_inexact) is not a failure: it is added to
     `area_inexact` (the caller reports them)."""
-    from jpip.window import resolve_window
-
     rng = np.random.default_rng(seed)
     compared = 0
     area_inexact = [] if area_inexact is None else area_inexact

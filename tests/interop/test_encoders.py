@@ -87,7 +87,6 @@ def codestream_of(path) -> bytes:
     return data[offset:offset + length]
 
 
-
 def _lossless(case) -> bool:
     """A 5/3 coding whose last layer keeps every bit (grk: no rate, or a last rate of 1)."""
     opts = case.options

@@ -38,7 +38,7 @@ from .geometry import (
     tile_bounds,
     tile_component_bounds,
 )
-from .markers import Cod, CodingStyle, Siz
+from .markers import Cod, CodingStyle, PocEntry, Siz
 from .native import native_decoder
 from .packets import MAX_LBLOCK, MAX_PASSES, MAX_ZERO_BITPLANES, BitReader, PrecinctState
 from .parse import CodestreamLayout, TileHeaders, parse_codestream, tile_coding
@@ -257,16 +257,24 @@ BATCH_PACKETS = 1 << 18
 
 
 def tile_pocs(layout: CodestreamLayout, t: int) -> list:
-    """The progression changes that order tile t's packets: the main header's POC entries,
-    then those of the tile's own tile-part headers, in that order.
+    """The progression changes that order tile t's packets.
 
-    T.800 (Table A.2) says a tile-part POC overrides the main one; OpenJPEG and Grok append it
-    instead (opj_j2k_read_poc adds tile entries after the main ones it copied into the tile),
-    and Grok's encoder relies on that: given a main POC it also writes a tile-part POC whose
-    progressions are wrong (all LRCP), which only the appended reading skips (every packet is
-    then already included). OpenJPEG is the decoder our clients and our oracle use, so its
-    reading is the one served. When only one of the two is present both readings agree."""
-    return layout.main.pocs + layout.tiles[t].markers.pocs
+    T.800 (A.6.6, Table A.2): a tile-part POC overrides the main header's for its tile; that
+    is what conforming encoders mean, and how the tile's packets are read here. One exception:
+    Grok's encoder (before its fix for issue #435, e.g. Grok 10 in Debian) repeats the main
+    header's list in every tile's first tile-part, with the same volumes and wrong
+    progressions (all LRCP). Its packets follow the main list, and OpenJPEG, which appends tile
+    entries to the main ones, decodes such files. A tile list whose volumes are the main
+    list's, entry by entry, is read as that copy: the main list orders the tile."""
+    main, own = layout.main.pocs, layout.tiles[t].markers.pocs
+    if not own or (main and [_volume(p) for p in own] == [_volume(p) for p in main]):
+        return main
+    return own
+
+
+def _volume(poc: PocEntry) -> tuple[int, int, int, int, int]:
+    """What a POC entry covers, without its progression."""
+    return poc.rs, poc.cs, poc.lye, poc.re, poc.ce
 
 
 @dataclass

@@ -1,13 +1,12 @@
-"""POC marker segments in both the main header and a tile-part header, as Grok writes them.
+"""POC marker segments in both the main header and a tile-part header.
 
-Grok (grk_compress -P) writes the POC in the main header and again in the tile-part header,
-where every entry's progression is LRCP (0) whatever was asked. OpenJPEG and Grok's own decoder
-read the tile-part entries after the main ones (not instead of them), so the main header's
-progressions order the packets and the tile's add nothing. We must read them the same way: the
-packets are indexed in the order OpenJPEG parses them.
-
-The file here is built from an opj_compress codestream whose POC is in its tile-part header:
-the segment is copied into the main header and the tile-part copy gets Grok's LRCP entries.
+T.800 A.6.6: a tile-part POC overrides the main header's for its tile. Grok 10
+(grk_compress -P) writes the POC in the main header and again in the tile-part header, with the
+same volumes and every entry's progression LRCP (0) whatever was asked; its packets follow the
+main list (OpenJPEG, which reads tile entries after the main ones, decodes it). Both files here
+are built from an opj_compress codestream whose POC is in its tile-part header: Grok's layout
+copies the segment into the main header and gives the tile-part copy LRCP entries; the
+conforming one puts a main POC of other volumes before it, which the tile's overrides.
 """
 from __future__ import annotations
 
@@ -58,7 +57,33 @@ def _grok_layout(data: bytes) -> bytes:
     return bytes(out)
 
 
-def test_tile_part_poc_follows_the_main_one(tmp_path) -> None:
+def _main_poc_before(data: bytes, body: bytes) -> bytes:
+    """A POC segment with entries `body` inserted into the main header (before the SOT)."""
+    layout = parse_codestream(data, 0, len(data))
+    at = layout.tile_parts[0].sot_offset
+    return data[:at] + struct.pack(">HH", POC, 2 + len(body)) + body + data[at:]
+
+
+def _same_packets(data: bytes, reference: bytes) -> None:
+    for use_plt in (True, False):
+        ix = index_codestream(data, 0, len(data), use_plt=use_plt)
+        ref_ix = index_codestream(reference, 0, len(reference), use_plt=use_plt)
+        assert np.array_equal(ix.packets["precinct"], ref_ix.packets["precinct"])
+        assert np.array_equal(ix.packets["layer"], ref_ix.packets["layer"])
+
+
+def test_a_tile_part_poc_overrides_a_main_one_of_other_volumes(tmp_path) -> None:
+    original = _opj_poc_codestream(tmp_path)
+    # RS 0, CS 0, LYE 1, RE 5, CE 3, LRCP: the first layer of everything, a volume the tile's
+    # own list does not start with; read first, it would reorder every packet.
+    conforming = _main_poc_before(original, struct.pack(">BBHBBB", 0, 0, 1, 5, 3, 0))
+    layout = parse_codestream(conforming, 0, len(conforming))
+    assert [p.progression for p in layout.main.pocs] == [0]
+    assert [p.progression for p in layout.tiles[0].markers.pocs] == [2, 0]
+    _same_packets(conforming, original)
+
+
+def test_grok_tile_part_copy_of_the_main_poc_follows_the_main_one(tmp_path) -> None:
     original = _opj_poc_codestream(tmp_path)
     grok = _grok_layout(original)
     layout = parse_codestream(grok, 0, len(grok))
@@ -68,11 +93,7 @@ def test_tile_part_poc_follows_the_main_one(tmp_path) -> None:
     reference = decode_codestream(original)
     assert_same_pixels(reference, decode_codestream(grok), "OpenJPEG's reading")
 
-    for use_plt in (True, False):
-        ix = index_codestream(grok, 0, len(grok), use_plt=use_plt)
-        ref_ix = index_codestream(original, 0, len(original), use_plt=use_plt)
-        assert np.array_equal(ix.packets["precinct"], ref_ix.packets["precinct"])
-        assert np.array_equal(ix.packets["layer"], ref_ix.packets["layer"])
+    _same_packets(grok, original)
 
     path = tmp_path / "grok-poc.j2k"
     path.write_bytes(grok)

@@ -696,7 +696,10 @@ class IndexCache:
             # Writing the index (100+ MB for the largest files) would compete with the
             # responses that waited for it: they go first, if they are quick.
             src.wait_unused(SAVE_AFTER_RESPONSES)
-            self._save(key, src)
+            with self._lock:  # the file may have been replaced (and its index saved) meanwhile
+                current = self._entries.get(key) is src
+            if current and not stop():
+                self._save(key, src)
         return src
 
     def close(self) -> None:

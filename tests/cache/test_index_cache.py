@@ -523,3 +523,34 @@ def test_a_completed_index_is_persisted_after_the_responses_that_hold_its_source
             assert entry.exists()
     finally:
         cache.close()
+
+
+def test_a_file_replaced_while_its_old_index_waits_to_be_saved_keeps_the_new_entry(
+        tmp_path, monkeypatch) -> None:
+    """The old source's index, complete while a response held it, is not written over the
+    entry the replacing file's index has saved meanwhile."""
+    from cache import index_cache
+
+    monkeypatch.setattr(index_cache, "SAVE_AFTER_RESPONSES", 30.0)
+    path = tmp_path / "img.j2k"
+    shutil.copyfile(CORPUS / "p0_04.j2k", path)  # lazily indexed
+    cache = IndexCache(tmp_path / "ix", background=False, isolate=False)
+    try:
+        old = cache.get(path)
+        assert not old.complete
+        with old.in_use():  # a response being written
+            done = threading.Thread(target=cache.complete, args=(path,))
+            done.start()
+            deadline = time.monotonic() + 10
+            while not old.complete and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.2)  # the completer now waits for the response
+            shutil.copyfile(CORPUS / "p0_02.j2k", tmp_path / "new.j2k")
+            os.replace(tmp_path / "new.j2k", path)  # a new file (inode) under the name
+            assert cache.get(path).complete  # indexed whole at once, and saved
+            assert load_index(path, tmp_path / "ix") is not None
+        done.join(10)
+        assert not done.is_alive()
+        assert load_index(path, tmp_path / "ix") is not None, "the old index was saved over it"
+    finally:
+        cache.close()

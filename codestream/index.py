@@ -337,6 +337,8 @@ class _Builder:
         # the Python decoder grows packet by packet, over as many tiles as it decodes in a row.
         self.located: dict[str, list] = {k: [] for k in LOCATED_FIELDS}
         self.located_sop: list = []
+        self._growing: tuple[array, ...] | None = None  # the last array.array chunks
+        self.native = native_decoder()  # read once: a file may have 60,000+ small tiles
         self.located_count = np.zeros(self.siz.num_tiles, np.int64)  # per tile
 
     # --- geometry -------------------------------------------------------------------------
@@ -532,6 +534,7 @@ class _Builder:
                            for k in ("offset", "length")]
                 for col in (*self.located.values(), self.located_sop):
                     _cut(col, mark)
+                self._growing = None  # _cut may have dropped or cut the last chunks
                 if not (np.array_equal(decoded[0], located[0])
                         and np.array_equal(decoded[1], located[1])):
                     raise CodestreamError(th.parts[0].sot_offset,
@@ -552,15 +555,18 @@ class _Builder:
         for name, values in zip(LOCATED_FIELDS, columns[:-1], strict=True):
             self.located[name].append(np.asarray(values, np.int64))
         self.located_sop.append(np.asarray(columns[-1], np.uint8))
+        self._growing = None
 
     def _growing_located(self) -> tuple[array, ...]:
         """The array.arrays the Python decoder appends located packets to (LOCATED_FIELDS',
         then the SOP flags): the last chunks, or new ones after a numpy chunk."""
-        if not self.located_sop or not isinstance(self.located_sop[-1], array):
+        if self._growing is None:
             for name in LOCATED_FIELDS:
                 self.located[name].append(array("q"))
             self.located_sop.append(array("B"))
-        return (*(self.located[k][-1] for k in LOCATED_FIELDS), self.located_sop[-1])
+            self._growing = (*(self.located[k][-1] for k in LOCATED_FIELDS),
+                             self.located_sop[-1])
+        return self._growing
 
     def _locate_with_plt(self, th: TileHeaders, plt: list[np.ndarray], npackets: int, cod: Cod):
         """Packet offsets and lengths from PLT, if they tile each tile-part's data exactly."""
@@ -633,7 +639,7 @@ class _Builder:
         packed_base = len(self.packed)
         if packed_stream is not None:
             self.packed += packed_stream
-        native = native_decoder()
+        native = self.native
         done = None
         if native is not None and len(seq_p) >= NATIVE_MIN_PACKETS:
             local, grids, cb_style = self._precinct_grids(t, seq_p, styles)

@@ -488,6 +488,18 @@ async def test_a_cancelled_waiter_does_not_cancel_the_build(tmp_path) -> None:
     cache.close()
 
 
+def _completing_while_held(cache: IndexCache, path: Path, src: Source) -> threading.Thread:
+    """Completes `src`'s index in a thread (cache.complete) while the caller holds the source
+    as a response would; returns once the index is whole and the thread waits to save it."""
+    done = threading.Thread(target=cache.complete, args=(path,))
+    done.start()
+    deadline = time.monotonic() + 10
+    while not src.complete and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the completer now waits for the response
+    return done
+
+
 def test_a_completed_index_is_persisted_after_the_responses_that_hold_its_source(
         tmp_path, monkeypatch) -> None:
     """Writing a large index would compete with the responses that waited for it."""
@@ -502,12 +514,7 @@ def test_a_completed_index_is_persisted_after_the_responses_that_hold_its_source
         assert not src.complete
         entry = entry_path(path, tmp_path / "ix")
         with src.in_use():  # a response being written
-            done = threading.Thread(target=cache.complete, args=(path,))
-            done.start()
-            deadline = time.monotonic() + 10
-            while not src.complete and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)
+            done = _completing_while_held(cache, path, src)
             assert src.complete and not entry.exists(), "not while a response holds it"
         done.join(10)
         assert entry.exists()
@@ -539,12 +546,7 @@ def test_a_file_replaced_while_its_old_index_waits_to_be_saved_keeps_the_new_ent
         old = cache.get(path)
         assert not old.complete
         with old.in_use():  # a response being written
-            done = threading.Thread(target=cache.complete, args=(path,))
-            done.start()
-            deadline = time.monotonic() + 10
-            while not old.complete and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # the completer now waits for the response
+            done = _completing_while_held(cache, path, old)
             shutil.copyfile(CORPUS / "p0_02.j2k", tmp_path / "new.j2k")
             os.replace(tmp_path / "new.j2k", path)  # a new file (inode) under the name
             assert cache.get(path).complete  # indexed whole at once, and saved

@@ -10,7 +10,8 @@
 //     samples, component-interleaved in `data` (null if the components differ in size: then
 //     one {width, height, data} per component in `planes`), before any display mapping
 //   stats() -> {requests, bytes, channelsOpened, duplicateBytes}
-//   document.body.dataset.state: "loading" while data is in flight or decoding, "idle" after.
+//   document.body.dataset.state: "loading" while data is in flight or decoding, "idle" after
+//   ("error", set by main.js, when the page could not start).
 
 import { JPIPClient } from './client.js';
 import { headerInfo } from './codestream.js';

@@ -26,15 +26,26 @@ the pipe, and the parent reads them out of it into its own arrays (one copy) and
 Such a file has no name, so nothing is left behind whoever dies when: it lives while a
 descriptor of it does. (The parent does not keep the file mapped: Python's mmap holds a
 descriptor per map, which an index cache of many entries would run out of.)
+
+A child parses untrusted files, so the parent does not trust its replies further than it can
+check them: a reply is unpickled with a list of what it may build (_ReplyUnpickler: the
+indexer's dataclasses, errors and numpy arrays, never another callable, which a pickle could
+otherwise name and have the parent call), the buffers' sizes are plain integers checked against
+the memfd's, and an error that does not pass comes back as a RuntimeError naming it.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import io
 import logging
 import multiprocessing
 import os
 import pickle
 import signal
 import socket
+import stat
+import sys
 import threading
 from array import array
 from collections.abc import Callable
@@ -72,6 +83,11 @@ class IndexingTimeout(Exception):
 PRELOAD = ["cache.index_cache"]
 # A result's buffers of at least this many bytes come back through shared memory (see above).
 SHARED_MIN = 1 << 20
+
+
+class BadReply(RuntimeError):
+    """A child's reply that the parent refuses (see the module docstring): a defect, or a
+    child led astray by the file it parsed. The child is ended; the job fails (500)."""
 
 
 class _Child:
@@ -246,7 +262,8 @@ def _serve(conn: Connection) -> None:
         try:
             reply = (True, fn(*args))
         except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
-            reply = (False, e)
+            reply = (False, e if _passes(e) else
+                     RuntimeError(f"{type(e).__module__}.{type(e).__qualname__}: {e}"))
         try:
             _send(conn, reply)
         except Exception as e:  # an error or a result that does not pickle
@@ -278,10 +295,10 @@ def _send(conn: Connection, reply: Any) -> None:
             except OSError:  # no memory for it: everything through the pipe
                 large = []
                 data = pickle.dumps(reply, protocol=5)
-        conn.send([raw.nbytes for raw in large])
+        conn.send_bytes(array("q", [raw.nbytes for raw in large]).tobytes())
         conn.send_bytes(data)
         if fd is not None:
-            with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            with _socket_of(conn) as s:
                 s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))])
     finally:
         if fd is not None:
@@ -302,16 +319,23 @@ def _shared_copy(buffers: list[memoryview]) -> int:
     return fd
 
 
-def _receive(conn: Connection) -> Any:
+def _receive(conn: Connection) -> tuple[bool, Any]:
     """A reply, its large buffers read out of the child's memfd (the parent's side): one copy
     in the kernel, into arrays of this process; the memfd is closed here, and goes with it."""
-    sizes = conn.recv()
+    sized = conn.recv_bytes()
+    if len(sized) % 8:
+        raise BadReply("the sizes of its buffers are not 64-bit integers")
+    sizes = array("q")
+    sizes.frombytes(sized)
     data = conn.recv_bytes()
     if not sizes:
-        return pickle.loads(data)
-    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        return _loads(data, [])
+    with _socket_of(conn) as s:
         fd = _receive_fd(s)
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or min(sizes) < 0 or sum(sizes) > st.st_size:
+            raise BadReply(f"buffers of {sum(sizes)} bytes said, in a file of {st.st_size}")
         buffers = [np.empty(n, np.uint8) for n in sizes]
         at = 0
         for buffer in buffers:
@@ -323,7 +347,83 @@ def _receive(conn: Connection) -> Any:
                 view, at = view[got:], at + got
     finally:
         os.close(fd)
-    return pickle.loads(data, buffers=buffers)
+    return _loads(data, buffers)
+
+
+def _socket_of(conn: Connection) -> socket.socket:
+    """A socket object on a duplicate of the pipe's descriptor, for descriptor passing.
+    Blocking, as the pipe is: a socket made while socket.setdefaulttimeout() is in force is
+    made non-blocking, which the shared open file (the pipe's too) would keep."""
+    s = socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(True)
+    return s
+
+
+# What a child's reply may name besides the classes _passes admits: numpy's rebuilders of
+# arrays, dtypes and scalars (their 1.x and 2.x homes), and the indexer's error rebuilder.
+_REPLY_FUNCTIONS = {
+    *((module, name) for module in ("numpy.core.numeric", "numpy._core.numeric")
+      for name in ("_frombuffer",)),
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("codestream.errors", "_rebuild"),
+}
+# Packages whose dataclasses and errors a reply may hold (the indexer's results and errors).
+_REPLY_PACKAGES = ("codestream", "dicom")
+
+
+def _reply_class(module: str, name: str) -> type | None:
+    """The class `module.name` if a reply may build it: an error of Python's or of the
+    indexer's packages, or a dataclass of those packages (None otherwise). A module outside
+    those packages is not even imported."""
+    if module != "builtins" and module.split(".")[0] not in _REPLY_PACKAGES:
+        return None
+    if "." in name or name.startswith("__"):
+        return None
+    mod = sys.modules.get(module) or importlib.import_module(module)
+    obj = getattr(mod, name, None)
+    if not isinstance(obj, type):
+        return None
+    if issubclass(obj, Exception):
+        return obj
+    if module != "builtins" and dataclasses.is_dataclass(obj):
+        return obj
+    return None
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _REPLY_FUNCTIONS:
+            return super().find_class(module, name)
+        cls = _reply_class(module, name)
+        if cls is None:
+            raise BadReply(f"its pickle names {module}.{name}, which a reply may not hold")
+        return cls
+
+
+def _loads(data: bytes, buffers: list) -> tuple[bool, Any]:
+    """A reply unpickled with _ReplyUnpickler: (True, a result) or (False, an error)."""
+    try:
+        reply = _ReplyUnpickler(io.BytesIO(data), buffers=buffers).load()
+    except BadReply:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a damaged pickle raises
+        raise BadReply(f"its pickle does not load: {e!r:.200}") from None
+    if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], bool)):
+        raise BadReply("it is not (ok, value)")
+    if not reply[0] and not isinstance(reply[1], Exception):
+        raise BadReply(f"its error is a {type(reply[1]).__name__}")
+    return reply
+
+
+def _passes(error: BaseException) -> bool:
+    """True if the parent would take `error` back (a child's side, before it sends it)."""
+    try:
+        _loads(pickle.dumps((False, error), protocol=5), [])
+    except Exception:  # noqa: BLE001 - not picklable, or refused
+        return False
+    return True
 
 
 def _receive_fd(sock: socket.socket) -> int:

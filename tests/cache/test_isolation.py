@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -364,7 +365,7 @@ def test_a_reply_cut_before_its_buffers_is_a_dead_child_and_leaks_nothing() -> N
         assert ok and np.array_equal(value["large"], np.arange(1 << 18))
         buffers: list = []
         data = pickle.dumps(_large_result(1 << 18), protocol=5, buffer_callback=buffers.append)
-        theirs.send([b.raw().nbytes for b in buffers])
+        theirs.send_bytes(array("q", [b.raw().nbytes for b in buffers]).tobytes())
         theirs.send_bytes(data)
         theirs.close()  # and no descriptors
         with pytest.raises(EOFError):
@@ -451,3 +452,159 @@ def test_warm_settles_for_the_children_that_could_start(monkeypatch, caplog) -> 
     made.append(None)  # every start refused from now on
     with pytest.raises(OSError, match="fork refused"):
         isolation.warm(2)
+
+
+# --- replies the parent does not trust --------------------------------------------------------
+# A child parses untrusted files: a reply must not be able to have the parent run anything.
+def _mark(path: str) -> str:
+    """What a hostile pickle would have the parent call (here: leaves a trace of who did)."""
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return "marked"
+
+
+class _Hostile:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (_mark, (self.path,))
+
+
+class _HostileError(Exception):
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+    def __reduce__(self):
+        return (_mark, (self.path,))
+
+
+def _hostile_result(path: str, large: bool) -> dict:
+    return {"index": np.arange((1 << 18) if large else 10), "payload": _Hostile(path)}
+
+
+def _raise_hostile_error(path: str) -> None:
+    raise _HostileError(path)
+
+
+def _marks(path) -> set[int]:
+    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["through the pipe", "through a memfd"])
+def test_a_reply_naming_another_callable_is_refused_not_called(tmp_path, large) -> None:
+    from cache.isolation import BadReply
+
+    marker = tmp_path / "called"
+    with pytest.raises(BadReply, match="names tests.cache.test_isolation._mark"):
+        run_isolated(_hostile_result, str(marker), large)
+    assert os.getpid() not in _marks(marker), "the child's pickle ran code in the parent"
+    assert run_isolated(sum, [1, 2]) == 3  # the next job finds a sound child
+
+
+def test_an_error_the_parent_would_refuse_comes_back_as_a_runtime_error(tmp_path) -> None:
+    marker = tmp_path / "called"
+    with pytest.raises(RuntimeError, match="_HostileError"):
+        run_isolated(_raise_hostile_error, str(marker))
+    assert _marks(marker) == set(), "checked without being called, in the child as well"
+
+
+def test_a_child_that_raises_system_exit_does_not_end_the_parent() -> None:
+    """Raised in a worker thread of the server, SystemExit would end its event loop."""
+    with pytest.raises(RuntimeError, match="SystemExit: 3"):
+        run_isolated(sys.exit, 3)
+
+
+def _pipe_pair():
+    import multiprocessing
+
+    return multiprocessing.Pipe()
+
+
+def test_a_sizes_message_is_not_unpickled(tmp_path) -> None:
+    """The sizes of a reply's buffers are integers read as such, not a pickle."""
+    import pickle
+
+    from cache.isolation import BadReply, _receive
+
+    marker = tmp_path / "called"
+    ours, theirs = _pipe_pair()
+    try:
+        theirs.send(_Hostile(str(marker)))  # a pickle where the sizes go
+        theirs.send_bytes(pickle.dumps((True, None)))
+        theirs.close()
+        with pytest.raises((BadReply, EOFError)):
+            _receive(ours)
+        assert _marks(marker) == set()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def _send_sizes_and_fd(conn, sizes: list[int], fd: int) -> None:
+    import pickle
+    import socket
+
+    conn.send_bytes(array("q", sizes).tobytes())
+    conn.send_bytes(pickle.dumps((True, None), protocol=5))
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))])
+
+
+@pytest.mark.parametrize("sizes", [[1 << 40], [-1], [8, 8]], ids=["huge", "negative", "more"])
+def test_buffer_sizes_larger_than_the_memfd_are_refused_before_any_allocation(sizes) -> None:
+    from cache.isolation import BadReply, _receive
+
+    fd = os.memfd_create("jpip-index-result", os.MFD_CLOEXEC)
+    os.write(fd, b"x" * 10)
+    ours, theirs = _pipe_pair()
+    try:
+        _send_sizes_and_fd(theirs, sizes, fd)
+        with pytest.raises(BadReply, match="bytes said, in a file of 10"):
+            _receive(ours)
+        assert len(_memfd_descriptors()) == 1, "only ours: the one received was closed"
+    finally:
+        os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_a_descriptor_that_is_not_a_file_is_refused() -> None:
+    """A pipe's end instead of a memfd: refused (closed), not read."""
+    from cache.isolation import BadReply, _receive
+
+    r, w = os.pipe()
+    ours, theirs = _pipe_pair()
+    before = len(os.listdir("/proc/self/fd"))
+    try:
+        _send_sizes_and_fd(theirs, [0], r)
+        with pytest.raises(BadReply):
+            _receive(ours)
+        assert len(os.listdir("/proc/self/fd")) == before, "the received descriptor was closed"
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        ours.close()
+        theirs.close()
+
+
+def test_the_pipe_stays_blocking_under_a_default_socket_timeout() -> None:
+    """A socket made while socket.setdefaulttimeout() is in force turns non-blocking, and with
+    it the pipe's open file it duplicates: the next reply read from that child would fail with
+    EAGAIN when it is not all there yet."""
+    import fcntl
+    import socket
+
+    from cache import isolation
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)
+    try:
+        isolation.shutdown()
+        assert run_isolated(_large_result, 1 << 18)["large"][-1] == (1 << 18) - 1
+        (child,) = isolation._children._idle
+        flags = fcntl.fcntl(child.conn.fileno(), fcntl.F_GETFL)
+        assert not flags & os.O_NONBLOCK
+    finally:
+        socket.setdefaulttimeout(old)

@@ -101,6 +101,7 @@ class _Child:
                                    daemon=True)  # ended with this process
         self.process.start()
         theirs.close()
+        self.aborted = False  # ended by abort(): its job is not tried again
 
     def call(self, fn: Callable[..., Any], args: tuple, timeout: float) -> tuple[bool, Any]:
         """(True, result) or (False, the error it raised). EOFError: the child died;
@@ -165,6 +166,9 @@ class _Children:
 
 
 _children = _Children()
+# The children lent to jobs (abort ends them).
+_at_work: set[_Child] = set()
+_at_work_lock = threading.Lock()
 
 
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
@@ -177,6 +181,8 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     limit (the kernel's OOM killer): RuntimeError."""
     for attempt in range(2):
         child = _children.take()
+        with _at_work_lock:
+            _at_work.add(child)
         try:
             ok, value = child.call(fn, args, JOB_TIMEOUT)
         except BaseException as e:
@@ -185,6 +191,8 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
             child.close(kill=True)
             _children.give_back(None)
             code = child.process.exitcode
+            if child.aborted:
+                raise RuntimeError("indexing was stopped: the process is exiting") from None
             if isinstance(e, TimeoutError):
                 log.warning("an indexing job (%s) ran past %.0f s: its process was killed",
                             fn.__name__, JOB_TIMEOUT)
@@ -198,6 +206,9 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
             if attempt:
                 raise RuntimeError(f"the indexing process died (exit code {code})") from None
             continue
+        finally:
+            with _at_work_lock:
+                _at_work.discard(child)
         _children.give_back(child)
         if ok:
             return value
@@ -245,6 +256,19 @@ def warm(children: int = WARM_CHILDREN) -> None:
 def shutdown() -> None:
     """Ends the idle children (those at work end with their jobs, or with this process)."""
     _children.close()
+
+
+def abort() -> None:
+    """Ends every child, those at work too (their jobs fail: RuntimeError), for a process
+    about to exit: it waits for its worker threads, and a job stalled on a file (a hung
+    network mount) would hold the exit for up to JOB_TIMEOUT after the server stopped."""
+    with _at_work_lock:
+        at_work = list(_at_work)
+    for child in at_work:
+        child.aborted = True
+        if child.process.exitcode is None:
+            child.process.kill()
+    shutdown()
 
 
 def _nothing() -> None:

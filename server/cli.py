@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jpip-server: cannot listen on {_where(config.host, config.port)}: "
               f"{listen_problem(exc)}", file=sys.stderr)
         return EXIT_LISTEN
+    finally:
+        # Indexing jobs still running (the requests that wanted them are gone) would keep
+        # the process from exiting until they end.
+        isolation.abort()
     log.info("stopped")
     return 0
 

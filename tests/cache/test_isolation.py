@@ -608,3 +608,35 @@ def test_the_pipe_stays_blocking_under_a_default_socket_timeout() -> None:
         assert not flags & os.O_NONBLOCK
     finally:
         socket.setdefaulttimeout(old)
+
+
+def test_abort_ends_the_jobs_at_work_without_trying_them_again() -> None:
+    """The server's process, stopping, waits for its worker threads: a job stalled on a file
+    (here: asleep) would have held the exit for up to JOB_TIMEOUT."""
+    import threading
+    import time
+
+    from cache import isolation
+
+    outcome: list[BaseException | None] = []
+
+    def job() -> None:
+        try:
+            run_isolated(time.sleep, 60)
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - looked at below
+            outcome.append(e)
+
+    worker = threading.Thread(target=job)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not isolation._at_work and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (child,) = isolation._at_work
+    t0 = time.monotonic()
+    isolation.abort()
+    worker.join(10)
+    assert not worker.is_alive() and time.monotonic() - t0 < 10
+    assert isinstance(outcome[0], RuntimeError) and "stopped" in str(outcome[0])
+    assert child.process.exitcode is not None and not isolation._at_work
+    assert run_isolated(sum, [4, 5]) == 9  # later jobs start children again

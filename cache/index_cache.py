@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 
 from codestream.boxes import Box, FileLayout
-from codestream.errors import CodestreamError
+from codestream.errors import CodestreamError, FileChanged
 from codestream.index import CodestreamIndex
 from codestream.markers import ComponentSize, Siz
 from codestream.metabins import MetadataBins
-from codestream.source import FileIdentity, Source, file_identity, index_file
+from codestream.source import FileIdentity, Source, file_identity, index_file, stat_key
 from dicom.errors import DicomError
 from dicom.frames import FrameTable
 from dicom.part10 import is_part10_file
@@ -310,6 +310,19 @@ def _same_file(a: FileIdentity, b: dict[str, Any]) -> bool:
             and a.header_hash == b["header_hash"])
 
 
+def _check_still_indexed(source: Source) -> None:
+    """FileChanged unless the file at the source's path is still the one it indexed. Checked
+    last before an entry takes its place: an index of a file replaced meanwhile would be
+    dropped by load_index anyway, and would have taken the place of the replacing file's."""
+    try:
+        st = os.stat(source.path)
+        same = (st.st_size, st.st_mtime_ns, st.st_ino) == stat_key(source.identity)
+    except OSError:
+        same = False
+    if not same:
+        raise FileChanged("the file changed before its index was saved")
+
+
 @contextlib.contextmanager
 def build_lock(path: Path | str, cache_dir: Path | None) -> Iterator[None]:
     """Held while one process builds the index of `path`: other processes (workers, hosts
@@ -355,7 +368,8 @@ def remove_stale_temporaries(cache_dir: Path, older_than: float = STALE_TEMP_SEC
 
 # --------------------------------------------------------------------------- save / load
 def save_index(source: Source, cache_dir: Path) -> Path:
-    """Writes the index of `source` under `cache_dir` (atomically); returns the entry's path."""
+    """Writes the index of `source` under `cache_dir` (atomically); returns the entry's path.
+    FileChanged (nothing written) if the file is no longer the one indexed."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     arrays = _Arrays()
@@ -410,6 +424,7 @@ def save_index(source: Source, cache_dir: Path) -> Path:
             f.seek(0)
             f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, len(head), pos, zlib.crc32(head), crc))
         # No fsync: a file cut short by a crash fails the length/CRC checks and is rebuilt.
+        _check_still_indexed(source)
         os.replace(tmp, entry)
     except BaseException:
         _remove(Path(tmp))
@@ -718,6 +733,9 @@ class IndexCache:
         failures are logged at DEBUG until a save works again."""
         try:
             save_index(src, self.cache_dir)
+        except FileChanged as e:  # replaced meanwhile: its new index is (or will be) saved
+            log.debug("index cache: not saving the index of %s: %s", key, e)
+            return
         except (OSError, TypeError, ValueError) as e:
             if self._save_failing:
                 log.debug("index cache: cannot save the index of %s: %s", key, e)

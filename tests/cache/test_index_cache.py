@@ -556,3 +556,36 @@ def test_a_file_replaced_while_its_old_index_waits_to_be_saved_keeps_the_new_ent
         assert load_index(path, tmp_path / "ix") is not None, "the old index was saved over it"
     finally:
         cache.close()
+
+
+def test_a_file_replaced_while_its_old_index_is_being_saved_keeps_the_new_entry(
+        tmp_path, monkeypatch) -> None:
+    """The replacement lands after the completer's last check, while the old index is
+    written (a large index takes a second): the old entry must not take the new one's place
+    (load would drop it, and the new file would be indexed again on the next start)."""
+    from cache import index_cache
+
+    monkeypatch.setattr(index_cache, "SAVE_AFTER_RESPONSES", 0.0)
+    path = tmp_path / "img.j2k"
+    shutil.copyfile(CORPUS / "p0_04.j2k", path)  # lazily indexed
+    cache = IndexCache(tmp_path / "ix", background=False, isolate=False)
+    real_save = index_cache.save_index
+    try:
+        old = cache.get(path)
+        assert not old.complete
+
+        def save_while_replaced(src, cache_dir):
+            if src is old:  # the file is replaced, and its new index saved, meanwhile
+                shutil.copyfile(CORPUS / "p0_02.j2k", tmp_path / "new.j2k")
+                os.replace(tmp_path / "new.j2k", path)
+                assert cache.get(path).complete
+                assert load_index(path, tmp_path / "ix") is not None
+            return real_save(src, cache_dir)
+
+        monkeypatch.setattr(index_cache, "save_index", save_while_replaced)
+        cache.complete(path)
+        assert old.complete
+        assert load_index(path, tmp_path / "ix") is not None, "the old index was saved over it"
+        assert not list((tmp_path / "ix").glob("*.tmp")), "the old index's temporary file left"
+    finally:
+        cache.close()

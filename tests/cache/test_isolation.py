@@ -640,3 +640,30 @@ def test_abort_ends_the_jobs_at_work_without_trying_them_again() -> None:
     assert isinstance(outcome[0], RuntimeError) and "stopped" in str(outcome[0])
     assert child.process.exitcode is not None and not isolation._at_work
     assert run_isolated(sum, [4, 5]) == 9  # later jobs start children again
+
+
+def test_a_preloaded_module_that_fails_to_import_does_not_end_the_program(tmp_path) -> None:
+    """A module missing from the fork server's path is skipped (children import it
+    themselves); one that raises as it is imported ends the fork server: warm() then raises
+    an Exception, which the server answers by indexing in its own process."""
+    (tmp_path / "raising_module.py").write_text("raise RuntimeError('broken at import')\n")
+    script = tmp_path / "main.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys
+        from cache import isolation
+
+        if __name__ == "__main__":
+            isolation.preload(sys.argv[1])
+            try:
+                isolation.warm()
+                print("warm", isolation.run_isolated(os.getpid) != os.getpid())
+            except Exception as e:
+                print("refused", type(e).__name__)
+            isolation.shutdown()
+    """))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path)])}
+    for module, said in (("no_such_module", "warm True"), ("raising_module", "refused")):
+        out = subprocess.run([sys.executable, str(script), module], capture_output=True,
+                             text=True, timeout=120, env=env)
+        assert out.returncode == 0 and out.stdout.startswith(said), (module, out.stdout,
+                                                                      out.stderr[-1000:])

@@ -36,7 +36,9 @@ import numpy as np
 
 from client.api import JPIPClient
 from codestream.parse import parse_codestream, tile_coding
-from codestream.source import build_source
+from codestream.source import Source, build_source
+from dicom.part10 import is_part10_file
+from dicom.source import open_dicom
 from jpip.window import frame_size, resolve_window
 from tests.oracle import assert_same_pixels, decode_codestream, window_crops
 
@@ -413,16 +415,19 @@ async def check_file(url: str, path: Path, seed: int = 0,
     reassembles and decodes it, with OpenJPEG's decode of the original; returns how many
     windows held at least one compared sample. A window whose only difference is OpenJPEG's
     own area decoding (see _openjpeg_area_inexact) is not a failure: it is added to
-    `area_inexact` (the caller reports them)."""
+    `area_inexact` (the caller reports them). A DICOM file is opened as the server opens it
+    (dicom.source): its frames are codestreams 1..N, each compared with OpenJPEG's decode of
+    that frame's codestream."""
     rng = np.random.default_rng(seed)
     compared = 0
     area_inexact = [] if area_inexact is None else area_inexact
-    with build_source(path) as src:
+    with open_served(path) as src:
         for cs, ix in enumerate(src.codestreams):
+            stream = src.first_codestream + cs  # the request's `stream` (CSn) of codestream cs
             if references is None:
                 references = {}
             if cs not in references:  # kept by the caller across sessions of the same file
-                references[cs] = _References(bytes(src.view[ix.offset:ix.offset + ix.length]))
+                references[cs] = _References(src.codestream_bytes(cs))
             refs = references[cs]
             async with JPIPClient(url, stream_type=stream_type) as client:
                 for win in windows_for(ix, rng, many):
@@ -430,16 +435,16 @@ async def check_file(url: str, path: Path, seed: int = 0,
                     layers, comps = win.get("layers"), win.get("comps")
                     rounding = win.get("round", "round-down")
                     what = f"{path.name} cs{cs} {win}"
-                    w = resolve_window(ix, cs, fsiz=(fsiz[0], fsiz[1], rounding),
+                    w = resolve_window(ix, stream, fsiz=(fsiz[0], fsiz[1], rounding),
                                        roff=roff, rsiz=rsiz, layers=layers,
                                        comps=_comps_ranges(comps))
                     asked = tuple(c for c, _ in _comps_ranges(comps)) if comps else None
                     want = refs.window(ix, w, asked)
                     await client.fetch_all(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
-                                           layers=layers, comps=comps, stream=cs,
+                                           layers=layers, comps=comps, stream=stream,
                                            length=win.get("len"), max_requests=400)
                     got = client.decode(fsiz=fsiz, round=rounding, roff=roff, rsiz=rsiz,
-                                        layers=layers, comps=comps, stream=cs)
+                                        layers=layers, comps=comps, stream=stream)
                     try:
                         compared += assert_same_pixels(want, got, what) > 0
                     except AssertionError:
@@ -448,6 +453,12 @@ async def check_file(url: str, path: Path, seed: int = 0,
                         area_inexact.append(what)
                 assert client.cache.duplicate_bytes == 0, f"{path.name}: bytes sent twice"
     return compared
+
+
+def open_served(path: Path) -> Source:
+    """The file as the server reads it: a DICOM object by its frames, anything else by its
+    boxes and codestreams."""
+    return open_dicom(path) if is_part10_file(path) else build_source(path)
 
 
 def _irreversible(codestream: bytes) -> bool:

@@ -1,0 +1,126 @@
+"""Real JPEG 2000 files from packages (tests/interop/package_files.py), served window by window
+and compared with OpenJPEG's decode of the original, as the encoder sweep does (check_file):
+whole frames at every reduction, regions, layer limits, component subsets, byte-limited
+responses, as JPP-streams and JPT-streams; DICOM files through the DICOM path (frames as
+codestreams 1..N).
+
+Run by `make sweep-package-files`, which downloads the packages first; without
+JPIP_PACKAGE_FILES (the download folder) there is nothing to sweep and the test skips.
+
+A file the server refuses must get a 4xx, and must be one OpenJPEG refuses too (a truncated or
+corrupt file): that is an expected failure naming both refusals. A file OpenJPEG cannot decode
+at all leaves nothing to compare with: also an expected failure, with OpenJPEG's message.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from codestream.errors import CodestreamError
+from dicom.errors import DicomError
+from server.app import create_app
+from server.config import ServerConfig
+from tests.interop.encoder_cases import check_file
+from tests.interop.package_files import find_files
+from tests.interop.test_encoders import OpenJPEGAreaDecode
+from tests.oracle import OPJ_DECOMPRESS, OracleError
+
+FOLDER = os.environ.get("JPIP_PACKAGE_FILES")
+FILES = find_files(Path(FOLDER)) if FOLDER else []
+# Files up to this size get every reduction and twice the regions (check_file's `many`).
+MANY_BELOW = 400_000
+
+
+def _name(found) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", found.path.name)
+    return stem if found.kind in ("j2k", "jp2") or stem.endswith(".dcm") else stem + ".dcm"
+
+
+def test_package_files_are_there() -> None:
+    if not FOLDER:
+        pytest.skip("no JPIP_PACKAGE_FILES folder (make sweep-package-files downloads one)")
+    assert FILES, f"no JPEG 2000 file found under {FOLDER}"
+
+
+@pytest.mark.parametrize("stream_type", ["jpp-stream", "jpt-stream"])
+@pytest.mark.parametrize("found", FILES, ids=lambda f: f"{f.package}/{f.path.name}")
+async def test_package_file_serves_exact_windows(aiohttp_server, tmp_path, found,
+                                                 stream_type) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    path = root / _name(found)
+    shutil.copyfile(found.path, path)
+    server = await aiohttp_server(create_app(ServerConfig(
+        root=root, index_cache_dir=tmp_path / "index-cache", port=0)))
+    url = str(server.make_url("/jpip")) + f"?target={path.name}"
+    area_inexact: list[str] = []
+    try:
+        compared = await check_file(url, path, seed=0, area_inexact=area_inexact,
+                                    stream_type=stream_type,
+                                    many=path.stat().st_size < MANY_BELOW)
+    except (CodestreamError, DicomError) as e:
+        status = await _status(url)
+        assert 400 <= status < 500, f"refused ({e}) but the server answered {status}"
+        opj = _openjpeg_refusal(path)
+        if opj is None:
+            pytest.fail(f"refused a file OpenJPEG decodes ({status}): {e}")
+        pytest.xfail(f"refused with {status} ({e}); OpenJPEG refuses it too: {opj}")
+    except OracleError as e:
+        status = await _status(url)
+        assert status == 200, f"OpenJPEG fails ({e}) and the server answered {status}"
+        pytest.xfail(f"served, but OpenJPEG cannot decode it to compare: {e}")
+    assert compared >= 3, f"only {compared} windows compared"
+    for what in area_inexact:
+        warnings.warn(OpenJPEGAreaDecode(
+            f"EXCLUDED {what}: equals OpenJPEG's area decode of the original, which differs "
+            "from its full-frame decode (OpenJPEG's partial 9-7 transform)"), stacklevel=1)
+
+
+async def _status(url: str) -> int:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url + "&fsiz=64,64&type=jpp-stream") as r:
+            await r.read()
+            return r.status
+
+
+def _openjpeg_refusal(path: Path) -> str | None:
+    """OpenJPEG's error for the whole file (None when it decodes it). DICOM frames are taken
+    out with pydicom; a frame OpenJPEG refuses is the file's refusal."""
+    if path.suffix == ".dcm":
+        import pydicom
+        from pydicom.encaps import generate_frames
+
+        ds = pydicom.dcmread(path)
+        try:
+            frames = list(generate_frames(ds.PixelData,
+                                          number_of_frames=int(ds.get("NumberOfFrames", 1))))
+        except Exception as e:  # noqa: BLE001 - pydicom's own refusal is the answer
+            return f"pydicom cannot split the frames: {e}"
+        for i, frame in enumerate(frames):
+            error = _opj(frame, ".j2k" if frame[:4] == b"\xff\x4f\xff\x51" else ".jp2")
+            if error:
+                return f"frame {i + 1}: {error}"
+        return None
+    return _opj(path.read_bytes(), ".j2k" if path.read_bytes()[:2] == b"\xff\x4f" else ".jp2")
+
+
+def _opj(data: bytes, suffix: str) -> str | None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="opj-") as tmp:
+        src = Path(tmp) / f"in{suffix}"
+        src.write_bytes(data)
+        proc = subprocess.run([OPJ_DECOMPRESS, "-i", str(src), "-o", f"{tmp}/out.pgx"],
+                              capture_output=True, timeout=300)
+        text = (proc.stderr + proc.stdout).decode(errors="replace")
+        if proc.returncode != 0 or not any(n.endswith(".pgx") for n in os.listdir(tmp)):
+            errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
+            return "; ".join(errors) or text.strip()[-300:]
+    return None

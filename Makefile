@@ -78,7 +78,8 @@ PACKAGE_FILES ?= /tmp/jpip-package-files
 sweep-package-files: $(VENV)/.installed-test
 	$(BIN)/python -m tests.interop.package_files fetch $(PACKAGE_FILES)
 	JPIP_PACKAGE_FILES=$(PACKAGE_FILES) $(BIN)/python -m pytest -q -rxfs \
-		tests/interop/test_package_files.py --junitxml=$(PACKAGE_FILES)/results.xml; \
+		tests/interop/test_package_files.py -o junit_family=xunit1 \
+		--junitxml=$(PACKAGE_FILES)/results.xml; \
 		status=$$?; $(BIN)/python -m tests.interop.package_files report $(PACKAGE_FILES) \
 		--junit $(PACKAGE_FILES)/results.xml > $(PACKAGE_FILES)/REPORT.md; \
 		echo "record: $(PACKAGE_FILES)/REPORT.md"; exit $$status

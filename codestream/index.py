@@ -476,12 +476,21 @@ class _Builder:
                 seq, layer = packet_sequence(prec, g.cod.layers, g.cod.progression, g.pocs)
                 seq_rows.append(global_rows[seq])
                 seq_layers.append(layer.astype(np.int32))
-                seq_tiles.append(prec.tile[seq])
-                packets += np.bincount(prec.tile[seq], minlength=siz.num_tiles)
+                del layer
+                if len(groups) > 1:
+                    seq_tiles.append(prec.tile[seq])
+                # Packets of each tile: of each precinct, summed by tile (no per-packet array).
+                per_precinct = np.bincount(seq, minlength=len(prec.tile))
+                packets += np.bincount(prec.tile, weights=per_precinct,
+                                       minlength=siz.num_tiles).astype(np.int64)
+                del seq
         if not seq_rows:
             e = np.zeros(0, np.int64)
             return e, e.astype(np.int32), np.zeros(siz.num_tiles + 1, np.int64)
-        rows_all, layers_all = np.concatenate(seq_rows), np.concatenate(seq_layers)
+        if len(seq_rows) == 1:  # one batch (a single large tile): not copied
+            rows_all, layers_all = seq_rows.pop(), seq_layers.pop()
+        else:
+            rows_all, layers_all = np.concatenate(seq_rows), np.concatenate(seq_layers)
         if len(groups) > 1:
             order = np.argsort(np.concatenate(seq_tiles), kind="stable")  # tile after tile
             rows_all, layers_all = rows_all[order], layers_all[order]
@@ -606,8 +615,11 @@ class _Builder:
         seen = np.zeros(int(seq_p.max()) - lo + 1, bool)
         seen[seq_p - lo] = True
         used = np.flatnonzero(seen)
-        number = np.cumsum(seen) - 1  # row - lo -> its number among the used rows
-        local = number[seq_p - lo]
+        if len(used) == len(seen):  # every row in [lo, hi] (the usual case): no renumbering
+            local = seq_p - lo if lo else seq_p
+        else:
+            number = np.cumsum(seen) - 1  # row - lo -> its number among the used rows
+            local = number[seq_p - lo]
         rows = used + lo
         c = self.prec_c[rows]
         tcr = self.tcr_of_precinct[rows]
@@ -808,42 +820,69 @@ class _Builder:
             if b > a:
                 g = coding[t]
                 self._locate_tile(t, g.cod, g.styles, seq_rows[a:b], seq_layers[a:b])
-        # The located packets: the first located_count of each tile's, in tile order.
+        # The located packets: the first located_count of each tile's, in tile order (all of
+        # them, the usual case: the sequences as they are, not a copy).
         n = self.located_count
-        at = np.repeat(bounds[:-1] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
-        return self._finish(tcr, precincts, layers, mct, seq_rows[at], seq_layers[at])
+        if not np.array_equal(n, np.diff(bounds)):
+            at = np.repeat(bounds[:-1] - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+            seq_rows, seq_layers = seq_rows[at], seq_layers[at]
+            del at
+        # Handed over in a dict that _finish empties: each array is freed once used.
+        order = {"precinct": seq_rows, "layer": seq_layers}
+        del seq_rows, seq_layers
+        return self._finish(tcr, precincts, layers, mct, order)
 
     def _finish(self, tcr: dict[str, np.ndarray], precincts: dict[str, np.ndarray],
-                layers: np.ndarray, mct: np.ndarray, local: np.ndarray,
-                layer: np.ndarray) -> CodestreamIndex:
-        """The index, from the located packets (`local`, `layer`: their precinct rows and
-        layers, in the order they were located)."""
+                layers: np.ndarray, mct: np.ndarray,
+                order: dict[str, np.ndarray]) -> CodestreamIndex:
+        """The index, from the located packets (`order`: their precinct rows and layers, in
+        the order they were located; emptied here).
+
+        Each input is dropped as soon as its column is in place, so the job's peak memory
+        stays near the index's own size: fresh pages are a large part of indexing's cost (a
+        child process that indexes 2.1M packets pays for every page it has not had before)."""
         layout = self.layout
         nprec = len(precincts["id"])
         # Packets go in (precinct, layer) order. Every precinct has a prefix of its layers (a
         # cut tile loses a suffix of its sequence), so a packet's place is its precinct's
         # first slot plus its layer: a scatter, no sort.
+        local = order["precinct"]
+        npk = len(local)
         counts = np.bincount(local, minlength=nprec).astype(np.int32)
         starts = np.zeros(nprec, np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
-        dest = starts[local] + layer
+        dest = starts[local]
+        dest += order["layer"]
+        del local
         pk = {}
-        columns = [("precinct", local, np.int32), ("layer", layer, np.int32)]
-        columns += [(k, _joined(v, np.int64), PACKET_DTYPES[k]) for k, v in self.located.items()]
-        columns.append(("sop", _joined(self.located_sop, np.uint8), np.uint8))
-        for name, values, dtype in columns:
-            column = np.empty(len(local), dtype)
+        sources = [(k, PACKET_DTYPES[k], order) for k in ("precinct", "layer")]
+        sources += [(k, PACKET_DTYPES[k], self.located) for k in LOCATED_FIELDS]
+        sources.append(("sop", np.uint8, None))
+        for name, dtype, held in sources:
+            if held is None:
+                values = _joined(self.located_sop, dtype)
+                self.located_sop = []
+            elif held is order:
+                values = order.pop(name)
+            else:
+                values = _joined(held.pop(name), np.int64)
+            column = np.empty(npk, dtype)
             column[dest] = values
+            del values
             pk[name] = column
+        self._growing = None
         del dest
-        sizes = pk["length"] + pk["packed_length"]
-        csum = np.cumsum(sizes)
-        nz_start, nz_count = starts[counts > 0], counts[counts > 0]
-        group_base = np.repeat(csum[nz_start] - sizes[nz_start], nz_count)
-        pk["bin_end"] = (csum - group_base).astype(np.int64)
-        bin_length = np.zeros(nprec, np.int64)
+        # Where each packet ends in its precinct's bin: the running end over all packets,
+        # less that of the packets of the precincts before (in place: no temporaries).
+        ends = pk["length"] + pk["packed_length"]
+        np.cumsum(ends, out=ends)
         nz = counts > 0
-        bin_length[nz] = pk["bin_end"][starts[nz] + counts[nz] - 1]
+        first, last = starts[nz], starts[nz] + counts[nz] - 1
+        before = ends[first] - (pk["length"][first] + pk["packed_length"][first])
+        ends -= np.repeat(before, counts[nz])
+        pk["bin_end"] = ends
+        bin_length = np.zeros(nprec, np.int64)
+        bin_length[nz] = ends[last]
         precincts["pkt_start"] = starts
         precincts["pkt_count"] = counts
         precincts["bin_length"] = bin_length

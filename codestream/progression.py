@@ -178,7 +178,9 @@ def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
             ps, run = sel[order], counts[order]
             first = np.cumsum(run) - run
             out_p.append(np.repeat(ps, run))
-            out_l.append(np.repeat(done[ps] - first, run) + np.arange(int(run.sum())))
+            layer = np.repeat(done[ps] - first, run)
+            layer += np.arange(len(layer))  # in place: millions of packets
+            out_l.append(layer)
             done[sel] = lye
             continue
         p = np.repeat(sel, counts)
@@ -190,6 +192,8 @@ def packet_sequence(prec: TilePrecincts, layers: int, progression: int,
         out_l.append(layer[perm])
     if not out_p:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(out_p) == 1:  # one step (no POC): not copied
+        return out_p[0], out_l[0]
     seq_p, seq_l = np.concatenate(out_p), np.concatenate(out_l)
     if prec.tile is not None and len(out_p) > 1:
         # POC steps come one after the other within a tile, tiles one after the other.

@@ -27,6 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
+from .allocation import result_column
 from .errors import CodestreamError
 from .geometry import (
     ResolutionRows,
@@ -866,7 +867,7 @@ class _Builder:
                 values = order.pop(name)
             else:
                 values = _joined(held.pop(name), np.int64)
-            column = np.empty(npk, dtype)
+            column = result_column(npk, dtype)
             column[dest] = values
             del values
             pk[name] = column
@@ -874,7 +875,7 @@ class _Builder:
         del dest
         # Where each packet ends in its precinct's bin: the running end over all packets,
         # less that of the packets of the precincts before (in place: no temporaries).
-        ends = pk["length"] + pk["packed_length"]
+        ends = np.add(pk["length"], pk["packed_length"], out=result_column(npk, np.int64))
         np.cumsum(ends, out=ends)
         nz = counts > 0
         first, last = starts[nz], starts[nz] + counts[nz] - 1

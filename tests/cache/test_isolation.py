@@ -334,10 +334,79 @@ def test_large_results_come_back_through_shared_memory_and_leave_nothing_behind(
     assert np.array_equal(result["large"], np.arange(1 << 20))
     assert result["small"].tolist() == list(range(10)) and result["text"] == "kept in the pickle"
     assert result["large"].flags.writeable  # as the child's array was
-    assert _memfd_descriptors() == [] and _memfd_maps() == []
+    # The arrays are the child's pages, mapped copy-on-write (no copy, no descriptor kept),
+    # until the last of them is gone.
+    assert _memfd_descriptors() == [] and len(_memfd_maps()) == 1
+    assert " rw-p " in _memfd_maps()[0]
+    result["large"][:3] = -1  # stays here
+    assert result["large"][:4].tolist() == [-1, -1, -1, 3]
+    del result
+    assert _memfd_maps() == []
     assert set(os.listdir("/dev/shm")) == shm_before, "nothing has a name"
     assert run_isolated(_large_result, 1000)["large"].sum() == 499500
     assert shared == [1], "small results come through the pipe"
+
+
+def _shared_column(n: int) -> dict:
+    """In a child: an index column (codestream.allocation) and whether it was made in the
+    reply's shared memory."""
+    from codestream.allocation import result_column
+
+    column = result_column(n, np.int64)
+    column[:] = np.arange(n)
+    return {"column": column, "in_shared_memory": _in_memfd_map(column)}
+
+
+def _in_memfd_map(a: np.ndarray) -> bool:
+    start, end = a.ctypes.data, a.ctypes.data + a.nbytes
+    for line in _memfd_maps():
+        lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+        if lo <= start and end <= hi:
+            return True
+    return False
+
+
+def test_index_columns_are_made_in_the_shared_memory_that_takes_them_back() -> None:
+    """The child does not copy them into the memfd, and the parent maps them."""
+    out = run_isolated(_shared_column, 1 << 18)  # 2 MiB
+    assert out["in_shared_memory"] is True
+    assert np.array_equal(out["column"], np.arange(1 << 18))
+    assert _in_memfd_map(out["column"])
+    small = run_isolated(_shared_column, 100)  # below SHARED_MIN: an ordinary array, pickled
+    assert small["in_shared_memory"] is False and small["column"].sum() == 4950
+
+
+def _index_with_shared_columns(path: str, key: tuple) -> tuple:
+    """In a child: a whole index of `path`, its columns of more than 4 KiB made in shared
+    memory (SHARED_MIN lowered for a small test file), and which columns were."""
+    from cache import isolation
+    from codestream.source import index_file_codestream
+
+    size = os.stat(path).st_size
+    saved, isolation.SHARED_MIN = isolation.SHARED_MIN, 4096
+    try:
+        ix = index_file_codestream(path, key, 0, size, True, None)
+        shared = sorted(k for k, v in ix.packets.items() if _in_memfd_map(v))
+        return ix, shared
+    finally:
+        isolation.SHARED_MIN = saved
+
+
+def test_an_index_made_in_shared_memory_is_the_one_made_here(tmp_path) -> None:
+    from codestream.source import stat_key
+
+    path = CORPUS / "p0_04.j2k"  # 1920 packets, RLCP, no PLT: headers decoded
+    with build_source(path) as here:
+        want = here.codestreams[0]
+        ix, shared = run_isolated(_index_with_shared_columns, str(path),
+                                  stat_key(here.identity))
+    assert shared == sorted(k for k in want.packets if want.packets[k].nbytes >= 4096)
+    assert "offset" in shared and "bin_end" in shared
+    assert sorted(ix.packets) == sorted(want.packets)
+    for k, v in want.packets.items():
+        assert ix.packets[k].dtype == v.dtype and np.array_equal(ix.packets[k], v), k
+    for k, v in want.precincts.items():
+        assert np.array_equal(ix.precincts[k], v), k
 
 
 def test_failed_and_killed_jobs_leave_no_shared_memory_behind() -> None:
@@ -365,7 +434,7 @@ def test_a_reply_cut_before_its_buffers_is_a_dead_child_and_leaks_nothing() -> N
         assert ok and np.array_equal(value["large"], np.arange(1 << 18))
         buffers: list = []
         data = pickle.dumps(_large_result(1 << 18), protocol=5, buffer_callback=buffers.append)
-        theirs.send_bytes(array("q", [b.raw().nbytes for b in buffers]).tobytes())
+        theirs.send_bytes(array("q", [v for b in buffers for v in (0, b.raw().nbytes)]).tobytes())
         theirs.send_bytes(data)
         theirs.close()  # and no descriptors
         with pytest.raises(EOFError):
@@ -542,25 +611,26 @@ def test_a_sizes_message_is_not_unpickled(tmp_path) -> None:
         theirs.close()
 
 
-def _send_sizes_and_fd(conn, sizes: list[int], fd: int) -> None:
+def _send_places_and_fd(conn, places: list[tuple[int, int]], fd: int) -> None:
     import pickle
     import socket
 
-    conn.send_bytes(array("q", sizes).tobytes())
+    conn.send_bytes(array("q", [v for place in places for v in place]).tobytes())
     conn.send_bytes(pickle.dumps((True, None), protocol=5))
     with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))])
 
 
-@pytest.mark.parametrize("sizes", [[1 << 40], [-1], [8, 8]], ids=["huge", "negative", "more"])
-def test_buffer_sizes_larger_than_the_memfd_are_refused_before_any_allocation(sizes) -> None:
+@pytest.mark.parametrize("places", [[(0, 1 << 40)], [(0, -1)], [(-8, 8)], [(0, 8), (8, 8)]],
+                         ids=["huge", "negative", "before", "more"])
+def test_buffer_sizes_larger_than_the_memfd_are_refused_before_any_allocation(places) -> None:
     from cache.isolation import BadReply, _receive
 
     fd = os.memfd_create("jpip-index-result", os.MFD_CLOEXEC)
     os.write(fd, b"x" * 10)
     ours, theirs = _pipe_pair()
     try:
-        _send_sizes_and_fd(theirs, sizes, fd)
+        _send_places_and_fd(theirs, places, fd)
         with pytest.raises(BadReply, match="bytes said, in a file of 10"):
             _receive(ours)
         assert len(_memfd_descriptors()) == 1, "only ours: the one received was closed"
@@ -578,7 +648,7 @@ def test_a_descriptor_that_is_not_a_file_is_refused() -> None:
     ours, theirs = _pipe_pair()
     before = len(os.listdir("/proc/self/fd"))
     try:
-        _send_sizes_and_fd(theirs, [0], r)
+        _send_places_and_fd(theirs, [(0, 0)], r)
         with pytest.raises(BadReply):
             _receive(ours)
         assert len(os.listdir("/proc/self/fd")) == before, "the received descriptor was closed"

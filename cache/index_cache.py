@@ -78,6 +78,9 @@ _LOCK_SUFFIX = ".lock"
 STALE_TEMP_SECONDS = 3600.0
 # A completed index is persisted once no response holds its source, or after this long.
 SAVE_AFTER_RESPONSES = 2.0
+# A new lazily indexed source is completed in the background once the request that opened it
+# is answered (or after SAVE_AFTER_RESPONSES), if that request takes it within this long.
+FIRST_REQUEST_ARRIVAL = 0.25
 # The dataclass fields are part of the format: an index written by an older CodestreamIndex
 # is not decoded into a newer one (it is a miss and gets rebuilt).
 _SCHEMA = [f.name for f in dataclasses.fields(CodestreamIndex)]
@@ -579,6 +582,10 @@ class _Completer:
         while (item := self._next()) is not None:
             key, src = item
             try:
+                # The request that opened the source first: what it needs beyond the lowest
+                # resolutions is its own job (Source.index_codestreams), which a background
+                # step started meanwhile would slow down.
+                src.wait_first_response(FIRST_REQUEST_ARRIVAL, SAVE_AFTER_RESPONSES)
                 self.cache.complete(key, src, stop=lambda: self._stopping)
             except (CodestreamError, DicomError) as e:
                 # The file's fault (damage in resolutions or frames not read before): the

@@ -202,6 +202,7 @@ class Source:
         self.codestreams = codestreams
         self.metadata = metadata  # the box structure as metadata-bins (codestream.metabins)
         self._users = 0  # responses reading the map (in_use)
+        self._taken = False  # in_use was entered once (wait_first_response)
         self._closing = False
         self._users_lock = threading.Condition()  # notified when the last user is done
         self._file = open(path, "rb")
@@ -234,6 +235,9 @@ class Source:
             if self.view is None:
                 raise FileChanged("the file changed while it was being opened")
             self._users += 1
+            if not self._taken:
+                self._taken = True
+                self._users_lock.notify_all()
         try:
             yield self
         finally:
@@ -244,6 +248,17 @@ class Source:
                     self._users_lock.notify_all()
             if last:
                 self._release()
+
+    def wait_first_response(self, arrival: float, timeout: float) -> bool:
+        """Waits for the caller that opened the source to take it (`in_use`: at most
+        `arrival` seconds) and to be done with it (`wait_unused`: at most `timeout` more);
+        True if it was. Background work on a new source goes after its first request, whose
+        own indexing would otherwise share the processor with it (a cold server's first
+        window at full resolution waited for a background step started a moment before)."""
+        with self._users_lock:
+            if not self._users_lock.wait_for(lambda: self._taken, arrival):
+                return False
+        return self.wait_unused(timeout)
 
     def wait_unused(self, timeout: float) -> bool:
         """Waits until no response holds the source (`in_use`), at most `timeout` seconds;

@@ -532,6 +532,37 @@ def test_a_completed_index_is_persisted_after_the_responses_that_hold_its_source
         cache.close()
 
 
+def test_background_completion_of_a_new_source_waits_for_the_request_that_opened_it(
+        tmp_path) -> None:
+    """The request's own indexing (a window at full resolution) would share the processor
+    with a background step started as the source was opened."""
+    path = tmp_path / "img.j2k"
+    shutil.copyfile(CORPUS / "p0_04.j2k", path)  # lazily indexed, a resolution at first
+    cache = IndexCache(tmp_path / "ix", isolate=False)  # completed in the background
+    try:
+        src = cache.get(path)
+        first = src.codestreams[0].resolutions_indexed
+        assert first is not None
+        with src.in_use():  # the request, answered meanwhile
+            time.sleep(0.6)
+            assert src.codestreams[0].resolutions_indexed == first, "no step meanwhile"
+        deadline = time.monotonic() + 20
+        while not entry_path(path, tmp_path / "ix").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert src.complete and entry_path(path, tmp_path / "ix").exists()
+    finally:
+        cache.close()
+    cache = IndexCache(tmp_path / "ix2", isolate=False)
+    try:  # nobody takes it (a tool): completed after a moment all the same
+        src = cache.get(path)
+        deadline = time.monotonic() + 20
+        while not src.complete and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert src.complete
+    finally:
+        cache.close()
+
+
 def test_a_file_replaced_while_its_old_index_waits_to_be_saved_keeps_the_new_entry(
         tmp_path, monkeypatch) -> None:
     """The old source's index, complete while a response held it, is not written over the

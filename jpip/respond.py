@@ -492,13 +492,38 @@ def _send_rank(ix: CodestreamIndex) -> np.ndarray:
     then tile, component, position. Computed once per index."""
     rank = getattr(ix, "_send_rank", None)
     if rank is None:
-        pr = ix.precincts
-        order = np.lexsort((pr["p"], pr["c"], pr["t"], pr["r"]))
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order))
+        rank = _rank_by_resolution_rows(ix)
+        if rank is None:
+            rank = _rank_by_sorting(ix)
         rank.flags.writeable = False
         ix._send_rank = rank  # cached on the index, like plan.bin_runs
     return rank
+
+
+def _rank_by_sorting(ix: CodestreamIndex) -> np.ndarray:
+    """_send_rank of any index: its precincts sorted."""
+    pr = ix.precincts
+    order = np.lexsort((pr["p"], pr["c"], pr["t"], pr["r"]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def _rank_by_resolution_rows(ix: CodestreamIndex) -> np.ndarray | None:
+    """_send_rank from the (tile, component, resolution) table when the precinct rows are
+    its rows' precincts one row after the other, in raster order (as codestream.index makes
+    them): the table's rows sorted, each giving its precincts in a block, instead of sorting
+    every precinct (262k of them: 36 ms on a cold server's first request). None otherwise."""
+    tcr, pr = ix.tcr, ix.precincts
+    counts = tcr["npw"] * tcr["nph"]
+    n = len(pr["p"])
+    if int(counts.sum()) != n or not np.array_equal(tcr["prec_base"],
+                                                    np.cumsum(counts) - counts):
+        return None
+    order = np.lexsort((tcr["c"], tcr["t"], tcr["r"]))
+    placed = np.empty(len(order), np.int64)  # where each table row's block goes
+    placed[order] = np.cumsum(counts[order]) - counts[order]
+    return np.arange(n, dtype=np.int64) + np.repeat(placed - tcr["prec_base"], counts)
 
 
 def _take(pieces: list, n: int) -> list:

@@ -176,3 +176,28 @@ def test_small_responses_carry_one_message_per_precinct(path, fsiz, roff, rsiz, 
         cut = list(ResponseBuilder(src, [plan], CacheModel(), byte_limit=5000,
                                    whole_bins_up_to=1 << 30).chunks())
         assert _check(src, ix, plan, parse_stream(b"".join(c.data for c in cut)), {}) == 4
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["whole", "lazy"])
+def test_per_index_tables_from_the_precinct_rows_are_the_ones_computed_per_packet(lazy) -> None:
+    """bin_runs, the send order and the whole bins' lengths come from each precinct's rows
+    (first and last packet, its resolution row) for the usual files; the same as computed
+    packet by packet or by sorting every precinct, in every file of the corpus (SOP markers,
+    PPM/PPT, many tiles, partial indexes)."""
+    from jpip.plan import _bin_ends, _contiguous_bins, _runs_by_packets, _whole_bins
+    from jpip.respond import _rank_by_resolution_rows, _rank_by_sorting
+    from tests.conftest import corpus_files
+
+    fast_runs = 0
+    for path in corpus_files():
+        with build_source(path, lazy=lazy) as src:
+            for ix in src.codestreams:
+                runs = _contiguous_bins(ix)
+                if runs is not None:
+                    fast_runs += 1
+                    assert np.array_equal(runs, _runs_by_packets(ix)), path.name
+                rank = _rank_by_resolution_rows(ix)
+                assert rank is not None and np.array_equal(rank, _rank_by_sorting(ix)), path.name
+                assert np.array_equal(_whole_bins(ix),
+                                      _bin_ends(ix, slice(None), max(ix.max_layers, 1)))
+    assert fast_runs >= len(corpus_files()) // 2

@@ -16,6 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
+# numpy imports numpy.ma the first time np.unique runs (numpy 2): 20-45 ms that a new
+# server's first answer would wait for (metadata requests use np.unique).
+import numpy.ma  # noqa: F401
 from aiohttp import web
 
 from server.access import GUARD_KEY, create_guard

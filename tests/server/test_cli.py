@@ -194,3 +194,42 @@ def test_objects_alive_at_start_are_kept_out_of_full_collections(image_root: Pat
     assert done.returncode == 0, done.stderr
     frozen, tracked = map(int, done.stdout.split())
     assert frozen > 20_000 and tracked < frozen // 10, (frozen, tracked)
+
+
+_FIRST_ANSWER = """
+import asyncio, sys, urllib.request
+from aiohttp import web
+import server.cli
+
+def started(app, host, port, **options):  # run_app's stand-in: one request, then stop
+    async def start():
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        base = f"http://{host}:{port}"
+        # The client's own first use (urllib imports encodings on its first request).
+        await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/healthz").read())
+        before = set(sys.modules)
+        url = f"{base}/jpip?target={sys.argv[-1]}&fsiz=64,64&type=jpp-stream"
+        body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=30).read())
+        assert body, "an answer"
+        print(" ".join(sorted(set(sys.modules) - before)))
+        await runner.cleanup()
+    asyncio.run(start())
+
+web.run_app = started
+sys.exit(server.cli.main(sys.argv[1:-1]))
+"""
+
+
+def test_a_new_servers_first_answer_imports_nothing(image_root: Path, tmp_path: Path) -> None:
+    # A module imported on first use is paid for by a new server's first request: numpy's
+    # np.unique imports numpy.ma (20-45 ms) the first time it runs.
+    name = next(image_root.iterdir()).name
+    done = subprocess.run([sys.executable, "-c", _FIRST_ANSWER, "--root", str(image_root),
+                           "--host", "127.0.0.1", "--port", str(free_port()), name],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**__import__("os").environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"imported by the first answer: {done.stdout}"

@@ -268,9 +268,10 @@ def _contiguous_bins(ix: CodestreamIndex) -> np.ndarray | None:
     packet with its temporaries: 2.1M packets cost 40 ms on a cold server's first request).
     None for the other codestreams."""
     pk, pr = ix.packets, ix.precincts
-    if ix.runs is not None or ix.split_spans is not None or len(ix.packed_headers):
-        return None
-    if (pk["packed_length"] != 0).any() or (pk["packed_offset"] != -1).any():
+    # Packed headers are flagged per tile-part (TILE_PART_FIELDS' `packed`): no packet column
+    # is read to know there are none.
+    packed = ix.tile_parts[:, 6].any() if len(ix.tile_parts) else False
+    if ix.runs is not None or ix.split_spans is not None or len(ix.packed_headers) or packed:
         return None
     count, offset, length = pr["pkt_count"], pk["offset"], pk["length"]
     some = count > 0

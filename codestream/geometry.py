@@ -204,39 +204,66 @@ def precinct_band_grids(siz: Siz, t: int, c: int, style: CodingStyle, grid: Reso
 
 def precinct_band_grid_rows(tc: tuple[np.ndarray, ...], levels: np.ndarray, r: np.ndarray,
                             res_x0: np.ndarray, res_y0: np.ndarray, ppx: np.ndarray,
-                            ppy: np.ndarray, p: np.ndarray, npw: np.ndarray, cb_w: np.ndarray,
-                            cb_h: np.ndarray) -> np.ndarray:
+                            ppy: np.ndarray, npw: np.ndarray, nph: np.ndarray, cb_w: np.ndarray,
+                            cb_h: np.ndarray, row: np.ndarray, p: np.ndarray) -> np.ndarray:
     """`precinct_band_grids` of many precincts at once (the same equations, vectorised): an
     (n, 3, 2) int32 array of code-blocks across and down per band, in packet order (LL | HL,
-    LH, HH); the bands a resolution lacks (1 and 2 at resolution 0) are (0, 0). Arguments are
-    per precinct: its tile-component's bounds `tc` (tcx0, tcy0, tcx1, tcy1), decomposition
-    levels, resolution, the resolution's origin, precinct exponents and precincts across, the
-    precinct's raster index and the code-block exponents of its component."""
+    LH, HH); the bands a resolution lacks (1 and 2 at resolution 0) are (0, 0).
+
+    The precincts are given by their resolution row `row` (an index into the per-row
+    arguments) and raster index `p`. Per row: its tile-component's bounds `tc` (tcx0, tcy0,
+    tcx1, tcy1), decomposition levels, resolution, the resolution's origin, precinct
+    exponents, precincts across and down, and its component's code-block exponents.
+
+    Across, a precinct's code-blocks depend on its column alone, and down on its row: they
+    are worked out once per column and per row of each resolution row, then gathered per
+    precinct (a 16384² image has 262k precincts in 256 columns and rows per resolution)."""
     tcx0, tcy0, tcx1, tcy1 = (np.asarray(a, np.int64) for a in tc)
     r = np.asarray(r, np.int64)
+    npw, nph = np.asarray(npw, np.int64), np.asarray(nph, np.int64)
     low = r == 0
     # Resolution 0 holds the LL band at level nl, its precinct cells on the resolution's grid;
     # higher ones the HL, LH, HH bands at level nl - r + 1, on cells half as large (B.6).
     nb = np.where(low, levels, levels - r + 1)
     bpx, bpy = np.where(low, ppx, ppx - 1), np.where(low, ppy, ppy - 1)
-    xcb, ycb = np.minimum(cb_w, bpx), np.minimum(cb_h, bpy)
-    px, py = p % npw, p // npw
-    cx0 = ((res_x0 >> ppx) + px) << bpx
-    cy0 = ((res_y0 >> ppy) + py) << bpy
+    # One entry per column (x) and per row (y) of precincts of each resolution row.
+    x_base = np.concatenate(([0], np.cumsum(npw)))
+    y_base = np.concatenate(([0], np.cumsum(nph)))
+    x_row = np.repeat(np.arange(len(r)), npw)
+    y_row = np.repeat(np.arange(len(r)), nph)
+    x_pos = np.arange(len(x_row), dtype=np.int64) - x_base[x_row]
+    y_pos = np.arange(len(y_row), dtype=np.int64) - y_base[y_row]
+    pw = npw[row]
+    xi, yi = x_base[row] + p % pw, y_base[row] + p // pw
+    out = np.zeros((len(p), 3, 2), np.int32)
+    for k, (xob, yob) in enumerate(((1, 0), (0, 1), (1, 1))):
+        if k == 0:  # LL at resolution 0, else HL
+            xob, yob = np.where(low, 0, 1), np.zeros(len(r), np.int64)
+        else:
+            xob, yob = np.full(len(r), xob, np.int64), np.full(len(r), yob, np.int64)
+        cw, x_ok = _band_axis(tcx0, tcx1, nb, res_x0, ppx, bpx, cb_w, xob, x_row, x_pos)
+        ch, y_ok = _band_axis(tcy0, tcy1, nb, res_y0, ppy, bpy, cb_h, yob, y_row, y_pos)
+        there = x_ok[xi] & y_ok[yi]
+        if k:
+            there &= ~low[row]
+        out[:, k, 0] = np.where(there, cw[xi], 0)
+        out[:, k, 1] = np.where(there, ch[yi], 0)
+    return out
+
+
+def _band_axis(t0: np.ndarray, t1: np.ndarray, nb: np.ndarray, res0: np.ndarray,
+               pp: np.ndarray, bp: np.ndarray, cb: np.ndarray, ob: np.ndarray,
+               row: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Along one axis, for precinct column (or row) `pos` of resolution row `row` (per-row
+    arguments indexed by it): the code-blocks its band spans, and whether the band meets the
+    precinct at all (B-15 for the band's bounds, B.6 for the precinct's cell, B.7)."""
+    t0, t1, nb, res0 = t0[row], t1[row], nb[row], np.asarray(res0, np.int64)[row]
+    pp, bp, cb, ob = np.asarray(pp, np.int64)[row], bp[row], np.asarray(cb, np.int64)[row], \
+        ob[row]
     s = np.int64(1) << nb
     half = s >> 1  # 2^(nb-1), 0 at nb = 0 (band_bounds: the tile-component itself)
-    out = np.zeros((len(r), 3, 2), np.int32)
-    for k, (xob, yob) in enumerate(((1, 0), (0, 1), (1, 1))):
-        if k == 0:
-            xob, yob = np.where(low, 0, 1), np.where(low, 0, 0)
-        bx0, bx1 = ceil_div(tcx0 - half * xob, s), ceil_div(tcx1 - half * xob, s)
-        by0, by1 = ceil_div(tcy0 - half * yob, s), ceil_div(tcy1 - half * yob, s)
-        x0, y0 = np.maximum(cx0, bx0), np.maximum(cy0, by0)
-        x1 = np.minimum(cx0 + (np.int64(1) << bpx), bx1)
-        y1 = np.minimum(cy0 + (np.int64(1) << bpy), by1)
-        cw = ceil_div(x1, np.int64(1) << xcb) - (x0 >> xcb)
-        ch = ceil_div(y1, np.int64(1) << ycb) - (y0 >> ycb)
-        there = (x1 > x0) & (y1 > y0) & (~low if k else True)
-        out[:, k, 0] = np.where(there, cw, 0)
-        out[:, k, 1] = np.where(there, ch, 0)
-    return out
+    b0, b1 = ceil_div(t0 - half * ob, s), ceil_div(t1 - half * ob, s)
+    c0 = ((res0 >> pp) + pos) << bp
+    lo, hi = np.maximum(c0, b0), np.minimum(c0 + (np.int64(1) << bp), b1)
+    xcb = np.minimum(cb, bp)
+    return ceil_div(hi, np.int64(1) << xcb) - (lo >> xcb), hi > lo

@@ -623,17 +623,23 @@ class _Builder:
             local = number[seq_p - lo]
         rows = used + lo
         c = self.prec_c[rows]
+        # The resolution rows these precincts are in: runs of them (rows ascend).
         tcr = self.tcr_of_precinct[rows]
+        first = np.flatnonzero(np.concatenate(([True], tcr[1:] != tcr[:-1])))
+        g = tcr[first]
+        which = np.repeat(np.arange(len(g)), np.diff(np.append(first, len(tcr))))
         siz = self.siz
         bounds = np.asarray([tile_component_bounds(siz, t, k)
                              for k in range(len(siz.components))], np.int64)
-        tc = tuple(bounds[c].T)  # (tcx0, tcy0, tcx1, tcy1) of each row's component
-        cb_w = np.asarray([s.cb_w for s in styles], np.int64)[c]
-        cb_h = np.asarray([s.cb_h for s in styles], np.int64)[c]
         tab = self.tcr
-        grids = precinct_band_grid_rows(tc, tab["levels"][tcr], tab["r"][tcr], tab["x0"][tcr],
-                                        tab["y0"][tcr], tab["ppx"][tcr], tab["ppy"][tcr],
-                                        self.prec_p[rows], tab["npw"][tcr], cb_w, cb_h)
+        g_c = tab["c"][g]
+        tc = tuple(bounds[g_c].T)  # (tcx0, tcy0, tcx1, tcy1) of each row's component
+        cb_w = np.asarray([s.cb_w for s in styles], np.int64)[g_c]
+        cb_h = np.asarray([s.cb_h for s in styles], np.int64)[g_c]
+        grids = precinct_band_grid_rows(tc, tab["levels"][g], tab["r"][g], tab["x0"][g],
+                                        tab["y0"][g], tab["ppx"][g], tab["ppy"][g],
+                                        tab["npw"][g], tab["nph"][g], cb_w, cb_h, which,
+                                        self.prec_p[rows])
         cb_style = np.asarray([s.cb_style for s in styles], np.uint8)[c]
         return local, grids, cb_style
 

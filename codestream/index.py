@@ -859,24 +859,36 @@ class _Builder:
         starts = np.zeros(nprec, np.int64)
         np.cumsum(counts[:-1], out=starts[1:])
         dest = starts[local]
-        dest += order["layer"]
+        dest += order.pop("layer")
         del local
-        pk = {}
-        sources = [(k, PACKET_DTYPES[k], order) for k in ("precinct", "layer")]
-        sources += [(k, PACKET_DTYPES[k], self.located) for k in LOCATED_FIELDS]
-        sources.append(("sop", np.uint8, None))
-        for name, dtype, held in sources:
-            if held is None:
-                values = _joined(self.located_sop, dtype)
-                self.located_sop = []
-            elif held is order:
-                values = order.pop(name)
+        order.clear()
+        # The precinct and layer of each slot follow from the precincts' packet counts, and
+        # without packed headers every packet has packed_offset -1 and packed_length 0:
+        # written in order, not scattered (each scatter of 2.1M packets costs 10-20 ms).
+        pk = {"precinct": result_column(npk, np.int32), "layer": result_column(npk, np.int32)}
+        pk["precinct"][:] = np.repeat(np.arange(nprec, dtype=np.int32), counts)
+        slot = np.arange(npk, dtype=np.int64)
+        slot -= np.repeat(starts, counts)
+        pk["layer"][:] = slot
+        del slot
+        unpacked = not self.packed_tiles and not self.ppm
+        for name in LOCATED_FIELDS:
+            chunks = self.located.pop(name)
+            column = result_column(npk, PACKET_DTYPES[name])
+            if unpacked and name == "packed_offset":
+                column.fill(-1)
+            elif unpacked and name == "packed_length":
+                column.fill(0)
             else:
-                values = _joined(held.pop(name), np.int64)
-            column = result_column(npk, dtype)
-            column[dest] = values
-            del values
+                values = _joined(chunks, np.int64)
+                column[dest] = values
+                del values
+            del chunks
             pk[name] = column
+        column = result_column(npk, np.uint8)
+        column[dest] = _joined(self.located_sop, np.uint8)
+        self.located_sop = []
+        pk["sop"] = column
         self._growing = None
         del dest
         # Where each packet ends in its precinct's bin: the running end over all packets,

@@ -129,13 +129,31 @@ def _packed_ranks(keys: tuple, size: int, layers: int) -> tuple[np.ndarray, int]
         if key is LAYER:
             width, layer_scale = layers, scale
         else:
-            values, rank = np.unique(key[:size], return_inverse=True)
-            width = len(values)
-            packed += rank.astype(np.int64) * scale
+            rank, width = dense_ranks(key[:size])
+            packed += rank * scale
         scale *= max(width, 1)
         if scale >= 1 << 62:
             return None
     return packed, layer_scale
+
+
+def dense_ranks(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """(rank of each value among the distinct values, in ascending order; how many distinct
+    values there are): np.unique's inverse and count. Values within a range not much wider
+    than their count (components, resolutions, trigger points on the reference grid) are
+    ranked through a table of that range instead of a sort (262k precincts: 4 sorts were
+    40 ms of a whole-file index)."""
+    values = np.asarray(values, np.int64)
+    if not len(values):
+        return np.zeros(0, np.int64), 0
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo >= 4 * len(values) + 1024:
+        distinct, rank = np.unique(values, return_inverse=True)
+        return rank.astype(np.int64).reshape(-1), len(distinct)
+    present = np.zeros(hi - lo + 1, bool)
+    present[values - lo] = True
+    table = np.cumsum(present, dtype=np.int64) - 1
+    return table[values - lo], int(table[-1]) + 1
 
 
 def _precinct_order(keys: tuple, sel: np.ndarray) -> np.ndarray | None:

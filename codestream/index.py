@@ -307,6 +307,24 @@ def _coding_groups(layout: CodestreamLayout) -> list[_CodingGroup]:
     return groups
 
 
+def _precinct_axis(r0: np.ndarray, r1: np.ndarray, pp: np.ndarray, n: np.ndarray,
+                   d: np.ndarray, shift: np.ndarray, tc0: np.ndarray, tc1: np.ndarray
+                   ) -> tuple[np.ndarray, ...]:
+    """Along one axis, per resolution row (its bounds r0, r1, precinct exponent pp, n precincts
+    along the axis, the component's subsampling d, levels above it `shift`, the
+    tile-component's bounds tc0, tc1): (where each row's entries start, then per precinct
+    column (or row) of each resolution row: its start and end in the resolution, and on the
+    reference grid, clipped to the tile-component's footprint)."""
+    base = np.cumsum(n) - n
+    row = np.repeat(np.arange(len(n)), n)
+    k = np.arange(len(row), dtype=np.int64) - base[row]
+    r0, r1, pp = r0[row], r1[row], pp[row]
+    lo = np.maximum(((r0 >> pp) + k) << pp, r0)
+    hi = np.minimum(((r0 >> pp) + k + 1) << pp, r1)
+    d, s = d[row], d[row] << shift[row]
+    return base, lo, hi, np.maximum(lo * s, tc0[row] * d), np.minimum(hi * s, tc1[row] * d)
+
+
 class _Builder:
     """Builds the index of one codestream: the geometry of every tile at once (numpy, tiles
     sharing their coding parameters together), then the packets of each tile that has data,
@@ -400,27 +418,28 @@ class _Builder:
         grp = np.repeat(np.arange(len(rows)), counts)
         self.tcr, self.tcr_of_precinct = tcr, grp  # for the code-block grids (_precinct_grids)
         p = np.arange(total, dtype=np.int64) - np.repeat(prec_base, counts)
-        npw, ppx, ppy = rows.npw[grp], rows.ppx[grp], rows.ppy[grp]
+        npw = rows.npw[grp]
         px, py = p % npw, p // npw
-        rx0, ry0, rx1, ry1 = rows.x0[grp], rows.y0[grp], rows.x1[grp], rows.y1[grp]
-        x0 = np.maximum(((rx0 >> ppx) + px) << ppx, rx0)
-        y0 = np.maximum(((ry0 >> ppy) + py) << ppy, ry0)
-        x1 = np.minimum(((rx0 >> ppx) + px + 1) << ppx, rx1)
-        y1 = np.minimum(((ry0 >> ppy) + py + 1) << ppy, ry1)
-        dx = np.asarray([cm.dx for cm in siz.components], np.int64)[rows.c][grp]
-        dy = np.asarray([cm.dy for cm in siz.components], np.int64)[rows.c][grp]
-        shift = (rows.levels - rows.r)[grp]
-        sx, sy = dx << shift, dy << shift
-        t, c = rows.t[grp], rows.c[grp]
+        # A precinct's bounds across depend on its column alone, and down on its row: worked
+        # out per column and per row of each resolution row, then gathered per precinct.
+        shift = rows.levels - rows.r
+        dx = np.asarray([cm.dx for cm in siz.components], np.int64)[rows.c]
+        dy = np.asarray([cm.dy for cm in siz.components], np.int64)[rows.c]
+        xs = _precinct_axis(rows.x0, rows.x1, rows.ppx, rows.npw, dx, shift, rows.tcx0,
+                            rows.tcx1)
+        ys = _precinct_axis(rows.y0, rows.y1, rows.ppy, rows.nph, dy, shift, rows.tcy0,
+                            rows.tcy1)
+        xi = xs[0][grp] + px
+        yi = ys[0][grp] + py
+        del px, py
         precincts = {
-            "id": precinct_id(t, c, s_base[grp] + p, siz.num_components, siz.num_tiles),
-            "t": t.astype(np.int32), "c": c.astype(np.int32),
-            "r": rows.r[grp].astype(np.int32), "p": p, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+            "id": precinct_id(rows.t[grp], rows.c[grp], s_base[grp] + p, siz.num_components,
+                              siz.num_tiles),
+            "t": rows.t.astype(np.int32)[grp], "c": rows.c.astype(np.int32)[grp],
+            "r": rows.r.astype(np.int32)[grp], "p": p,
+            "x0": xs[1][xi], "y0": ys[1][yi], "x1": xs[2][xi], "y1": ys[2][yi],
             # On the reference grid, clipped to the tile-component's footprint.
-            "gx0": np.maximum(x0 * sx, rows.tcx0[grp] * dx),
-            "gy0": np.maximum(y0 * sy, rows.tcy0[grp] * dy),
-            "gx1": np.minimum(x1 * sx, rows.tcx1[grp] * dx),
-            "gy1": np.minimum(y1 * sy, rows.tcy1[grp] * dy),
+            "gx0": xs[3][xi], "gy0": ys[3][yi], "gx1": xs[4][xi], "gy1": ys[4][yi],
         }
         return tcr, precincts
 

@@ -347,6 +347,16 @@ def test_large_results_come_back_through_shared_memory_and_leave_nothing_behind(
     assert shared == [1], "small results come through the pipe"
 
 
+def test_results_are_read_out_where_they_cannot_be_mapped(monkeypatch) -> None:
+    from cache import isolation
+
+    monkeypatch.setattr(isolation, "_private_map", lambda fd, size: None)
+    result = run_isolated(_large_result, 1 << 18)
+    assert np.array_equal(result["large"], np.arange(1 << 18))
+    assert result["large"].flags.writeable
+    assert _memfd_descriptors() == [] and _memfd_maps() == []
+
+
 def _shared_column(n: int) -> dict:
     """In a child: an index column (codestream.allocation) and whether it was made in the
     reply's shared memory."""

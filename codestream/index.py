@@ -494,7 +494,10 @@ class _Builder:
                     continue
                 global_rows = np.repeat(prec_base[sel], counts[sel]) + prec.index
                 seq, layer = packet_sequence(prec, g.cod.layers, g.cod.progression, g.pocs)
-                seq_rows.append(global_rows[seq])
+                if np.array_equal(global_rows, np.arange(len(global_rows))):
+                    seq_rows.append(seq)  # rows from 0, all of them (one tile): as they are
+                else:
+                    seq_rows.append(global_rows[seq])
                 seq_layers.append(layer.astype(np.int32))
                 del layer
                 if len(groups) > 1:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fcntl
 import functools
 import importlib
 import io
@@ -353,7 +354,9 @@ class _SharedArena:
     def _grow(self, nbytes: int) -> int:
         """Room for `nbytes` at the end of the file (made on first use): its offset."""
         if self.fd is None:
-            self.fd = os.memfd_create("jpip-index-result", os.MFD_CLOEXEC)
+            # Sealing allowed: the parent seals it against shrinking before it maps it.
+            self.fd = os.memfd_create("jpip-index-result",
+                                      os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         offset = self.size
         os.ftruncate(self.fd, offset + nbytes)
         self.size = offset + -(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE
@@ -430,7 +433,7 @@ def _receive(conn: Connection) -> tuple[bool, Any]:
         if not stat.S_ISREG(st.st_mode) or min(min(p) for p in places) < 0 or end > st.st_size:
             raise BadReply(f"buffers of {sum(n for _, n in places)} bytes said, in a file of "
                            f"{st.st_size}")
-        mapped = _private_map(fd, end) if end else None
+        mapped = _private_map(fd, end) if end and _sealed_against_shrinking(fd) else None
         if mapped is not None:
             buffers = [memoryview(mapped)[at:at + n] for at, n in places]
         else:
@@ -450,6 +453,18 @@ def _read_out(fd: int, at: int, n: int) -> np.ndarray:
             raise EOFError("the indexing process's result is shorter than it said")
         view, at = view[got:], at + got
     return buffer
+
+
+def _sealed_against_shrinking(fd: int) -> bool:
+    """Seals the file `fd` so that nobody can make it shorter; False if it cannot be sealed.
+    A page of a map past a file's end raises SIGBUS, which would end the server: a child
+    that kept a descriptor of its reply's file (led astray by a file it parsed) could
+    otherwise truncate it under the parent's arrays. Unsealable files are read out."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+    except (OSError, AttributeError):  # made without MFD_ALLOW_SEALING, or no seals here
+        return False
+    return True
 
 
 def _private_map(fd: int, size: int):

@@ -357,6 +357,41 @@ def test_results_are_read_out_where_they_cannot_be_mapped(monkeypatch) -> None:
     assert _memfd_descriptors() == [] and _memfd_maps() == []
 
 
+def test_a_mapped_result_cannot_be_cut_short_under_the_parent() -> None:
+    """The parent seals a reply's file against shrinking before mapping it: a sender that kept
+    a descriptor cannot truncate it under the arrays (a read past a file's end is SIGBUS).
+    A file that cannot be sealed is read out instead of mapped."""
+    import fcntl
+
+    from cache.isolation import _receive
+
+    for sealable in (True, False):
+        flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0)
+        fd = os.memfd_create("jpip-index-result", flags)
+        payload = np.arange(1 << 18, dtype=np.int64)
+        os.write(fd, payload.tobytes())
+        ours, theirs = _pipe_pair()
+        try:
+            _send_places_and_fd(theirs, [(0, payload.nbytes)], fd, payload)
+            ok, got = _receive(ours)
+            assert ok and np.array_equal(got, payload)
+            if sealable:
+                assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SHRINK
+                with pytest.raises(PermissionError):
+                    os.ftruncate(fd, 0)  # what a child led astray would try
+                assert len(_memfd_maps()) == 1, "mapped"
+            else:
+                assert _memfd_maps() == [], "read out, not mapped"
+                os.ftruncate(fd, 0)  # harmless: nothing here maps it
+            assert np.array_equal(got, payload)
+            del got
+        finally:
+            os.close(fd)
+            ours.close()
+            theirs.close()
+        assert _memfd_maps() == [], "the map went with the reply"
+
+
 def _shared_column(n: int) -> dict:
     """In a child: an index column (codestream.allocation) and whether it was made in the
     reply's shared memory."""
@@ -621,12 +656,13 @@ def test_a_sizes_message_is_not_unpickled(tmp_path) -> None:
         theirs.close()
 
 
-def _send_places_and_fd(conn, places: list[tuple[int, int]], fd: int) -> None:
+def _send_places_and_fd(conn, places: list[tuple[int, int]], fd: int, value=None) -> None:
+    """A reply as a child sends it: `value`'s large buffers out of band, at `places`."""
     import pickle
     import socket
 
     conn.send_bytes(array("q", [v for place in places for v in place]).tobytes())
-    conn.send_bytes(pickle.dumps((True, None), protocol=5))
+    conn.send_bytes(pickle.dumps((True, value), protocol=5, buffer_callback=lambda b: False))
     with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.sendmsg([b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))])
 

@@ -11,7 +11,7 @@ import random
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from codestream import index as index_module
@@ -20,6 +20,13 @@ from codestream.boxes import read_layout
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
+from tests.codestream.test_packets import (
+    GRIDS,
+    STYLES,
+    random_headers,
+    reference_cost,
+    reference_packets,
+)
 from tests.conftest import corpus_files
 from tests.data.corrupt import flip, flip_regions, sample, seed_of
 from tests.data.crafted import (
@@ -290,3 +297,59 @@ def test_limits_outside_what_the_decoder_can_hold_are_refused(limits) -> None:
     # Lblock is held in a byte: a bound past 64 would let it wrap around instead of failing.
     with pytest.raises(ValueError, match="limits"):
         _empty_packets_call(8, 64, limits=limits)
+
+
+# --- the C scan against the code-block by code-block reference ------------------------------
+DATA_BYTES = 1 << 30  # the packets' bodies: a zeroed buffer (untouched pages cost nothing)
+
+
+def _c_packets(grids: list, style: int, data: bytes, layers: int,
+               body_bytes: int = DATA_BYTES) -> list:
+    """One precinct's `layers` packets through decode_tile, headers packed (so each packet's
+    body length is given as is): [(body, header end)] and (error position, reason) if one
+    fails, as tests.codestream.test_packets.reference_packets gives them."""
+    n = layers
+    offsets, lengths, hlens, poffs = (np.empty(n, np.int64) for _ in range(4))
+    sops = np.empty(n, np.uint8)
+    bands = np.zeros((1, 3, 2), np.int32)
+    bands[0, :len(grids)] = grids
+    count, _, _, _, error = native._headers.decode_tile(
+        np.zeros(body_bytes, np.uint8), np.asarray([(0, body_bytes, 0)], np.int64), data,
+        np.zeros(n, np.int64), np.arange(n, dtype=np.int32), bands,
+        np.asarray([style], np.uint8), layers - 1, False, False, 0, None, 0, LIMITS, offsets,
+        lengths, hlens, poffs, sops)
+    out = [(int(lengths[i]), int(poffs[i] + hlens[i])) for i in range(count)]
+    return out + [error] if error is not None else out
+
+
+def _as_c_reports(expected: list, data: bytes, body_bytes: int = DATA_BYTES) -> list:
+    """The reference's packets as decode_tile reports them: it stops, with no error, at the
+    end of the headers, and fails at a body past the tile-part's data."""
+    out: list = []
+    at = 0
+    for entry in expected:
+        if isinstance(entry[1], str):
+            return out + [entry]
+        body, _ = entry
+        if at + body > body_bytes:
+            return out + [(at, "tile 0: packet body runs past the tile-part")]
+        at += body
+        out.append(entry)
+        if entry[1] >= len(data):
+            return out  # the packed headers end: later packets are absent
+    return out
+
+
+@pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
+@settings(max_examples=200, deadline=None)
+@given(grids=GRIDS, seed=st.integers(0, 2**32), ones=st.sampled_from([0.03, 0.1, 0.3, 0.5]),
+       quiet=st.sampled_from([0, 0, 1, 5, 60]), layers=st.integers(1, 24), style=STYLES)
+def test_c_headers_read_the_bits_of_a_code_block_by_code_block_reader(
+        grids, seed, ones, quiet, layers, style) -> None:
+    """test_packets' reference test for the C decoder, which tells per packet where its
+    header ends and its body length (its per-code-block state stays inside): random headers,
+    mostly zeros for many, code-blocks first included late, bands of any shape, none empty."""
+    assume(reference_cost(grids, quiet) <= 200_000)
+    data = random_headers(random.Random(seed), ones, 600, quiet)
+    expected, _, _, _ = reference_packets(grids, style, data, quiet + layers)
+    assert _c_packets(grids, style, data, quiet + layers) == _as_c_reports(expected, data)

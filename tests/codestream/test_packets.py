@@ -6,14 +6,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from codestream import packets
 from codestream.errors import CodestreamError
 from codestream.packets import BitReader, PrecinctState, TagTree
-
-INF = 1 << 30
+from tests.codestream.header_reference import RefBits, ReferencePrecinct, ReferenceTagTree
 
 
 @contextmanager
@@ -25,36 +24,6 @@ def dense_limit(nodes: int) -> Iterator[None]:
         yield
     finally:
         packets.DENSE_NODES = saved
-
-
-class ReferenceTagTree:
-    """Every node on the path is visited for every query (no early exit), lists throughout."""
-
-    def __init__(self, w: int, h: int) -> None:
-        self.sizes = []
-        lw, lh = w, h
-        while True:
-            self.sizes.append((lw, lh))
-            if lw * lh <= 1:
-                break
-            lw, lh = (lw + 1) >> 1, (lh + 1) >> 1
-        self.w = w
-        self.value = [[INF] * (a * b) for a, b in self.sizes]
-        self.low = [[0] * (a * b) for a, b in self.sizes]
-
-    def decode(self, bits: BitReader, leaf: int, threshold: int) -> bool:
-        x, y = leaf % self.w, leaf // self.w
-        low = 0
-        for lev in range(len(self.sizes) - 1, -1, -1):
-            node = (y >> lev) * self.sizes[lev][0] + (x >> lev)
-            low = max(low, self.low[lev][node])
-            while low < threshold and low < self.value[lev][node]:
-                if bits.bit():
-                    self.value[lev][node] = low
-                else:
-                    low += 1
-            self.low[lev][node] = low
-        return self.value[0][leaf] < threshold
 
 
 @settings(max_examples=200, deadline=None)
@@ -160,90 +129,123 @@ def test_value_of_reads_like_rising_thresholds(w, h, data, leaves, limit) -> Non
 
 
 # --- the inclusion scan: whole excluded subtrees skipped, bits unchanged ---------------------
-def _reference_header(bands: list, grids: list, style: int, bits: BitReader, layer: int) -> int:
-    """A packet header read code-block by code-block over every band's whole grid, in raster
-    order, inclusion from ReferenceTagTree (B.10.2 word for word): what the skipping scan of
-    PrecinctState must read, bit for bit. `bands` holds the state across packets."""
-    if not bits.bit():
-        return 0
-    if not bands:
-        bands += [(ReferenceTagTree(cw, ch), TagTree(cw, ch), {}) if cw * ch else None
-                  for cw, ch in grids]
-    ht = bool(style & packets.CBLK_HT)
-    body = 0
-    for band in bands:
-        if band is None:
-            continue
-        incl, zbp, blocks = band
-        for k in range(len(incl.value[0])):
-            if k in blocks:
-                if not bits.bit():
-                    continue
-                state, first = blocks[k], False
-            else:
-                if not incl.decode(bits, k, layer + 1):
-                    continue
-                zbp.value_of(bits, k, packets.MAX_ZERO_BITPLANES)
-                state, first = [3, 0, 0, 0, 0], True
-                blocks[k] = state
-            n = packets._num_passes(bits)
-            state[4] += n
-            if state[4] > packets.MAX_PASSES and not ht:
-                raise CodestreamError(bits.base + bits.pos, f"a code-block with {state[4]} "
-                                      f"coding passes (at most {packets.MAX_PASSES} can exist)")
-            while bits.bit():
-                state[0] += 1
-                if state[0] > packets.MAX_LBLOCK:
-                    raise CodestreamError(bits.base + bits.pos, "Lblock grows without bound")
-            # Codeword segments (B.10.7.1): one length per segment the new passes reach.
-            if first:
-                state[3] = packets._segment_max(style, 0, 1 + 3 * ((n - 1) // 3) if ht else 0)
-            elif state[2] >= state[3]:
-                state[1], state[2] = state[1] + 1, 0
-                state[3] = packets._segment_max(style, state[1], 0)
-            while n > 0:
-                take = min(state[3] - state[2], n)
-                body += bits.read(state[0] + take.bit_length() - 1)
-                state[2] += take
-                n -= take
-                if n > 0:
-                    state[1], state[2] = state[1] + 1, 0
-                    state[3] = packets._segment_max(style, state[1], 0)
-    return body
+class _LoggedBits(BitReader):
+    """A BitReader that logs its multi-bit fields: pass counts (Table B.4) and lengths."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data, 0, len(data))
+        self.fields: list[tuple[int, int, int, int]] = []
+
+    def read(self, n: int) -> int:
+        at = (self.pos, self.bits, n)
+        v = super().read(n)
+        self.fields.append((*at, v))
+        return v
 
 
-def _headers(read, bits: BitReader, layers: int) -> list:
+class _LoggedRefBits(RefBits):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.fields: list[tuple[int, int, int, int]] = []
+
+    def bits(self, n: int) -> int:
+        at = (self.pos, self.left, n)
+        v = super().bits(n)
+        self.fields.append((*at, v))
+        return v
+
+
+def reference_packets(grids: list, style: int, data: bytes, layers: int
+                      ) -> tuple[list, list, ReferencePrecinct, list]:
+    """The reference over `layers` packets of one precinct: per packet (body, header end),
+    then (error position, reason) if one fails; per packet the code-blocks' states after it;
+    the reader; its multi-bit fields."""
+    ref = ReferencePrecinct(grids, style)
+    bits = _LoggedRefBits(data)
     out: list = []
+    states: list = []
     try:
         for layer in range(layers):
-            out.append((read(bits, layer), bits.pos, bits.bits))
+            body = ref.read_packet(bits, layer)
+            out.append((body, bits.end_header()))
+            states.append([{k: (b.layer, b.zero_bitplanes, b.lblock, b.passes,
+                                len(b.segments) - 1, b.segments[-1]) for k, b in band.items()}
+                           for band in ref.bands])
     except CodestreamError as e:
         out.append((e.offset, e.reason))
-    return out
+    return out, states, ref, bits.fields
 
 
-_SIDE = st.one_of(st.integers(1, 12), st.integers(1, 3), st.integers(20, 300))
+def _python_packets(grids: list, style: int, data: bytes, layers: int) -> tuple[list, list, list]:
+    """reference_packets' first two and fields, from PrecinctState."""
+    state = PrecinctState(grids, style)
+    bits = _LoggedBits(data)
+    out: list = []
+    states: list = []
+    first_layer: list[dict[int, int]] = [{} for _ in grids]
+    one_segment = not style & (packets.CBLK_HT | packets.CBLK_TERMALL | packets.CBLK_BYPASS)
+    try:
+        for layer in range(layers):
+            body = state.read_header(bits, layer)
+            out.append((body, bits.align()))
+            seen = []
+            for b, band in enumerate(state.bands or [packets.BandState(0, 0)] * len(grids)):
+                assert band.included == sorted(band.blocks)  # no code-block twice
+                for k in band.blocks:
+                    first_layer[b].setdefault(k, layer)
+                seen.append({k: (first_layer[b][k], band.zbp.value[k], lblock, passes,
+                                 # one segment: the decoder keeps no segment count
+                                 0 if one_segment else segno,
+                                 passes if one_segment else seg_passes)
+                             for k, (lblock, segno, seg_passes, _, passes)
+                             in band.blocks.items()})
+            states.append(seen)
+    except CodestreamError as e:
+        out.append((e.offset, e.reason))
+    return out, states, bits.fields
 
 
-@settings(max_examples=300, deadline=None)
-@given(grids=st.lists(st.tuples(_SIDE, _SIDE), min_size=1, max_size=3),
-       seed=st.integers(0, 2**32), ones=st.sampled_from([0.03, 0.1, 0.3, 0.5]),
-       layers=st.integers(1, 24),
-       style=st.sampled_from([0, packets.CBLK_BYPASS, packets.CBLK_TERMALL, packets.CBLK_HT]))
+def random_headers(rng, ones: float, size: int, quiet: int = 0) -> bytes:
+    """`quiet` packets 0x80 ("not empty, nothing included": every band's inclusion root
+    found > the layer, a bit each), then random bytes, each bit 1 with probability `ones`."""
+    return b"\x80" * quiet + bytes(sum(1 << b for b in range(8) if rng.random() < ones)
+                                   for _ in range(size))
+
+
+# Code-block grid sides: none (an empty band), small, thin, and a few hundred.
+GRID_SIDE = st.one_of(st.integers(0, 12), st.integers(1, 3), st.integers(20, 300))
+GRIDS = st.lists(st.tuples(GRID_SIDE, GRID_SIDE), min_size=1, max_size=3)
+
+
+def reference_cost(grids: list, layers: int) -> int:
+    """Code-blocks the reference visits at most: kept small enough for a unit test."""
+    return sum(w * h for w, h in grids) * layers
+STYLES = st.sampled_from([0, packets.CBLK_BYPASS, packets.CBLK_TERMALL,
+                          packets.CBLK_BYPASS | packets.CBLK_TERMALL, packets.CBLK_HT])
+
+
+@settings(max_examples=200, deadline=None)
+@given(grids=GRIDS, seed=st.integers(0, 2**32), ones=st.sampled_from([0.03, 0.1, 0.3, 0.5]),
+       quiet=st.sampled_from([0, 0, 1, 5, 60]), layers=st.integers(1, 24), style=STYLES)
 def test_packet_headers_read_the_bits_of_a_code_block_by_code_block_reader(
-        grids, seed, ones, layers, style) -> None:
+        grids, seed, ones, quiet, layers, style) -> None:
     """Random headers, mostly zeros for many (so that tag-tree nodes high up exclude whole
-    regions, over several layers): bodies, where each header ends, and errors are those of the
-    reference, which visits every code-block of every packet."""
+    regions, over several layers), after `quiet` packets that include nothing (code-blocks
+    first included in a late layer): bodies, where each header ends, errors, every pass count
+    and length field read, and every code-block's first layer, zero bit-planes, Lblock, passes
+    and codeword segment are those of the reference, which visits every code-block of every
+    packet."""
     import random
 
-    rng = random.Random(seed)
-    data = bytes(sum(1 << b for b in range(8) if rng.random() < ones) for _ in range(600))
-    bands: list = []
-    expected = _headers(lambda b, layer: _reference_header(bands, grids, style, b, layer),
-                        BitReader(data, 0, len(data)), layers)
-    state = PrecinctState(grids, style)
-    assert _headers(state.read_header, BitReader(data, 0, len(data)), layers) == expected
+    assume(reference_cost(grids, quiet) <= 200_000)
+    data = random_headers(random.Random(seed), ones, 600, quiet)
+    expected, states, _, fields = reference_packets(grids, style, data, quiet + layers)
+    got, got_states, got_fields = _python_packets(grids, style, data, quiet + layers)
+    assert got == expected
+    assert got_states == states
+    assert got_fields == fields
 
 
 def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:

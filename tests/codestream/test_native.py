@@ -15,13 +15,14 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from codestream import index as index_module
-from codestream import native
+from codestream import native, packets
 from codestream.boxes import read_layout
 from codestream.errors import CodestreamError
 from codestream.index import CodestreamIndex, index_codestream
 from codestream.parse import parse_codestream
 from tests.codestream.test_packets import (
     GRIDS,
+    LATE_GRIDS,
     STYLES,
     random_headers,
     reference_cost,
@@ -353,3 +354,14 @@ def test_c_headers_read_the_bits_of_a_code_block_by_code_block_reader(
     data = random_headers(random.Random(seed), ones, 600, quiet)
     expected, _, _, _ = reference_packets(grids, style, data, quiet + layers)
     assert _c_packets(grids, style, data, quiet + layers) == _as_c_reports(expected, data)
+
+
+@pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
+@pytest.mark.parametrize("style", [0, packets.CBLK_BYPASS | packets.CBLK_TERMALL])
+def test_c_code_blocks_first_included_in_the_last_of_65535_layers(style) -> None:
+    """test_packets' 65,535-layer case for the C decoder (run stamps, lows near 65,535)."""
+    layers = 0xFFFF
+    data = random_headers(random.Random(5), 0.5, 3000, layers - 35)
+    expected, _, _, _ = reference_packets(LATE_GRIDS, style, data, layers, layers)
+    assert len(expected) == layers
+    assert _c_packets(LATE_GRIDS, style, data, layers) == _as_c_reports(expected, data)

@@ -157,11 +157,11 @@ class _LoggedRefBits(RefBits):
         return v
 
 
-def reference_packets(grids: list, style: int, data: bytes, layers: int
+def reference_packets(grids: list, style: int, data: bytes, layers: int, every: int = 1
                       ) -> tuple[list, list, ReferencePrecinct, list]:
     """The reference over `layers` packets of one precinct: per packet (body, header end),
-    then (error position, reason) if one fails; per packet the code-blocks' states after it;
-    the reader; its multi-bit fields."""
+    then (error position, reason) if one fails; the code-blocks' states after every
+    `every`-th packet; the reader; its multi-bit fields."""
     ref = ReferencePrecinct(grids, style)
     bits = _LoggedRefBits(data)
     out: list = []
@@ -170,6 +170,8 @@ def reference_packets(grids: list, style: int, data: bytes, layers: int
         for layer in range(layers):
             body = ref.read_packet(bits, layer)
             out.append((body, bits.end_header()))
+            if layer % every and layer != layers - 1:
+                continue
             states.append([{k: (b.layer, b.zero_bitplanes, b.lblock, b.passes,
                                 len(b.segments) - 1, b.segments[-1]) for k, b in band.items()}
                            for band in ref.bands])
@@ -178,7 +180,8 @@ def reference_packets(grids: list, style: int, data: bytes, layers: int
     return out, states, ref, bits.fields
 
 
-def _python_packets(grids: list, style: int, data: bytes, layers: int) -> tuple[list, list, list]:
+def _python_packets(grids: list, style: int, data: bytes, layers: int, every: int = 1
+                    ) -> tuple[list, list, list]:
     """reference_packets' first two and fields, from PrecinctState."""
     state = PrecinctState(grids, style)
     bits = _LoggedBits(data)
@@ -190,11 +193,14 @@ def _python_packets(grids: list, style: int, data: bytes, layers: int) -> tuple[
         for layer in range(layers):
             body = state.read_header(bits, layer)
             out.append((body, bits.align()))
+            for b, band in enumerate(state.bands or ()):
+                for k in band.blocks:
+                    first_layer[b].setdefault(k, layer)
+            if layer % every and layer != layers - 1:
+                continue
             seen = []
             for b, band in enumerate(state.bands or [packets.BandState(0, 0)] * len(grids)):
                 assert band.included == sorted(band.blocks)  # no code-block twice
-                for k in band.blocks:
-                    first_layer[b].setdefault(k, layer)
                 seen.append({k: (first_layer[b][k], band.zbp.value[k], lblock, passes,
                                  # one segment: the decoder keeps no segment count
                                  0 if one_segment else segno,
@@ -246,6 +252,27 @@ def test_packet_headers_read_the_bits_of_a_code_block_by_code_block_reader(
     assert got == expected
     assert got_states == states
     assert got_fields == fields
+
+
+LATE_GRIDS = [(3, 2), (1, 5), (0, 4)]  # bands of a resolution > 0, one of them empty
+
+
+@pytest.mark.parametrize("style", [0, packets.CBLK_BYPASS | packets.CBLK_TERMALL])
+def test_code_blocks_first_included_in_the_last_of_65535_layers(style) -> None:
+    """65,500 packets that include nothing, then random ones up to the 65,535th layer: tag-tree
+    lows near 65,535, code-blocks first included there, the same bits and states."""
+    import random
+
+    layers = 0xFFFF
+    data = random_headers(random.Random(5), 0.5, 3000, layers - 35)
+    expected, states, _, fields = reference_packets(LATE_GRIDS, style, data, layers, 4096)
+    got, got_states, got_fields = _python_packets(LATE_GRIDS, style, data, layers, 4096)
+    assert got == expected
+    assert got_states == states
+    assert got_fields == fields
+    assert len(expected) == layers  # no error
+    first = [block[0] for band in states[-1] for block in band.values()]
+    assert len(first) >= 5 and min(first) >= layers - 35
 
 
 def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:

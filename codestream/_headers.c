@@ -612,8 +612,10 @@ static PyObject *decode_tile(PyObject *self, PyObject *args) {
     int64_t pk_len = is_packed ? packed.len : 0, hpos = 0;
     uint8_t *out_sop = o_sop.buf;
     Limits lim = {max_zbp, max_passes, max_lblock, max_nodes, max_bytes};
-    /* Lblock is a uint8_t and read_bits' fields are at most 64 + 8 bits long. */
-    if (max_zbp < 0 || max_passes < 0 || max_lblock < 3 || max_lblock > 64) {
+    /* Lblock is a uint8_t and read_bits' fields are at most 64 + 8 bits long. A band's
+     * bytes (band_bytes: under 64 per node) and their sum with `live` must not overflow. */
+    if (max_zbp < 0 || max_passes < 0 || max_lblock < 3 || max_lblock > 64 || max_nodes < 0
+        || max_nodes > ((long long)1 << 40) || max_bytes < 0 || max_bytes > ((long long)1 << 60)) {
         PyErr_SetString(PyExc_ValueError, "limits: out of range");
         goto done;
     }

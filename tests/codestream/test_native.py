@@ -293,9 +293,12 @@ def test_outputs_sharing_memory_with_the_inputs_change_nothing() -> None:
 
 @pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
 @pytest.mark.parametrize("limits", [(80, 109, 300, 1 << 22, 1 << 30), (80, 109, 2, 4, 4),
-                                    (-1, 109, 64, 4, 4)])
+                                    (-1, 109, 64, 4, 4), (80, 109, 64, 1 << 62, 1 << 30),
+                                    (80, 109, 64, 1 << 22, (1 << 63) - 1)])
 def test_limits_outside_what_the_decoder_can_hold_are_refused(limits) -> None:
     # Lblock is held in a byte: a bound past 64 would let it wrap around instead of failing.
+    # Nodes past 2^58 made a precinct's byte count wrap around (arrays placed past the block
+    # allocated), and bytes near 2^63 the sum of the live states overflow.
     with pytest.raises(ValueError, match="limits"):
         _empty_packets_call(8, 64, limits=limits)
 

@@ -1,5 +1,6 @@
 """Tag trees and packet headers: the sparse and skipping paths read exactly the same bits as a
-plain leaf-by-leaf decoder (a direct transcription of ISO 15444-1 B.10.2 kept here)."""
+plain leaf-by-leaf decoder (tests/codestream/header_reference.py, written from ISO 15444-1 B.10
+alone)."""
 from __future__ import annotations
 
 from collections.abc import Iterator

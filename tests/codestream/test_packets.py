@@ -276,6 +276,43 @@ def test_code_blocks_first_included_in_the_last_of_65535_layers(style) -> None:
     assert len(first) >= 5 and min(first) >= layers - 35
 
 
+def alternating_runs(w: int, h: int, level: int) -> list[list[int | None]]:
+    """First layers for inclusion_packets making the scan's costliest rows that this review
+    found: in every 2^(level+1) block one code-block included at the corner of its top-left
+    child, so that runs of two heights alternate along the rows (level, level-1: they never
+    join), and column 0 included on every row (every row is visited, and crosses them all)."""
+    first: list[list[int | None]] = [[None] * w for _ in range(h)]
+    side = 1 << level
+    for y in range(side - 1, h, 2 * side):
+        for x in range(side - 1, w, 2 * side):
+            first[y][x] = 0
+    for row in first:
+        row[0] = 0
+    return first
+
+
+@pytest.mark.parametrize(("w", "h", "level"), [(1024, 64, 5), (37, 300, 2)])
+def test_alternating_runs_cost_a_few_steps_per_bit(w, h, level) -> None:
+    """Hostile but consistent inclusion trees: the scan reads each packet exactly (its header
+    ends where the encoder's does) and, once the trees are known (layer 1), its steps that
+    read no bit stay a few per bit read (3.1 for 1024 x 64; about sqrt(width) / 2 bounds any
+    grid: each row visited reads a bit, each run costs a bit a packet, and the runs crossed
+    on a row are at least as wide as the visited rows they span)."""
+    from tests.data.crafted import inclusion_packets
+
+    data = inclusion_packets(alternating_runs(w, h, level), 2)
+    state = PrecinctState([(w, h)], 0)
+    blob = b"".join(data)
+    bits = BitReader(blob, 0, len(blob))
+    assert state.read_header(bits, 0) == 0
+    assert bits.align() == len(data[0])
+    assert state.bands is not None
+    steps = state.bands[0].steps
+    assert state.read_header(bits, 1) == 0
+    assert bits.align() == len(blob)
+    assert state.bands[0].steps - steps <= 4 * len(data[1]) * 8
+
+
 def test_a_tall_precinct_is_skipped_a_tag_tree_node_at_a_time() -> None:
     """The hostile shape of tests/data/crafted.py: one code-block across, 8192 down, every
     packet the byte 0x80 ("not empty; the inclusion root is > this layer"). Each packet reads

@@ -48,3 +48,68 @@ def many_precincts_codestream(precinct_exp: int, side: int) -> bytes:
     square), one layer, every packet the byte 0x80: a precinct's state for one header byte."""
     n = (-(-side >> precinct_exp)) ** 2
     return crafted_codestream(side, side, precinct_exp, 1, b"\x80" * n)
+
+
+def inclusion_packets(first_layer: list[list[int]], layers: int) -> list[bytes]:
+    """One band's packet headers, layer by layer, written from T.800 B.10 as an encoder would:
+    code-block (x, y) is first included in layer first_layer[y][x] (None: never), with zero
+    zero bit-planes, one coding pass, Lblock 3 and a zero length; later packets add nothing to
+    it. What the inclusion tag tree then costs in bits is what a hostile header could send."""
+    h, w = len(first_layer), len(first_layer[0])
+    never = 1 << 30
+    # Each tag-tree level's node values: the least of its leaves' (B.10.2).
+    levels = [[[never if v is None else v for v in row] for row in first_layer]]
+    while len(levels[-1]) * len(levels[-1][0]) > 1:
+        below = levels[-1]
+        lh, lw = (len(below) + 1) >> 1, (len(below[0]) + 1) >> 1
+        levels.append([[min(below[j][i] for j in (2 * y, 2 * y + 1) if j < len(below)
+                            for i in (2 * x, 2 * x + 1) if i < len(below[0]))
+                        for x in range(lw)] for y in range(lh)])
+    known: dict = {}   # (tree, level, y, x) -> the value the decoder has learnt
+    lows: dict = {}    # (tree, level, y, x) -> its low
+
+    def encode(tree: str, x: int, y: int, threshold: int, out: list[int]) -> bool:
+        low = 0
+        for lev in range(len(levels) - 1, -1, -1):
+            key = (tree, lev, y >> lev, x >> lev)
+            truth = levels[lev][y >> lev][x >> lev] if tree == "incl" else 0
+            low = max(low, lows.get(key, 0))
+            while low < threshold and low < known.get(key, never):
+                if truth <= low:
+                    out.append(1)
+                    known[key] = low
+                else:
+                    out.append(0)
+                    low += 1
+            lows[key] = low
+        return known.get((tree, 0, y, x), never) < threshold
+
+    included: set = set()
+    packets = []
+    for layer in range(layers):
+        bits = [1]  # not empty
+        for y in range(h):
+            for x in range(w):
+                if (x, y) in included:
+                    bits.append(0)  # no new passes
+                elif encode("incl", x, y, layer + 1, bits):
+                    included.add((x, y))
+                    encode("zbp", x, y, 1, bits)  # 0 zero bit-planes
+                    bits += [0, 0, 0, 0, 0]  # one pass, Lblock 3, length 0 in 3 bits
+        packets.append(_stuffed(bits))
+    return packets
+
+
+def _stuffed(bits: list[int]) -> bytes:
+    """Bits into bytes, 7 of them after each 0xFF byte (B.10.1), the last byte padded with
+    zeros (and a 0 byte after a final 0xFF)."""
+    out = bytearray()
+    i = 0
+    while i < len(bits):
+        room = 7 if out and out[-1] == 0xFF else 8
+        chunk = bits[i:i + room]
+        i += room
+        out.append(int("".join(map(str, chunk)).ljust(room, "0"), 2))
+    if out[-1] == 0xFF:
+        out.append(0)
+    return bytes(out)

@@ -368,3 +368,15 @@ def test_c_code_blocks_first_included_in_the_last_of_65535_layers(style) -> None
     expected, _, _, _ = reference_packets(LATE_GRIDS, style, data, layers, layers)
     assert len(expected) == layers
     assert _c_packets(LATE_GRIDS, style, data, layers) == _as_c_reports(expected, data)
+
+
+@pytest.mark.skipif(native._headers is None, reason="the C decoder is not built")
+def test_c_reads_alternating_runs_exactly() -> None:
+    """test_packets' hostile but consistent inclusion trees, through the C scan."""
+    from tests.codestream.test_packets import alternating_runs
+    from tests.data.crafted import inclusion_packets
+
+    data = inclusion_packets(alternating_runs(300, 37, 2), 3)
+    blob = b"".join(data)
+    ends = [sum(len(p) for p in data[:i + 1]) for i in range(3)]
+    assert _c_packets([(300, 37)], 0, blob, 3) == [(0, end) for end in ends]

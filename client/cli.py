@@ -150,15 +150,27 @@ def save_array(path: Path, arrays: list[np.ndarray]) -> None:
         tifffile.imwrite(path, image)
         return
     from PIL import Image
+    if image.dtype.kind == "i":
+        raise UsageError(f"-o {path}: {PNG_SIGNED}")
     if image.dtype == np.uint8:
         Image.fromarray(image).save(path, format="PNG")
-    elif image.ndim == 2 and image.dtype in (np.uint16, np.int16):
-        Image.fromarray(image.astype(np.uint16)).save(path, format="PNG")
-    elif image.ndim == 2:
-        Image.fromarray(image.astype(np.int32)).save(path, format="PNG")
+    elif image.ndim == 2 and image.dtype == np.uint16:
+        Image.fromarray(image).save(path, format="PNG")
     else:
-        raise UsageError(f"cannot write {image.dtype} with {image.shape[-1]} channels to "
-                         f"{suffix}: use .tiff or .npy")
+        raise UsageError(f"-o {path}: PNG cannot hold {image.dtype} samples with "
+                         f"{1 if image.ndim == 2 else image.shape[-1]} channel(s) (it holds "
+                         "8 bits, or 16-bit grey): use .tif or .npy")
+
+
+PNG_SIGNED = "the image has signed samples, which PNG cannot hold: use .tif or .npy"
+
+
+def _refuse_signed_png(output: str | None, info) -> None:
+    """PNG holds unsigned samples only: refused before the download when the main header
+    says the image is signed (a signed image written as PNG would look inverted)."""
+    if output and Path(output).suffix.lower() == ".png" and \
+            any(c.signed for c in info.siz.components):
+        raise UsageError(f"-o {output}: {PNG_SIGNED}")
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -197,9 +209,11 @@ async def _fetch(args) -> int:
         if args.save_stream:
             client.raw_sink = raw
         fsiz = args.fsiz
-        if fsiz is None:  # full resolution: the main header says how large that is
+        png = args.output is not None and Path(args.output).suffix.lower() == ".png"
+        if fsiz is None or png:  # the main header: the full size; signed samples for PNG
             info = await client.header_info(args.stream)
-            fsiz = (info.width, info.height)
+            _refuse_signed_png(args.output, info)
+            fsiz = fsiz or (info.width, info.height)
         window = dict(fsiz=fsiz, round=args.round, roff=args.roff, rsiz=args.rsiz,
                       comps=args.comps, stream=args.stream)
         if client.cache.streams.get(client.codestream_id(args.stream)) is not None and \
@@ -421,9 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "what it holds is not sent again")
     f.add_argument("-o", "--output", metavar="FILE",
                    help="save the pixels as PNG, TIFF, NPY or DICOM, chosen by the extension "
-                        "(.png, .tif/.tiff, .npy, .dcm; 16-bit and signed data: TIFF, NPY or "
-                        "DICOM). A .dcm holds the window with the attributes of the DICOM "
-                        "source (the referenced object, or the target's /dicom-json)")
+                        "(.png, .tif/.tiff, .npy, .dcm; PNG holds unsigned 8-bit, or 16-bit "
+                        "grey: signed data is refused, use TIFF, NPY or DICOM). A .dcm holds "
+                        "the window with the attributes of the DICOM source (the referenced "
+                        "object, or the target's /dicom-json)")
     f.add_argument("--save-stream", metavar="FILE",
                    help="also save the raw JPP-stream (or JPT-stream) received")
     f.add_argument("--stats", action="store_true",

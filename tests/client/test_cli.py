@@ -285,3 +285,35 @@ async def test_fetch_and_info_with_a_token(guarded, tmp_path) -> None:
                               token, "--fsiz", "8,8", env=no_token)
     assert code == 1 and "403" in err and "does not allow" in err and token not in err
     assert token not in proc.log.read_text()  # nor in the server's log
+
+
+# --- outputs that cannot hold the samples -----------------------------------------------------
+
+@pytest.mark.parametrize("window", [(), ("--fsiz", "128,128")])
+async def test_signed_samples_are_not_written_as_png(base, tmp_path, window) -> None:
+    # PNG holds unsigned samples only: -1000 would be written as 64536 (an inverted picture).
+    out = tmp_path / "ct.png"
+    code, _, err = await jpip("fetch", f"{base}/corpus/693_J2KR.j2k", *window, "-o", str(out))
+    assert code == 2, err
+    assert f"-o {out}: the image has signed samples" in err and "use .tif or .npy" in err, err
+    _one_clean_line(err)
+    assert not out.exists()
+    # TIFF keeps them.
+    tif = tmp_path / "ct.tif"
+    code, _, err = await jpip("fetch", f"{base}/corpus/693_J2KR.j2k", *window, "-o", str(tif),
+                              "-q")
+    assert code == 0, err
+    got = tifffile.imread(tif)
+    want = original(CORPUS / "693_J2KR.j2k", rlevel=2 if window else 0)[0]
+    assert got.dtype.kind == "i" and got.min() < 0 and np.array_equal(got, want)
+
+
+def test_save_array_refuses_what_png_cannot_hold(tmp_path) -> None:
+    from client.cli import UsageError, save_array
+    for arrays, says in (([np.array([[-1000, 5]], np.int16)], "signed samples"),
+                         ([np.zeros((2, 2), np.uint16)] * 3, "16-bit grey")):
+        with pytest.raises(UsageError, match=says):
+            save_array(tmp_path / "x.png", arrays)
+        assert not (tmp_path / "x.png").exists()
+    save_array(tmp_path / "g.png", [np.array([[0, 65535]], np.uint16)])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), [[0, 65535]])

@@ -1,8 +1,9 @@
 """The `jpip` command: fetch windows and inspect targets over JPIP, and prepare files to serve.
 
-Exit status: 0 done, 1 the request or the decoding failed (the server's answer, the network),
-2 a usage mistake found before anything was sent (an option, the URL, an output path),
-130 interrupted, 141 the output pipe was closed (e.g. `| head`).
+Exit status: 0 done, 1 the request or the decoding failed (the server's answer, the network)
+or an optional dependency is not installed, 2 a usage mistake found before anything was sent
+(an option, the URL, an output path), 130 interrupted, 141 the output pipe was closed
+(e.g. `| head`).
 Every failure is one line on stderr that says what to do.
 """
 from __future__ import annotations
@@ -496,16 +497,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _explain(exc: BaseException) -> tuple[str, int]:
+# Modules of the optional extras (pyproject.toml), and the extra each command needs.
+OPTIONAL_MODULES = {"glymur", "PIL", "tifffile", "packaging", "pylibjpeg", "openjpeg", "rle",
+                    "gdcm"}
+CLIENT_COMMANDS = ("fetch", "info", "meta")  # the `client` extra; the file tools: `tools`
+
+
+def _missing_extra(exc: BaseException, command: str) -> str | None:
+    """The one line for a missing optional dependency (a server-only install), or None."""
+    if not isinstance(exc, ModuleNotFoundError) or exc.name is None or \
+            exc.name.split(".")[0] not in OPTIONAL_MODULES:
+        return None
+    extra = "client" if command in CLIENT_COMMANDS else "tools"
+    return (f"needs the {extra} extra (no module named {exc.name.split('.')[0]!r}): "
+            f"pip install 'jpip-server[{extra}]'")
+
+
+def _explain(exc: BaseException, command: str = "") -> tuple[str, int]:
     """One line for an error, and the exit status; no class names, a remedy where one exists."""
+    if (missing := _missing_extra(exc, command)) is not None:
+        return missing, EXIT_FAILED
     import aiohttp
 
     from codestream.errors import CodestreamError
 
-    from .api import WindowError
     from .bincache import StreamError
     from .dicom import DicomClientError
     from .url import URLError
+    try:
+        from .api import WindowError  # imports glymur (the client extra)
+    except ImportError:
+        class WindowError(Exception):  # noqa: N818 - never raised without client.api
+            pass
 
     if isinstance(exc, UsageError | URLError | DicomClientError):
         return str(exc), EXIT_USAGE
@@ -565,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return _quiet_broken_pipe()
     except Exception as e:  # a CLI: one clear line, not a traceback
-        message, status = _explain(e)
+        message, status = _explain(e, args.command)
         print(f"jpip {args.command}: {message}", file=sys.stderr)
         return status
     return EXIT_USAGE

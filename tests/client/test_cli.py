@@ -317,3 +317,28 @@ def test_save_array_refuses_what_png_cannot_hold(tmp_path) -> None:
         assert not (tmp_path / "x.png").exists()
     save_array(tmp_path / "g.png", [np.array([[0, 65535]], np.uint16)])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), [[0, 65535]])
+
+
+# --- a server-only install (the Docker image's wheel): no client or tools extra ----------------
+
+SERVER_ONLY = ("import sys\n"
+               "for name in ('glymur', 'PIL', 'tifffile'):\n"
+               "    sys.modules[name] = None  # import fails: ModuleNotFoundError\n"
+               "from client.cli import main\n"
+               "sys.exit(main(sys.argv[1:]))\n")
+
+
+@pytest.mark.parametrize(("args", "extra"), [
+    (("fetch", "{url}", "-o", "{tmp}/x.png"), "client"),
+    (("info", "{url}"), "client"),
+    (("meta", "{url}"), "client"),
+    (("prepare", str(CORPUS / "file1.jp2"), "{tmp}/x.jp2"), "tools"),
+])
+def test_a_missing_extra_is_one_line(tmp_path, args, extra) -> None:
+    url = f"http://127.0.0.1:{free_port()}/corpus/file1.jp2"
+    args = [a.format(url=url, tmp=tmp_path) for a in args]
+    done = subprocess.run([sys.executable, "-c", SERVER_ONLY, *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == (f"jpip {args[0]}: needs the {extra} extra (no module named "
+                           f"'glymur'): pip install 'jpip-server[{extra}]'\n"), done.stderr

@@ -464,9 +464,28 @@ class _Spool:
                 yield f.read(n)
 
 
+def _is_lossless(path: str | os.PathLike[str]) -> bool:
+    """Whether a DICOM file's pixels have never been through lossy compression (False when
+    it cannot be read: prepare_dicom then says why)."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:  # pydicom's parse errors are of many types
+        return False
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
+    said = ds.get("LossyImageCompression")
+    if syntax in LOSSY_SYNTAXES or said == "01":
+        return False
+    if syntax in (JPEG2000, HTJ2K):  # reversible or not: only the dataset can say
+        return said == "00"
+    return True
+
+
 # --------------------------------------------------------------------------- command line
 def run_prepare_dicom(args: argparse.Namespace, progress: FrameProgress | None = None) -> int:
     """`jpip prepare` on a DICOM input; prints the report; returns an exit status."""
+    if not args.lossless and _is_lossless(args.input):
+        print(f"jpip prepare: warning: {args.input} is lossless and is re-encoded lossy "
+              "(9/7): add --lossless to keep every sample", file=sys.stderr)
     try:
         report = prepare_dicom(args.input, args.output, lossless=args.lossless,
                                htj2k=args.htj2k, offset_table=args.offset_table,

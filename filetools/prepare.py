@@ -431,7 +431,7 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="PNG, TIFF, PGM/PPM, .npy or JPEG 2000 image, or a DICOM "
                                       "file (any transfer syntax pydicom decodes)")
     parser.add_argument("output", help="output .jp2 (or .j2k for a raw codestream); a DICOM file "
-                                       "for a DICOM input")
+                                       "(.dcm) for a DICOM input")
     parser.add_argument("--lossless", action="store_true",
                         help="reversible 5/3 wavelet, last layer lossless (default: lossy 9/7)")
     parser.add_argument("--levels", type=int, default=None, metavar="N",
@@ -467,6 +467,11 @@ IMAGE_ONLY_DEFAULTS = {"levels": None, "layers": None, "precincts": (256, 128), 
                        "tile_threshold": DEFAULT_TILE_THRESHOLD_PIXELS / 1e6}
 
 
+# What a DICOM input's output may be called: .dcm, .dicom, or no suffix (as in DICOMDIR
+# folders); a JPEG 2000 name, or any other, would hide what the file holds.
+DICOM_OUTPUT_SUFFIXES = (".dcm", ".dicom", "")
+
+
 def _dispatch_dicom(args: argparse.Namespace, progress) -> int | None:
     """Runs `jpip prepare` on a DICOM input (None when the input is not DICOM)."""
     from dicom.part10 import is_part10_file
@@ -476,6 +481,14 @@ def _dispatch_dicom(args: argparse.Namespace, progress) -> int | None:
             print("jpip prepare: --htj2k is for DICOM inputs (IN.dcm OUT.dcm)", file=sys.stderr)
             return 2
         return None
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in DICOM_OUTPUT_SUFFIXES:
+        # Never DICOM bytes under another format's name (a .jp2 a viewer cannot open).
+        print(f"jpip prepare: {args.output}: a DICOM input is re-encoded into a DICOM file: "
+              "name the output .dcm (the server streams its frames as it streams a .jp2's), "
+              "or for a .jp2 save the frame as .tif or .npy first and prepare that",
+              file=sys.stderr)
+        return 2
     changed = [k for k, v in IMAGE_ONLY_DEFAULTS.items() if getattr(args, k, v) != v]
     if changed:
         names = ", ".join("--" + k.replace("_", "-") for k in changed)

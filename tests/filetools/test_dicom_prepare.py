@@ -237,3 +237,30 @@ def test_uid_is_new_each_time(inputs, tmp_path) -> None:
     b = prepare_dicom(folder / "ct.dcm", tmp_path / "b.dcm", lossless=True)
     assert a.sop_instance_uid != b.sop_instance_uid
     assert generate_uid()  # pydicom's root is used, as by pydicom's own compress()
+
+
+@pytest.mark.parametrize("name", ["ct.jp2", "ct.j2k", "ct.jph", "ct.png"])
+def test_a_dicom_input_is_not_written_under_another_name(inputs, tmp_path, capsys,
+                                                         name) -> None:
+    # A DICOM file named .jp2 is a file no JPEG 2000 reader opens: refused, nothing written.
+    folder, _ = inputs
+    out = tmp_path / name
+    assert jpip_main(["prepare", str(folder / "ct.dcm"), str(out), "--lossless"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out}: a DICOM input is re-encoded into a DICOM file: " \
+        "name the output .dcm" in err, err
+    assert not out.exists()
+
+
+def test_a_lossless_input_made_lossy_is_warned_of(inputs, tmp_path, capsys) -> None:
+    folder, _ = inputs
+    assert jpip_main(["prepare", str(folder / "ct.dcm"), str(tmp_path / "lossy.dcm")]) == 0
+    err = capsys.readouterr().err
+    assert err == (f"jpip prepare: warning: {folder / 'ct.dcm'} is lossless and is re-encoded "
+                   "lossy (9/7): add --lossless to keep every sample\n"), err
+    assert jpip_main(["prepare", str(folder / "ct.dcm"), str(tmp_path / "same.dcm"),
+                      "--lossless"]) == 0
+    assert capsys.readouterr().err == ""
+    # An input that was lossy already: nothing more to lose, no warning.
+    assert jpip_main(["prepare", str(tmp_path / "lossy.dcm"), str(tmp_path / "again.dcm")]) == 0
+    assert capsys.readouterr().err == ""

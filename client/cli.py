@@ -2,8 +2,9 @@
 
 Exit status: 0 done, 1 the request or the decoding failed (the server's answer, the network)
 or an optional dependency is not installed, 2 a usage mistake found before anything was sent
-(an option, the URL, an output path), 130 interrupted, 141 the output pipe was closed
-(e.g. `| head`).
+(an option, the URL, an output path), 3 `jpip fetch` wrote what --max-requests or --once let
+through of a window left incomplete (a warning says so), 130 interrupted, 141 the output pipe
+was closed (e.g. `| head`).
 Every failure is one line on stderr that says what to do.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3  # `jpip fetch`: a request limit left the window incomplete; written anyway
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 OUTPUT_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".dcm")
@@ -191,8 +193,8 @@ def _start(given: str):
 
 
 async def _fetch(args) -> int:
-    from .api import JPIPClient
-    from .bincache import BinCache
+    from .api import JPIPClient, WindowError
+    from .bincache import BinCache, StreamError
 
     url, reference = _start(args.url)
     _window_from_url(args, url.window)
@@ -228,7 +230,17 @@ async def _fetch(args) -> int:
             if st.eor in (1, 2) or args.len is not None and args.once:
                 break
         progress.done()
-        arrays = client.decode(layers=args.layers, **window)
+        complete = stats[-1].eor in (1, 2)  # image done, or window done
+        try:
+            arrays = client.decode(layers=args.layers, **window)
+        except WindowError:
+            raise
+        except Exception as e:
+            if complete:
+                raise
+            # What was received does not decode: the cause is the limit, not the data.
+            raise StreamError(f"{_incomplete(args, stats)}: too little to decode; "
+                              f"{_more(args)}") from e
         if args.output and Path(args.output).suffix.lower() == ".dcm":
             await _save_dicom(Path(args.output), client, url, reference, arrays, args, window)
         elif args.output:
@@ -250,7 +262,29 @@ async def _fetch(args) -> int:
                 "duplicate_bytes": client.cache.duplicate_bytes,
                 "shape": [list(a.shape) for a in arrays],
             }, indent=2))
+    if not complete:
+        what = "the image written holds" if args.output else "the window decoded holds"
+        print(f"jpip fetch: warning: {_incomplete(args, stats)}: {what} only that; "
+              f"{_more(args)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     return 0
+
+
+def _incomplete(args, stats) -> str:
+    """What a byte or request limit left of the window, e.g. after `--len 100 --once`."""
+    n = len(stats)
+    limit = "--once" if args.once and args.len is not None and n == 1 else \
+        f"--max-requests {args.max_requests}"
+    got = sum(s.bytes for s in stats)
+    return (f"the window is not complete after {n} request{'s' if n > 1 else ''} ({limit}"
+            + (f", --len {args.len}" if args.len is not None else "")
+            + f"): {got} bytes received")
+
+
+def _more(args) -> str:
+    if args.once and args.len is not None:
+        return "leave out --once, or raise --len"
+    return "raise --max-requests" + (" or --len" if args.len is not None else "")
 
 
 async def _save_dicom(path: Path, client, url, reference, arrays, args, window) -> None:
@@ -423,9 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--len", type=_int_type(0), metavar="BYTES",
                    help="byte limit per request (the window then takes several requests)")
     f.add_argument("--once", action="store_true",
-                   help="with --len: one request only (the window may stay incomplete)")
+                   help="with --len: one request only (the window may stay incomplete: "
+                        "see --max-requests)")
     f.add_argument("--max-requests", type=_int_type(1), default=100, metavar="N",
-                   help="give up after N requests (default: 100)")
+                   help="stop after N requests (default: 100). A window left incomplete is "
+                        "written as far as received, with a warning and exit status 3; an "
+                        "error (exit status 1) when too little came to decode")
     f.add_argument("--type", choices=("jpp-stream", "jpt-stream"), default=None,
                    help="the image data asked for: precinct data-bins (jpp-stream, the "
                         "default) or tile data-bins (jpt-stream)")

@@ -342,3 +342,28 @@ def test_a_missing_extra_is_one_line(tmp_path, args, extra) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr == (f"jpip {args[0]}: needs the {extra} extra (no module named "
                            f"'glymur'): pip install 'jpip-server[{extra}]'\n"), done.stderr
+
+
+# --- byte and request limits -------------------------------------------------------------------
+
+async def test_request_limits_name_themselves(base, tmp_path) -> None:
+    url, out = f"{base}/corpus/CT1.j2k", tmp_path / "ct.tif"
+    window = ("--fsiz", "512,512", "-o", str(out), "-q")
+    # 100 bytes do not even hold the main header: an error naming the limit, nothing written.
+    code, _, err = await jpip("fetch", url, "--len", "100", "--once", *window)
+    assert code == 1, err
+    assert "the window is not complete after 1 request (--once, --len 100): " in err, err
+    assert "too little to decode; leave out --once, or raise --len" in err, err
+    _one_clean_line(err)
+    assert not out.exists()
+    # Enough to decode, not the whole window: written, with a warning and exit status 3.
+    code, _, err = await jpip("fetch", url, "--len", "1000", "--max-requests", "3", *window)
+    assert code == 3, err
+    assert err.startswith("jpip fetch: warning: the window is not complete after 3 requests "
+                          "(--max-requests 3, --len 1000): "), err
+    assert "raise --max-requests or --len" in err and err.count("\n") == 1, err
+    assert tifffile.imread(out).shape == (512, 512)
+    # Enough requests: complete, exact, status 0.
+    code, _, err = await jpip("fetch", url, "--len", "20000", *window)
+    assert code == 0 and err == "", err
+    assert np.array_equal(tifffile.imread(out), original(CORPUS / "CT1.j2k")[0])

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .imageio import ImageSource, open_source
-from .outputs import check_output
+from .outputs import check_output, output_problem
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -501,11 +501,68 @@ def _dispatch_dicom(args: argparse.Namespace, progress) -> int | None:
     return run_prepare_dicom(args, frames)
 
 
+def _usage_problem(args: argparse.Namespace) -> str | None:
+    """A mistake in the command line (the input, the output, an option value), found before
+    any work: exit status 2, as every `jpip` command."""
+    inp = Path(args.input)
+    if not inp.exists():
+        return f"{args.input}: no such file"
+    if inp.is_dir():
+        return f"{args.input} is a folder: give an image file"
+    if not os.access(inp, os.R_OK):
+        return f"{args.input}: not readable"
+    if problem := output_problem(args.output):
+        return f"cannot write {args.output}: {problem}"
+    return None
+
+
+def _image_usage_problem(args: argparse.Namespace) -> str | None:
+    """The same for an image (not DICOM) input: the output's format and the coding options."""
+    out = Path(args.output)
+    if out.suffix.lower() not in JP2_OUTPUTS | J2K_OUTPUTS:
+        return (f"output must end in .jp2/.jpx (JP2) or .j2k/.j2c/.jpc (codestream), "
+                f"not {out.name!r}")
+    try:
+        _validate(args.progression, args.precincts[0], args.precincts[1], args.codeblock,
+                  args.tile_size, args.layers)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _one_line(e: Exception, args: argparse.Namespace) -> str:
+    """An error as one line: OpenJPEG's come as several 'OpenJPEG library error:' lines, its
+    write errors with no message at all."""
+    text = str(e)
+    if not text:
+        return f"writing {args.output} failed (the encoder gave no reason: is the disk full?)"
+    lines = [line.replace("OpenJPEG library error:", "").strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    if "OpenJPEG library error" in text:
+        return f"OpenJPEG cannot decode or encode the image (is {args.input} truncated or " \
+               f"corrupt?): {'; '.join(lines)}"
+    return "; ".join(lines)
+
+
 def run_prepare(args: argparse.Namespace, progress: ProgressCallback | None = None) -> int:
     """Run `jpip prepare` from parsed arguments; prints the report; returns an exit status."""
+    if (problem := _usage_problem(args)) is not None:
+        print(f"jpip prepare: {problem}", file=sys.stderr)
+        return 2
     status = _dispatch_dicom(args, progress)
     if status is not None:
         return status
+    if (problem := _image_usage_problem(args)) is not None:
+        print(f"jpip prepare: {problem}", file=sys.stderr)
+        return 2
+    # glymur's warnings (a box longer than the file...) name its own source lines; a
+    # truncated input ends in an error told below as one line.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _run_prepare_image(args, progress)
+
+
+def _run_prepare_image(args: argparse.Namespace, progress: ProgressCallback | None) -> int:
     try:
         report = prepare(
             args.input, args.output, lossless=args.lossless, levels=args.levels,
@@ -515,10 +572,7 @@ def run_prepare(args: argparse.Namespace, progress: ProgressCallback | None = No
             threads=args.threads, progress=progress,
         )
     except (ValueError, OSError, RuntimeError) as e:
-        # OpenJPEG's write errors come without a message.
-        reason = str(e) or f"writing {args.output} failed (the encoder gave no reason: " \
-                           "is the disk full?)"
-        print(f"jpip prepare: {reason}", file=sys.stderr)
+        print(f"jpip prepare: {_one_line(e, args)}", file=sys.stderr)
         return 1
     print(json.dumps(report.to_dict()) if args.json else report.summary())
     return 0
@@ -535,9 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_prepare_arguments(parser)
     args = parser.parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # OpenJPEG chatter on odd inputs
-        return run_prepare(args, _stderr_progress if sys.stderr.isatty() else None)
+    return run_prepare(args, _stderr_progress if sys.stderr.isatty() else None)
 
 
 if __name__ == "__main__":

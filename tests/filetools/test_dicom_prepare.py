@@ -227,7 +227,7 @@ def test_command_line(inputs, tmp_path, capsys) -> None:
     np.save(tmp_path / "a.npy", np.zeros((8, 8), np.uint8))
     assert run_prepare(_args(str(tmp_path / "a.npy"), str(tmp_path / "a.jp2"), "--htj2k")) == 2
     assert "--htj2k is for DICOM inputs" in capsys.readouterr().err
-    assert run_prepare(_args(str(folder / "ct.dcm"), str(tmp_path / "no" / "x.dcm"))) == 1
+    assert run_prepare(_args(str(folder / "ct.dcm"), str(tmp_path / "no" / "x.dcm"))) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -30,7 +30,7 @@ def small_ppm(tmp_path: Path) -> Path:
 def test_prepare_into_a_missing_folder(small_ppm: Path, tmp_path: Path) -> None:
     out = tmp_path / "nonexistent" / "out.jp2"
     done = jpip("prepare", str(small_ppm), str(out))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr == (f"jpip prepare: cannot write {out}: the folder "
                            f"'{out.parent}' does not exist\n")
     assert not out.parent.exists()

@@ -3,6 +3,8 @@ bounded-memory path, image I/O, the CLI glue and the demo builder."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from filetools.prepare import (
     run_prepare,
     scan_markers,
 )
+from tests.conftest import CORPUS
 
 RPCL = 2  # glymur.core.RPCL
 XFORM_97, XFORM_53 = 0, 1
@@ -308,7 +311,8 @@ def test_cli_arguments_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "wrote" in out and "4 resolutions (3 levels)" in out and "128x128/64x64" in out
     assert segment(codestream(tmp_path / "o.jp2"), "COD").num_res == 3
     bad = parser.parse_args([str(tmp_path / "in.pgm"), str(tmp_path / "o.png")])
-    assert run_prepare(bad) == 1
+    assert run_prepare(bad) == 2  # a usage mistake, as in every jpip command
+    assert "output must end in .jp2/.jpx" in capsys.readouterr().err
     too_many = parser.parse_args([str(tmp_path / "in.pgm"), str(tmp_path / "p.jp2"),
                                   "--levels", "9"])
     assert run_prepare(too_many) == 1
@@ -330,3 +334,30 @@ def test_demo_builder_on_nemo(tmp_path: Path) -> None:
     assert "PLT" in tile_part_segments(cs)[0]
     err = decode(out).astype(float) - photo
     assert 10 * np.log10(255**2 / np.mean(err**2)) > 32
+
+
+# --------------------------------------------------------------------------- command line errors
+def test_input_mistakes_are_one_line(tmp_path: Path) -> None:
+    def jpip(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "client.cli", "prepare", *args],
+                              capture_output=True, text=True, timeout=120)
+
+    out = str(tmp_path / "o.jp2")
+    done = jpip(str(tmp_path / "nothere.png"), out)
+    assert (done.returncode, done.stderr) == (
+        2, f"jpip prepare: {tmp_path / 'nothere.png'}: no such file\n")
+    done = jpip(str(tmp_path), out)
+    assert done.returncode == 2 and "is a folder: give an image file" in done.stderr
+    done = jpip(str(CORPUS / "file1.jp2"), out, "--codeblock", "3")
+    assert (done.returncode, done.stderr) == (
+        2, "jpip prepare: code-block size must be a power of two from 4 to 64\n")
+    # A truncated JP2: glymur warns of a box longer than the file, OpenJPEG fails in several
+    # lines; the user sees one line, without a source path.
+    cut = tmp_path / "cut.jp2"
+    cut.write_bytes((CORPUS / "file1.jp2").read_bytes()[:30000])
+    done = jpip(str(cut), out)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"jpip prepare: OpenJPEG cannot decode or encode the image "
+                                  f"(is {cut} truncated or corrupt?): "), done.stderr
+    assert "Warning" not in done.stderr and ".py" not in done.stderr
+    assert not Path(out).exists()

@@ -262,6 +262,10 @@ async def _fetch(args) -> int:
                 "duplicate_bytes": client.cache.duplicate_bytes,
                 "shape": [list(a.shape) for a in arrays],
             }, indent=2))
+    if not (args.output or args.save_stream or args.cache or args.stats):
+        rows, cols = arrays[0].shape[:2]
+        print(f"jpip fetch: fetched and decoded {cols}x{rows} samples, saved nothing: give "
+              "-o FILE to save them", file=sys.stderr)
     if not complete:
         what = "the image written holds" if args.output else "the window decoded holds"
         print(f"jpip fetch: warning: {_incomplete(args, stats)}: {what} only that; "
@@ -338,6 +342,8 @@ async def _info(args) -> int:
 
 
 TOKEN_ENV = "JPIP_TOKEN"
+# How the server's 401 says to send a token (server/access.py).
+SERVER_TOKEN_ADVICE = "send Authorization: Bearer <token>, or access_token=<token>"
 
 
 def _token(args) -> str | None:
@@ -476,7 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(.png, .tif/.tiff, .npy, .dcm; PNG holds unsigned 8-bit, or 16-bit "
                         "grey: signed data is refused, use TIFF, NPY or DICOM). A .dcm holds "
                         "the window with the attributes of the DICOM source (the referenced "
-                        "object, or the target's /dicom-json)")
+                        "object, or the target's /dicom-json). Without -o (nor --save-stream, "
+                        "--cache or --stats) the window is fetched and decoded only, and a "
+                        "line on stderr says so")
     f.add_argument("--save-stream", metavar="FILE",
                    help="also save the raw JPP-stream (or JPT-stream) received")
     f.add_argument("--stats", action="store_true",
@@ -571,6 +579,12 @@ def _explain(exc: BaseException, command: str = "") -> tuple[str, int]:
         return str(exc), EXIT_USAGE
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"cannot find the host {exc.host!r}: check the URL", EXIT_FAILED
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (f"the TLS certificate of {exc.host}:{exc.port} is not trusted: "
+                f"{exc.certificate_error}", EXIT_FAILED)
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return (f"the TLS handshake with {exc.host}:{exc.port} failed: if the server speaks "
+                "plain HTTP, use http:// instead of https://", EXIT_FAILED)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return (f"cannot connect to {exc.host}:{exc.port}: is the server running?",
                 EXIT_FAILED)
@@ -581,7 +595,9 @@ def _explain(exc: BaseException, command: str = "") -> tuple[str, int]:
     if isinstance(exc, aiohttp.ClientError):
         return f"HTTP error: {exc}", EXIT_FAILED
     if isinstance(exc, WindowError | StreamError):
-        return str(exc), EXIT_FAILED
+        # The server's advice is for any HTTP client; the command line has its own way.
+        return str(exc).replace(SERVER_TOKEN_ADVICE, f"give --token TOKEN or set ${TOKEN_ENV}"), \
+            EXIT_FAILED
     if isinstance(exc, CodestreamError):
         return f"the data received do not form a valid codestream: {exc}", EXIT_FAILED
     if isinstance(exc, OSError):

@@ -224,6 +224,27 @@ async def test_url_without_scheme_and_server_not_running(tmp_path) -> None:
     assert code == 1 and "is the server running?" in err, err
 
 
+async def test_https_against_a_plain_http_server(base) -> None:
+    url = base.replace("http://", "https://") + "/corpus/file1.jp2"
+    host_port = base.removeprefix("http://")
+    for command in (("info", url), ("fetch", url, "--fsiz", "8,8")):
+        code, _, err = await jpip(*command)
+        assert code == 1, err
+        assert f"the TLS handshake with {host_port} failed: if the server speaks plain HTTP, " \
+            "use http:// instead of https://" in err, err
+        _one_clean_line(err)
+
+
+async def test_fetch_without_an_output_says_so(base) -> None:
+    code, out, err = await jpip("fetch", f"{base}/corpus/file1.jp2", "--fsiz", "192,128")
+    assert code == 0 and out == "", err
+    assert err == ("jpip fetch: fetched and decoded 192x128 samples, saved nothing: give "
+                   "-o FILE to save them\n"), err
+    code, out, err = await jpip("fetch", f"{base}/corpus/file1.jp2", "--fsiz", "192,128",
+                                "--stats")
+    assert code == 0 and json.loads(out)["eor"] == 2 and err == "", err
+
+
 def test_closed_output_pipe_is_quiet(server) -> None:
     # `jpip info URL | head -0`: the reader is gone before anything is written.
     read_end, write_end = os.pipe()
@@ -269,6 +290,7 @@ async def test_fetch_and_info_with_a_token(guarded, tmp_path) -> None:
     no_token = {"JPIP_TOKEN": None}
     code, _, err = await jpip("fetch", url, "--fsiz", "64,64", env=no_token)
     assert code == 1 and "401" in err and "access token is required" in err, err
+    assert "give --token TOKEN or set $JPIP_TOKEN" in err and "access_token=" not in err, err
     _one_clean_line(err)
     for args, env in ((["--token", token], no_token), ([], {"JPIP_TOKEN": token})):
         out = tmp_path / "t.png"

@@ -37,16 +37,16 @@ from codestream.boxes import read_layout
 from codestream.markers import PLM, PLT, TLM
 from codestream.parse import parse_codestream
 
+from .shared_files import require_make_large
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SHARED = Path(os.environ.get("JPIP_SHARED", ROOT.parent / "shared")).resolve()
-MAKE_LARGE = SHARED / "corpus" / "make_large.py"
 RESULTS = HERE / "results" / "index.json"
 
 
 # --------------------------------------------------------------------------- images
 def _make_large_module():
-    spec = importlib.util.spec_from_file_location("make_large", MAKE_LARGE)
+    spec = importlib.util.spec_from_file_location("make_large", require_make_large("index"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -56,10 +56,11 @@ def ensure_base(recipe: str, out: Path, size: int, threads: int) -> Path:
     """rgb16k / gray8k at `size` through make_large.py (same names as it writes)."""
     path = out / f"{recipe}_{size}x{size}.jp2"
     if not path.exists():
+        make_large = require_make_large("index")
         print(f"building {path.name} with make_large.py ...", flush=True)
-        subprocess.run([sys.executable, str(MAKE_LARGE), recipe, "--out", str(out),
+        subprocess.run([sys.executable, str(make_large), recipe, "--out", str(out),
                         "--size", str(size), "--threads", str(threads)], check=True,
-                       cwd=MAKE_LARGE.parent)
+                       cwd=make_large.parent)
     return path
 
 

@@ -40,7 +40,8 @@ from tests.redis_server import RedisServer
 
 from . import loadgen
 from .procs import cpu_seconds, jpip_server, loadavg, tree_cpu_seconds
-from .server_bench import JPIP_PATH, RESULTS_DIR, ROOT, SHARED, link_into, percentile
+from .server_bench import JPIP_PATH, RESULTS_DIR, ROOT, link_into, percentile
+from .shared_files import SHARED
 from .workloads import Needs, region_requests, viewer_traces
 
 IMAGES = (SHARED / "interop" / "rgb4096.jp2", ROOT / "tests" / "data" / "interop" /

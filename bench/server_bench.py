@@ -51,6 +51,7 @@ import numpy as np
 from . import loadgen
 from .loadgen import Run
 from .procs import ServerProcess, baseline_server, jpip_server, loadavg
+from .shared_files import interop_image, require_make_large
 from .workloads import (
     Needs,
     region_requests,
@@ -60,9 +61,6 @@ from .workloads import (
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-SHARED = Path(os.environ.get("JPIP_SHARED", ROOT.parent / "shared")).resolve()
-MAKE_LARGE = SHARED / "corpus" / "make_large.py"
-INTEROP = SHARED / "interop"
 RESULTS_DIR = HERE / "results"
 JPIP_PATH = "/jpip"
 WORKLOADS = ("thumbnail", "region", "viewer")
@@ -77,8 +75,11 @@ TARGETS = {  # the brief's goals, checked at the end (reported, never enforced)
 def ensure_large(out: Path, size: int, threads: int) -> Path:
     path = out / f"rgb16k_{size}x{size}.jp2"
     if not path.exists():
+        make_large = require_make_large(
+            "server", "pass --image FILE (e.g. tests/data/interop/rgb4096.jp2, made by "
+            "`python -m tests.data.generate`)")
         print(f"building {path.name} with make_large.py ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(MAKE_LARGE), "rgb16k", "--out", str(out),
+        subprocess.run([sys.executable, str(make_large), "rgb16k", "--out", str(out),
                         "--size", str(size), "--threads", str(threads)], check=True,
                        stdout=subprocess.DEVNULL)
     return path
@@ -318,9 +319,10 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         work_path = a.image.resolve() if a.image else ensure_large(self.out, a.size, a.threads)
         target = link_into(self.root, work_path)
-        cold_paths = a.cold_image or [work_path, INTEROP / "rgb4096.jp2", INTEROP / "med2048.jp2"]
+        cold_paths = a.cold_image or [work_path, interop_image("rgb4096.jp2"),
+                                          interop_image("med2048.jp2")]
         cold = {link_into(self.root, p.resolve()): p for p in cold_paths}
-        mem_path = (a.memory_image or INTEROP / "rgb4096.jp2").resolve()
+        mem_path = (a.memory_image or interop_image("rgb4096.jp2")).resolve()
         mem_target = link_into(self.root, mem_path)
         self.report["meta"] = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "python": sys.version.split()[0],

@@ -1,4 +1,4 @@
-"""Speed per request against a bare aiohttp server, the workloads of issue 14 (not a test).
+"""Speed per request against a bare aiohttp server, on the workloads below (not a test).
 
     python -m bench speed [--requests N] [--seconds S] [--clients C] [--profile]
                           [--workloads thumbnail,pan,fresh,repeat] [--compare CHECKOUT]
@@ -19,7 +19,7 @@ connection, every cell bounded by --requests requests and --seconds seconds:
 
 Right after each workload, in the same run, a bare aiohttp+uvloop server (bench/
 baseline_server.py) answers the same request sequence with bodies of the same sizes, with the
-same clients and connections; "x bare" is our req/s over its req/s. The issue's bars: every
+same clients and connections; "x bare" is our req/s over its req/s. The goals: every
 workload >= 0.5x, above the best open C++ JPIP server's ratios measured with the same harness
 (thumbnail 0.68, pan 0.44, fresh 0.42), fresh p99 <= 10 ms, repeat >= 0.6x; bytes sent <= 1.01x
 what the windows strictly need (bench/workloads.py), nothing resent in sessions.
@@ -48,7 +48,8 @@ from typing import Any
 
 from . import loadgen
 from .procs import ServerProcess, baseline_server, free_port, loadavg
-from .server_bench import INTEROP, RESULTS_DIR, _json, _loop_factory, link_into, summarise
+from .server_bench import RESULTS_DIR, _json, _loop_factory, link_into, summarise
+from .shared_files import REPO_INTEROP, SHARED_INTEROP
 from .workloads import Needs, Request, SessionNeeds, Trace, Window, thumbnail_requests, window_query
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +59,7 @@ JPIP_PATH = "/jpip"
 WINDOW = 512
 STEP = 128
 WORKLOADS = ("thumbnail", "pan", "fresh", "repeat")
-# The bars of issue 14 (ratios of req/s to the bare aiohttp server in the same run).
+# The goals (ratios of req/s to the bare aiohttp server in the same run).
 CPP_RATIOS = {"thumbnail": 0.68, "pan": 0.44, "fresh": 0.42}
 MIN_RATIO = 0.5
 REPEAT_RATIO = 0.6
@@ -67,7 +68,7 @@ BYTES_RATIO = 1.01
 
 
 def find_image() -> Path:
-    for d in (INTEROP, ROOT / "tests" / "data" / "interop"):
+    for d in (SHARED_INTEROP, REPO_INTEROP):
         if (d / IMAGE).exists():
             return d / IMAGE
     raise SystemExit(f"no {IMAGE}: run `python -m tests.data.generate` (or provide ../shared)")
@@ -323,7 +324,7 @@ def render(rep: dict[str, Any]) -> str:
     lines += [format_row(r) for r in rep["cells"]]
     if any("server" in r for r in rep["cells"]):
         lines.append("* the server of " + next(r["server"] for r in rep["cells"] if "server" in r))
-    lines += ["", "goals (issue 14):"]
+    lines += ["", "goals:"]
     lines += [f"  {v['verdict']:>7}  {v['goal']}: {v['measured']}" for v in rep["verdicts"]]
     return "\n".join(lines)
 

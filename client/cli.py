@@ -168,10 +168,19 @@ def save_array(path: Path, arrays: list[np.ndarray]) -> None:
 PNG_SIGNED = "the image has signed samples, which PNG cannot hold: use .tif or .npy"
 
 
+def _cached_header(client, stream: int | None):
+    """What the main header says, if the client holds it already (None otherwise)."""
+    from .decode import header_info
+    s = client.cache.streams.get(client.codestream_id(stream))
+    if s is None or not s.main_header.complete:
+        return None
+    return header_info(bytes(s.main_header.data))
+
+
 def _refuse_signed_png(output: str | None, info) -> None:
-    """PNG holds unsigned samples only: refused before the download when the main header
-    says the image is signed (a signed image written as PNG would look inverted)."""
-    if output and Path(output).suffix.lower() == ".png" and \
+    """PNG holds unsigned samples only: refused as soon as the main header says the image is
+    signed (before the window's data when the header came first), never written inverted."""
+    if info is not None and output and Path(output).suffix.lower() == ".png" and \
             any(c.signed for c in info.siz.components):
         raise UsageError(f"-o {output}: {PNG_SIGNED}")
 
@@ -212,11 +221,10 @@ async def _fetch(args) -> int:
         if args.save_stream:
             client.raw_sink = raw
         fsiz = args.fsiz
-        png = args.output is not None and Path(args.output).suffix.lower() == ".png"
-        if fsiz is None or png:  # the main header: the full size; signed samples for PNG
+        if fsiz is None:  # full resolution: the main header says how large that is
             info = await client.header_info(args.stream)
-            _refuse_signed_png(args.output, info)
-            fsiz = fsiz or (info.width, info.height)
+            fsiz = (info.width, info.height)
+        _refuse_signed_png(args.output, _cached_header(client, args.stream))
         window = dict(fsiz=fsiz, round=args.round, roff=args.roff, rsiz=args.rsiz,
                       comps=args.comps, stream=args.stream)
         if client.cache.streams.get(client.codestream_id(args.stream)) is not None and \
@@ -230,6 +238,7 @@ async def _fetch(args) -> int:
             if st.eor in (1, 2) or args.len is not None and args.once:
                 break
         progress.done()
+        _refuse_signed_png(args.output, _cached_header(client, args.stream))
         complete = stats[-1].eor in (1, 2)  # image done, or window done
         try:
             arrays = client.decode(layers=args.layers, **window)

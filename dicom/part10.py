@@ -27,6 +27,9 @@ from .errors import BAD_FILE, NOT_SERVED, DicomError
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 SNIFF_LENGTH = PREAMBLE_LENGTH + len(MAGIC)
+# The names that say "DICOM" (PS3.10 sets none; archives also name files by UID or not at all,
+# so the content, `is_part10`, decides what is served: these names only spare a listing a read).
+NAMED_SUFFIXES = (".dcm", ".dicom")
 
 JPEG2000_SYNTAXES = {
     "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless Only",

@@ -6,8 +6,10 @@ bounded by the page size and, once per folder change, by `max_entries` names. No
 runs on the event loop: callers run `page()` in a thread (it may wait on a slow disk).
 
 Names are checked like targets (server/targets.py): nothing outside the root is listed, links
-leaving the root are dropped, hidden names (a leading '.') are skipped, files are listed only
-with a served suffix.
+leaving the root are dropped, hidden names (a leading '.') are skipped, and a
+file is listed when the server would serve it (`targets.listed_file`: a JPEG 2000 suffix, a
+DICOM name, or DICOM content, sniffed with one 132-byte read of a file without a known suffix,
+once per folder change, like the names).
 """
 from __future__ import annotations
 
@@ -72,11 +74,6 @@ def clean_folder(folder: str) -> str:
     return "/".join(parts)
 
 
-def _served(name: str) -> bool:
-    # Read at call time: the suffixes served may grow (DICOM).
-    return os.path.splitext(name)[1].lower() in tuple(s.lower() for s in targets.SERVED_SUFFIXES)
-
-
 def _inside(real_root: str, path: str) -> bool:
     real = os.path.realpath(path)
     return real != real_root and os.path.commonpath([real_root, real]) == real_root
@@ -110,7 +107,7 @@ class Lister:
             raise ListingError("no such folder") from None
         if not stat.S_ISDIR(st.st_mode):
             raise ListingError("not a folder")
-        names = self._names(real, st.st_mtime_ns)
+        names = self._names(real_root, real, st.st_mtime_ns)
         prefix = folder + "/" if folder else ""
         shown = [(n, d, link) for n, d, link in names.names
                  if visible(prefix + n + ("/" if d else ""))]
@@ -131,7 +128,7 @@ class Lister:
             out.entries.append(Entry(prefix + name, name, is_dir, size))
         return out
 
-    def _names(self, real: str, mtime_ns: int) -> _Names:
+    def _names(self, real_root: str, real: str, mtime_ns: int) -> _Names:
         with self._lock:
             kept = self._cache.get(real)
             if kept is not None and kept.mtime_ns == mtime_ns:
@@ -152,7 +149,7 @@ class Lister:
                         is_link = entry.is_symlink()
                     except OSError:
                         continue
-                    if is_dir or (_served(entry.name) and entry.is_file()):
+                    if is_dir or (entry.is_file() and targets.listed_file(entry.path)):
                         found.append((entry.name, is_dir, is_link))
         except OSError as e:
             raise ListingError(f"cannot read folder: {e.strerror}", 404) from None

@@ -15,7 +15,7 @@ import stat
 import time
 from pathlib import Path
 
-from dicom.part10 import is_part10_file
+from dicom.part10 import NAMED_SUFFIXES, is_part10_file
 
 log = logging.getLogger("jpip.targets")
 
@@ -82,6 +82,20 @@ def resolve_target(root: Path, target: str,
         raise _refuse(target, problem + (" unless they are DICOM Part 10 files" if dicom else ""),
                       415)
     return Path(real)
+
+
+def listed_file(path: str) -> bool:
+    """Whether a listing shows the regular file at `path`, by the rule `resolve_target` serves
+    by: a JPEG 2000 suffix, else DICOM Part 10. A file named as DICOM (`.dcm`, `.dicom`) is
+    listed by its name; any other is sniffed with one read of its first 132 bytes (archives
+    name DICOM files by UID or without a suffix). Blocking: run it in a thread."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in _SERVED_LOWER or suffix in NAMED_SUFFIXES:
+        return True
+    return is_part10_file(path)
+
+
+_SERVED_LOWER = tuple(s.lower() for s in SERVED_SUFFIXES)
 
 
 def _suffix_problem(name: str, allowed: tuple[str, ...]) -> str | None:

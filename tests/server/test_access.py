@@ -275,6 +275,21 @@ async def test_the_listing_lists_only_what_the_token_allows(client) -> None:
     assert (await client.get("/")).status == 401
 
 
+async def test_the_listing_shows_dicom_files_as_the_token_allows(client, root) -> None:
+    """DICOM is listed (named .dcm, or by UID and sniffed) and filtered like any target."""
+    (root / "studies/123/1.2.840.113619.2.55.3.7").write_bytes(
+        (root / "studies/123/ct.dcm").read_bytes())
+    token = alice(targets=["studies/123/*.dcm"])
+    body = await (await client.get("/api/targets?dir=studies/123", headers=bearer(token))).json()
+    assert [e["name"] for e in body["entries"]] == ["ct.dcm"] and body["total"] == 1
+    token = alice(targets=["studies/123/*"])
+    body = await (await client.get("/api/targets?dir=studies/123", headers=bearer(token))).json()
+    assert [e["name"] for e in body["entries"]] == [
+        "1.2.840.113619.2.55.3.7", "ct.dcm", "img.j2k", "link.j2k", "second.j2k"]
+    html = await (await client.get(f"/viewer/browse?dir=studies/123&access_token={token}")).text()
+    assert "ct.dcm" in html and "1.2.840.113619.2.55.3.7" in html
+
+
 async def test_viewer_page_and_api_info(client) -> None:
     require_viewer_build()
     token = alice()

@@ -95,6 +95,36 @@ def test_a_huge_folder_is_listed_in_part(tmp_path: Path) -> None:
     assert page.truncated and page.total == 10
 
 
+DICOM_HEAD = bytes(128) + b"DICM" + b"\x02\x00\x00\x00"  # a preamble, the magic, a tag
+
+
+def test_dicom_files_are_listed_by_name_or_by_content(tmp_path: Path, monkeypatch) -> None:
+    """What the server serves is listed: DICOM named `.dcm`/`.dicom`, and DICOM named by UID
+    or without a suffix (sniffed); a file with neither a served name nor DICOM content is not.
+    Only files without a known suffix are opened, once per folder change."""
+    study = tmp_path / "study1"
+    study.mkdir()
+    for name in ("ct.dcm", "mr.DICOM", "IM000001", "1.2.840.113619.2.55.3.123"):
+        (study / name).write_bytes(DICOM_HEAD)
+    (study / "IM000002").write_bytes(b"not dicom" * 40)
+    (study / "short").write_bytes(b"DICM")
+    (study / "notes.txt").write_bytes(bytes(128) + b"DICX")
+    (study / "empty").write_bytes(b"")
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: opened.append(os.path.basename(p))
+                        or real_open(p, *a, **k))
+    lister = Lister(tmp_path)
+    page = lister.page("study1", 1, everyone)
+    assert [e.name for e in page.entries] == [
+        "1.2.840.113619.2.55.3.123", "ct.dcm", "IM000001", "mr.DICOM"]
+    assert page.total == 4 and all(e.size == len(DICOM_HEAD) for e in page.entries)
+    assert sorted(opened) == sorted(["1.2.840.113619.2.55.3.123", "IM000001", "IM000002",
+                                     "short", "notes.txt", "empty"])
+    lister.page("study1", 1, everyone)
+    assert len(opened) == 6  # kept with the names until the folder changes
+
+
 def test_the_access_hook_filters_before_paging(root: Path) -> None:
     seen = []
 

@@ -6,7 +6,7 @@ bounded by the page size and, once per folder change, by `max_entries` names. No
 runs on the event loop: callers run `page()` in a thread (it may wait on a slow disk).
 
 Names are checked like targets (server/targets.py): nothing outside the root is listed, links
-leaving the root are dropped, hidden names (a leading '.') are skipped, and a
+leaving the root are dropped (and not counted), hidden names (a leading '.') are skipped, and a
 file is listed when the server would serve it (`targets.listed_file`: a JPEG 2000 suffix, a
 DICOM name, or DICOM content, sniffed with one 132-byte read of a file without a known suffix,
 once per folder change, like the names).
@@ -118,7 +118,7 @@ class Lister:
         for name, is_dir, is_link in shown[start:start + self.page_size]:
             path = os.path.join(real, name)
             if is_link and not _inside(real_root, path):
-                continue  # a link leaving the root: never shown
+                continue  # a link changed to leave the root since the names were read
             size = None
             if not is_dir:
                 try:
@@ -149,6 +149,8 @@ class Lister:
                         is_link = entry.is_symlink()
                     except OSError:
                         continue
+                    if is_link and not _inside(real_root, entry.path):
+                        continue  # a link leaving the root: never shown, never counted
                     if is_dir or (entry.is_file() and targets.listed_file(entry.path)):
                         found.append((entry.name, is_dir, is_link))
         except OSError as e:

@@ -39,7 +39,9 @@ def test_folders_first_then_served_files_sorted_with_sizes(root: Path) -> None:
         ("a.J2K", False), ("inside-link.jp2", False), ("m.jpx", False), ("z.jp2", False)]
     sizes = {e.name: e.size for e in page.entries}
     assert sizes["z.jp2"] == len("z.jp2") + 10 and sizes["A-folder"] is None
-    assert page.total == 8 and page.pages == 1  # the two escaping links are counted, not shown
+    assert page.total == 6 and page.pages == 1  # the two escaping links: not shown, not counted
+    paged = Lister(root, page_size=3)
+    assert paged.page("", 1, everyone).pages == 2 and len(paged.page("", 2, everyone).entries) == 3
     assert all(e.path == e.name for e in page.entries)
 
 
@@ -123,6 +125,24 @@ def test_dicom_files_are_listed_by_name_or_by_content(tmp_path: Path, monkeypatc
                                      "short", "notes.txt", "empty"])
     lister.page("study1", 1, everyone)
     assert len(opened) == 6  # kept with the names until the folder changes
+
+
+def test_a_link_into_the_root_is_sniffed_one_out_of_it_never(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (root / "IM1").write_bytes(DICOM_HEAD)
+    (outside / "IM2").write_bytes(DICOM_HEAD)
+    os.symlink(root / "IM1", root / "IM1-link")
+    os.symlink(outside / "IM2", root / "IM2-link")
+    opened = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda p, *a, **k: opened.append(p)
+                        or real_open(p, *a, **k))
+    page = Lister(root).page("", 1, everyone)
+    assert [e.name for e in page.entries] == ["IM1", "IM1-link"]
+    assert not any("outside" in str(p) or "IM2" in str(p) for p in opened)
 
 
 def test_the_access_hook_filters_before_paging(root: Path) -> None:

@@ -22,7 +22,6 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, quote
 
 import numpy as np
 import pydicom
@@ -31,7 +30,7 @@ from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from .url import JPIPURL
+from .url import JPIPURL, decode_value, encode_value
 
 JPIP_REFERENCED = {"1.2.840.10008.1.2.4.94", "1.2.840.10008.1.2.4.204"}
 JPIP_REFERENCED_DEFLATE = {"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
@@ -103,22 +102,23 @@ def referenced_url(path: str | os.PathLike[str]) -> str:
 
 def target_name(url: JPIPURL) -> str:
     """The target the URL names: its target= field, or its path (the path form)."""
-    for name, value in parse_qsl(url.target_query, keep_blank_values=True):
+    for item in url.target_query.split("&"):
+        name, _, raw = item.partition("=")
         if name == "target":
-            return value
+            return decode_value(raw)
     path = url.base[len(url.origin):]
-    return path.lstrip("/")
+    return decode_value(path.lstrip("/"))
 
 
 def dicom_json_url(url: JPIPURL) -> str:
     """This server's DICOM JSON of the target: /dicom-json beside the JPIP endpoint (target=
     form: the endpoint's folder; path form: the server's root)."""
     target = target_name(url)
-    if any(name == "target" for name, _ in parse_qsl(url.target_query)):
+    if any(item.partition("=")[0] == "target" for item in url.target_query.split("&")):
         folder = url.base.rsplit("/", 1)[0]
     else:
         folder = url.origin
-    return f"{folder}/dicom-json?target={quote(target, safe='/')}"
+    return f"{folder}/dicom-json?target={encode_value(target)}"
 
 
 async def fetch_dataset(url: JPIPURL, timeout: float = DICOM_JSON_TIMEOUT, *,

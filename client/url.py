@@ -6,11 +6,16 @@ returned apart, for the caller to use as defaults. An `access_token=` (a viewer'
 out too: the client sends it as `Authorization: Bearer`, which proxies do not log. Fields the
 client sets itself (`cid`, `model`, ...) and fields it does not know are refused with a message
 saying what to do.
+
+The target fields are sent percent-encoded the JPIP way, whatever the URL held: a '%XX' is
+decoded, a '+' is a plus (JPIP is not HTML-form decoding), and everything but RFC 3986's
+unreserved characters and '/' then goes out as %XX (UTF-8) - a space as %20, a plus as %2B. A
+space left as is, or sent as '+' (yarl, under aiohttp, would), names another file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, unquote_to_bytes, urlsplit, urlunsplit
 
 TARGET_FIELDS = ("target", "subtarget")
 WINDOW_FIELDS = ("fsiz", "roff", "rsiz", "layers", "comps", "stream", "len")
@@ -23,6 +28,17 @@ STREAM_TYPES = {"jpp-stream": "jpp-stream", "image/jpp-stream": "jpp-stream",
 TOKEN_FIELD = "access_token"
 
 
+def encode_value(value: str | bytes) -> str:
+    """A query value as the client sends it: unreserved characters and '/' kept, everything
+    else %XX, so that JPIP's decoding ('+' literal) and HTML-form decoding agree on it."""
+    return quote(value, safe="/")
+
+
+def decode_value(raw: str) -> str:
+    """A query value as JPIP reads it: '%XX' decoded, '+' kept (jpip/request.py)."""
+    return unquote(raw)
+
+
 class URLError(ValueError):
     """A URL the client cannot use; the message says what to change."""
 
@@ -33,7 +49,7 @@ class JPIPURL:
 
     base: str                 # scheme://host:port/path, without the query
     origin: str               # scheme://host:port
-    target_query: str         # the target fields, as given (still percent-encoded)
+    target_query: str         # the target fields, percent-encoded by `encode_value`
     window: dict[str, str] = field(default_factory=dict)  # window fields found in the URL
     token: str | None = field(default=None, repr=False)   # an access_token found in the URL
     stream_type: str | None = None  # type= in the URL: "jpp-stream" or "jpt-stream"
@@ -63,7 +79,8 @@ def parse_url(url: str) -> JPIPURL:
             raise URLError(f"the URL gives {name}= twice")
         seen.add(name)
         if name in TARGET_FIELDS:
-            target_items.append(item)
+            raw_value = item.partition("=")[2]
+            target_items.append(f"{name}={encode_value(unquote_to_bytes(raw_value))}")
         elif name in WINDOW_FIELDS:
             window[name] = value
         elif name == TOKEN_FIELD:
@@ -82,7 +99,8 @@ def parse_url(url: str) -> JPIPURL:
         raise URLError(f"{url!r} names no image: use http://HOST:PORT/jpip?target=FILE or "
                        "http://HOST:PORT/FILE")
     return JPIPURL(
-        base=urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")),
+        base=urlunsplit((parts.scheme, parts.netloc,
+                          encode_value(unquote_to_bytes(parts.path)), "", "")),
         origin=urlunsplit((parts.scheme, parts.netloc, "", "", "")),
         target_query="&".join(target_items),
         window=window,

@@ -242,12 +242,21 @@ def _target_path(state: JPIPState, ex: Exchange, path_target: str | None,
     return path
 
 
+PLUS_HINT = "'+' is a literal plus in JPIP requests; encode a space as %20"
+
+
 def _named_target(state: JPIPState, ex: Exchange, path_target: str | None,
                   principal: Principal | None) -> str | None:
     if ex.target is not None:
         if principal is not None:
             state.guard.check_target(principal, ex.target)
-        return state.targets.resolve(ex.target)
+        try:
+            return state.targets.resolve(ex.target)
+        except TargetError as e:
+            if e.status == 404 and "+" in ex.target:
+                # HTML forms, and clients that encode like them, send a space as '+'.
+                raise TargetError(f"{e.reason} ({PLUS_HINT})", 404) from None
+            raise
     if path_target is not None:
         if principal is not None:
             state.guard.check_target(principal, path_target)

@@ -61,6 +61,9 @@ def test_not_a_reference(tmp_path, make, words) -> None:
     (URL, "http://pacs.example:8080/dicom-json?target=study/ct.dcm"),
     ("http://h/prefix/jpip?target=a%20b.dcm", "http://h/prefix/dicom-json?target=a%20b.dcm"),
     ("http://h:1/study/ct.dcm", "http://h:1/dicom-json?target=study/ct.dcm"),
+    # JPIP reads '+' as a plus, /dicom-json (an HTML-form query) as a space: sent as %2B.
+    ("http://h/jpip?target=a+b c%2Bd.dcm", "http://h/dicom-json?target=a%2Bb%20c%2Bd.dcm"),
+    ("http://h:1/My%20Scans/a+b.dcm", "http://h:1/dicom-json?target=My%20Scans/a%2Bb.dcm"),
 ])
 def test_dicom_json_url(url, json_url) -> None:
     assert dicom_json_url(parse_url(url)) == json_url

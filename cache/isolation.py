@@ -58,6 +58,7 @@ import threading
 import weakref
 from array import array
 from collections.abc import Callable
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -109,7 +110,17 @@ class _Child:
         self.conn, theirs = ctx.Pipe()
         self.process = ctx.Process(target=_serve, args=(theirs,), name="jpip-indexer",
                                    daemon=True)  # ended with this process
-        self.process.start()
+        # The first start launches the fork server, which inherits this thread's signal mask
+        # across exec: with SIGINT blocked it never sees a Ctrl-C (meant for the server,
+        # which ends it), not even while it starts and imports PRELOAD, where one printed a
+        # KeyboardInterrupt traceback. Its children ignore SIGINT too (_serve). The resource
+        # tracker is started first: starting it unblocks SIGINT in this thread as it ends.
+        resource_tracker.ensure_running()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         theirs.close()
         self.aborted = False  # ended by abort(): its job is not tried again
 

@@ -131,14 +131,25 @@ def _not_allowed(allowed: Sequence[str]) -> web.Handler:
 
 # ----- background work -----
 
-@contextlib.asynccontextmanager
-async def _running(work: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    """`work` runs as a task inside the block, and is cancelled and awaited as it ends."""
-    task = asyncio.create_task(work, name=name)
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+class _running:  # noqa: N801 - used as `async with _running(...)`, like a function
+    """`work` runs as a task inside the block, and is cancelled and awaited as it ends, however
+    it ends. A class, not @asynccontextmanager: a Ctrl-C while the app starts leaves the cleanup
+    contexts suspended at their `yield`, and asyncio closes them (GeneratorExit) as the loop
+    ends; an @asynccontextmanager block then fails with "generator didn't stop after athrow()"
+    (Python 3.11), logged by asyncio as an ERROR."""
+
+    def __init__(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._work, self._name = work, name
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.create_task(self._work, name=self._name)
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 async def sweep_deadlines(deadlines: Deadlines, app: web.Application) -> AsyncIterator[None]:
@@ -150,8 +161,10 @@ async def sweep_deadlines(deadlines: Deadlines, app: web.Application) -> AsyncIt
 async def health_pool(app: web.Application) -> AsyncIterator[None]:
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="healthz")
     app[HEALTH_POOL_KEY] = pool
-    yield
-    pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead mount: leave it
+    try:
+        yield
+    finally:  # (finally: also when asyncio closes a context never cleaned up, see _running)
+        pool.shutdown(wait=False, cancel_futures=True)  # a thread stuck on a dead mount: leave it
 
 
 async def log_flusher(app: web.Application) -> AsyncIterator[None]:
@@ -161,9 +174,11 @@ async def log_flusher(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(ACCESS_FLUSH_PERIOD)
             flush_logs()
 
-    async with _running(flush(), "jpip-log-flusher"):
-        yield
-    flush_logs()
+    try:
+        async with _running(flush(), "jpip-log-flusher"):
+            yield
+    finally:
+        flush_logs()
 
 
 async def stats_sharer(app: web.Application) -> AsyncIterator[None]:
@@ -180,10 +195,12 @@ async def stats_sharer(app: web.Application) -> AsyncIterator[None]:
                 log.warning("cannot share request figures: %s", e)
 
     metrics.share()  # at once: the others' /metrics name this worker from the start
-    async with _running(share(), "jpip-stats-sharer"):
-        yield
-    with contextlib.suppress(OSError):
-        metrics.share()
+    try:
+        async with _running(share(), "jpip-stats-sharer"):
+            yield
+    finally:
+        with contextlib.suppress(OSError):
+            metrics.share()
 
 
 # ----- the application -----

@@ -7,10 +7,11 @@ is one.
 On SIGTERM aiohttp stops accepting connections, lets in-flight responses finish for up to
 `shutdown_grace` seconds, then cancels what is left, and main() returns 0.
 
-Exit status: 0 after a clean stop, 2 for a bad configuration (an option's value, an image root
-that is not a readable directory, an access-control key file that cannot be used), 1 when the
-server cannot listen (address in use, an address the host does not have). Each failure is one
-line on stderr, never a traceback.
+Exit status: 0 after a clean stop, 130 when stopped (Ctrl-C) before serving, 2 for a bad
+configuration (an option's value, an image root that is not a readable directory, an
+access-control key file that cannot be used), 1 when the server cannot listen (address in
+use, an address the host does not have). Each failure is one line on stderr, never a
+traceback.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from server.workers import WORKER_ENV, Supervisor, inherited_socket, listening_s
 log = logging.getLogger("jpip.server")
 
 EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # stopped before serving (server/entry.py says it, for a Ctrl-C anywhere)
 EXIT_LISTEN = 1
 
 # What a user can do about the usual reasons a listening socket cannot be opened.
@@ -166,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         # Indexing jobs still running (the requests that wanted them are gone) would keep
         # the process from exiting until they end.
         isolation.abort()
+    if not banner.listening:  # run_app took a Ctrl-C (or SIGTERM) while the app started
+        return EXIT_INTERRUPTED
     log.info("stopped")
     return 0
 
@@ -207,4 +211,4 @@ def _supervise(config: ServerConfig, argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main())  # (`jpip-server` is server/entry.py: quiet on a Ctrl-C during imports)

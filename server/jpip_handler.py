@@ -158,10 +158,12 @@ def setup_jpip(app: web.Application, config, metrics=None,
                     await state.sessions.expire()
 
         task = asyncio.create_task(sweep(), name="jpip-session-sweeper")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        try:
+            yield
+        finally:  # also when asyncio closes this context, never cleaned up (Ctrl-C at start)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def close_state(app: web.Application) -> None:
         # on_cleanup runs after in-flight requests finished (on_shutdown runs before).

@@ -109,7 +109,7 @@ class Supervisor:
     def _start(self, w: _Worker) -> None:
         env = {**os.environ, LISTEN_FD_ENV: str(self.sock.fileno()), WORKER_ENV: str(w.number),
                SUPERVISOR_ENV: str(os.getpid()), MULTIPROC_ENV: self.metrics_dir}
-        w.proc = subprocess.Popen([sys.executable, "-m", "server.cli", *self.argv], env=env,
+        w.proc = subprocess.Popen([sys.executable, "-m", "server.entry", *self.argv], env=env,
                                   pass_fds=(self.sock.fileno(),))
         w.started = time.monotonic()
         log.info("worker %d started (pid %d)", w.number, w.proc.pid)

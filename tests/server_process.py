@@ -23,7 +23,7 @@ def free_port() -> int:
 
 
 def server_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "server.cli", *args]
+    return [sys.executable, "-m", "server.entry", *args]  # what `jpip-server` runs
 
 
 @dataclass

@@ -139,6 +139,20 @@ async def test_healthz_through_nginx(stack: Stack) -> None:
         assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
+@pytest.mark.parametrize("path", ["/metrics", "/metrics?x=1", "//metrics", "/%6Detrics",
+                                  "/./metrics"])
+async def test_metrics_are_not_published_through_nginx(stack: Stack, path: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(yarl.URL(stack.direct + "/metrics")) as r:
+            assert r.status == 200  # the server has them, for the internal network
+        async with s.get(yarl.URL(stack.nginx + path, encoded=True)) as r:
+            assert r.status == 403
+            assert "jpip_" not in await r.text()
+        path = f"/jpip?target={SAMPLE}&fsiz=64,64&type=jpp-stream"
+        async with s.get(stack.nginx + path) as r:  # the rest is served
+            assert r.status == 200 and len(await r.read()) > 0
+
+
 @pytest.mark.parametrize("path", [f"/jpip?target={SAMPLE}&fsiz=64,64&type=jpp-stream",
                                   f"/{SAMPLE}?fsiz=64,64&type=jpp-stream"])
 async def test_jpip_request_same_through_nginx(stack: Stack, path: str) -> None:

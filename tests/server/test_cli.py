@@ -177,6 +177,7 @@ def started(app, **options):  # run_app's stand-in: start the app, report, stop 
         runner = web.AppRunner(app)
         await runner.setup()
         print(gc.get_freeze_count(), len(gc.get_objects()))
+        options["print"]("Running on stand-in")  # as run_app once serving (else: status 130)
         await runner.cleanup()
     asyncio.run(start())
 

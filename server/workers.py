@@ -3,7 +3,7 @@
 One Python process uses one core; the supervisor (`supervise`) lets a server use N:
 
 - It opens the listening socket itself (a port in use is reported at once, exit 1), then starts
-  each worker as `python -m server.cli` with the same arguments, with the socket inherited
+  each worker as `python -m server.entry` with the same arguments, with the socket inherited
   (its descriptor number in `_JPIP_LISTEN_FD`) and the worker's number in `_JPIP_WORKER`. All
   workers accept on that one socket: an idle worker takes the next connection, a busy one does
   not compete for it. Sessions must live in a shared store (`--session-store redis://...`,

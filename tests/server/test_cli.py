@@ -208,6 +208,7 @@ def started(app, host, port, **options):  # run_app's stand-in: one request, the
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()
+        options["print"]("Running on stand-in")  # as run_app once serving (else: status 130)
         base = f"http://{host}:{port}"
         # The client's own first use (urllib imports encodings on its first request).
         await asyncio.to_thread(lambda: urllib.request.urlopen(base + "/healthz").read())

@@ -100,24 +100,31 @@ def referenced_url(path: str | os.PathLike[str]) -> str:
     return str(reference_dataset(path).PixelDataProviderURL).strip()
 
 
-def target_name(url: JPIPURL) -> str:
-    """The target the URL names: its target= field, or its path (the path form)."""
+def _target_field(url: JPIPURL) -> str | None:
+    """The URL's target= value (decoded), or None in the path form."""
     for item in url.target_query.split("&"):
         name, _, raw = item.partition("=")
         if name == "target":
             return decode_value(raw)
-    path = url.base[len(url.origin):]
-    return decode_value(path.lstrip("/"))
+    return None
+
+
+def target_name(url: JPIPURL) -> str:
+    """The target the URL names: its target= field, or its path (the path form)."""
+    target = _target_field(url)
+    if target is not None:
+        return target
+    return decode_value(url.base[len(url.origin):].lstrip("/"))
 
 
 def dicom_json_url(url: JPIPURL) -> str:
     """This server's DICOM JSON of the target: /dicom-json beside the JPIP endpoint (target=
     form: the endpoint's folder; path form: the server's root)."""
-    target = target_name(url)
-    if any(item.partition("=")[0] == "target" for item in url.target_query.split("&")):
+    target = _target_field(url)
+    if target is not None:
         folder = url.base.rsplit("/", 1)[0]
     else:
-        folder = url.origin
+        folder, target = url.origin, target_name(url)
     return f"{folder}/dicom-json?target={encode_value(target)}"
 
 

@@ -84,6 +84,9 @@ def resolve_target(root: Path, target: str,
     return Path(real)
 
 
+_SERVED_LOWER = tuple(s.lower() for s in SERVED_SUFFIXES)
+
+
 def listed_file(path: str) -> bool:
     """Whether a listing shows the regular file at `path`, by the rule `resolve_target` serves
     by: a JPEG 2000 suffix, else DICOM Part 10. A file named as DICOM (`.dcm`, `.dicom`) is
@@ -93,9 +96,6 @@ def listed_file(path: str) -> bool:
     if suffix in _SERVED_LOWER or suffix in NAMED_SUFFIXES:
         return True
     return is_part10_file(path)
-
-
-_SERVED_LOWER = tuple(s.lower() for s in SERVED_SUFFIXES)
 
 
 def _suffix_problem(name: str, allowed: tuple[str, ...]) -> str | None:

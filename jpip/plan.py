@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from codestream.geometry import tile_bounds
-from codestream.index import CodestreamIndex
+from codestream.index import TILE_PART_FIELDS, CodestreamIndex
 from codestream.intmath import ceil_div
 
 from .window import ViewWindow
@@ -260,6 +260,9 @@ def _runs_by_packets(ix: CodestreamIndex) -> np.ndarray:
     return bad == 0
 
 
+_PACKED = TILE_PART_FIELDS.index("packed")
+
+
 def _contiguous_bins(ix: CodestreamIndex) -> np.ndarray | None:
     """bin_runs of a codestream in one run of the file whose packets all hold their own bytes
     (no PPM/PPT, no split packets), from each precinct's first and last packet: a bin's
@@ -268,9 +271,8 @@ def _contiguous_bins(ix: CodestreamIndex) -> np.ndarray | None:
     packet with its temporaries: 2.1M packets cost 40 ms on a cold server's first request).
     None for the other codestreams."""
     pk, pr = ix.packets, ix.precincts
-    # Packed headers are flagged per tile-part (TILE_PART_FIELDS' `packed`): no packet column
-    # is read to know there are none.
-    packed = ix.tile_parts[:, 6].any() if len(ix.tile_parts) else False
+    # Packed headers are flagged per tile-part: no packet column is read to know there are none.
+    packed = ix.tile_parts[:, _PACKED].any() if len(ix.tile_parts) else False
     if ix.runs is not None or ix.split_spans is not None or len(ix.packed_headers) or packed:
         return None
     count, offset, length = pr["pkt_count"], pk["offset"], pk["length"]
